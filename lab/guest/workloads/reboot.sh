@@ -1,0 +1,3 @@
+# hello, then reboot (keyboard controller / ACPI / triple fault, kernel's choice).
+. /workloads/hello.sh
+reboot -f

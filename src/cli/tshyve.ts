@@ -1,0 +1,60 @@
+#!/usr/bin/env node
+/**
+ * `tshyve`: bhyve's command line over Linux KVM.
+ *   tshyve -c 2 -m 512M -s 0,hostbridge -s 31,lpc -l com1,stdio \
+ *     -o boot.kernel=vmlinuz -o boot.initrd=initrd.img -o boot.cmdline=console=ttyS0 NAME
+ * Exit status as bhyve: 0 reboot, 1 power-off, 2 halt, 3 triple fault, 4 error.
+ */
+import { parseBhyveArgs, usage } from '../config/options.js';
+import { TshyveError } from '../errors.js';
+import { Machine } from '../vm/machine.js';
+import { ExitCode } from '../vm/exit-codes.js';
+import { restoreTerminals } from '../devices/backends/index.js';
+import { log } from '../log.js';
+
+function fail(msg: string): never {
+  restoreTerminals();
+  process.stderr.write(`tshyve: ${msg}\n`);
+  process.exit(ExitCode.ERROR);
+}
+
+async function main(argv: string[]): Promise<number> {
+  const args = parseBhyveArgs(argv);
+  if (args.help) { process.stdout.write(usage()); return 0; }
+  if (args.restoreFile) fail('restore (-r) is not supported by tshyve yet');
+  const config = args.config;
+  if (config.getBool('config.dump', false)) {
+    process.stdout.write(config.dump().join('\n') + '\n');
+    return 0;
+  }
+  const m = await Machine.create(config);
+  let signals = 0;
+  const onSignal = (sig: NodeJS.Signals) => {
+    signals++;
+    if (sig === 'SIGTERM' && signals === 1) {
+      log('info', 'SIGTERM: pressing the ACPI power button (send again to force power-off)');
+      m.pressPowerButton();
+      return;
+    }
+    void m.finish(ExitCode.POWEROFF, `${sig}: powering off`);
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  if (config.getBool('debug.timing', false)) {
+    m.once('running', () => process.stderr.write(`tshyve: vCPUs running ${m.firstRunMs?.toFixed(1)} ms after process start\n`));
+  }
+  const code = await m.run();
+  if (code === ExitCode.ERROR && m.errorMessage) process.stderr.write(`tshyve: ${m.errorMessage}\n`);
+  if (config.getBool('debug.stats', false)) process.stderr.write(`tshyve: exits ${JSON.stringify(m.exitStats)}\n`);
+  return code;
+}
+
+main(process.argv.slice(2)).then(
+  (code) => { restoreTerminals(); process.exit(code); },
+  (e: unknown) => {
+    if (e instanceof TshyveError) fail(e.message);
+    // One line even for our own bugs; the stack only when asked for.
+    if (process.env.TSHYVE_DEBUG) process.stderr.write(`${(e as Error)?.stack}\n`);
+    fail(`internal error: ${(e as Error)?.message ?? String(e)}`);
+  },
+);

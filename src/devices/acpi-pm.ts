@@ -1,0 +1,150 @@
+/**
+ * ACPI fixed hardware (what the FADT in src/x86/acpi advertises): the PM1a
+ * event and control blocks, the PM timer, the PIIX reset register at 0xCF9,
+ * and the 8042 "pulse reset line" command on port 0x64, the last reboot
+ * method Linux tries.
+ */
+import type { Bus, BusDevice, IrqLine } from '../bus/bus.js';
+import {
+  DEFAULT_PM_PORTS, KBD_STATUS_PORT, PM1_CNT_LEN, PM1_EVT_LEN, PM_TIMER_32BIT, PM_TIMER_HZ, PM_TMR_LEN,
+  SLP_TYP_S5, type PmPorts,
+} from '../x86/acpi/pm-ports.js';
+
+export interface AcpiPmCallbacks {
+  onPowerOff(): void;
+  onReset(): void;
+}
+
+export interface AcpiPmOptions {
+  ports?: PmPorts;
+  /** the SCI (ISA IRQ 9); without it status bits are still kept */
+  sci?: IrqLine;
+  /** monotonic nanoseconds, for tests */
+  now?: () => bigint;
+  /** also claim port 0x64 for the 8042 reset command (default true) */
+  keyboardReset?: boolean;
+}
+
+// PM1 status/enable bits
+export const TMR_STS = 1 << 0;
+export const GBL_STS = 1 << 5;
+export const PWRBTN_STS = 1 << 8;
+export const SLPBTN_STS = 1 << 9;
+export const RTC_STS = 1 << 10;
+export const WAK_STS = 1 << 15;
+const STS_MASK = 0xc731; // TMR, BM, GBL, PWRBTN, SLPBTN, RTC, PCIEXP_WAKE, WAK
+const EN_MASK = 0x4721; // TMR, GBL, PWRBTN, SLPBTN, RTC, PCIEXP_WAKE_DIS
+
+// PM1 control bits
+export const SCI_EN = 1 << 0;
+export const SLP_EN = 1 << 13;
+const CNT_MASK = 0x1c07; // SCI_EN, BM_RLD, GBL_RLS, SLP_TYP
+
+export const RESET_CPU = 1 << 2;
+export const KBD_CMD_RESET = 0xfe;
+
+function sizeMask(size: number): number {
+  return size >= 4 ? 0xffffffff : (1 << (size * 8)) - 1;
+}
+
+/** Merge a `size`-byte write at byte `offset` into a register value. */
+function merge(old: number, offset: number, size: number, value: number): number {
+  const m = (sizeMask(size) << (offset * 8)) >>> 0;
+  return ((old & ~m) | ((value << (offset * 8)) & m)) >>> 0;
+}
+
+function extract(reg: number, offset: number, size: number): number {
+  return (reg >>> (offset * 8)) & sizeMask(size);
+}
+
+export class AcpiPm {
+  /** PM1 status and enable */
+  sts = 0;
+  en = 0;
+  /** PM1 control, without SLP_EN */
+  cnt = SCI_EN;
+  resetReg = 0;
+  readonly ports: PmPorts;
+  private readonly timerMask: bigint;
+  private readonly start: bigint;
+  private readonly now: () => bigint;
+
+  constructor(private readonly cb: AcpiPmCallbacks, private readonly opts: AcpiPmOptions = {}) {
+    this.ports = opts.ports ?? DEFAULT_PM_PORTS;
+    this.timerMask = (this.ports.timer32 ?? PM_TIMER_32BIT) ? 0xffffffffn : 0xffffffn;
+    this.now = opts.now ?? (() => process.hrtime.bigint());
+    this.start = this.now();
+  }
+
+  /** Latch the power button: with PWRBTN_EN set, Linux sees it and shuts down. */
+  pressPowerButton(): void {
+    this.sts |= PWRBTN_STS;
+    this.updateSci();
+  }
+
+  get sciLevel(): boolean {
+    return (this.sts & this.en) !== 0 && (this.cnt & SCI_EN) !== 0;
+  }
+
+  private updateSci(): void {
+    this.opts.sci?.set(this.sciLevel);
+  }
+
+  timerValue(): number {
+    const ticks = ((this.now() - this.start) * BigInt(PM_TIMER_HZ)) / 1_000_000_000n;
+    return Number(ticks & this.timerMask);
+  }
+
+  readonly evt: BusDevice = {
+    read: (offset, size) => extract((this.sts | (this.en << 16)) >>> 0, offset, size),
+    write: (offset, size, value) => {
+      const v = merge(0, offset, size, value);
+      const m = merge(0, offset, size, 0xffffffff);
+      this.sts &= ~(v & 0xffff & STS_MASK); // write 1 to clear
+      if (m >>> 16) this.en = ((this.en & ~(m >>> 16)) | (v >>> 16)) & EN_MASK;
+      this.updateSci();
+    },
+  };
+
+  readonly control: BusDevice = {
+    read: (offset, size) => extract(this.cnt | SCI_EN, offset, size),
+    write: (offset, size, value) => {
+      const v = merge(this.cnt, offset, size, value) & 0xffff;
+      this.cnt = (v & CNT_MASK) | SCI_EN;
+      if ((v & SLP_EN) && ((v >>> 10) & 7) === SLP_TYP_S5) this.cb.onPowerOff();
+    },
+  };
+
+  readonly timer: BusDevice = {
+    read: (offset, size) => extract(this.timerValue(), offset, size),
+    write: () => {}, // read-only
+  };
+
+  readonly reset: BusDevice = {
+    read: () => this.resetReg,
+    write: (_offset, _size, value) => {
+      this.resetReg = value & 0x0e;
+      if (value & RESET_CPU) this.cb.onReset();
+    },
+  };
+
+  /** Only the 8042 reset pulse; status reads 0 (no data, input buffer empty). */
+  readonly keyboard: BusDevice = {
+    read: () => 0,
+    write: (_offset, _size, value) => {
+      if ((value & 0xff) === KBD_CMD_RESET) this.cb.onReset();
+    },
+  };
+}
+
+export function attachAcpiPm(pio: Bus, callbacks: AcpiPmCallbacks, opts: AcpiPmOptions = {}): AcpiPm {
+  const pm = new AcpiPm(callbacks, opts);
+  const p = pm.ports;
+  pio.register(p.pm1aEvt, PM1_EVT_LEN, pm.evt, 'acpi-pm1a-evt');
+  pio.register(p.pm1aCnt, PM1_CNT_LEN, pm.control, 'acpi-pm1a-cnt');
+  pio.register(p.pmTmr, PM_TMR_LEN, pm.timer, 'acpi-pm-tmr');
+  // One byte only, so the PCI config-address register at 0xCF8 stays separate.
+  pio.register(p.reset, 1, pm.reset, 'acpi-reset');
+  if (opts.keyboardReset ?? true) pio.register(KBD_STATUS_PORT, 1, pm.keyboard, 'kbd-reset');
+  return pm;
+}

@@ -1,0 +1,49 @@
+/**
+ * The thin FFI layer: the handful of libc calls tshyve needs, typed.
+ * Loaded once per thread (vCPU workers load it too). Everything else in
+ * the project reaches the kernel through src/kvm/.
+ */
+import koffi from 'koffi';
+
+const lib = koffi.load('libc.so.6');
+
+export const libc = {
+  open: lib.func('int open(const char *path, int flags)') as (path: string, flags: number) => number,
+  close: lib.func('int close(int fd)') as (fd: number) => number,
+  /** ioctl with a pointer argument (a Buffer the kernel reads and/or writes). */
+  ioctlPtr: lib.func('int ioctl(int fd, unsigned long req, void *arg)') as (fd: number, req: number, arg: Buffer | null) => number,
+  /** ioctl with an integer argument. */
+  ioctlInt: lib.func('int ioctl(int fd, unsigned long req, unsigned long arg)') as (fd: number, req: number, arg: number) => number,
+  mmap: lib.func('void *mmap(void *addr, size_t len, int prot, int flags, int fd, int64_t off)') as (
+    addr: null, len: number, prot: number, flags: number, fd: number, off: number) => unknown,
+  munmap: lib.func('int munmap(void *addr, size_t len)') as (addr: unknown, len: number) => number,
+  memfdCreate: lib.func('int memfd_create(const char *name, unsigned int flags)') as (name: string, flags: number) => number,
+  ftruncate: lib.func('int ftruncate(int fd, int64_t len)') as (fd: number, len: number) => number,
+  eventfd: lib.func('int eventfd(unsigned int initval, int flags)') as (init: number, flags: number) => number,
+  gettid: lib.func('int gettid(void)') as () => number,
+  tgkill: lib.func('int tgkill(int tgid, int tid, int sig)') as (tgid: number, tid: number, sig: number) => number,
+  madvise: lib.func('int madvise(void *addr, size_t len, int advice)') as (addr: unknown, len: number, advice: number) => number,
+};
+
+export const errno = (): number => koffi.errno();
+export const address = (p: unknown): bigint => koffi.address(p);
+/** An ArrayBuffer over native memory (an mmap); valid until unmapped. */
+export const view = (p: unknown, len: number): ArrayBuffer => koffi.view(p, len);
+
+export const O_RDWR = 2;
+export const O_CLOEXEC = 0o2000000;
+export const PROT_READ = 1;
+export const PROT_WRITE = 2;
+export const MAP_SHARED = 1;
+export const MAP_PRIVATE = 2;
+export const MFD_CLOEXEC = 1;
+export const EFD_CLOEXEC = 0o2000000;
+export const EFD_NONBLOCK = 0o4000;
+export const EINTR = 4;
+export const EAGAIN = 11;
+/** The signal used to kick a vCPU thread out of KVM_RUN. */
+export const SIG_KICK = 12; // SIGUSR2
+
+export function isMapFailed(p: unknown): boolean {
+  return p === null || address(p) === 0xffffffffffffffffn;
+}

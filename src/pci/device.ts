@@ -1,0 +1,68 @@
+/**
+ * The PCI device model interface and the registry that `-s N,NAME,...` and
+ * `pci.B.S.F.device=NAME` resolve through (bhyve's struct pci_devemu).
+ */
+import type { ConfigNode, ConfigTree } from '../config/tree.js';
+import type { GuestMemory } from '../memory/guest-memory.js';
+import type { Bus, IrqLine } from '../bus/bus.js';
+
+/** What a device gets from the VM when it is built. */
+export interface DeviceContext {
+  readonly mem: GuestMemory;
+  readonly pio: Bus;
+  readonly mmio: Bus;
+  /** An IOAPIC/PIC pin. */
+  irq(gsi: number): IrqLine;
+  /** Deliver an MSI (address/data) into the guest. */
+  msi(address: bigint, data: number): void;
+  /** Log a guest-caused problem (rate limited). */
+  guestError(dev: string, msg: string): void;
+}
+
+export interface PciDeviceEmulation {
+  readonly name: string;
+  /**
+   * Parse bhyve's legacy option string (what follows `NAME,` in `-s`) into
+   * config keys on the device node. Optional: the default accepts
+   * `key=value` pairs only.
+   */
+  legacyConfig?(node: ConfigTreeWriter, opts: string): void;
+  /** Build the device from its config node. Throws UserError on bad config. */
+  create(ctx: DeviceContext, node: ConfigNode, bdf: { bus: number; slot: number; func: number }): PciFunction;
+}
+
+/** Writes keys relative to one device's node (`pci.B.S.F.`). */
+export interface ConfigTreeWriter {
+  set(rel: string, value: string): void;
+}
+
+/** One PCI function as the config space and BAR logic see it. */
+export interface PciFunction {
+  /** 256 bytes of config space (first 64 standard, rest capabilities). */
+  readonly config: PciConfigSpace;
+  /** Called on reset and teardown. */
+  reset?(): void;
+  destroy?(): void;
+}
+
+export interface PciConfigSpace {
+  read(offset: number, size: number): number;
+  write(offset: number, size: number, value: number): void;
+}
+
+const registry = new Map<string, PciDeviceEmulation>();
+
+export function registerPciDevice(d: PciDeviceEmulation): void {
+  if (registry.has(d.name)) throw new Error(`PCI device ${d.name} registered twice`);
+  registry.set(d.name, d);
+}
+
+export function findPciDevice(name: string): PciDeviceEmulation | undefined {
+  return registry.get(name);
+}
+
+export function pciDeviceNames(): string[] {
+  return [...registry.keys()].sort();
+}
+
+export type { ConfigTree };

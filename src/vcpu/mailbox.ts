@@ -1,0 +1,51 @@
+/**
+ * Shared-memory protocol between a vCPU thread and the device thread.
+ *
+ * A vCPU thread runs KVM_RUN; on a PIO/MMIO exit it writes the access into
+ * its mailbox, rings the shared doorbell and waits; the main thread, where
+ * the device models live, serves the access and flips the state back.
+ * postMessage is not used on this path: it costs an event-loop turn more.
+ *
+ * Mailbox (Int32Array over a SharedArrayBuffer):
+ *   [STATE] 0 idle | 1 request | 2 reply     (Atomics.wait/notify on it)
+ *   [KIND]  1 PIO | 2 MMIO      [DIR] 0 read | 1 write     [SIZE] 1,2,4,8
+ *   [ADDR_LO] [ADDR_HI]         [DATA..DATA+1] 8 data bytes (LE)
+ *   [CTL_REQ] 0 run | 1 pause | 2 stop       (main -> vCPU)
+ *   [CTL_STATE] 0 running | 1 paused | 2 stopped (vCPU -> main)
+ *   [TID] the vCPU thread's kernel tid, for kicks
+ */
+export const enum MB {
+  STATE = 0, KIND = 1, DIR = 2, SIZE = 3, ADDR_LO = 4, ADDR_HI = 5, DATA = 6,
+  CTL_REQ = 8, CTL_STATE = 9, TID = 10, WORDS = 16,
+}
+export const enum MbState { IDLE = 0, REQUEST = 1, REPLY = 2 }
+export const enum MbKind { PIO = 1, MMIO = 2 }
+export const enum CtlReq { RUN = 0, PAUSE = 1, STOP = 2 }
+export const enum CtlState { RUNNING = 0, PAUSED = 1, STOPPED = 2 }
+
+export interface Mailbox {
+  words: Int32Array;
+  /** the 8 data bytes, aliasing words[DATA..DATA+1] */
+  data: Uint8Array;
+}
+
+export function newMailbox(sab = new SharedArrayBuffer(MB.WORDS * 4)): Mailbox {
+  return { words: new Int32Array(sab), data: new Uint8Array(sab, MB.DATA * 4, 8) };
+}
+
+/** Messages a vCPU thread posts to the main thread (rare events only). */
+export type VcpuEvent =
+  | { type: 'started'; index: number; tid: number }
+  | { type: 'shutdown'; index: number }                 // triple fault
+  | { type: 'system-event'; index: number; event: number }
+  | { type: 'error'; index: number; message: string }
+  | { type: 'stopped'; index: number };
+
+/** What a vCPU thread is started with. */
+export interface VcpuWorkerData {
+  index: number;
+  vcpuFd: number;
+  runSize: number;
+  mailbox: SharedArrayBuffer;
+  doorbell: SharedArrayBuffer;
+}

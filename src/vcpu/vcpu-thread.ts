@@ -1,0 +1,104 @@
+/**
+ * Main-thread handle of one vCPU thread: starts the worker, kicks it out of
+ * KVM_RUN (SIG_KICK to its tid plus kvm_run.immediate_exit, so a kick that
+ * lands just before KVM_RUN is not lost), pauses, resumes and stops it.
+ */
+import { Worker } from 'node:worker_threads';
+import { libc } from '../kvm/libc.js';
+import { RUN } from '../kvm/abi.js';
+import { mapKvmRun } from '../kvm/kvm.js';
+import { MB, CtlReq, CtlState, newMailbox, type Mailbox, type VcpuEvent, type VcpuWorkerData } from './mailbox.js';
+import { SIG_KICK } from '../kvm/libc.js';
+
+let kickHandlerInstalled = false;
+/** SIG_KICK needs a handler (a no-op) so that it interrupts rather than kills. */
+function installKickHandler(): void {
+  if (kickHandlerInstalled) return;
+  process.on('SIGUSR2', () => {});
+  kickHandlerInstalled = true;
+}
+
+export class VcpuThread {
+  readonly mailbox: Mailbox = newMailbox();
+  private worker: Worker | undefined;
+  private readonly run: DataView;
+  private exited: Promise<void> | undefined;
+
+  constructor(
+    readonly index: number,
+    readonly vcpuFd: number,
+    private readonly runSize: number,
+    private readonly doorbell: SharedArrayBuffer,
+    private readonly onEvent: (e: VcpuEvent) => void,
+  ) {
+    this.run = mapKvmRun(vcpuFd, runSize);
+  }
+
+  start(): Promise<void> {
+    installKickHandler();
+    const wd: VcpuWorkerData = {
+      index: this.index, vcpuFd: this.vcpuFd, runSize: this.runSize,
+      mailbox: this.mailbox.words.buffer as SharedArrayBuffer, doorbell: this.doorbell,
+    };
+    const worker = new Worker(new URL('./worker.js', import.meta.url), { workerData: wd, stdout: false, stderr: false });
+    this.worker = worker;
+    let started!: () => void;
+    const ready = new Promise<void>((res) => { started = res; });
+    worker.on('message', (e: VcpuEvent) => {
+      if (e.type === 'started') started();
+      this.onEvent(e);
+    });
+    worker.on('error', (err) => this.onEvent({ type: 'error', index: this.index, message: `vCPU thread crashed: ${err.message}` }));
+    this.exited = new Promise((res) => worker.once('exit', () => res()));
+    return ready;
+  }
+
+  get state(): CtlState { return Atomics.load(this.mailbox.words, MB.CTL_STATE) as CtlState; }
+
+  kick(): void {
+    this.run.setUint8(RUN.IMMEDIATE_EXIT, 1);
+    const tid = Atomics.load(this.mailbox.words, MB.TID);
+    if (tid > 0 && this.state !== CtlState.STOPPED) libc.tgkill(process.pid, tid, SIG_KICK);
+  }
+
+  private async waitState(want: CtlState, timeoutMs: number): Promise<boolean> {
+    const w = this.mailbox.words;
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const s = Atomics.load(w, MB.CTL_STATE);
+      if (s === want || s === CtlState.STOPPED) return s === want;
+      if (Date.now() > deadline) return false;
+      // re-kick: a kick can race a vCPU that was between checks
+      this.kick();
+      const r = Atomics.waitAsync(w, MB.CTL_STATE, s, 20);
+      if (r.async) await r.value;
+    }
+  }
+
+  /** Stop running guest code; resolves when the vCPU is parked. */
+  async pause(timeoutMs = 5000): Promise<boolean> {
+    Atomics.store(this.mailbox.words, MB.CTL_REQ, CtlReq.PAUSE);
+    this.kick();
+    return this.waitState(CtlState.PAUSED, timeoutMs);
+  }
+
+  resume(): void {
+    Atomics.store(this.mailbox.words, MB.CTL_REQ, CtlReq.RUN);
+    Atomics.notify(this.mailbox.words, MB.CTL_REQ);
+  }
+
+  /** End the thread; resolves when it has exited. */
+  async stop(timeoutMs = 5000): Promise<void> {
+    const w = this.mailbox.words;
+    Atomics.store(w, MB.CTL_REQ, CtlReq.STOP);
+    Atomics.notify(w, MB.CTL_REQ);
+    this.kick();
+    const t0 = Date.now();
+    while (this.state !== CtlState.STOPPED && Date.now() - t0 < timeoutMs) {
+      this.kick();
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    if (this.state !== CtlState.STOPPED) await this.worker?.terminate();
+    await this.exited;
+  }
+}

@@ -1,0 +1,114 @@
+/**
+ * The body of one vCPU thread: KVM_RUN in a loop. It knows no devices:
+ * I/O exits go through the mailbox to the main thread; rare events are
+ * posted as messages. A kick (SIG_KICK + immediate_exit) makes KVM_RUN
+ * return so the thread can pause or stop.
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import { libc, errno, EINTR, EAGAIN } from '../kvm/libc.js';
+import { KVM, EXIT, EXIT_NAMES, RUN } from '../kvm/abi.js';
+import { mapKvmRun } from '../kvm/kvm.js';
+import { MB, MbState, MbKind, CtlReq, CtlState, newMailbox, type VcpuEvent, type VcpuWorkerData } from './mailbox.js';
+
+const wd = workerData as VcpuWorkerData;
+const post = (e: VcpuEvent) => parentPort!.postMessage(e);
+const mb = newMailbox(wd.mailbox);
+const w = mb.words;
+const doorbell = new Int32Array(wd.doorbell);
+const run = mapKvmRun(wd.vcpuFd, wd.runSize);
+const runBytes = new Uint8Array(run.buffer);
+
+Atomics.store(w, MB.TID, libc.gettid());
+post({ type: 'started', index: wd.index, tid: Atomics.load(w, MB.TID) });
+
+/** Hand one access to the device thread and wait for its answer. */
+function access(kind: MbKind, dir: number, addr: number, size: number, data: Uint8Array): void {
+  w[MB.KIND] = kind; w[MB.DIR] = dir; w[MB.SIZE] = size;
+  w[MB.ADDR_LO] = addr | 0; w[MB.ADDR_HI] = Math.floor(addr / 0x100000000) | 0;
+  if (dir === 1) mb.data.set(data.subarray(0, size));
+  Atomics.store(w, MB.STATE, MbState.REQUEST);
+  Atomics.add(doorbell, 0, 1);
+  Atomics.notify(doorbell, 0);
+  // A short spin first: the answer usually comes within microseconds, and
+  // sleeping costs a thread wake-up on each side.
+  for (let i = 0; i < 2000 && Atomics.load(w, MB.STATE) === MbState.REQUEST; i++);
+  while (Atomics.load(w, MB.STATE) === MbState.REQUEST) Atomics.wait(w, MB.STATE, MbState.REQUEST, 1000);
+  if (dir === 0) data.set(mb.data.subarray(0, size));
+  Atomics.store(w, MB.STATE, MbState.IDLE);
+}
+
+function handleIo(): void {
+  const dir = run.getUint8(RUN.IO_DIRECTION);
+  const size = run.getUint8(RUN.IO_SIZE);
+  const port = run.getUint16(RUN.IO_PORT, true);
+  const count = run.getUint32(RUN.IO_COUNT, true);
+  const off = Number(run.getBigUint64(RUN.IO_DATA_OFFSET, true));
+  for (let i = 0; i < count; i++) {
+    access(MbKind.PIO, dir, port, size, runBytes.subarray(off + i * size, off + (i + 1) * size));
+  }
+}
+
+function handleMmio(): void {
+  const addr = Number(run.getBigUint64(RUN.MMIO_PHYS_ADDR, true));
+  const len = run.getUint32(RUN.MMIO_LEN, true);
+  const isWrite = run.getUint8(RUN.MMIO_IS_WRITE);
+  access(MbKind.MMIO, isWrite ? 1 : 0, addr, Math.min(len, 8), runBytes.subarray(RUN.MMIO_DATA, RUN.MMIO_DATA + 8));
+}
+
+/** Honour pause/stop requests; returns false when the thread must end. */
+function control(): boolean {
+  for (;;) {
+    const req = Atomics.load(w, MB.CTL_REQ);
+    if (req === CtlReq.RUN) { run.setUint8(RUN.IMMEDIATE_EXIT, 0); return true; }
+    if (req === CtlReq.STOP) return false;
+    Atomics.store(w, MB.CTL_STATE, CtlState.PAUSED);
+    Atomics.notify(w, MB.CTL_STATE);
+    Atomics.wait(w, MB.CTL_REQ, CtlReq.PAUSE);
+    Atomics.store(w, MB.CTL_STATE, CtlState.RUNNING);
+    Atomics.notify(w, MB.CTL_STATE);
+  }
+}
+
+function loop(): void {
+  while (control()) {
+    const r = libc.ioctlInt(wd.vcpuFd, KVM.RUN, 0);
+    if (r < 0) {
+      const e = errno();
+      if (e === EINTR || e === EAGAIN) continue;
+      post({ type: 'error', index: wd.index, message: `KVM_RUN failed: errno ${e}` });
+      return;
+    }
+    const reason = run.getUint32(RUN.EXIT_REASON, true);
+    switch (reason) {
+      case EXIT.IO: handleIo(); break;
+      case EXIT.MMIO: handleMmio(); break;
+      case EXIT.HLT: case EXIT.INTR: case EXIT.IRQ_WINDOW_OPEN: break;
+      case EXIT.SHUTDOWN: post({ type: 'shutdown', index: wd.index }); return;
+      case EXIT.SYSTEM_EVENT:
+        post({ type: 'system-event', index: wd.index, event: run.getUint32(RUN.SYSTEM_EVENT_TYPE, true) });
+        return;
+      case EXIT.INTERNAL_ERROR: {
+        const sub = run.getUint32(RUN.INTERNAL_SUBERROR, true);
+        const n = Math.min(run.getUint32(RUN.INTERNAL_NDATA, true), 16);
+        const data: string[] = [];
+        for (let i = 0; i < n; i++) data.push('0x' + run.getBigUint64(RUN.INTERNAL_DATA + i * 8, true).toString(16));
+        post({
+          type: 'error', index: wd.index,
+          message: `KVM internal error, suberror ${sub}${sub === 1 ? ' (instruction emulation failed)' : ''}${data.length ? ` data ${data.join(' ')}` : ''}`,
+        });
+        return;
+      }
+      case EXIT.FAIL_ENTRY:
+        post({ type: 'error', index: wd.index, message: `VM entry failed, hardware reason 0x${run.getBigUint64(RUN.FAIL_ENTRY_REASON, true).toString(16)}` });
+        return;
+      default:
+        post({ type: 'error', index: wd.index, message: `unhandled KVM exit ${EXIT_NAMES[reason] ?? reason}` });
+        return;
+    }
+  }
+}
+
+loop();
+Atomics.store(w, MB.CTL_STATE, CtlState.STOPPED);
+Atomics.notify(w, MB.CTL_STATE);
+post({ type: 'stopped', index: wd.index });

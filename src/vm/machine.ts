@@ -1,0 +1,351 @@
+/**
+ * A virtual machine assembled from its config tree: KVM VM and vCPUs, guest
+ * RAM, the x86 platform (in-kernel irqchip and PIT, ACPI, RTC, UARTs, PCI
+ * host), the boot payload, and the vCPU threads. `run()` resolves with
+ * bhyve's exit code when the guest powers off, resets or fails.
+ */
+import { readFileSync, statSync } from 'node:fs';
+import { totalmem } from 'node:os';
+import { EventEmitter } from 'node:events';
+import { Kvm, Vm, VcpuFd, createGuestRam, type RamMapping } from '../kvm/kvm.js';
+import { SYSTEM_EVENT, type Sregs, type Segment as KvmSegment } from '../kvm/abi.js';
+import { GuestMemory } from '../memory/guest-memory.js';
+import { Bus, type IrqLine } from '../bus/bus.js';
+import { ConfigTree } from '../config/tree.js';
+import { UserError, HostError } from '../errors.js';
+import { RateLimitedLog, log } from '../log.js';
+import { inspectHost, emulatedKvmMessage, type HostReport } from './host-check.js';
+import { ExitCode } from './exit-codes.js';
+import { guestCpuid, type Topology } from '../x86/cpuid.js';
+import { guestRamLayout, IOAPIC_ADDR, LAPIC_ADDR } from '../x86/layout.js';
+import type { BootCpuState, Segment as BootSegment } from '../x86/boot/cpu-state.js';
+import { loadLinux } from '../x86/boot/linux.js';
+import { buildAcpiTables } from '../x86/acpi/index.js';
+import { attachAcpiPm, type AcpiPm } from '../devices/acpi-pm.js';
+import { Uart16550 } from '../devices/uart16550.js';
+import { Rtc } from '../devices/rtc.js';
+import { openSerialBackend, type SerialBackend } from '../devices/backends/index.js';
+import { PciHost, PCI_CONFIG_ADDR, PCI_CONFIG_DATA } from '../pci/host.js';
+import { findPciDevice, type DeviceContext } from '../pci/device.js';
+import '../pci/bridges.js';
+import { resolveCpus, resolveMemBytes } from '../config/options.js';
+import { ExitServer } from '../vcpu/exit-server.js';
+import { VcpuThread } from '../vcpu/vcpu-thread.js';
+import type { VcpuEvent } from '../vcpu/mailbox.js';
+
+/** ISA serial ports: base port and IRQ, as on a PC. */
+export const COM_PORTS: Record<string, { port: number; irq: number }> = {
+  com1: { port: 0x3f8, irq: 4 },
+  com2: { port: 0x2f8, irq: 3 },
+  com3: { port: 0x3e8, irq: 4 },
+  com4: { port: 0x2e8, irq: 3 },
+};
+
+const MSR = {
+  SYSENTER_CS: 0x174, SYSENTER_ESP: 0x175, SYSENTER_EIP: 0x176,
+  STAR: 0xc0000081, LSTAR: 0xc0000082, CSTAR: 0xc0000083, SYSCALL_MASK: 0xc0000084, KERNEL_GS_BASE: 0xc0000102,
+  TSC: 0x10, MISC_ENABLE: 0x1a0, MTRR_DEF_TYPE: 0x2ff,
+} as const;
+
+/** Where guest code starts when no Linux kernel is given (tshyve's own test programs). */
+export interface RawBoot { file: string; address: number }
+
+export class Machine extends EventEmitter {
+  readonly pio = new Bus('pio');
+  readonly mmio = new Bus('mmio');
+  readonly pci = new PciHost();
+  readonly uarts = new Map<string, Uart16550>();
+  readonly backends: SerialBackend[] = [];
+  private vcpus: VcpuThread[] = [];
+  private exitServer: ExitServer | undefined;
+  private pm: AcpiPm | undefined;
+  private finished: Promise<ExitCode>;
+  private resolveFinished!: (c: ExitCode) => void;
+  private ending = false;
+  private readonly guestLog = new RateLimitedLog(10);
+  /** the reason the VM stopped with ExitCode.ERROR */
+  errorMessage: string | undefined;
+  /** ms from process start to the first vCPU entering KVM_RUN */
+  firstRunMs: number | undefined;
+
+  private constructor(
+    readonly config: ConfigTree,
+    readonly kvm: Kvm,
+    readonly vm: Vm,
+    readonly host: HostReport,
+    readonly ram: RamMapping,
+    readonly mem: GuestMemory,
+    readonly topo: Topology,
+    readonly vcpuFds: VcpuFd[],
+  ) {
+    super();
+    this.finished = new Promise((r) => { this.resolveFinished = r; });
+  }
+
+  /** Build the VM from its config; throws UserError/HostError with one-line messages. */
+  static async create(config: ConfigTree): Promise<Machine> {
+    const topo = resolveCpus(config);
+    const memBytes = resolveMemBytes(config);
+    if (memBytes > totalmem()) {
+      throw new UserError(`memory size ${config.get('memory.size')} is more than this host has (${(totalmem() / 2 ** 30).toFixed(1)} GiB)`);
+    }
+    const boot = bootSource(config);
+    const kvm = Kvm.open(config.get('kvm.device') ?? '/dev/kvm');
+    const host = inspectHost(kvm);
+    if (topo.cpus > host.maxVcpus) throw new UserError(`${topo.cpus} vCPUs requested, this host's KVM allows ${host.maxVcpus}`);
+    if (boot.kind === 'linux' && host.emulated && !config.getBool('x86.allow_emulated_kvm', false)) {
+      throw new HostError(emulatedKvmMessage(host), 'EEMULATED');
+    }
+    const vm = kvm.createVm();
+    const ram = createGuestRam(memBytes, `tshyve-${config.get('name') ?? 'vm'}`);
+    const regions = guestRamLayout(memBytes);
+    let off = 0;
+    const memRegions = regions.map((r, slot) => {
+      vm.setUserMemoryRegion(slot, r.gpa, r.size, ram.hostAddr + BigInt(off));
+      const bytes = ram.bytes.subarray(off, off + r.size);
+      off += r.size;
+      return { gpa: r.gpa, bytes };
+    });
+    const mem = new GuestMemory(memRegions);
+    // Intel needs these three pages reserved below 4G; AMD ignores them.
+    vm.setIdentityMapAddr(0xfeffc000);
+    vm.setTssAddr(0xfeffd000);
+    vm.createIrqchip();
+    vm.createPit2();
+    const fds: VcpuFd[] = [];
+    for (let i = 0; i < topo.cpus; i++) fds.push(new VcpuFd(vm.createVcpu(i)));
+    const m = new Machine(config, kvm, vm, host, ram, mem, topo, fds);
+    try {
+      await m.buildPlatform();
+      m.setupVcpus(host);
+      m.loadBoot(boot);
+    } catch (e) {
+      await m.closeBackends();
+      throw e;
+    }
+    return m;
+  }
+
+  /** A device context for device models. */
+  deviceContext(): DeviceContext {
+    return {
+      mem: this.mem, pio: this.pio, mmio: this.mmio,
+      irq: (gsi) => this.irq(gsi),
+      msi: (address, data) => { this.vm.signalMsi(address, data); },
+      guestError: (dev, msg) => this.guestLog.log('warn', `${dev}: ${msg}`),
+    };
+  }
+
+  irq(gsi: number): IrqLine {
+    return { set: (level: boolean) => this.vm.irqLine(gsi, level) };
+  }
+
+  private async buildPlatform(): Promise<void> {
+    const c = this.config;
+    // PCI: config mechanism #1 and the devices of pci.B.S.F.device.
+    // 0xCF8 is only decoded as a dword; 0xCF9 is the reset control register.
+    this.pio.register(PCI_CONFIG_ADDR, 1, this.pci, 'pci-config-address');
+    this.pio.register(PCI_CONFIG_DATA, 4, this.pci.dataPort, 'pci-config-data');
+    const ctx = this.deviceContext();
+    const pciRoot = c.node('pci');
+    for (const [bus, bnode] of pciRoot?.children ?? []) {
+      for (const [slot, snode] of bnode.children) {
+        for (const [func, fnode] of snode.children) {
+          const name = fnode.get('device');
+          if (!name) continue;
+          const emu = findPciDevice(name);
+          if (!emu) throw new UserError(`unknown PCI device '${name}' at pci.${bus}.${slot}.${func}`);
+          const bdf = { bus: Number(bus), slot: Number(slot), func: Number(func) };
+          this.pci.add(bdf.bus, bdf.slot, bdf.func, emu.create(ctx, fnode, bdf));
+        }
+      }
+    }
+    // LPC devices: the UARTs named in lpc.comN.path, and the RTC.
+    for (const [name, { port, irq }] of Object.entries(COM_PORTS)) {
+      const spec = c.get(`lpc.${name}.path`);
+      if (spec === undefined) continue;
+      const backend = await openSerialBackend(spec);
+      this.backends.push(backend);
+      const uart = new Uart16550(this.irq(irq), backend);
+      this.uarts.set(name, uart);
+      this.pio.register(port, 8, uart, name);
+    }
+    const utc = !c.getBool('rtc.use_localtime', true);
+    this.pio.register(0x70, 2, new Rtc({ utc, memBytes: this.ram.size, irq: this.irq(8) }), 'rtc');
+    this.pm = attachAcpiPm(this.pio, {
+      onPowerOff: () => void this.finish(ExitCode.POWEROFF),
+      onReset: () => void this.finish(ExitCode.REBOOT),
+    }, { sci: this.irq(9) });
+    // POST code and ISA DMA page registers: writes are harmless, keep them quiet.
+    const sink = { read: () => 0xff, write: () => {} };
+    this.pio.register(0x80, 1, sink, 'post');
+  }
+
+  private setupVcpus(host: HostReport): void {
+    const supported = this.kvm.supportedCpuid();
+    this.vcpuFds.forEach((v, i) => {
+      v.setCpuid(guestCpuid(supported, i, this.topo, { hideCx16: host.emulated }));
+      const msrs = [
+        { index: MSR.SYSENTER_CS, data: 0n }, { index: MSR.SYSENTER_ESP, data: 0n }, { index: MSR.SYSENTER_EIP, data: 0n },
+        { index: MSR.STAR, data: 0n }, { index: MSR.LSTAR, data: 0n }, { index: MSR.CSTAR, data: 0n },
+        { index: MSR.SYSCALL_MASK, data: 0n }, { index: MSR.KERNEL_GS_BASE, data: 0n },
+        { index: MSR.TSC, data: 0n },
+        { index: MSR.MISC_ENABLE, data: 1n }, // fast strings
+        { index: MSR.MTRR_DEF_TYPE, data: (1n << 11n) | 6n }, // MTRRs on, default write-back
+      ];
+      const n = v.setMsrs(msrs);
+      if (n !== msrs.length) log('debug', `vCPU ${i}: KVM accepted ${n} of ${msrs.length} boot MSRs`);
+      const fpu = Buffer.alloc(416);
+      fpu.writeUInt16LE(0x37f, 128); // fcw
+      fpu.writeUInt32LE(0x1f80, 408); // mxcsr
+      v.setFpu(fpu);
+      const lapic = v.getLapic();
+      const LVT_LINT0 = 0x350, LVT_LINT1 = 0x360;
+      lapic.writeUInt32LE((lapic.readUInt32LE(LVT_LINT0) & ~0x700) | 0x700, LVT_LINT0); // ExtINT
+      lapic.writeUInt32LE((lapic.readUInt32LE(LVT_LINT1) & ~0x700) | 0x400, LVT_LINT1); // NMI
+      v.setLapic(lapic);
+    });
+  }
+
+  private loadBoot(boot: BootSource): void {
+    const bsp = this.vcpuFds[0]!;
+    if (boot.kind === 'raw') {
+      const image = boot.image;
+      if (!this.mem.contains(boot.address, image.length)) throw new UserError(`boot image ${boot.file} does not fit in guest memory at 0x${boot.address.toString(16)}`);
+      this.mem.write(boot.address, image);
+      // Real mode at seg:off = (addr >> 4):(addr & 0xf)
+      const s = bsp.getSregs();
+      const seg = boot.address >> 4;
+      s.cs = { ...s.cs, base: BigInt(seg << 4), selector: seg };
+      bsp.setSregs(s);
+      const r = bsp.getRegs();
+      r.rip = BigInt(boot.address & 0xf); r.rflags = 2n; r.rsp = 0n;
+      bsp.setRegs(r);
+      return;
+    }
+    const { kernel, initrd } = boot;
+    const rsdpAddr = buildAcpiTables(this.mem, {
+      cpus: this.topo.cpus, ioapicAddr: IOAPIC_ADDR, lapicAddr: LAPIC_ADDR,
+    });
+    const state = loadLinux(this.mem, { kernel, initrd, cmdline: boot.cmdline, memBytes: this.ram.size, rsdpAddr });
+    applyBootState(bsp, state);
+  }
+
+  /** Start the vCPU threads; resolves with the exit code when the VM ends. */
+  async run(): Promise<ExitCode> {
+    const doorbell = new SharedArrayBuffer(4);
+    this.vcpus = this.vcpuFds.map((v, i) => new VcpuThread(i, v.fd, this.kvm.vcpuMmapSize(), doorbell, (e) => this.onVcpuEvent(e)));
+    this.exitServer = new ExitServer(new Int32Array(doorbell), this.vcpus.map((t) => t.mailbox), this.pio, this.mmio,
+      (msg) => this.guestLog.log('warn', msg));
+    this.exitServer.start();
+    await Promise.all(this.vcpus.map((t) => t.start()));
+    this.firstRunMs = performance.now();
+    this.emit('running');
+    return this.finished;
+  }
+
+  private onVcpuEvent(e: VcpuEvent): void {
+    switch (e.type) {
+      case 'shutdown': void this.finish(ExitCode.TRIPLE_FAULT, `vCPU ${e.index} triple fault`); break;
+      case 'system-event':
+        void this.finish(e.event === SYSTEM_EVENT.RESET ? ExitCode.REBOOT : e.event === SYSTEM_EVENT.SHUTDOWN ? ExitCode.POWEROFF : ExitCode.ERROR);
+        break;
+      case 'error': {
+        let msg = `vCPU ${e.index}: ${e.message}`;
+        if (this.host.emulated && /emulation failed/.test(e.message)) msg += `; this host's KVM is software-emulated (${this.host.emulatedWhy}) and cannot run this guest: use the nested lab (lab/run)`;
+        void this.finish(ExitCode.ERROR, msg);
+        break;
+      }
+      default: break;
+    }
+  }
+
+  /** Press the ACPI power button (SIGTERM): the guest decides what to do. */
+  pressPowerButton(): void { this.pm?.pressPowerButton(); }
+
+  /** Pause every vCPU (for snapshots and the control socket). */
+  async pause(): Promise<void> {
+    const ok = await Promise.all(this.vcpus.map((v) => v.pause()));
+    if (ok.includes(false)) throw new HostError('a vCPU did not pause in time');
+  }
+  resume(): void { for (const v of this.vcpus) v.resume(); }
+
+  get exitStats() { return this.exitServer?.stats; }
+
+  /** End the VM with `code`; idempotent. */
+  async finish(code: ExitCode, message?: string): Promise<void> {
+    if (this.ending) return;
+    this.ending = true;
+    if (message && code === ExitCode.ERROR) this.errorMessage = message;
+    else if (message) log('info', message);
+    // The exit server keeps serving until every vCPU has left its mailbox.
+    await Promise.all(this.vcpus.map((v) => v.stop()));
+    this.exitServer?.stop();
+    await this.closeBackends();
+    this.resolveFinished(code);
+  }
+
+  private async closeBackends(): Promise<void> {
+    await Promise.all(this.backends.map(async (b) => { try { await b.close(); } catch { /* closing anyway */ } }));
+  }
+}
+
+type BootSource =
+  | { kind: 'linux'; kernel: Buffer; initrd?: Buffer; cmdline: string }
+  | { kind: 'raw'; file: string; image: Buffer; address: number };
+
+function bootSource(c: ConfigTree): BootSource {
+  const kernel = c.get('boot.kernel');
+  const raw = c.get('boot.raw');
+  if (kernel) {
+    const image = readBootFile(kernel, 'kernel');
+    if (!isLinuxKernel(image)) throw new UserError(`kernel ${kernel} is not a Linux kernel (neither a bzImage nor an ELF vmlinux)`);
+    const initrd = c.get('boot.initrd');
+    return { kind: 'linux', kernel: image, initrd: initrd ? readBootFile(initrd, 'initrd') : undefined, cmdline: c.get('boot.cmdline') ?? 'console=ttyS0' };
+  }
+  if (raw) {
+    const a = c.get('boot.raw.address') ?? '0x1000';
+    const address = Number(a);
+    if (!Number.isSafeInteger(address) || address < 0 || address >= 0x100000) throw new UserError(`boot.raw.address '${a}' must be below 1 MiB`);
+    return { kind: 'raw', file: raw, image: readBootFile(raw, 'boot image'), address };
+  }
+  throw new UserError('nothing to boot: give -o boot.kernel=PATH (a Linux bzImage or vmlinux); tshyve has no firmware boot yet');
+}
+
+function readBootFile(path: string, what: string): Buffer {
+  try {
+    const st = statSync(path);
+    if (!st.isFile()) throw new UserError(`${what} ${path} is not a regular file`);
+    return readFileSync(path);
+  } catch (e) {
+    if (e instanceof UserError) throw e;
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new UserError(`cannot read ${what} ${path}: ${code === 'ENOENT' ? 'no such file' : code ?? String(e)}`);
+  }
+}
+
+/** bzImage setup header magic, or an ELF64 image. */
+function isLinuxKernel(b: Buffer): boolean {
+  const bz = b.length > 0x206 && b.readUInt32LE(0x202) === 0x53726448;
+  const elf = b.length > 64 && b.readUInt32BE(0) === 0x7f454c46 && b[4] === 2;
+  return bz || elf;
+}
+
+function toKvmSeg(s: BootSegment): KvmSegment {
+  return { ...s, base: BigInt(s.base), unusable: 0 };
+}
+
+function applyBootState(v: VcpuFd, st: BootCpuState): void {
+  const s: Sregs = v.getSregs();
+  s.cs = toKvmSeg(st.cs);
+  for (const n of ['ds', 'es', 'fs', 'gs', 'ss'] as const) s[n] = toKvmSeg(st.ds);
+  if (st.tr) s.tr = toKvmSeg(st.tr);
+  s.gdt = { base: BigInt(st.gdt.base), limit: st.gdt.limit };
+  s.idt = { base: BigInt(st.idt.base), limit: st.idt.limit };
+  s.cr0 = BigInt(st.cr0); s.cr3 = BigInt(st.cr3); s.cr4 = BigInt(st.cr4); s.efer = BigInt(st.efer);
+  v.setSregs(s);
+  const r = v.getRegs();
+  for (const k of Object.keys(r) as (keyof typeof r)[]) r[k] = 0n;
+  r.rip = BigInt(st.rip); r.rsi = BigInt(st.rsi); r.rsp = BigInt(st.rsp); r.rbp = BigInt(st.rsp); r.rflags = BigInt(st.rflags);
+  v.setRegs(r);
+}

@@ -1,0 +1,35 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { guestCpuid, vendorOf } from './cpuid.js';
+import type { CpuidEntry } from '../kvm/abi.js';
+
+const vendor = (s: string): CpuidEntry => {
+  const b = Buffer.from(s, 'latin1');
+  return { function: 0, index: 0, flags: 0, eax: 0xd, ebx: b.readUInt32LE(0), edx: b.readUInt32LE(4), ecx: b.readUInt32LE(8) };
+};
+
+test('vendor string decodes from leaf 0', () => {
+  assert.equal(vendorOf([vendor('AuthenticAMD')]), 'AuthenticAMD');
+  assert.equal(vendorOf([vendor('GenuineIntel')]), 'GenuineIntel');
+});
+
+test('leaf 1 carries APIC ID, logical count and the hypervisor bit', () => {
+  const sup = [vendor('GenuineIntel'), { function: 1, index: 0, flags: 0, eax: 0x806c1, ebx: 0x00000800, ecx: 0x2000, edx: 0 }];
+  const c = guestCpuid(sup, 1, { cpus: 2, sockets: 1, cores: 2, threads: 1 });
+  const l1 = c.find((e) => e.function === 1)!;
+  assert.equal(l1.ebx >>> 24, 1);
+  assert.equal((l1.ebx >>> 16) & 0xff, 2);
+  assert.equal(l1.ebx & 0xffff, 0x0800);
+  assert.ok(l1.ecx & (1 << 31));
+  assert.ok(l1.edx & (1 << 28));
+  const hidden = guestCpuid(sup, 0, { cpus: 1, sockets: 1, cores: 1, threads: 1 }, { hideCx16: true }).find((e) => e.function === 1)!;
+  assert.equal(hidden.ecx & (1 << 13), 0);
+});
+
+test('leaf 0xB reports the topology and x2APIC ID', () => {
+  const c = guestCpuid([vendor('GenuineIntel')], 3, { cpus: 4, sockets: 1, cores: 2, threads: 2 });
+  const l0 = c.find((e) => e.function === 0xb && e.index === 0)!;
+  const l1 = c.find((e) => e.function === 0xb && e.index === 1)!;
+  assert.deepEqual([l0.eax, l0.ebx, l0.edx], [1, 2, 3]);
+  assert.deepEqual([l1.eax, l1.ebx, l1.edx], [2, 4, 3]);
+});

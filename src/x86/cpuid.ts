@@ -1,0 +1,86 @@
+/**
+ * The guest CPUID policy: what the host's KVM supports, with the topology
+ * of `-c` written in (APIC IDs, leaf 0xB, AMD core counts), the hypervisor
+ * bit set, and per-vendor leaves kept consistent.
+ */
+import type { CpuidEntry } from '../kvm/abi.js';
+
+export interface Topology { cpus: number; sockets: number; cores: number; threads: number }
+
+const bitsFor = (n: number): number => (n <= 1 ? 0 : Math.ceil(Math.log2(n)));
+
+export function vendorOf(entries: CpuidEntry[]): string {
+  const e = entries.find((x) => x.function === 0);
+  if (!e) return 'unknown';
+  const b = Buffer.alloc(12);
+  b.writeUInt32LE(e.ebx, 0); b.writeUInt32LE(e.edx, 4); b.writeUInt32LE(e.ecx, 8);
+  return b.toString('latin1');
+}
+
+export interface CpuidOptions {
+  /** hide CMPXCHG16B: software-emulated KVMs cannot run it */
+  hideCx16?: boolean;
+}
+
+/** CPUID entries for vCPU `index` of a VM with topology `topo`. */
+export function guestCpuid(supported: CpuidEntry[], index: number, topo: Topology, opts: CpuidOptions = {}): CpuidEntry[] {
+  const amd = vendorOf(supported) === 'AuthenticAMD';
+  const threadBits = bitsFor(topo.threads);
+  const coreBits = bitsFor(topo.cores);
+  const perPkg = topo.threads * topo.cores;
+  const apicId = index; // APIC IDs are dense 0..n-1, matching the MADT
+  const out: CpuidEntry[] = [];
+  for (const src of supported) {
+    const e = { ...src };
+    switch (e.function) {
+      case 1:
+        e.ebx = (e.ebx & 0x0000ffff) | ((Math.min(perPkg, 255) & 0xff) << 16) | ((apicId & 0xff) << 24);
+        e.ecx |= 1 << 31; // running under a hypervisor
+        if (opts.hideCx16) e.ecx &= ~(1 << 13);
+        if (perPkg > 1) e.edx |= 1 << 28; else e.edx &= ~(1 << 28);
+        break;
+      case 4: // Intel deterministic cache parameters: cores per package
+        if (!amd && (e.eax & 0x1f) !== 0) {
+          e.eax = (e.eax & 0x3ffffff) | (((topo.cores - 1) & 0x3f) << 26);
+          // logical processors sharing the cache: keep L1/L2 per core, L3 per package
+          const level = (e.eax >> 5) & 7;
+          const sharing = level >= 3 ? perPkg : topo.threads;
+          e.eax = (e.eax & ~(0xfff << 14)) | (((sharing - 1) & 0xfff) << 14);
+        }
+        break;
+      case 0xb:
+      case 0x1f:
+        if (e.index === 0) {
+          e.eax = threadBits; e.ebx = topo.threads; e.ecx = (1 << 8) | 0;
+        } else if (e.index === 1) {
+          e.eax = threadBits + coreBits; e.ebx = perPkg; e.ecx = (2 << 8) | 1;
+        } else {
+          e.eax = 0; e.ebx = 0; e.ecx = e.index & 0xff;
+        }
+        e.edx = apicId;
+        break;
+      case 0x80000001:
+        if (amd && perPkg > 1) e.ecx |= 1 << 1; // CmpLegacy
+        break;
+      case 0x80000008:
+        if (amd) e.ecx = (e.ecx & ~0xf0ff) | ((perPkg - 1) & 0xff) | ((threadBits + coreBits) << 12);
+        break;
+      case 0x8000001e:
+        if (amd) {
+          e.eax = apicId;
+          e.ebx = (e.ebx & ~0xffff) | (((topo.threads - 1) & 0xff) << 8) | ((apicId >> threadBits) & 0xff);
+          e.ecx = (e.ecx & ~0xff) | Math.floor(index / perPkg);
+        }
+        break;
+      default:
+        break;
+    }
+    out.push(e);
+  }
+  // Leaf 0xB must exist for x2APIC topology; add it when the host list lacks it.
+  if (!out.some((e) => e.function === 0xb)) {
+    out.push({ function: 0xb, index: 0, flags: 1, eax: threadBits, ebx: topo.threads, ecx: 1 << 8, edx: apicId });
+    out.push({ function: 0xb, index: 1, flags: 1, eax: threadBits + coreBits, ebx: perPkg, ecx: (2 << 8) | 1, edx: apicId });
+  }
+  return out;
+}

@@ -1,0 +1,61 @@
+/**
+ * Bad user input: one line on stderr, exit 4, no stack trace, and nothing
+ * started. None of these needs KVM: input is checked before the host.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { runCli } from './helpers.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'tshyve-cli-'));
+const notKernel = join(dir, 'notes.txt');
+writeFileSync(notKernel, 'this is not a kernel\n'.repeat(100));
+const std = ['-s', '0,hostbridge', '-s', '31,lpc', '-l', 'com1,stdio'];
+
+const cases: [string, string[], RegExp][] = [
+  ['missing kernel file', [...std, '-o', `boot.kernel=${join(dir, 'nope')}`, 'vm'], /kernel .*nope.*no such file/],
+  ['a file that is not a kernel', [...std, '-o', `boot.kernel=${notKernel}`, 'vm'], /not a Linux kernel/],
+  ['bad -m', ['-m', '12Q', ...std, 'vm'], /memory size/],
+  ['zero memory', ['-m', '0', ...std, 'vm'], /memory size/],
+  ['unknown device in -s', ['-s', '3,frobnicator', 'vm'], /unknown PCI device 'frobnicator'/],
+  ['duplicate slot', ['-s', '0,hostbridge', '-s', '0,lpc', 'vm'], /already occupied/],
+  ['malformed -o', ['-o', 'novalue', 'vm'], /novalue/],
+  ['memory larger than the host', ['-m', '64T', ...std, '-o', `boot.kernel=${notKernel}`, 'vm'], /more than this host has|memory size/],
+  ['an unknown option', ['-Z', 'vm'], /unknown option/],
+  ['an option tshyve lacks yet', ['-G', '1234', 'vm'], /not supported/],
+  ['a missing -k file', ['-k', join(dir, 'missing.conf'), 'vm'], /missing\.conf/],
+  ['no VM name', [...std], /name/i],
+];
+
+for (const [what, args, re] of cases) {
+  test(`bad input: ${what} -> one line, exit 4`, async () => {
+    const r = await runCli(args, { timeoutMs: 20_000 });
+    assert.equal(r.code, 4, `exit code (stderr: ${r.stderr})`);
+    const lines = r.stderr.trimEnd().split('\n');
+    assert.equal(lines.length, 1, `one line, got: ${r.stderr}`);
+    assert.match(lines[0]!, /^tshyve: /);
+    assert.match(lines[0]!, re);
+    assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
+    assert.equal(r.stdout, '');
+  });
+}
+
+test('-o config.dump=1 prints the config tree and exits 0', async () => {
+  const r = await runCli(['-c', '2', '-m', '512M', ...std, '-o', 'config.dump=1', '-o', 'boot.cmdline=console=ttyS0 quiet', 'dumpvm']);
+  assert.equal(r.code, 0, r.stderr);
+  const lines = r.stdout.trim().split('\n');
+  for (const l of ['cpus=2', 'memory.size=512M', 'name=dumpvm', 'pci.0.0.0.device=hostbridge', 'pci.0.31.0.device=lpc', 'lpc.com1.path=stdio', 'boot.cmdline=console=ttyS0 quiet']) {
+    assert.ok(lines.includes(l), `${l} in dump:\n${r.stdout}`);
+  }
+});
+
+test('-k reads a config file of key=value lines', async () => {
+  const f = join(dir, 'vm.conf');
+  writeFileSync(f, '# a comment\ncpus=3\nmemory.size=1G\nname=fromfile\n');
+  const r = await runCli(['-k', f, '-o', 'config.dump=1']);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /^cpus=3$/m);
+  assert.match(r.stdout, /^memory\.size=1G$/m);
+});

@@ -1,0 +1,60 @@
+/**
+ * Level 2: tshyve's own small guest programs on this host's /dev/kvm.
+ * Each runs the real CLI and checks what the guest printed and the exit code.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { runCli, kvmUnavailable, guestBin } from './helpers.js';
+
+const base = (bin: string, extra: string[] = []) =>
+  ['-c', '1', '-m', '16M', '-s', '0,hostbridge', '-s', '31,lpc', '-l', 'com1,stdio', '-o', `boot.raw=${bin}`, ...extra, 'testvm'];
+
+function skipReason(name: string): string | undefined {
+  return kvmUnavailable() ?? (guestBin(name) ? undefined : `guest program ${name}.bin not built (nasm missing: run scripts/setup.sh)`);
+}
+
+test('real mode: serial output, PIC+PIT interrupts through HLT, serial input, ACPI power-off', { skip: skipReason('real') }, async () => {
+  const r = await runCli(base(guestBin('real')!), { input: 'x' });
+  assert.match(r.stdout, /REAL OK\n/);
+  assert.match(r.stdout, /HLT OK\n/);
+  assert.match(r.stdout, /ECHO:x\n/);
+  assert.equal(r.code, 1, `power-off exits 1 (stderr: ${r.stderr})`);
+});
+
+test('protected and long mode, MMIO exits, power-off', { skip: skipReason('long') }, async () => {
+  const r = await runCli(base(guestBin('long')!));
+  assert.equal(r.stdout, 'RPROTECTED OK\nLONG OK\nMMIO OK\n');
+  assert.equal(r.code, 1, r.stderr);
+});
+
+test('a triple fault ends tshyve with exit 3', { skip: skipReason('triple') }, async () => {
+  const r = await runCli(base(guestBin('triple')!));
+  assert.equal(r.code, 3, r.stderr);
+});
+
+test('a guest that never exits is stopped by SIGINT (vCPU kick) with exit 1', { skip: skipReason('spin') }, async () => {
+  let sent = false;
+  const r = await runCli(base(guestBin('spin')!), {
+    onStdout: (out, child) => { if (!sent && out.includes('S\n')) { sent = true; child.kill('SIGINT'); } },
+    timeoutMs: 30_000,
+  });
+  assert.ok(sent, 'guest printed before the signal');
+  assert.equal(r.code, 1, r.stderr);
+  assert.equal(r.signal, null);
+});
+
+test('first SIGTERM presses the power button, the second ends the VM', { skip: skipReason('spin') }, async () => {
+  let sent = 0;
+  const r = await runCli(base(guestBin('spin')!), {
+    onStdout: (out, child) => {
+      if (sent === 0 && out.includes('S\n')) {
+        sent = 1; child.kill('SIGTERM');
+        setTimeout(() => { sent = 2; child.kill('SIGTERM'); }, 500);
+      }
+    },
+    timeoutMs: 30_000,
+  });
+  assert.equal(sent, 2);
+  assert.equal(r.code, 1, r.stderr);
+  assert.match(r.stderr, /power button/);
+});

@@ -1,0 +1,87 @@
+/**
+ * Runs inside the nested lab (L1, real KVM): boots Debian's cloud kernel
+ * under tshyve in several configurations and writes what happened to
+ * RESULTS (a JSON file in the scratch export), for test/linux-lab.test.ts
+ * on the host to check. One node process drives every scenario because
+ * each process start costs seconds under TCG.
+ *
+ *   node dist/test/lab/linux-driver.js RESULTS.json [scenario ...]
+ */
+import { spawn } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { connect } from 'node:net';
+import { join } from 'node:path';
+import { ROOT, CLI } from '../helpers.js';
+
+const GUEST = join(ROOT, 'lab', 'out', 'guest');
+export interface BootResult { name: string; code: number | null; stdout: string; stderr: string; ms: number; tcp?: string }
+
+function tshyve(args: string[], timeoutMs = 240_000, onStart?: (child: ReturnType<typeof spawn>) => void): Promise<BootResult & { name: '' }> {
+  return new Promise((resolve) => {
+    const t0 = Date.now();
+    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '', stderr = '';
+    child.stdout!.on('data', (d) => { stdout += d; });
+    child.stderr!.on('data', (d) => { stderr += d; });
+    const timer = setTimeout(() => { stderr += '\n[driver: timeout, killed]'; child.kill('SIGKILL'); }, timeoutMs);
+    onStart?.(child);
+    child.on('close', (code) => { clearTimeout(timer); resolve({ name: '', code, stdout, stderr, ms: Date.now() - t0 }); });
+  });
+}
+
+const vmArgs = (cpus: number, run: string, com1 = 'stdio', extra: string[] = []) => [
+  '-c', String(cpus), '-m', '512M', '-s', '0,hostbridge', '-s', '31,lpc', '-l', `com1,${com1}`,
+  '-o', `boot.kernel=${join(GUEST, 'vmlinuz')}`, '-o', `boot.initrd=${join(GUEST, 'initrd.img')}`,
+  '-o', `boot.cmdline=console=ttyS0 quiet tshyve.run=${run}`, ...extra, `lab${cpus}`,
+];
+
+/** Connect to the guest's com1 over TCP, retrying until tshyve listens; collect what it prints. */
+function tcpCollect(port: number, until: RegExp, timeoutMs: number): Promise<string> {
+  return new Promise((resolve) => {
+    let got = '';
+    const deadline = Date.now() + timeoutMs;
+    const attempt = () => {
+      const s = connect(port, '127.0.0.1');
+      s.on('data', (d) => { got += d; if (until.test(got)) { s.destroy(); resolve(got); } });
+      s.on('error', () => { if (Date.now() < deadline) setTimeout(attempt, 200); else resolve(got); });
+      s.on('close', () => resolve(got));
+    };
+    attempt();
+  });
+}
+
+const scenarios: Record<string, () => Promise<BootResult>> = {
+  async 'boot-1cpu-poweroff'() {
+    return { ...(await tshyve(vmArgs(1, 'poweroff'))), name: 'boot-1cpu-poweroff' };
+  },
+  async 'boot-2cpu-poweroff'() {
+    return { ...(await tshyve(vmArgs(2, 'poweroff'))), name: 'boot-2cpu-poweroff' };
+  },
+  async 'boot-1cpu-reboot'() {
+    return { ...(await tshyve(vmArgs(1, 'reboot'))), name: 'boot-1cpu-reboot' };
+  },
+  async 'tcp-console'() {
+    const port = 47000 + Math.floor(Math.random() * 1000);
+    let tcp: Promise<string> | undefined;
+    const r = await tshyve(vmArgs(1, 'poweroff', `tcp=127.0.0.1:${port}`), 240_000, () => {
+      tcp = tcpCollect(port, /CPUS=\d+/, 200_000);
+    });
+    return { ...r, name: 'tcp-console', tcp: await tcp };
+  },
+};
+
+async function main(): Promise<void> {
+  const [out, ...names] = process.argv.slice(2);
+  if (!out) throw new Error('usage: linux-driver RESULTS.json [scenario ...]');
+  const results: BootResult[] = [];
+  for (const n of names.length ? names : Object.keys(scenarios)) {
+    const f = scenarios[n];
+    if (!f) throw new Error(`unknown scenario ${n}`);
+    const r = await f();
+    results.push(r);
+    process.stdout.write(`[lab] ${n}: exit ${r.code} in ${r.ms} ms\n`);
+    writeFileSync(out, JSON.stringify(results, null, 1));
+  }
+}
+
+main().catch((e) => { console.error(e); process.exit(1); });
