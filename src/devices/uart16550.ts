@@ -218,6 +218,20 @@ export class Uart16550 implements BusDevice {
       this.irqLevel = level;
       this.irq.set(level);
     }
+    this.onChange?.();
+  }
+
+  /** Called after every state change (guest access or host input). */
+  onChange?: () => void;
+
+  /**
+   * LSR as a read would return it, when reading it changes nothing and a
+   * THR write cannot change it (not in loopback, no overrun to clear);
+   * otherwise undefined. vCPU threads may answer LSR polls from this.
+   */
+  lsrShadow(): number | undefined {
+    if (this.overrun || this.mcr & MCR_LOOP) return undefined;
+    return LSR_THRE | LSR_TEMT | (this.fifoCount > 0 ? LSR_DR : 0);
   }
 
   // ---- receive path ----

@@ -6,7 +6,7 @@
  * scan) and a thread wake-up costs far more than a few microseconds' poll.
  */
 import type { Bus } from '../bus/bus.js';
-import { MB, MbState, MbKind, type Mailbox } from './mailbox.js';
+import { MB, MbState, MbKind, RING_ENTRIES, RING_WORDS, type Mailbox } from './mailbox.js';
 import { performance } from 'node:perf_hooks';
 
 export interface ExitStats { pio: number; mmio: number; errors: number }
@@ -15,6 +15,8 @@ export class ExitServer {
   private seen = 0;
   private running = false;
   readonly stats: ExitStats = { pio: 0, mmio: 0, errors: 0 };
+  /** per-address exit counts, kept only when asked for (debug.stats) */
+  byAddress: Map<string, number> | undefined;
 
   constructor(
     private readonly doorbell: Int32Array,
@@ -45,6 +47,8 @@ export class ExitServer {
   serveOnce(): boolean {
     let any = false;
     for (const mb of this.boxes) {
+      // Posted writes first: a request is only made once they are drained.
+      if (this.servePosted(mb)) any = true;
       if (Atomics.load(mb.words, MB.STATE) !== MbState.REQUEST) continue;
       this.serve(mb);
       any = true;
@@ -64,23 +68,52 @@ export class ExitServer {
     this.arm();
   }
 
-  private serve(mb: Mailbox): void {
+  private readonly wbuf = new Uint8Array(8);
+  private readonly wview = new DataView(this.wbuf.buffer);
+
+  /** Serve the vCPU's queued writes in order; true if there were any. */
+  private servePosted(mb: Mailbox): boolean {
     const w = mb.words;
-    const kind = w[MB.KIND]!;
-    const size = w[MB.SIZE]!;
-    const addr = (w[MB.ADDR_LO]! >>> 0) + (w[MB.ADDR_HI]! >>> 0) * 0x100000000;
+    const head = Atomics.load(w, MB.HEAD);
+    let tail = Atomics.load(w, MB.TAIL);
+    if (tail === head) return false;
+    while (tail !== head) {
+      const o = MB.RING + (tail % RING_ENTRIES) * RING_WORDS;
+      const kind = w[o]! >> 8, size = w[o]! & 0xff;
+      const addr = (w[o + 1]! >>> 0) + (w[o + 2]! >>> 0) * 0x100000000;
+      this.wview.setInt32(0, w[o + 3]!, true);
+      this.wview.setInt32(4, w[o + 4]!, true);
+      this.dispatch(kind, 1, addr, this.wbuf.subarray(0, Math.min(size, 8)));
+      tail++;
+    }
+    Atomics.store(w, MB.TAIL, tail);
+    Atomics.notify(w, MB.TAIL);
+    return true;
+  }
+
+  private dispatch(kind: number, dir: number, addr: number, data: Uint8Array): void {
     const bus = kind === MbKind.PIO ? this.pio : this.mmio;
-    const data = mb.data.subarray(0, size);
     try {
-      if (w[MB.DIR] === 0) bus.readInto(addr, data);
+      if (dir === 0) bus.readInto(addr, data);
       else bus.writeFrom(addr, data);
     } catch (e) {
       // A device model bug or a hostile guest must not take the monitor down.
       this.stats.errors++;
-      if (w[MB.DIR] === 0) data.fill(0xff);
+      if (dir === 0) data.fill(0xff);
       this.onGuestError(`${kind === MbKind.PIO ? 'port' : 'mmio'} 0x${addr.toString(16)}: ${(e as Error).message}`);
     }
     if (kind === MbKind.PIO) this.stats.pio++; else this.stats.mmio++;
+    if (this.byAddress) {
+      const k = `${kind === MbKind.PIO ? 'pio' : 'mmio'}:0x${addr.toString(16)}:${dir ? 'w' : 'r'}`;
+      this.byAddress.set(k, (this.byAddress.get(k) ?? 0) + 1);
+    }
+  }
+
+  private serve(mb: Mailbox): void {
+    const w = mb.words;
+    const size = w[MB.SIZE]!;
+    const addr = (w[MB.ADDR_LO]! >>> 0) + (w[MB.ADDR_HI]! >>> 0) * 0x100000000;
+    this.dispatch(w[MB.KIND]!, w[MB.DIR]!, addr, mb.data.subarray(0, size));
     Atomics.store(w, MB.STATE, MbState.REPLY);
     Atomics.notify(w, MB.STATE);
   }

@@ -6,6 +6,11 @@
  * the device models live, serves the access and flips the state back.
  * postMessage is not used on this path: it costs an event-loop turn more.
  *
+ * Writes are posted, as on PCI: the vCPU queues them in a ring and goes
+ * back into the guest at once; the device thread serves them in order.
+ * A read (or a full ring) first waits for the ring to drain, so each
+ * vCPU's accesses still reach devices in program order.
+ *
  * Mailbox (Int32Array over a SharedArrayBuffer):
  *   [STATE] 0 idle | 1 request | 2 reply     (Atomics.wait/notify on it)
  *   [KIND]  1 PIO | 2 MMIO      [DIR] 0 read | 1 write     [SIZE] 1,2,4,8
@@ -13,11 +18,16 @@
  *   [CTL_REQ] 0 run | 1 pause | 2 stop       (main -> vCPU)
  *   [CTL_STATE] 0 running | 1 paused | 2 stopped (vCPU -> main)
  *   [TID] the vCPU thread's kernel tid, for kicks
+ *   [HEAD] posted writes queued (vCPU)   [TAIL] posted writes served (main)
+ *   [RING..] RING_ENTRIES entries of RING_WORDS: [kind<<8|size] [addr lo] [addr hi] [data lo] [data hi]
  */
 export const enum MB {
   STATE = 0, KIND = 1, DIR = 2, SIZE = 3, ADDR_LO = 4, ADDR_HI = 5, DATA = 6,
-  CTL_REQ = 8, CTL_STATE = 9, TID = 10, WORDS = 16,
+  CTL_REQ = 8, CTL_STATE = 9, TID = 10, HEAD = 12, TAIL = 13, RING = 16,
 }
+export const RING_ENTRIES = 64;
+export const RING_WORDS = 8;
+const WORDS = MB.RING + RING_ENTRIES * RING_WORDS;
 export const enum MbState { IDLE = 0, REQUEST = 1, REPLY = 2 }
 export const enum MbKind { PIO = 1, MMIO = 2 }
 export const enum CtlReq { RUN = 0, PAUSE = 1, STOP = 2 }
@@ -29,7 +39,7 @@ export interface Mailbox {
   data: Uint8Array;
 }
 
-export function newMailbox(sab = new SharedArrayBuffer(MB.WORDS * 4)): Mailbox {
+export function newMailbox(sab = new SharedArrayBuffer(WORDS * 4)): Mailbox {
   return { words: new Int32Array(sab), data: new Uint8Array(sab, MB.DATA * 4, 8) };
 }
 
@@ -48,4 +58,7 @@ export interface VcpuWorkerData {
   runSize: number;
   mailbox: SharedArrayBuffer;
   doorbell: SharedArrayBuffer;
+  shadow: SharedArrayBuffer;
+  /** post writes instead of waiting for them (default true) */
+  postWrites: boolean;
 }

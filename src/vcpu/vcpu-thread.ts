@@ -29,6 +29,8 @@ export class VcpuThread {
     readonly vcpuFd: number,
     private readonly runSize: number,
     private readonly doorbell: SharedArrayBuffer,
+    private readonly shadow: SharedArrayBuffer,
+    private readonly postWrites: boolean,
     private readonly onEvent: (e: VcpuEvent) => void,
   ) {
     this.run = mapKvmRun(vcpuFd, runSize);
@@ -39,6 +41,7 @@ export class VcpuThread {
     const wd: VcpuWorkerData = {
       index: this.index, vcpuFd: this.vcpuFd, runSize: this.runSize,
       mailbox: this.mailbox.words.buffer as SharedArrayBuffer, doorbell: this.doorbell,
+      shadow: this.shadow, postWrites: this.postWrites,
     };
     const worker = new Worker(new URL('./worker.js', import.meta.url), { workerData: wd, stdout: false, stderr: false });
     this.worker = worker;
@@ -87,18 +90,23 @@ export class VcpuThread {
     Atomics.notify(this.mailbox.words, MB.CTL_REQ);
   }
 
-  /** End the thread; resolves when it has exited. */
-  async stop(timeoutMs = 5000): Promise<void> {
+  /**
+   * End the thread; resolves true when it has left KVM_RUN and exited. A
+   * vCPU that cannot be kicked (some emulated KVMs do not interrupt a halt
+   * with interrupts off) is given up on after timeoutMs: it can no longer
+   * touch devices, and process exit ends it.
+   */
+  async stop(timeoutMs = 1000): Promise<boolean> {
     const w = this.mailbox.words;
     Atomics.store(w, MB.CTL_REQ, CtlReq.STOP);
     Atomics.notify(w, MB.CTL_REQ);
-    this.kick();
     const t0 = Date.now();
     while (this.state !== CtlState.STOPPED && Date.now() - t0 < timeoutMs) {
       this.kick();
-      await new Promise((r) => setTimeout(r, 10));
+      await new Promise((r) => setTimeout(r, 5));
     }
-    if (this.state !== CtlState.STOPPED) await this.worker?.terminate();
+    if (this.state !== CtlState.STOPPED) return false;
     await this.exited;
+    return true;
   }
 }

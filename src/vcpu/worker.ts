@@ -8,7 +8,8 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { libc, errno, EINTR, EAGAIN } from '../kvm/libc.js';
 import { KVM, EXIT, EXIT_NAMES, RUN } from '../kvm/abi.js';
 import { mapKvmRun } from '../kvm/kvm.js';
-import { MB, MbState, MbKind, CtlReq, CtlState, newMailbox, type VcpuEvent, type VcpuWorkerData } from './mailbox.js';
+import { ShadowRegisters } from './shadow.js';
+import { MB, MbState, MbKind, CtlReq, CtlState, RING_ENTRIES, RING_WORDS, newMailbox, type VcpuEvent, type VcpuWorkerData } from './mailbox.js';
 
 const wd = workerData as VcpuWorkerData;
 const post = (e: VcpuEvent) => parentPort!.postMessage(e);
@@ -17,18 +18,58 @@ const w = mb.words;
 const doorbell = new Int32Array(wd.doorbell);
 const run = mapKvmRun(wd.vcpuFd, wd.runSize);
 const runBytes = new Uint8Array(run.buffer);
+const shadow = new ShadowRegisters(wd.shadow);
+/** the port all queued posted writes go to; -1 none queued, -2 several or MMIO */
+let queuedPort = -1;
+let head = 0;
 
 Atomics.store(w, MB.TID, libc.gettid());
 post({ type: 'started', index: wd.index, tid: Atomics.load(w, MB.TID) });
 
-/** Hand one access to the device thread and wait for its answer. */
+/** Wait until the device thread has served every posted write. */
+function drainPosted(): void {
+  if (queuedPort === -1) return;
+  for (let i = 0; i < 2000 && Atomics.load(w, MB.TAIL) !== head; i++);
+  for (let t; (t = Atomics.load(w, MB.TAIL)) !== head;) Atomics.wait(w, MB.TAIL, t, 1000);
+  queuedPort = -1;
+}
+
+function ring(): void {
+  Atomics.add(doorbell, 0, 1);
+  Atomics.notify(doorbell, 0);
+}
+
+/** Queue a write for the device thread and return to the guest at once. */
+function postWrite(kind: MbKind, addr: number, size: number, data: Uint8Array): void {
+  // Full ring: wait for the device thread to make room.
+  for (let t; head - (t = Atomics.load(w, MB.TAIL)) >= RING_ENTRIES;) Atomics.wait(w, MB.TAIL, t, 1000);
+  const wasEmpty = Atomics.load(w, MB.TAIL) === head;
+  const o = MB.RING + (head % RING_ENTRIES) * RING_WORDS;
+  w[o] = (kind << 8) | size;
+  w[o + 1] = addr | 0; w[o + 2] = Math.floor(addr / 0x100000000) | 0;
+  const dv = new DataView(data.buffer, data.byteOffset, size);
+  w[o + 3] = size >= 4 ? dv.getInt32(0, true) : size === 2 ? dv.getUint16(0, true) : dv.getUint8(0);
+  w[o + 4] = size === 8 ? dv.getInt32(4, true) : 0;
+  head++;
+  Atomics.store(w, MB.HEAD, head);
+  const port = kind === MbKind.PIO ? addr : -2;
+  queuedPort = wasEmpty || queuedPort === -1 ? port : queuedPort === port ? port : -2;
+  if (wasEmpty) ring(); else Atomics.add(doorbell, 0, 1);
+}
+
+/** Hand one access to the device thread; reads wait for the answer, writes are posted. */
 function access(kind: MbKind, dir: number, addr: number, size: number, data: Uint8Array): void {
+  if (dir === 1 && wd.postWrites) { postWrite(kind, addr, size, data); return; }
+  if (kind === MbKind.PIO && dir === 0 && size === 1) {
+    const v = shadow.lookup(addr, Atomics.load(w, MB.TAIL) === head ? -1 : queuedPort);
+    if (v !== undefined) { data[0] = v; return; }
+  }
+  drainPosted();
   w[MB.KIND] = kind; w[MB.DIR] = dir; w[MB.SIZE] = size;
   w[MB.ADDR_LO] = addr | 0; w[MB.ADDR_HI] = Math.floor(addr / 0x100000000) | 0;
   if (dir === 1) mb.data.set(data.subarray(0, size));
   Atomics.store(w, MB.STATE, MbState.REQUEST);
-  Atomics.add(doorbell, 0, 1);
-  Atomics.notify(doorbell, 0);
+  ring();
   // A short spin first: the answer usually comes within microseconds, and
   // sleeping costs a thread wake-up on each side.
   for (let i = 0; i < 2000 && Atomics.load(w, MB.STATE) === MbState.REQUEST; i++);
@@ -60,6 +101,8 @@ function control(): boolean {
   for (;;) {
     const req = Atomics.load(w, MB.CTL_REQ);
     if (req === CtlReq.RUN) { run.setUint8(RUN.IMMEDIATE_EXIT, 0); return true; }
+    drainPosted(); // a paused or stopped vCPU has no write in flight
+
     if (req === CtlReq.STOP) return false;
     Atomics.store(w, MB.CTL_STATE, CtlState.PAUSED);
     Atomics.notify(w, MB.CTL_STATE);

@@ -31,6 +31,7 @@ import '../pci/bridges.js';
 import { resolveCpus, resolveMemBytes } from '../config/options.js';
 import { ExitServer } from '../vcpu/exit-server.js';
 import { VcpuThread } from '../vcpu/vcpu-thread.js';
+import { ShadowRegisters } from '../vcpu/shadow.js';
 import type { VcpuEvent } from '../vcpu/mailbox.js';
 
 /** ISA serial ports: base port and IRQ, as on a PC. */
@@ -56,6 +57,8 @@ export class Machine extends EventEmitter {
   readonly pci = new PciHost();
   readonly uarts = new Map<string, Uart16550>();
   readonly backends: SerialBackend[] = [];
+  /** device registers vCPU threads may read without a round trip */
+  readonly shadow = new ShadowRegisters();
   private vcpus: VcpuThread[] = [];
   private exitServer: ExitServer | undefined;
   private pm: AcpiPm | undefined;
@@ -168,6 +171,12 @@ export class Machine extends EventEmitter {
       this.backends.push(backend);
       const uart = new Uart16550(this.irq(irq), backend);
       this.uarts.set(name, uart);
+      // LSR polls (one per byte a guest prints) are answered on the vCPU thread.
+      if (c.getBool('x86.shadow_regs', true)) {
+        const setLsr = this.shadow.register(port + 5, port);
+        uart.onChange = () => setLsr(uart.lsrShadow());
+        setLsr(uart.lsrShadow());
+      }
       this.pio.register(port, 8, uart, name);
     }
     const utc = !c.getBool('rtc.use_localtime', true);
@@ -234,9 +243,12 @@ export class Machine extends EventEmitter {
   /** Start the vCPU threads; resolves with the exit code when the VM ends. */
   async run(): Promise<ExitCode> {
     const doorbell = new SharedArrayBuffer(4);
-    this.vcpus = this.vcpuFds.map((v, i) => new VcpuThread(i, v.fd, this.kvm.vcpuMmapSize(), doorbell, (e) => this.onVcpuEvent(e)));
+    const postWrites = this.config.getBool('x86.posted_writes', true);
+    this.vcpus = this.vcpuFds.map((v, i) => new VcpuThread(i, v.fd, this.kvm.vcpuMmapSize(), doorbell, this.shadow.buffer, postWrites,
+      (e) => this.onVcpuEvent(e)));
     this.exitServer = new ExitServer(new Int32Array(doorbell), this.vcpus.map((t) => t.mailbox), this.pio, this.mmio,
       (msg) => this.guestLog.log('warn', msg));
+    if (this.config.getBool('debug.stats', false)) this.exitServer.byAddress = new Map();
     this.exitServer.start();
     await Promise.all(this.vcpus.map((t) => t.start()));
     this.firstRunMs = performance.now();
@@ -270,7 +282,12 @@ export class Machine extends EventEmitter {
   }
   resume(): void { for (const v of this.vcpus) v.resume(); }
 
-  get exitStats() { return this.exitServer?.stats; }
+  get exitStats() {
+    const s = this.exitServer;
+    if (!s) return undefined;
+    const top = s.byAddress ? [...s.byAddress].sort((a, b) => b[1] - a[1]).slice(0, 12) : undefined;
+    return { ...s.stats, top };
+  }
 
   /** End the VM with `code`; idempotent. */
   async finish(code: ExitCode, message?: string): Promise<void> {
@@ -279,7 +296,8 @@ export class Machine extends EventEmitter {
     if (message && code === ExitCode.ERROR) this.errorMessage = message;
     else if (message) log('info', message);
     // The exit server keeps serving until every vCPU has left its mailbox.
-    await Promise.all(this.vcpus.map((v) => v.stop()));
+    const clean = await Promise.all(this.vcpus.map((v) => v.stop()));
+    if (clean.includes(false)) log('debug', 'a vCPU did not leave KVM_RUN when kicked (halted with interrupts off?)');
     this.exitServer?.stop();
     await this.closeBackends();
     this.resolveFinished(code);

@@ -41,10 +41,14 @@ function tcpCollect(port: number, until: RegExp, timeoutMs: number): Promise<str
     let got = '';
     const deadline = Date.now() + timeoutMs;
     const attempt = () => {
-      const s = connect(port, '127.0.0.1');
+      let connected = false;
+      const s = connect(port, '127.0.0.1', () => { connected = true; });
       s.on('data', (d) => { got += d; if (until.test(got)) { s.destroy(); resolve(got); } });
-      s.on('error', () => { if (Date.now() < deadline) setTimeout(attempt, 200); else resolve(got); });
-      s.on('close', () => resolve(got));
+      s.on('error', () => {});
+      // Not listening yet: try again; once connected, the end of the stream is the answer.
+      s.on('close', () => {
+        if (connected || Date.now() > deadline) resolve(got); else setTimeout(attempt, 200);
+      });
     };
     attempt();
   });
@@ -59,6 +63,11 @@ const scenarios: Record<string, () => Promise<BootResult>> = {
   },
   async 'boot-1cpu-reboot'() {
     return { ...(await tshyve(vmArgs(1, 'reboot'))), name: 'boot-1cpu-reboot' };
+  },
+  async 'boot-verbose'() {
+    // the full kernel log, for warnings about the platform
+    const args = vmArgs(1, 'poweroff').map((a) => a.replace('console=ttyS0 quiet', 'console=ttyS0 loglevel=5'));
+    return { ...(await tshyve(args)), name: 'boot-verbose' };
   },
   async 'tcp-console'() {
     const port = 47000 + Math.floor(Math.random() * 1000);

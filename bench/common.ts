@@ -1,0 +1,113 @@
+/**
+ * Shared by the benchmark driver that runs inside the lab (lab-boot.ts)
+ * and the host-side runner (run.ts): paths, the result format, statistics.
+ */
+import { spawn } from 'node:child_process';
+import { performance } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
+import { dirname, join } from 'node:path';
+
+/** The checkout: this file is dist/bench/common.js once compiled. */
+export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+export const CLI = join(ROOT, 'dist', 'src', 'cli', 'tshyve.js');
+export const GUEST_DIR = join(ROOT, 'lab', 'out', 'guest');
+export const GUEST_CMDLINE = 'console=ttyS0 quiet tshyve.run=poweroff';
+export const DEFAULT_RUNS = 3;
+
+export type Vmm = 'tshyve' | 'qemu';
+
+/** One boot of the reference guest inside the lab. */
+export interface LabRun {
+  vmm: Vmm;
+  cpus: number;
+  /** 0-based index within its configuration; -1 for a warm-up run (not counted). */
+  run: number;
+  ok: boolean;
+  /** Why the run does not count (timeout, wrong exit status, no marker...). */
+  error?: string;
+  /** spawn to process exit. */
+  wallMs: number;
+  /** spawn to the moment TSHYVE-GUEST-OK appeared on the console. */
+  markerMs?: number;
+  /** The guest's /proc/uptime when its init ran the workload (UPTIME=). */
+  uptimeS?: number;
+  /** tshyve only: its own 'vCPUs running X ms after process start' (debug.timing=1). */
+  vcpuRunMs?: number;
+  code: number | null;
+  signal: string | null;
+  /** The end of the console output, for failed runs. */
+  tail?: string;
+}
+
+export interface LabResults {
+  startedAt: string;
+  finishedAt?: string;
+  /** Set when the driver stopped early (time budget) or crashed. */
+  note?: string;
+  runsPerConfig: number;
+  cpuConfigs: number[];
+  perRunTimeoutS: number;
+  l1: { nproc: number; loadavgStart: number[]; loadavgEnd?: number[]; uptimeAtDriverStartS: number; kernel: string };
+  runs: LabRun[];
+}
+
+/** Terminal escape sequences (SeaBIOS/QEMU -nographic print ESC c, ESC [?7l ...) and \r. */
+export function stripTerminal(s: string): string {
+  return s
+    .replace(/\x1b\[[0-?]*[ -/]*[@-~]/g, '') // CSI
+    .replace(/\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)/g, '') // OSC
+    .replace(/\x1b[()*+][0-9A-Za-z]/g, '') // charset selection
+    .replace(/\x1b[@-Z\\-_`-~]/g, '') // other two-byte escapes (ESC c, ESC 7...)
+    .replace(/\r/g, '');
+}
+
+export function median(xs: number[]): number | undefined {
+  if (xs.length === 0) return undefined;
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+export interface Stats { n: number; median: number; min: number; max: number }
+export function stats(xs: number[]): Stats | undefined {
+  const m = median(xs);
+  return m === undefined ? undefined : { n: xs.length, median: m, min: Math.min(...xs), max: Math.max(...xs) };
+}
+
+export interface Timed {
+  code: number | null;
+  signal: string | null;
+  /** stdout and stderr, interleaved as they arrived. */
+  output: string;
+  stderr: string;
+  wallMs: number;
+  /** ms from spawn to the first match of `marker` in the output. */
+  markerMs?: number;
+  timedOut: boolean;
+}
+
+/** Spawn a command with stdin on /dev/null, time it from spawn to exit, kill it after timeoutMs. */
+export function timedRun(cmd: string, args: string[], timeoutMs: number, marker?: RegExp): Promise<Timed> {
+  return new Promise((resolve) => {
+    const t0 = performance.now();
+    let output = '', stderr = '', markerMs: number | undefined, timedOut = false, wallMs = 0;
+    let exitCode: number | null = null, exitSignal: string | null = null;
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const seen = () => {
+      if (markerMs === undefined && marker && marker.test(output)) markerMs = performance.now() - t0;
+    };
+    child.stdout.on('data', (d: Buffer) => { output += d.toString('latin1'); seen(); });
+    child.stderr.on('data', (d: Buffer) => { const s = d.toString('latin1'); output += s; stderr += s; seen(); });
+    const timer = setTimeout(() => { timedOut = true; child.kill('SIGKILL'); }, timeoutMs);
+    child.on('error', (e) => { output += `\n[spawn error: ${e.message}]`; });
+    // 'exit' is the moment the process ended; 'close' waits for its pipes to drain too.
+    child.on('exit', (code, signal) => { wallMs = performance.now() - t0; exitCode = code; exitSignal = signal; });
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      if (!wallMs) { wallMs = performance.now() - t0; exitCode = code; exitSignal = signal; }
+      resolve({ code: exitCode, signal: exitSignal, output, stderr, wallMs, markerMs, timedOut });
+    });
+  });
+}
+
+export const VCPU_RUNNING = /tshyve: vCPUs running ([\d.]+) ms after process start/;

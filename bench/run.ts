@@ -1,0 +1,281 @@
+/**
+ * `npm run bench`: tshyve's benchmarks, printed as tables.
+ *
+ * 1. Lab boot bench: inside ONE `lab/run` (L1 = QEMU/TCG with nested KVM),
+ *    dist/bench/lab-boot.js boots the reference Linux guest alternately with
+ *    tshyve and QEMU; here we print medians and the tshyve/QEMU ratios.
+ * 2. Host start-up bench: exec to first KVM_RUN (and to exit) of a tiny raw
+ *    guest on this host's own /dev/kvm.
+ *
+ *   node dist/bench/run.js [--runs R] [--host-runs N] [--no-lab] [--no-host] [--lab-json FILE]
+ *
+ * --lab-json FILE reprints the table of an earlier lab run's lab-boot.json instead of running the lab.
+ *
+ * R (boots per VMM and vCPU count in the lab) also comes from TSHYVE_BENCH_RUNS;
+ * N (host runs) from TSHYVE_BENCH_HOST_RUNS.
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, accessSync, constants, writeFileSync } from 'node:fs';
+import { tmpdir, loadavg, cpus as osCpus } from 'node:os';
+import { join } from 'node:path';
+import {
+  ROOT, CLI, GUEST_DIR, DEFAULT_RUNS, VCPU_RUNNING, stats, timedRun,
+  type LabResults, type LabRun, type Stats, type Vmm,
+} from './common.js';
+
+interface Opts { runs: number; hostRuns: number; lab: boolean; host: boolean; labJson?: string }
+
+function parseArgs(argv: string[]): Opts {
+  const num = (s: string | undefined, d: number) => { const n = Number(s); return Number.isInteger(n) && n > 0 ? n : d; };
+  const o: Opts = {
+    runs: num(process.env.TSHYVE_BENCH_RUNS, DEFAULT_RUNS),
+    hostRuns: num(process.env.TSHYVE_BENCH_HOST_RUNS, 10),
+    lab: true, host: true,
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === '--runs') o.runs = num(argv[++i], NaN);
+    else if (a === '--host-runs') o.hostRuns = num(argv[++i], NaN);
+    else if (a === '--no-lab') o.lab = false;
+    else if (a === '--no-host') o.host = false;
+    else if (a === '--lab-json') o.labJson = argv[++i];
+    else { process.stderr.write(`bench: unknown argument ${a}\nusage: run.js [--runs R] [--host-runs N] [--no-lab] [--no-host] [--lab-json FILE]\n`); process.exit(2); }
+  }
+  if (Number.isNaN(o.runs) || Number.isNaN(o.hostRuns)) { process.stderr.write('bench: --runs/--host-runs need a positive integer\n'); process.exit(2); }
+  return o;
+}
+
+const out = (s = '') => process.stdout.write(`${s}\n`);
+
+// ---------------------------------------------------------------- formatting
+
+function table(rows: string[][], leftCols = 1): string[] {
+  const w = rows[0].map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
+  return rows.map((r) => r.map((c, i) => (i < leftCols ? c.padEnd(w[i]) : c.padStart(w[i]))).join('   ').trimEnd());
+}
+
+function fmtStats(s: Stats | undefined, scale: number, digits: number, total: number): string {
+  if (!s) return `- (0/${total} ok)`;
+  const f = (x: number) => (x / scale).toFixed(digits);
+  const ok = s.n === total ? '' : ` (${s.n}/${total} ok)`;
+  return s.n === 1 ? `${f(s.median)}${ok}` : `${f(s.median)} [${f(s.min)}-${f(s.max)}]${ok}`;
+}
+
+function ratio(a: Stats | undefined, b: Stats | undefined): string {
+  if (!a || !b || b.median === 0) return '-';
+  const r = a.median / b.median;
+  return `${r.toFixed(2)} ${r < 1 ? '(ok)' : '(>= 1)'}`;
+}
+
+// ---------------------------------------------------------------- 1: lab
+
+/** Why the lab bench cannot run here, or undefined. */
+function labUnavailable(): string | undefined {
+  if (process.env.TSHYVE_LAB) return 'already inside the lab';
+  const need = [
+    [join(ROOT, 'lab', 'run'), 'lab/run'],
+    [join(ROOT, 'lab', 'out', 'l1', 'vmlinux'), 'the lab is not built (scripts/setup-lab.sh)'],
+    [join(ROOT, 'lab', 'out', 'l1', 'initramfs.img'), 'the lab is not built (scripts/setup-lab.sh)'],
+    [join(GUEST_DIR, 'vmlinuz'), 'the reference guest is not built (scripts/setup-lab.sh)'],
+    [join(GUEST_DIR, 'initrd.img'), 'the reference guest is not built (scripts/setup-lab.sh)'],
+    [join(ROOT, 'dist', 'bench', 'lab-boot.js'), 'dist/bench/lab-boot.js is missing (npm run build)'],
+    [CLI, 'dist/src/cli/tshyve.js is missing (npm run build)'],
+  ];
+  for (const [f, why] of need) if (!existsSync(f)) return why;
+  if (spawnSync('sh', ['-c', 'command -v qemu-system-x86_64'], { encoding: 'utf8' }).status !== 0) return 'qemu-system-x86_64 is not installed';
+  return undefined;
+}
+
+/** Other lab VMs (lab/run's qemu) running on this host right now: they share the 2 cores. */
+function otherLabVms(): number {
+  let n = 0;
+  for (const p of readdirSync('/proc')) {
+    if (!/^\d+$/.test(p)) continue;
+    try {
+      const cmd = readFileSync(`/proc/${p}/cmdline`, 'utf8');
+      if (cmd.startsWith('qemu-system') && cmd.includes('mount_tag=tshyvectl')) n++;
+    } catch { /* gone */ }
+  }
+  return n;
+}
+
+function qemuVersion(): string {
+  const r = spawnSync('qemu-system-x86_64', ['--version'], { encoding: 'utf8' });
+  return /version ([^\s(]+)/.exec(r.stdout ?? '')?.[1] ?? '?';
+}
+
+/** Run lab/run, forwarding the driver's progress lines as they come. */
+function runLab(args: string[], timeoutMs: number): Promise<{ code: number | null; output: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(join(ROOT, 'lab', 'run'), args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    let output = '', line = '';
+    const onData = (d: Buffer) => {
+      const s = d.toString();
+      output += s;
+      line += s;
+      const parts = line.split('\n');
+      line = parts.pop() ?? '';
+      for (const p of parts) if (p.startsWith('[bench]')) out(`  ${p.replace(/\r$/, '')}`);
+    };
+    child.stdout.on('data', onData);
+    child.stderr.on('data', onData);
+    const timer = setTimeout(() => child.kill('SIGTERM'), timeoutMs);
+    child.on('close', (code) => { clearTimeout(timer); resolve({ code, output }); });
+  });
+}
+
+async function labBench(o: Opts): Promise<void> {
+  out('== 1. Lab boot bench: reference Linux guest, tshyve vs QEMU ==');
+  if (o.labJson) {
+    out(`(results from ${o.labJson})`);
+    printLabTable(JSON.parse(readFileSync(o.labJson, 'utf8')) as LabResults);
+    return;
+  }
+  const why = labUnavailable();
+  if (why) { out(`lab bench skipped: ${why}`); return; }
+
+  const scratch = mkdtempSync(join(tmpdir(), 'tshyve-bench-'));
+  const file = join(scratch, 'lab-boot.json');
+  // The driver's own time budget, and lab/run's hard limit a bit above it
+  // (L1 boot + the driver's node start + one boot's timeout overlap).
+  const perBootS = 120;
+  const budgetS = 660;
+  const labTimeoutS = budgetS + 100;
+  const others = otherLabVms();
+  out(`guest: ${join('lab', 'out', 'guest')}/{vmlinuz,initrd.img} (Debian cloud kernel ${readIf(join(GUEST_DIR, 'kernel-release'))} + busybox initrd),`);
+  out(`       -m 512M, cmdline "console=ttyS0 quiet tshyve.run=poweroff": boot to init, print, poweroff -f`);
+  out(`tshyve: node ${process.version} dist/src/cli/tshyve.js -s 0,hostbridge -s 31,lpc -l com1,stdio (direct kernel boot)`);
+  out(`QEMU:   qemu-system-x86_64 ${qemuVersion()} -enable-kvm -cpu host -nographic -no-reboot -kernel -initrd (default SeaBIOS + option ROM)`);
+  out(`plan: ${o.runs} boot(s) per VMM and vCPU count (-c 1, -c 2), alternating VMMs, after one untimed warm-up boot of each;`);
+  out(`      ${perBootS} s timeout per boot, ${budgetS} s budget for all boots; scratch ${scratch}`);
+  if (others > 0) out(`note: ${others} other lab VM(s) were running on this host at the start: expect noisier, slower numbers`);
+  out('running (every L1 user-space step runs under TCG, so this takes several minutes)...');
+
+  const t0 = Date.now();
+  const loadBefore = loadavg()[0];
+  const r = await runLab(['--timeout', String(labTimeoutS), '--scratch', scratch, '--',
+    process.execPath, join(ROOT, 'dist', 'bench', 'lab-boot.js'), file,
+    '--runs', String(o.runs), '--timeout', String(perBootS), '--budget', String(budgetS)], (labTimeoutS + 60) * 1000);
+  const labS = (Date.now() - t0) / 1000;
+
+  let res: LabResults | undefined;
+  try { res = JSON.parse(readFileSync(file, 'utf8')) as LabResults; } catch { /* below */ }
+  if (r.code !== 0) {
+    out(`lab/run exited ${r.code}${r.code === 124 ? ' (timeout)' : r.code === 125 ? ' (the lab failed)' : ''}; its last output:`);
+    for (const l of r.output.trimEnd().split('\n').slice(-15)) out(`  | ${l}`);
+  }
+  if (!res) { out(`lab bench skipped: no results came back (lab/run exited ${r.code})`); return; }
+  out(`lab run took ${labS.toFixed(0)} s; host 1-min load average ${loadBefore.toFixed(2)} before, ${loadavg()[0].toFixed(2)} after` +
+    (others > 0 || otherLabVms() > 0 ? `; other lab VMs running: ${others} at start, ${otherLabVms()} at end` : ''));
+  if (res.note) out(`note: ${res.note}`);
+  out();
+  printLabTable(res);
+  writeFileSync(join(scratch, 'lab-output.txt'), r.output);
+}
+
+function readIf(f: string): string {
+  try { return readFileSync(f, 'utf8').trim(); } catch { return '?'; }
+}
+
+function printLabTable(res: LabResults): void {
+  const counted = res.runs.filter((x) => x.run >= 0);
+  const pick = (vmm: Vmm, cpus: number) => counted.filter((x) => x.vmm === vmm && x.cpus === cpus);
+  const okVals = (rs: LabRun[], f: (x: LabRun) => number | undefined) =>
+    rs.filter((x) => x.ok).map(f).filter((v): v is number => v !== undefined);
+  const rows: string[][] = [['config', 'metric', 'tshyve', 'QEMU', 'tshyve/QEMU']];
+  for (const c of res.cpuConfigs) {
+    const t = pick('tshyve', c), q = pick('qemu', c);
+    const total = res.runsPerConfig;
+    const tw = stats(okVals(t, (x) => x.wallMs)), qw = stats(okVals(q, (x) => x.wallMs));
+    const tu = stats(okVals(t, (x) => x.uptimeS)), qu = stats(okVals(q, (x) => x.uptimeS));
+    const tm = stats(okVals(t, (x) => x.markerMs)), qm = stats(okVals(q, (x) => x.markerMs));
+    const tv = stats(okVals(t, (x) => x.vcpuRunMs));
+    // From first KVM_RUN to the guest kernel's clock starting (uptime 0):
+    // bzImage setup + decompression, as far as the console lets us see it.
+    const tp = stats(okVals(t, (x) => x.markerMs !== undefined && x.vcpuRunMs !== undefined && x.uptimeS !== undefined
+      ? x.markerMs - x.vcpuRunMs - x.uptimeS * 1000 : undefined));
+    rows.push(
+      [`-c ${c}`, 'wall time, spawn to exit (s)', fmtStats(tw, 1000, 2, total), fmtStats(qw, 1000, 2, total), ratio(tw, qw)],
+      ['', 'guest uptime at init (s)', fmtStats(tu, 1, 2, total), fmtStats(qu, 1, 2, total), ratio(tu, qu)],
+      ['', 'spawn to TSHYVE-GUEST-OK (s)', fmtStats(tm, 1000, 2, total), fmtStats(qm, 1000, 2, total), ratio(tm, qm)],
+      ['', 'tshyve: vCPUs running at (s)', fmtStats(tv, 1000, 2, total), '', ''],
+      ['', 'tshyve: KVM_RUN to uptime 0 (s)', fmtStats(tp, 1000, 2, total), '', ''],
+    );
+  }
+  for (const l of table(rows, 2)) out(l);
+  out('values: median [min-max] of the boots that succeeded; (k/n ok) when some failed. Target: ratio < 1 (tshyve faster than QEMU).');
+  out('"vCPUs running at": tshyve\'s own process start to first KVM_RUN (debug.timing=1). "KVM_RUN to uptime 0":');
+  out('  spawn-to-marker minus vCPUs-running minus uptime, i.e. roughly the time before the guest kernel\'s clock starts.');
+  const warm = res.runs.filter((x) => x.run < 0);
+  if (warm.length) {
+    out(`warm-up boots (not counted): ${warm.map((x) => `${x.vmm} -c ${x.cpus} ${x.ok ? `${(x.wallMs / 1000).toFixed(2)} s` : `failed (${x.error})`}`).join(', ')}`);
+  }
+  const failed = res.runs.filter((x) => !x.ok);
+  for (const f of failed) {
+    out(`FAILED: ${f.vmm} -c ${f.cpus} ${f.run < 0 ? 'warm-up' : `#${f.run + 1}`}: ${f.error}; console tail:`);
+    for (const l of (f.tail ?? '').trimEnd().split('\n').slice(-8)) out(`  | ${l}`);
+  }
+  const missing = res.cpuConfigs.length * 2 * res.runsPerConfig - counted.length;
+  if (missing > 0) out(`${missing} planned boot(s) did not run (lab timeout or time budget)`);
+  out(`conditions: lab = L1 QEMU/TCG guest (-cpu max, ${res.l1.nproc} vCPUs, kernel ${res.l1.kernel}) with nested KVM (kvm-amd on emulated SVM);`);
+  out('  both VMMs run inside L1, so their user space runs under TCG: wall times include each VMM\'s own process');
+  out('  start-up under TCG (node + tshyve module loading; QEMU start-up + SeaBIOS/option ROM), which dominate;');
+  out('  guest uptime at init measures the guest kernel boot under nested KVM. The host has 2 cores shared with');
+  out('  anything else running (other engineers\' lab VMs, builds), so expect noise of tens of percent.');
+  out(`  L1 load average at driver start ${res.l1.loadavgStart[0].toFixed(2)}, at end ${res.l1.loadavgEnd?.[0].toFixed(2) ?? '?'}.`);
+}
+
+// ---------------------------------------------------------------- 2: host
+
+async function hostBench(o: Opts): Promise<void> {
+  out('== 2. Host start-up bench: exec to first KVM_RUN on this host\'s /dev/kvm ==');
+  const raw = join(ROOT, 'dist', 'guests', 'long.bin');
+  let why: string | undefined;
+  if (!existsSync('/dev/kvm')) why = 'no /dev/kvm on this host';
+  else {
+    try { accessSync('/dev/kvm', constants.R_OK | constants.W_OK); } catch { why = 'no permission to use /dev/kvm'; }
+  }
+  if (!why && !existsSync(raw)) why = 'dist/guests/long.bin is missing (npm run build)';
+  if (!why && !existsSync(CLI)) why = 'dist/src/cli/tshyve.js is missing (npm run build)';
+  if (why) { out(`skipped: ${why}`); return; }
+
+  const args = [CLI, '-m', '16M', '-l', 'com1,stdio', '-o', `boot.raw=${raw}`, '-o', 'debug.timing=1', 'bench'];
+  out(`command: node ${args.map((a) => a.replace(ROOT + '/', '')).join(' ')}`);
+  out(`guest: long.bin (real -> protected -> long mode, prints over com1, powers off; expected exit 1); ${o.hostRuns} runs`);
+  const first: number[] = [], wall: number[] = [];
+  const fails: string[] = [];
+  for (let i = 0; i < o.hostRuns; i++) {
+    const t = await timedRun(process.execPath, args, 30_000);
+    const m = VCPU_RUNNING.exec(t.output);
+    if (t.timedOut || t.code !== 1 || !m) {
+      fails.push(`run ${i + 1}: ${t.timedOut ? 'timeout' : `exit ${t.code ?? t.signal}`}${m ? '' : ', no "vCPUs running" line'}: ${t.output.trim().split('\n').slice(-2).join(' | ')}`);
+      continue;
+    }
+    first.push(Number(m[1]));
+    wall.push(t.wallMs);
+  }
+  const fs = stats(first), ws = stats(wall);
+  const rows = [
+    ['metric', 'median', 'min', 'max', 'ok'],
+    ['process start to first KVM_RUN (ms)', ...(fs ? [fs.median, fs.min, fs.max].map((x) => x.toFixed(1)) : ['-', '-', '-']), `${first.length}/${o.hostRuns}`],
+    ['wall time, spawn to exit (ms)', ...(ws ? [ws.median, ws.min, ws.max].map((x) => x.toFixed(1)) : ['-', '-', '-']), `${wall.length}/${o.hostRuns}`],
+  ];
+  for (const l of table(rows)) out(l);
+  for (const f of fails) out(`FAILED ${f}`);
+  out(`conditions: ${osCpus().length} cores, load average ${loadavg()[0].toFixed(2)}; /dev/kvm here is software-emulated (kvm_pvm),`);
+  out('  which slows guest instructions, not the VMM start-up measured here. "process start" is node\'s time origin (set at its very start),');
+  out('  so it excludes only exec and dynamic loading; the wall time includes them. No QEMU comparison: QEMU has no firmware-free raw mode.');
+}
+
+// ---------------------------------------------------------------- main
+
+async function main(): Promise<void> {
+  const o = parseArgs(process.argv.slice(2));
+  out(`tshyve bench, ${new Date().toISOString()}, node ${process.version}`);
+  out();
+  if (o.lab) await labBench(o); else out('lab bench skipped: --no-lab');
+  out();
+  if (o.host) await hostBench(o); else out('host bench skipped: --no-host');
+}
+
+main().catch((e: unknown) => { process.stderr.write(`bench: ${(e as Error)?.stack ?? String(e)}\n`); process.exit(1); });

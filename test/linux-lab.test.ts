@@ -1,0 +1,73 @@
+/**
+ * Level 3: Debian's unmodified cloud kernel under tshyve, in the nested
+ * lab (L1 with real KVM). One lab boot runs every scenario (see
+ * test/lab/linux-driver.ts); the checks here read what it recorded.
+ */
+import { test, before } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ROOT } from './helpers.js';
+import type { BootResult } from './lab/linux-driver.js';
+
+const labRun = join(ROOT, 'lab', 'run');
+const guest = join(ROOT, 'lab', 'out', 'guest', 'vmlinuz');
+const skip = !existsSync(join(ROOT, 'lab', 'out', 'l1', 'vmlinux')) || !existsSync(guest)
+  ? 'the nested lab is not built (scripts/setup-lab.sh)'
+  : process.env.TSHYVE_LAB ? 'already inside the lab' : false;
+
+let results: Map<string, BootResult> = new Map();
+let labOutput = '';
+
+before(() => {
+  if (skip) return;
+  const scratch = mkdtempSync(join(tmpdir(), 'tshyve-lab-'));
+  const out = join(scratch, 'results.json');
+  const r = spawnSync(labRun, ['--timeout', '1500', '--scratch', scratch, '--', process.execPath,
+    join(ROOT, 'dist', 'test', 'lab', 'linux-driver.js'), out], { cwd: ROOT, encoding: 'utf8', timeout: 1_600_000 });
+  labOutput = `${r.stdout}\n${r.stderr}`;
+  process.stdout.write(labOutput.split('\n').filter((l) => l.startsWith('[lab]')).map((l) => `# ${l}\n`).join(''));
+  if (existsSync(out)) results = new Map((JSON.parse(readFileSync(out, 'utf8')) as BootResult[]).map((x) => [x.name, x]));
+});
+
+function get(name: string): BootResult {
+  const r = results.get(name);
+  assert.ok(r, `scenario ${name} ran in the lab; lab output:\n${labOutput.slice(-3000)}`);
+  return r;
+}
+
+test('Linux boots to init with -c 1, prints over com1, poweroff -f exits 1', { skip }, () => {
+  const r = get('boot-1cpu-poweroff');
+  assert.match(r.stdout, /TSHYVE-GUEST-OK/);
+  assert.match(r.stdout, /CPUS=1\b/);
+  assert.equal(r.code, 1, r.stderr);
+});
+
+test('Linux with -c 2 sees two processors', { skip }, () => {
+  const r = get('boot-2cpu-poweroff');
+  assert.match(r.stdout, /CPUS=2\b/, 'two processor lines in /proc/cpuinfo');
+  assert.match(r.stdout, /NPROC=2\b/);
+  assert.equal(r.code, 1, r.stderr);
+});
+
+test('reboot -f in the guest ends tshyve with exit 0', { skip }, () => {
+  const r = get('boot-1cpu-reboot');
+  assert.match(r.stdout, /TSHYVE-GUEST-OK/);
+  assert.equal(r.code, 0, r.stderr);
+});
+
+test('com1 on tcp=127.0.0.1:PORT is reachable with a TCP client', { skip }, () => {
+  const r = get('tcp-console');
+  assert.match(r.tcp ?? '', /TSHYVE-GUEST-OK/);
+  assert.match(r.tcp ?? '', /CPUS=1\b/);
+  assert.equal(r.code, 1, r.stderr);
+});
+
+test('the guest kernel logs no warnings from the platform tshyve gives it', { skip }, () => {
+  const r = get('boot-verbose');
+  assert.match(r.stdout, /TSHYVE-GUEST-OK/);
+  assert.doesNotMatch(r.stdout, /WARNING:|Firmware Bug|BUG:/);
+  assert.equal(r.code, 1, r.stderr);
+});
