@@ -37,6 +37,7 @@ export const PROT_WRITE = 2;
 export const MAP_SHARED = 1;
 export const MAP_PRIVATE = 2;
 export const MFD_CLOEXEC = 1;
+export const MADV_HUGEPAGE = 14;
 export const EFD_CLOEXEC = 0o2000000;
 export const EFD_NONBLOCK = 0o4000;
 export const EINTR = 4;

@@ -9,6 +9,9 @@ import type { Bus } from '../bus/bus.js';
 import { MB, MbState, MbKind, RING_ENTRIES, RING_WORDS, type Mailbox } from './mailbox.js';
 import { performance } from 'node:perf_hooks';
 
+/** longest stretch the device thread serves exits without yielding to its event loop */
+const BURST_MAX_MS = 2;
+
 export interface ExitStats { pio: number; mmio: number; errors: number }
 
 export class ExitServer {
@@ -58,12 +61,20 @@ export class ExitServer {
 
   private serveBurst(): void {
     if (!this.running) return;
-    let last = performance.now();
+    const start = performance.now();
+    let last = start;
     const pollMs = this.pollUs / 1000;
     for (;;) {
       this.seen = Atomics.load(this.doorbell, 0);
-      if (this.serveOnce()) { last = performance.now(); continue; }
-      if (performance.now() - last > pollMs || !this.running) break;
+      const now = performance.now();
+      if (this.serveOnce()) {
+        last = now;
+        // A guest that keeps the device thread busy must not starve the
+        // event loop (backend writes, sockets, timers): yield now and then.
+        if (now - start > BURST_MAX_MS) { setImmediate(() => this.serveBurst()); return; }
+        continue;
+      }
+      if (now - last > pollMs || !this.running) break;
     }
     this.arm();
   }

@@ -54,7 +54,9 @@ function postWrite(kind: MbKind, addr: number, size: number, data: Uint8Array): 
   Atomics.store(w, MB.HEAD, head);
   const port = kind === MbKind.PIO ? addr : -2;
   queuedPort = wasEmpty || queuedPort === -1 ? port : queuedPort === port ? port : -2;
-  if (wasEmpty) ring(); else Atomics.add(doorbell, 0, 1);
+  // Always notify: skipping it while the ring looked busy loses the wake-up
+  // when the device thread goes to sleep in between.
+  ring();
 }
 
 /** Hand one access to the device thread; reads wait for the answer, writes are posted. */
