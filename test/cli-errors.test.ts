@@ -4,10 +4,10 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { runCli } from './helpers.js';
+import { runCli, ROOT } from './helpers.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'tshyve-cli-'));
 const notKernel = join(dir, 'notes.txt');
@@ -58,4 +58,32 @@ test('-k reads a config file of key=value lines', async () => {
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stdout, /^cpus=3$/m);
   assert.match(r.stdout, /^memory\.size=1G$/m);
+});
+
+test('no KVM device: one line naming it, exit 4', async () => {
+  const bin = join(dir, 'x.bin');
+  writeFileSync(bin, Buffer.from([0xf4]));
+  const r = await runCli(['-o', `boot.raw=${bin}`, '-o', `kvm.device=${join(dir, 'kvm')}`, 'vm']);
+  assert.equal(r.code, 4, r.stderr);
+  assert.match(r.stderr.trim(), /^tshyve: .*kvm does not exist: KVM is not available/);
+  assert.equal(r.stderr.trim().split('\n').length, 1);
+});
+
+const referenceKernel = join(ROOT, 'lab', 'out', 'guest', 'vmlinuz');
+const emulatedHost = existsSync('/sys/module/kvm_pvm') && existsSync('/dev/kvm');
+test('a Linux guest on a software-emulated KVM: says why and points to the lab, exit 4, no hang',
+  { skip: !emulatedHost ? 'this host has hardware KVM' : !existsSync(referenceKernel) ? 'reference kernel not built (scripts/setup-lab.sh)' : false },
+  async () => {
+    const r = await runCli([...std, '-o', `boot.kernel=${referenceKernel}`, 'vm'], { timeoutMs: 20_000 });
+    assert.equal(r.code, 4, r.stderr);
+    assert.match(r.stderr, /cannot boot a Linux kernel: its KVM is kvm_pvm.*lab\/run/);
+    assert.ok(r.ms < 15_000, `answered in ${r.ms} ms`);
+  });
+
+test('-s help and -l help list the device models', async () => {
+  const pci = await runCli(['-s', 'help']);
+  assert.equal(pci.code, 0);
+  assert.deepEqual(pci.stdout.trim().split('\n').filter((l) => ['hostbridge', 'lpc'].includes(l)), ['hostbridge', 'lpc']);
+  const lpc = await runCli(['-l', 'help']);
+  assert.match(lpc.stdout, /^com1$/m);
 });

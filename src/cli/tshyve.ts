@@ -5,7 +5,9 @@
  *     -o boot.kernel=vmlinuz -o boot.initrd=initrd.img -o boot.cmdline=console=ttyS0 NAME
  * Exit status as bhyve: 0 reboot, 1 power-off, 2 halt, 3 triple fault, 4 error.
  */
-import { parseBhyveArgs, usage } from '../config/options.js';
+import { parseBhyveArgs, usage, supportedLpcDevices } from '../config/options.js';
+import { pciDeviceNames } from '../pci/device.js';
+import '../pci/bridges.js';
 import { TshyveError } from '../errors.js';
 import { Machine } from '../vm/machine.js';
 import { ExitCode } from '../vm/exit-codes.js';
@@ -21,6 +23,8 @@ function fail(msg: string): never {
 async function main(argv: string[]): Promise<number> {
   const args = parseBhyveArgs(argv);
   if (args.help) { process.stdout.write(usage()); return 0; }
+  if (args.list === 'pci') { process.stdout.write(pciDeviceNames().join('\n') + '\n'); return 0; }
+  if (args.list === 'lpc') { process.stdout.write(supportedLpcDevices().join('\n') + '\n'); return 0; }
   if (args.restoreFile) fail('restore (-r) is not supported by tshyve yet');
   const config = args.config;
   if (config.getBool('config.dump', false)) {

@@ -73,7 +73,7 @@ const scenarios: Record<string, () => Promise<BootResult>> = {
     const port = 47000 + Math.floor(Math.random() * 1000);
     let tcp: Promise<string> | undefined;
     const r = await tshyve(vmArgs(1, 'poweroff', `tcp=127.0.0.1:${port}`), 240_000, () => {
-      tcp = tcpCollect(port, /CPUS=\d+/, 200_000);
+      tcp = tcpCollect(port, /CPUS=\d+/, 60_000);
     });
     return { ...r, name: 'tcp-console', tcp: await tcp };
   },

@@ -1,0 +1,20 @@
+/**
+ * tshyve as a library: build a VM from a bhyve-style config tree, run it,
+ * pause and resume it, end it.
+ *
+ *   import { parseBhyveArgs, Machine } from 'tshyve';
+ *   const { config } = parseBhyveArgs(['-c', '2', '-m', '512M', '-l', 'com1,stdio',
+ *     '-o', 'boot.kernel=vmlinuz', 'myvm']);
+ *   const vm = await Machine.create(config);
+ *   const exitCode = await vm.run();
+ */
+export { Machine, COM_PORTS } from './vm/machine.js';
+export { ExitCode } from './vm/exit-codes.js';
+export { ConfigTree, ConfigNode } from './config/tree.js';
+export { parseBhyveArgs, usage, resolveCpus, resolveMemBytes } from './config/options.js';
+export { parseMemSize, formatSize } from './config/size.js';
+export { GuestMemory } from './memory/guest-memory.js';
+export { Bus, type BusDevice, type IrqLine } from './bus/bus.js';
+export { registerPciDevice, findPciDevice, pciDeviceNames, type PciDeviceEmulation, type DeviceContext } from './pci/device.js';
+export { TshyveError, UserError, HostError, GuestMemoryError, KvmError } from './errors.js';
+export { inspectHost, type HostReport } from './vm/host-check.js';

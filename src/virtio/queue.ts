@@ -1,0 +1,556 @@
+/**
+ * A split virtqueue (virtio 1.2, 2.7) as the device sees it, over GuestMemory.
+ *
+ * The guest is hostile. Everything the driver controls (ring addresses, the
+ * avail index, ring entries, descriptors, indirect tables) is checked before
+ * it is acted on, and each guest-shared field is read exactly once: a
+ * descriptor is copied into a private scratch buffer and parsed from there.
+ * Every violation is a VirtqueueError with a stable code; after one, the
+ * queue is broken (popChain keeps throwing the same error) until it is reset,
+ * and the device is expected to set NEEDS_RESET (VirtioCore does this).
+ *
+ * Bounds: a chain walk reads at most `size` descriptors from the descriptor
+ * table plus at most `maxChainLen` from one indirect table, and a chain holds
+ * at most `maxChainLen` buffers (default: the queue size, as the spec
+ * requires of drivers). Nothing here allocates more than that per chain.
+ *
+ * Memory ordering: JS has no fences for non-shared buffers; on x86 (TSO) the
+ * program-order stores below (used entry, then used idx) and loads (avail
+ * idx, then ring entry, then descriptors) are what the spec requires as long
+ * as the JIT keeps program order for these typed-array accesses, which V8
+ * does for stores to distinct typed-array views in practice.
+ */
+import { TshyveError } from '../errors.js';
+import type { GuestMemory } from '../memory/guest-memory.js';
+import {
+  VIRTQ_AVAIL_ALIGN, VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_ALIGN, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT,
+  VIRTQ_DESC_F_WRITE, VIRTQ_DESC_SIZE, VIRTQ_MAX_SIZE, VIRTQ_USED_ALIGN, VIRTQ_USED_F_NO_NOTIFY,
+  availRingBytes, descTableBytes, usedRingBytes,
+} from './constants.js';
+
+export type VirtqueueErrorCode =
+  /** popChain/pushUsed on a queue that is not enabled and validated */
+  | 'EVQ_NOT_READY'
+  /** size 0, not a power of two, or above the device maximum */
+  | 'EVQ_SIZE'
+  /** a ring address not aligned as 2.7 requires */
+  | 'EVQ_ALIGN'
+  /** a ring overflows 64 bits or is not inside guest RAM */
+  | 'EVQ_RING_RANGE'
+  /** avail idx more than queue-size ahead of the last index the device consumed */
+  | 'EVQ_AVAIL_IDX'
+  /** a head or next index >= the size of its descriptor table */
+  | 'EVQ_DESC_INDEX'
+  /** a chain that visits more descriptors than its table holds: a loop */
+  | 'EVQ_CHAIN_LOOP'
+  /** a chain of more than maxChainLen buffers or more than 2^32 bytes */
+  | 'EVQ_CHAIN_LEN'
+  /** a buffer (addr, len) that overflows or is not inside guest RAM */
+  | 'EVQ_DESC_RANGE'
+  /** a device-readable buffer after a device-writable one */
+  | 'EVQ_DESC_ORDER'
+  /** INDIRECT used though VIRTIO_RING_F_INDIRECT_DESC was not negotiated */
+  | 'EVQ_INDIRECT_FEATURE'
+  /** indirect table length zero, not a multiple of 16, or longer than maxChainLen */
+  | 'EVQ_INDIRECT_LEN'
+  /** indirect table outside guest RAM */
+  | 'EVQ_INDIRECT_RANGE'
+  /** INDIRECT inside an indirect table */
+  | 'EVQ_INDIRECT_NESTED'
+  /** INDIRECT together with NEXT */
+  | 'EVQ_INDIRECT_NEXT'
+  /** device-side misuse: used id >= size, or more used entries than chains popped */
+  | 'EVQ_USED'
+  /** a guest memory access failed unexpectedly (a bug or a vanished region) */
+  | 'EVQ_MEMORY'
+  /** saved queue state rejected */
+  | 'EVQ_BADSTATE';
+
+/** A virtqueue protocol violation. The device answers it with NEEDS_RESET. */
+export class VirtqueueError extends TshyveError {
+  constructor(override readonly code: VirtqueueErrorCode, message: string) {
+    super(code, `virtqueue: ${message}`);
+  }
+}
+
+/** One guest buffer of a chain: a range checked to lie inside one RAM region. */
+export interface GuestBuffer {
+  readonly gpa: number;
+  readonly len: number;
+}
+
+const TWO_32 = 0x1_0000_0000;
+/** Highest value of a descriptor's addr high word that keeps addr a safe integer. */
+const MAX_SAFE_HI = 0x1f_ffff;
+
+function fail(code: VirtqueueErrorCode, message: string): never {
+  throw new VirtqueueError(code, message);
+}
+
+/** Convert anything thrown by guest memory access into a VirtqueueError. */
+function asQueueError(e: unknown): VirtqueueError {
+  if (e instanceof VirtqueueError) return e;
+  return new VirtqueueError('EVQ_MEMORY', e instanceof Error ? e.message : String(e));
+}
+
+/**
+ * A descriptor chain popped from the available ring: the head index (to
+ * give back with pushUsed) and its device-readable then device-writable
+ * buffers, in chain order. All buffers were checked against guest memory.
+ */
+export class DescriptorChain {
+  constructor(
+    private readonly mem: GuestMemory,
+    readonly head: number,
+    readonly readable: readonly GuestBuffer[],
+    readonly writable: readonly GuestBuffer[],
+    readonly readableLen: number,
+    readonly writableLen: number,
+  ) {}
+
+  /** All readable bytes, copied, up to `limit` bytes. */
+  readAll(limit: number = this.readableLen): Buffer {
+    return this.readAt(0, limit);
+  }
+
+  /**
+   * `len` bytes of the readable part starting at byte `offset` (a copy),
+   * shortened to what the chain holds.
+   */
+  readAt(offset: number, len: number): Buffer {
+    const start = Math.max(0, Math.min(Math.floor(offset), this.readableLen));
+    const n = Math.max(0, Math.min(Math.floor(len), this.readableLen - start));
+    const out = Buffer.alloc(Number.isFinite(n) ? n : 0);
+    try {
+      copyStream(this.readable, start, out.length, (gpa, at, k) => out.set(this.mem.slice(gpa, k), at));
+    } catch (e) {
+      throw asQueueError(e);
+    }
+    return out;
+  }
+
+  /**
+   * Write `data` into the writable part starting at byte `offset`; bytes
+   * beyond the writable capacity are dropped. Returns how many were written.
+   */
+  write(data: Uint8Array, offset = 0): number {
+    const start = Math.max(0, Math.min(Math.floor(offset), this.writableLen));
+    const n = Math.min(data.length, this.writableLen - start);
+    try {
+      copyStream(this.writable, start, n, (gpa, at, k) => this.mem.slice(gpa, k).set(data.subarray(at, at + k)));
+    } catch (e) {
+      throw asQueueError(e);
+    }
+    return n;
+  }
+}
+
+/** Walk `bufs` as one byte stream from `start` for `n` bytes, calling fn(gpa, streamPos - start, k) per piece. */
+function copyStream(bufs: readonly GuestBuffer[], start: number, n: number,
+  fn: (gpa: number, at: number, k: number) => void): void {
+  let skip = start, done = 0;
+  for (const b of bufs) {
+    if (done >= n) break;
+    if (skip >= b.len) { skip -= b.len; continue; }
+    const k = Math.min(b.len - skip, n - done);
+    fn(b.gpa + skip, done, k);
+    done += k;
+    skip = 0;
+  }
+}
+
+/** Saved queue state. Addresses are "0x..." strings (64-bit, JSON-safe). Untrusted until fromState accepts it. */
+export interface VirtqueueState {
+  readonly v: 1;
+  maxSize: number;
+  size: number;
+  ready: boolean;
+  descTable: string;
+  availRing: string;
+  usedRing: string;
+  nextAvail: number;
+  nextUsed: number;
+  signalledUsed: number;
+  eventIdx: boolean;
+  indirectDesc: boolean;
+  notificationsEnabled: boolean;
+  /** the VirtqueueOptions.maxChainLen given, or null to follow the queue size */
+  maxChainLen: number | null;
+}
+
+export interface VirtqueueOptions {
+  /** Most buffers a chain may hold (direct + indirect). Default: the queue size. */
+  maxChainLen?: number;
+}
+
+function isPow2(n: number): boolean {
+  return Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
+}
+
+/**
+ * One split virtqueue. Its configuration (size, addresses, ready) is written
+ * by the transport on the driver's behalf; `validate()` must accept it before
+ * the queue is used (VirtioCore calls it at DRIVER_OK). Changing any of it
+ * un-validates the queue.
+ */
+export class Virtqueue {
+  readonly maxSize: number;
+  private _size: number;
+  private _ready = false;
+  private _desc = 0n;
+  private _avail = 0n;
+  private _used = 0n;
+  private validated = false;
+  // numeric ring addresses, set by validate()
+  private descGpa = 0;
+  private availGpa = 0;
+  private usedGpa = 0;
+
+  /** Negotiated VIRTIO_RING_F_EVENT_IDX. */
+  eventIdx = false;
+  /** Negotiated VIRTIO_RING_F_INDIRECT_DESC. */
+  indirectDesc = false;
+  private readonly maxChainOpt: number | undefined;
+
+  private nextAvail = 0;
+  private nextUsed = 0;
+  /** avail idx as last read and checked; equal to nextAvail when it must be re-read */
+  private cachedAvailIdx = 0;
+  /** used idx at the last needsNotification() */
+  private signalledUsed = 0;
+  private notificationsEnabled = true;
+  private broken: VirtqueueError | undefined;
+  private readonly scratch = new Uint8Array(VIRTQ_DESC_SIZE);
+  private readonly scratchView = new DataView(this.scratch.buffer);
+
+  constructor(readonly mem: GuestMemory, maxSize: number, opts: VirtqueueOptions = {}) {
+    if (!isPow2(maxSize) || maxSize > VIRTQ_MAX_SIZE) throw new RangeError(`virtqueue max size ${maxSize} is not a power of two <= 32768`);
+    const mcl = opts.maxChainLen;
+    if (mcl !== undefined && (!Number.isSafeInteger(mcl) || mcl < 1 || mcl > 65536)) throw new RangeError(`bad maxChainLen ${mcl}`);
+    this.maxSize = maxSize;
+    this._size = maxSize;
+    this.maxChainOpt = mcl;
+  }
+
+  // ---- configuration ----------------------------------------------------
+
+  get size(): number { return this._size; }
+  /** Any u16 the driver wrote; validate() rejects what is not usable. */
+  set size(v: number) { this._size = v & 0xffff; this.validated = false; }
+  get ready(): boolean { return this._ready; }
+  set ready(v: boolean) { this._ready = v; this.validated = false; }
+  get descTable(): bigint { return this._desc; }
+  set descTable(v: bigint) { this._desc = BigInt.asUintN(64, v); this.validated = false; }
+  get availRing(): bigint { return this._avail; }
+  set availRing(v: bigint) { this._avail = BigInt.asUintN(64, v); this.validated = false; }
+  get usedRing(): bigint { return this._used; }
+  set usedRing(v: bigint) { this._used = BigInt.asUintN(64, v); this.validated = false; }
+
+  get maxChainLen(): number { return this.maxChainOpt ?? this._size; }
+  /** True once validate() accepted the current configuration. */
+  get isValid(): boolean { return this.validated; }
+  /** The error that broke the queue, if any. */
+  get error(): VirtqueueError | undefined { return this.broken; }
+  /** Index of the next avail ring slot the device will consume. */
+  get nextAvailIdx(): number { return this.nextAvail; }
+  /** The device's used idx (what it last wrote to used.idx). */
+  get nextUsedIdx(): number { return this.nextUsed; }
+
+  /** Back to the power-on configuration (transport reset). */
+  reset(): void {
+    this._size = this.maxSize;
+    this._ready = false;
+    this._desc = this._avail = this._used = 0n;
+    this.validated = false;
+    this.eventIdx = this.indirectDesc = false;
+    this.nextAvail = this.nextUsed = this.cachedAvailIdx = this.signalledUsed = 0;
+    this.notificationsEnabled = true;
+    this.broken = undefined;
+    this.descGpa = this.availGpa = this.usedGpa = 0;
+  }
+
+  /**
+   * Check the configuration before use: ready, size a power of two within
+   * the maximum, each ring aligned, not wrapping 64 bits and inside one
+   * guest RAM region. Throws VirtqueueError; on success the queue is usable.
+   */
+  validate(): void {
+    this.validated = false;
+    if (!this._ready) fail('EVQ_NOT_READY', 'queue not enabled');
+    const size = this._size;
+    if (!isPow2(size) || size > this.maxSize) fail('EVQ_SIZE', `size ${size} is not a power of two <= ${this.maxSize}`);
+    const ring = (name: string, addr: bigint, len: number, align: number): number => {
+      if (addr % BigInt(align) !== 0n) fail('EVQ_ALIGN', `${name} 0x${addr.toString(16)} not aligned to ${align}`);
+      const end = addr + BigInt(len);
+      if (end > (1n << 64n) || end > BigInt(Number.MAX_SAFE_INTEGER)) {
+        fail('EVQ_RING_RANGE', `${name} 0x${addr.toString(16)}+0x${len.toString(16)} out of range`);
+      }
+      const gpa = Number(addr);
+      if (!this.mem.contains(gpa, len)) fail('EVQ_RING_RANGE', `${name} 0x${addr.toString(16)}+0x${len.toString(16)} not in guest RAM`);
+      return gpa;
+    };
+    this.descGpa = ring('descriptor table', this._desc, descTableBytes(size), VIRTQ_DESC_ALIGN);
+    this.availGpa = ring('avail ring', this._avail, availRingBytes(size), VIRTQ_AVAIL_ALIGN);
+    this.usedGpa = ring('used ring', this._used, usedRingBytes(size), VIRTQ_USED_ALIGN);
+    const mcl = this.maxChainLen;
+    if (mcl < 1) fail('EVQ_SIZE', 'maxChainLen < 1');
+    this.validated = true;
+  }
+
+  private usable(): void {
+    if (this.broken) throw this.broken;
+    if (!this.validated) fail('EVQ_NOT_READY', 'queue used before it was validated');
+  }
+
+  // ---- available side ---------------------------------------------------
+
+  /**
+   * The next available chain, or undefined when the driver has published
+   * nothing new. Throws VirtqueueError (and the queue stays broken) on any
+   * driver violation.
+   */
+  popChain(): DescriptorChain | undefined {
+    this.usable();
+    try {
+      const size = this._size;
+      if (this.cachedAvailIdx === this.nextAvail) {
+        const idx = this.mem.readU16(this.availGpa + 2);
+        const ahead = (idx - this.nextAvail) & 0xffff;
+        if (ahead > size) fail('EVQ_AVAIL_IDX', `avail idx ${idx} is ${ahead} ahead of ${this.nextAvail} (size ${size})`);
+        if (ahead === 0) return undefined;
+        this.cachedAvailIdx = idx;
+      }
+      const head = this.mem.readU16(this.availGpa + 4 + 2 * (this.nextAvail & (size - 1)));
+      if (head >= size) fail('EVQ_DESC_INDEX', `avail ring head ${head} >= size ${size}`);
+      const chain = this.walk(head);
+      this.nextAvail = (this.nextAvail + 1) & 0xffff;
+      if (this.eventIdx && this.notificationsEnabled) this.mem.writeU16(this.usedGpa + 4 + 8 * size, this.nextAvail);
+      return chain;
+    } catch (e) {
+      this.broken = asQueueError(e);
+      throw this.broken;
+    }
+  }
+
+  /** Copy descriptor `i` of the table at `table` into scratch (one read of guest memory). */
+  private loadDesc(table: number, i: number): void {
+    this.scratch.set(this.mem.slice(table + VIRTQ_DESC_SIZE * i, VIRTQ_DESC_SIZE));
+  }
+
+  private walk(head: number): DescriptorChain {
+    const size = this._size;
+    const maxBufs = this.maxChainLen;
+    const dv = this.scratchView;
+    const readable: GuestBuffer[] = [];
+    const writable: GuestBuffer[] = [];
+    let rlen = 0, wlen = 0;
+    let table = this.descGpa, tableLen = size, idx = head;
+    let inIndirect = false;
+    let steps = 0;
+    for (;;) {
+      if (++steps > tableLen) {
+        fail('EVQ_CHAIN_LOOP', `chain from head ${head} visits more than ${tableLen} descriptors${inIndirect ? ' of its indirect table' : ''}`);
+      }
+      this.loadDesc(table, idx);
+      const lo = dv.getUint32(0, true), hi = dv.getUint32(4, true);
+      const len = dv.getUint32(8, true);
+      const flags = dv.getUint16(12, true);
+      const next = dv.getUint16(14, true);
+      const addrHex = (): string => `0x${(BigInt(hi) << 32n | BigInt(lo)).toString(16)}`;
+      if (flags & VIRTQ_DESC_F_INDIRECT) {
+        if (inIndirect) fail('EVQ_INDIRECT_NESTED', `indirect descriptor inside an indirect table (head ${head})`);
+        if (!this.indirectDesc) fail('EVQ_INDIRECT_FEATURE', 'indirect descriptor without VIRTIO_RING_F_INDIRECT_DESC');
+        if (flags & VIRTQ_DESC_F_NEXT) fail('EVQ_INDIRECT_NEXT', `indirect descriptor ${idx} also has NEXT`);
+        if (len === 0 || len % VIRTQ_DESC_SIZE !== 0) fail('EVQ_INDIRECT_LEN', `indirect table length ${len}`);
+        const n = len / VIRTQ_DESC_SIZE;
+        if (n > maxBufs) fail('EVQ_INDIRECT_LEN', `indirect table of ${n} descriptors (max ${maxBufs})`);
+        const addr = hi * TWO_32 + lo;
+        if (hi > MAX_SAFE_HI || !this.mem.contains(addr, len)) fail('EVQ_INDIRECT_RANGE', `indirect table ${addrHex()}+0x${len.toString(16)} not in guest RAM`);
+        table = addr; tableLen = n; idx = 0; steps = 0; inIndirect = true;
+        continue;
+      }
+      const addr = hi * TWO_32 + lo;
+      if (hi > MAX_SAFE_HI || !this.mem.contains(addr, len)) fail('EVQ_DESC_RANGE', `buffer ${addrHex()}+0x${len.toString(16)} not in guest RAM`);
+      if (readable.length + writable.length >= maxBufs) fail('EVQ_CHAIN_LEN', `chain from head ${head} has more than ${maxBufs} buffers`);
+      if (flags & VIRTQ_DESC_F_WRITE) {
+        writable.push({ gpa: addr, len });
+        wlen += len;
+      } else {
+        if (writable.length > 0) fail('EVQ_DESC_ORDER', `device-readable buffer after a device-writable one (head ${head})`);
+        readable.push({ gpa: addr, len });
+        rlen += len;
+      }
+      if (rlen + wlen > TWO_32) fail('EVQ_CHAIN_LEN', `chain from head ${head} is longer than 2^32 bytes`);
+      if (!(flags & VIRTQ_DESC_F_NEXT)) break;
+      if (next >= tableLen) fail('EVQ_DESC_INDEX', `next ${next} >= ${inIndirect ? 'indirect table length' : 'size'} ${tableLen}`);
+      idx = next;
+    }
+    return new DescriptorChain(this.mem, head, readable, writable, rlen, wlen);
+  }
+
+  // ---- used side ----------------------------------------------------------
+
+  /** Chains popped but not yet given back with pushUsed. */
+  get inFlight(): number {
+    return (this.nextAvail - this.nextUsed) & 0xffff;
+  }
+
+  /**
+   * Return chain `head` to the driver with `writtenLen` bytes written: the
+   * used element, then used.idx (wrapping at 2^16).
+   */
+  pushUsed(head: number, writtenLen: number): void {
+    if (!this.validated) fail('EVQ_NOT_READY', 'queue used before it was validated');
+    const size = this._size;
+    if (!Number.isInteger(head) || head < 0 || head >= size) fail('EVQ_USED', `used id ${head} >= size ${size}`);
+    if (!Number.isInteger(writtenLen) || writtenLen < 0 || writtenLen >= TWO_32) fail('EVQ_USED', `used len ${writtenLen}`);
+    if (this.inFlight === 0) fail('EVQ_USED', 'more used entries than chains popped');
+    try {
+      const e = this.usedGpa + 4 + 8 * (this.nextUsed & (size - 1));
+      this.mem.writeU32(e, head);
+      this.mem.writeU32(e + 4, writtenLen);
+      this.nextUsed = (this.nextUsed + 1) & 0xffff;
+      this.mem.writeU16(this.usedGpa + 2, this.nextUsed);
+    } catch (e) {
+      throw asQueueError(e);
+    }
+  }
+
+  /**
+   * Whether the driver wants a used-buffer notification now, for the entries
+   * pushed since the previous call. Without EVENT_IDX: unless avail.flags has
+   * NO_INTERRUPT. With EVENT_IDX: when used_event lies in [old, new) of the
+   * used index (vring_need_event). Reads the guest field once.
+   */
+  needsNotification(): boolean {
+    if (!this.validated) return false;
+    const newUsed = this.nextUsed, old = this.signalledUsed;
+    this.signalledUsed = newUsed;
+    if (newUsed === old) return false;
+    try {
+      if (this.eventIdx) {
+        const usedEvent = this.mem.readU16(this.availGpa + 4 + 2 * this._size);
+        return needEvent(usedEvent, newUsed, old);
+      }
+      return (this.mem.readU16(this.availGpa) & VIRTQ_AVAIL_F_NO_INTERRUPT) === 0;
+    } catch {
+      return true;
+    }
+  }
+
+  /**
+   * Ask the driver for available-buffer notifications again (used.flags = 0,
+   * or avail_event = next avail index with EVENT_IDX). Returns true when
+   * buffers are already waiting, so the caller should pop again instead of
+   * sleeping (the driver may have published before seeing the change).
+   */
+  enableNotifications(): boolean {
+    this.notificationsEnabled = true;
+    if (!this.validated || this.broken) return false;
+    try {
+      if (this.eventIdx) this.mem.writeU16(this.usedGpa + 4 + 8 * this._size, this.nextAvail);
+      else this.mem.writeU16(this.usedGpa, 0);
+      return this.mem.readU16(this.availGpa + 2) !== this.nextAvail;
+    } catch {
+      return false;
+    }
+  }
+
+  /**
+   * Tell the driver it need not notify (used.flags = NO_NOTIFY; with
+   * EVENT_IDX, avail_event is simply no longer advanced).
+   */
+  disableNotifications(): void {
+    this.notificationsEnabled = false;
+    if (!this.validated || this.eventIdx) return;
+    try {
+      this.mem.writeU16(this.usedGpa, VIRTQ_USED_F_NO_NOTIFY);
+    } catch {
+      // ring checked by validate(); nothing to do
+    }
+  }
+
+  // ---- save / restore -------------------------------------------------------
+
+  getState(): VirtqueueState {
+    const hex = (v: bigint): string => `0x${v.toString(16)}`;
+    return {
+      v: 1,
+      maxSize: this.maxSize,
+      size: this._size,
+      ready: this._ready,
+      descTable: hex(this._desc),
+      availRing: hex(this._avail),
+      usedRing: hex(this._used),
+      nextAvail: this.nextAvail,
+      nextUsed: this.nextUsed,
+      signalledUsed: this.signalledUsed,
+      eventIdx: this.eventIdx,
+      indirectDesc: this.indirectDesc,
+      notificationsEnabled: this.notificationsEnabled,
+      maxChainLen: this.maxChainOpt ?? null,
+    };
+  }
+
+  /**
+   * Rebuild a queue from saved state, treating it as untrusted: every field
+   * is type- and range-checked and a ready queue must pass validate() against
+   * `mem`. Throws VirtqueueError('EVQ_BADSTATE') (or the validate() error).
+   */
+  static fromState(mem: GuestMemory, state: unknown): Virtqueue {
+    const bad = (why: string): never => fail('EVQ_BADSTATE', `bad saved state: ${why}`);
+    if (typeof state !== 'object' || state === null) bad('not an object');
+    const s = state as Record<string, unknown>;
+    if (s['v'] !== 1) bad('unknown version');
+    const int = (k: string, min: number, max: number): number => {
+      const v = s[k];
+      if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) bad(`${k} not an integer in [${min}, ${max}]`);
+      return v as number;
+    };
+    const bool = (k: string): boolean => {
+      const v = s[k];
+      if (typeof v !== 'boolean') bad(`${k} not a boolean`);
+      return v as boolean;
+    };
+    const addr = (k: string): bigint => {
+      const v = s[k];
+      if (typeof v !== 'string' || !/^0x[0-9a-f]{1,16}$/.test(v)) bad(`${k} not a 64-bit hex address`);
+      return BigInt(v as string);
+    };
+    const maxSize = int('maxSize', 1, VIRTQ_MAX_SIZE);
+    if (!isPow2(maxSize)) bad('maxSize not a power of two');
+    const size = int('size', 0, 0xffff);
+    const ready = bool('ready');
+    const maxChainLen = s['maxChainLen'] === null ? undefined : int('maxChainLen', 1, 65536);
+    const nextAvail = int('nextAvail', 0, 0xffff);
+    const nextUsed = int('nextUsed', 0, 0xffff);
+    const signalledUsed = int('signalledUsed', 0, 0xffff);
+    const q = new Virtqueue(mem, maxSize, maxChainLen === undefined ? {} : { maxChainLen });
+    q._size = size;
+    q._desc = addr('descTable');
+    q._avail = addr('availRing');
+    q._used = addr('usedRing');
+    q.eventIdx = bool('eventIdx');
+    q.indirectDesc = bool('indirectDesc');
+    q.notificationsEnabled = bool('notificationsEnabled');
+    q._ready = ready;
+    if (ready) {
+      q.validate();
+      if (((nextAvail - nextUsed) & 0xffff) > size) bad(`${(nextAvail - nextUsed) & 0xffff} chains in flight exceed size ${size}`);
+    } else if (nextAvail !== 0 || nextUsed !== 0 || signalledUsed !== 0) {
+      bad('indices set on a queue that is not ready');
+    }
+    q.nextAvail = q.cachedAvailIdx = nextAvail;
+    q.nextUsed = nextUsed;
+    q.signalledUsed = signalledUsed;
+    return q;
+  }
+}
+
+/**
+ * vring_need_event: notify when `event` lies in [old, new) of the 16-bit
+ * index space, i.e. the index the other side asked about was just passed.
+ */
+export function needEvent(event: number, newIdx: number, oldIdx: number): boolean {
+  return ((newIdx - event - 1) & 0xffff) < ((newIdx - oldIdx) & 0xffff);
+}
