@@ -76,6 +76,25 @@ export class Bus {
   }
 }
 
+/**
+ * A device of byte-wide registers: a 2- or 4-byte access acts as ISA byte
+ * cycles at consecutive ports, least significant byte first.
+ */
+export abstract class ByteRegisterDevice implements BusDevice {
+  protected abstract readByte(offset: number): number;
+  protected abstract writeByte(offset: number, value: number): void;
+
+  read(offset: number, size: number): number {
+    let v = 0;
+    for (let i = 0; i < size && i < 4; i++) v |= this.readByte(offset + i) << (8 * i);
+    return v >>> 0;
+  }
+
+  write(offset: number, size: number, value: number): void {
+    for (let i = 0; i < size && i < 4; i++) this.writeByte(offset + i, (value >>> (8 * i)) & 0xff);
+  }
+}
+
 /** An interrupt line into the guest (an IOAPIC/PIC pin). */
 export interface IrqLine {
   set(level: boolean): void;

@@ -14,7 +14,7 @@
  *   drives the optional IRQ8 line until C is read. Periodic interrupts
  *   (PIE/PF) are not emulated.
  */
-import type { BusDevice, IrqLine } from '../bus/bus.js';
+import { ByteRegisterDevice, type IrqLine } from '../bus/bus.js';
 import type { ConfigNode } from '../config/tree.js';
 import { LOW_RAM_MAX } from '../x86/layout.js';
 
@@ -59,7 +59,7 @@ interface Fields { sec: number; min: number; hour: number; dow: number; day: num
 
 const defaultClock = (): number => performance.timeOrigin + performance.now();
 
-export class Rtc implements BusDevice {
+export class Rtc extends ByteRegisterDevice {
   private readonly cmos = new Uint8Array(128);
   private index = 0;
   private regB = B_24H; // 24 h, BCD: what Linux and FreeBSD expect from a BIOS
@@ -73,6 +73,7 @@ export class Rtc implements BusDevice {
   private readonly clock: () => number;
 
   constructor(opts: RtcOptions = {}) {
+    super();
     this.utc = opts.utc ?? false;
     this.irq = opts.irq ?? null;
     this.clock = opts.clock ?? defaultClock;
@@ -103,17 +104,7 @@ export class Rtc implements BusDevice {
     this.timer = null;
   }
 
-  read(offset: number, size: number): number {
-    let v = 0;
-    for (let i = 0; i < size && i < 4; i++) v |= this.readByte(offset + i) << (8 * i);
-    return v >>> 0;
-  }
-
-  write(offset: number, size: number, value: number): void {
-    for (let i = 0; i < size && i < 4; i++) this.writeByte(offset + i, (value >>> (8 * i)) & 0xff);
-  }
-
-  private readByte(port: number): number {
+  protected readByte(port: number): number {
     if (port !== 1) return 0xff; // the index port is write-only
     const i = this.index;
     if (TIME_REGS.has(i)) return this.halted() ? this.cmos[i]! : this.encodeTime(this.regB)[i]!;
@@ -132,7 +123,7 @@ export class Rtc implements BusDevice {
     }
   }
 
-  private writeByte(port: number, v: number): void {
+  protected writeByte(port: number, v: number): void {
     if (port === 0) { this.index = v & 0x7f; return; } // bit 7 is NMI disable, not ours
     if (port !== 1) return;
     const i = this.index;

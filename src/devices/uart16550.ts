@@ -10,7 +10,7 @@
  * off from the pin). IIR reports the highest-priority source
  * (line status > RX data > THRE > modem status).
  */
-import type { BusDevice, IrqLine } from '../bus/bus.js';
+import { ByteRegisterDevice, type IrqLine } from '../bus/bus.js';
 import type { SerialBackend } from './backends/types.js';
 
 const REG_DATA = 0, REG_IER = 1, REG_IIR = 2, REG_LCR = 3, REG_MCR = 4, REG_LSR = 5, REG_MSR = 6, REG_SCR = 7;
@@ -64,7 +64,7 @@ function modemStatus(mcr: number): number {
   return MSR_DCD | MSR_DSR | MSR_CTS;
 }
 
-export class Uart16550 implements BusDevice {
+export class Uart16550 extends ByteRegisterDevice {
   private dll = 0x0c; // 9600 baud, like a BIOS leaves it
   private dlh = 0;
   private ier = 0;
@@ -90,23 +90,13 @@ export class Uart16550 implements BusDevice {
   droppedRx = 0;
 
   constructor(private readonly irq: IrqLine, private readonly backend: SerialBackend | null) {
+    super();
     backend?.onData((b) => this.receive(b));
   }
 
   // ---- bus interface ----
 
-  read(offset: number, size: number): number {
-    // Wider accesses behave like ISA byte cycles at consecutive ports.
-    let v = 0;
-    for (let i = 0; i < size && i < 4; i++) v |= this.readByte(offset + i) << (8 * i);
-    return v >>> 0;
-  }
-
-  write(offset: number, size: number, value: number): void {
-    for (let i = 0; i < size && i < 4; i++) this.writeByte(offset + i, (value >>> (8 * i)) & 0xff);
-  }
-
-  private readByte(reg: number): number {
+  protected readByte(reg: number): number {
     if (!Number.isInteger(reg) || reg < 0 || reg > 7) return 0xff;
     let v = 0;
     const dlab = (this.lcr & LCR_DLAB) !== 0;
@@ -142,7 +132,7 @@ export class Uart16550 implements BusDevice {
     return v;
   }
 
-  private writeByte(reg: number, v: number): void {
+  protected writeByte(reg: number, v: number): void {
     if (!Number.isInteger(reg) || reg < 0 || reg > 7) return;
     const dlab = (this.lcr & LCR_DLAB) !== 0;
     switch (reg) {
