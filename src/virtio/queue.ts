@@ -14,11 +14,12 @@
  * at most `maxChainLen` buffers (default: the queue size, as the spec
  * requires of drivers). Nothing here allocates more than that per chain.
  *
- * Memory ordering: JS has no fences for non-shared buffers; on x86 (TSO) the
- * program-order stores below (used entry, then used idx) and loads (avail
- * idx, then ring entry, then descriptors) are what the spec requires as long
- * as the JIT keeps program order for these typed-array accesses, which V8
- * does for stores to distinct typed-array views in practice.
+ * Memory ordering: JS offers no fences for the (non-shared) buffers guest
+ * RAM is mapped into. The code issues its guest accesses in the order the
+ * spec requires (used element, then used idx; avail idx, then ring entry,
+ * then descriptors; used idx before reading used_event) and relies on x86
+ * TSO plus the JIT keeping that program order. This is an assumption, not
+ * something this module can enforce.
  */
 import { TshyveError } from '../errors.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
@@ -108,8 +109,11 @@ export class DescriptorChain {
     readonly writableLen: number,
   ) {}
 
-  /** All readable bytes, copied, up to `limit` bytes. */
-  readAll(limit: number = this.readableLen): Buffer {
+  /**
+   * The readable bytes, copied, up to `limit` bytes. The limit is required:
+   * readableLen is guest-chosen (up to 2^32, buffers may overlap).
+   */
+  readAll(limit: number): Buffer {
     return this.readAt(0, limit);
   }
 
@@ -118,9 +122,9 @@ export class DescriptorChain {
    * shortened to what the chain holds.
    */
   readAt(offset: number, len: number): Buffer {
-    const start = Math.max(0, Math.min(Math.floor(offset), this.readableLen));
-    const n = Math.max(0, Math.min(Math.floor(len), this.readableLen - start));
-    const out = Buffer.alloc(Number.isFinite(n) ? n : 0);
+    const start = clamp(offset, this.readableLen);
+    const n = clamp(len, this.readableLen - start);
+    const out = Buffer.alloc(n);
     try {
       copyStream(this.readable, start, out.length, (gpa, at, k) => out.set(this.mem.slice(gpa, k), at));
     } catch (e) {
@@ -134,7 +138,7 @@ export class DescriptorChain {
    * beyond the writable capacity are dropped. Returns how many were written.
    */
   write(data: Uint8Array, offset = 0): number {
-    const start = Math.max(0, Math.min(Math.floor(offset), this.writableLen));
+    const start = clamp(offset, this.writableLen);
     const n = Math.min(data.length, this.writableLen - start);
     try {
       copyStream(this.writable, start, n, (gpa, at, k) => this.mem.slice(gpa, k).set(data.subarray(at, at + k)));
@@ -143,6 +147,16 @@ export class DescriptorChain {
     }
     return n;
   }
+}
+
+function hex64(hi: number, lo: number): string {
+  return `0x${(BigInt(hi) << 32n | BigInt(lo)).toString(16)}`;
+}
+
+/** `v` as an integer in [0, max] (NaN -> 0). */
+function clamp(v: number, max: number): number {
+  if (!(v > 0)) return 0;
+  return v >= max ? max : Math.floor(v);
 }
 
 /** Walk `bufs` as one byte stream from `start` for `n` bytes, calling fn(gpa, streamPos - start, k) per piece. */
@@ -356,7 +370,6 @@ export class Virtqueue {
       const len = dv.getUint32(8, true);
       const flags = dv.getUint16(12, true);
       const next = dv.getUint16(14, true);
-      const addrHex = (): string => `0x${(BigInt(hi) << 32n | BigInt(lo)).toString(16)}`;
       if (flags & VIRTQ_DESC_F_INDIRECT) {
         if (inIndirect) fail('EVQ_INDIRECT_NESTED', `indirect descriptor inside an indirect table (head ${head})`);
         if (!this.indirectDesc) fail('EVQ_INDIRECT_FEATURE', 'indirect descriptor without VIRTIO_RING_F_INDIRECT_DESC');
@@ -365,12 +378,12 @@ export class Virtqueue {
         const n = len / VIRTQ_DESC_SIZE;
         if (n > maxBufs) fail('EVQ_INDIRECT_LEN', `indirect table of ${n} descriptors (max ${maxBufs})`);
         const addr = hi * TWO_32 + lo;
-        if (hi > MAX_SAFE_HI || !this.mem.contains(addr, len)) fail('EVQ_INDIRECT_RANGE', `indirect table ${addrHex()}+0x${len.toString(16)} not in guest RAM`);
+        if (hi > MAX_SAFE_HI || !this.mem.contains(addr, len)) fail('EVQ_INDIRECT_RANGE', `indirect table ${hex64(hi, lo)}+0x${len.toString(16)} not in guest RAM`);
         table = addr; tableLen = n; idx = 0; steps = 0; inIndirect = true;
         continue;
       }
       const addr = hi * TWO_32 + lo;
-      if (hi > MAX_SAFE_HI || !this.mem.contains(addr, len)) fail('EVQ_DESC_RANGE', `buffer ${addrHex()}+0x${len.toString(16)} not in guest RAM`);
+      if (hi > MAX_SAFE_HI || !this.mem.contains(addr, len)) fail('EVQ_DESC_RANGE', `buffer ${hex64(hi, lo)}+0x${len.toString(16)} not in guest RAM`);
       if (readable.length + writable.length >= maxBufs) fail('EVQ_CHAIN_LEN', `chain from head ${head} has more than ${maxBufs} buffers`);
       if (flags & VIRTQ_DESC_F_WRITE) {
         writable.push({ gpa: addr, len });

@@ -8,7 +8,7 @@ import { readFileSync, statSync } from 'node:fs';
 import { totalmem } from 'node:os';
 import { EventEmitter } from 'node:events';
 import { Kvm, Vm, VcpuFd, createGuestRam, type RamMapping } from '../kvm/kvm.js';
-import { SYSTEM_EVENT, type Sregs, type Segment as KvmSegment } from '../kvm/abi.js';
+import { SYSTEM_EVENT, MP_STATE, type Sregs, type Segment as KvmSegment } from '../kvm/abi.js';
 import { GuestMemory } from '../memory/guest-memory.js';
 import { Bus, type IrqLine } from '../bus/bus.js';
 import { ConfigTree } from '../config/tree.js';
@@ -253,7 +253,51 @@ export class Machine extends EventEmitter {
     await Promise.all(this.vcpus.map((t) => t.start()));
     this.firstRunMs = performance.now();
     this.emit('running');
+    this.watchForHalt();
     return this.finished;
+  }
+
+  /**
+   * bhyve exits 2 when every vCPU has halted with interrupts off (Linux's
+   * `halt`). KVM halts in the kernel, so look while the guest is quiet: park
+   * the vCPUs, read their MP state and IF, and go on.
+   */
+  private watchForHalt(): void {
+    const everyMs = Number(this.config.get('x86.halt_check_ms') ?? 2000);
+    if (!(everyMs > 0)) return;
+    let lastExits = -1;
+    const check = async () => {
+      if (this.ending) return;
+      const s = this.exitServer?.stats;
+      const exits = s ? s.pio + s.mmio : 0;
+      // A vCPU halted with interrupts off makes no exits: only check a quiet VM.
+      if (exits === lastExits && !this.checking && !this.userPaused) {
+        this.checking = true;
+        try {
+          if (await this.allHaltedWithInterruptsOff()) { void this.finish(ExitCode.HALT, 'all vCPUs halted with interrupts disabled'); return; }
+        } finally { this.checking = false; }
+      }
+      lastExits = exits;
+      if (!this.ending) setTimeout(() => void check(), everyMs).unref();
+    };
+    setTimeout(() => void check(), everyMs).unref();
+  }
+
+  private checking = false;
+
+  private async allHaltedWithInterruptsOff(): Promise<boolean> {
+    const parked = await Promise.all(this.vcpus.map((v) => v.pause(500)));
+    try {
+      // A vCPU that cannot be parked (an emulated KVM's halt) tells nothing.
+      if (parked.includes(false) || this.ending) return false;
+      return this.vcpuFds.every((v) => {
+        const mp = v.getMpState();
+        if (mp === MP_STATE.UNINITIALIZED) return true; // never started: cannot run
+        return mp === MP_STATE.HALTED && (v.getRegs().rflags & 0x200n) === 0n;
+      });
+    } finally {
+      if (!this.ending && !this.userPaused) for (const v of this.vcpus) v.resume();
+    }
   }
 
   private onVcpuEvent(e: VcpuEvent): void {
@@ -277,10 +321,15 @@ export class Machine extends EventEmitter {
 
   /** Pause every vCPU (for snapshots and the control socket). */
   async pause(): Promise<void> {
+    this.userPaused = true;
     const ok = await Promise.all(this.vcpus.map((v) => v.pause()));
     if (ok.includes(false)) throw new HostError('a vCPU did not pause in time');
   }
-  resume(): void { for (const v of this.vcpus) v.resume(); }
+  resume(): void {
+    this.userPaused = false;
+    for (const v of this.vcpus) v.resume();
+  }
+  private userPaused = false;
 
   get exitStats() {
     const s = this.exitServer;

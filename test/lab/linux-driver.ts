@@ -64,6 +64,10 @@ const scenarios: Record<string, () => Promise<BootResult>> = {
   async 'boot-1cpu-reboot'() {
     return { ...(await tshyve(vmArgs(1, 'reboot'))), name: 'boot-1cpu-reboot' };
   },
+  async 'boot-1cpu-halt'() {
+    const cmd = Buffer.from('halt -f\n').toString('base64');
+    return { ...(await tshyve(vmArgs(1, `hello tshyve.cmd=${cmd}`))), name: 'boot-1cpu-halt' };
+  },
   async 'boot-verbose'() {
     // the full kernel log, for warnings about the platform
     const args = vmArgs(1, 'poweroff').map((a) => a.replace('console=ttyS0 quiet', 'console=ttyS0 loglevel=5'));
