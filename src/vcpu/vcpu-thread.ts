@@ -4,11 +4,10 @@
  * lands just before KVM_RUN is not lost), pauses, resumes and stops it.
  */
 import { Worker } from 'node:worker_threads';
-import { libc } from '../kvm/libc.js';
+import { libc, SIG_KICK } from '../kvm/libc.js';
 import { RUN } from '../kvm/abi.js';
 import { mapKvmRun } from '../kvm/kvm.js';
 import { MB, CtlReq, CtlState, newMailbox, type Mailbox, type VcpuEvent, type VcpuWorkerData } from './mailbox.js';
-import { SIG_KICK } from '../kvm/libc.js';
 
 let kickHandlerInstalled = false;
 /** SIG_KICK needs a handler (a no-op) so that it interrupts rather than kills. */
