@@ -64,6 +64,23 @@ test('halt -f in the guest (every vCPU halted, interrupts off) ends tshyve with 
   assert.equal(r.code, 2, r.stderr);
 });
 
+test('virtio-rnd: Linux\'s virtio_rng driver feeds /dev/hwrng from the host', { skip }, () => {
+  const r = get('virtio-rnd');
+  assert.match(r.stdout, /RNG_CURRENT=virtio_rng\.\d+/);
+  const hex = /HWRNG=([0-9a-f]*)/.exec(r.stdout)?.[1] ?? '';
+  assert.equal(hex.length, 64, `32 bytes read from /dev/hwrng: ${r.stdout.slice(-500)}`);
+  assert.notEqual(hex, '0'.repeat(64));
+  assert.equal(r.code, 1, r.stderr);
+});
+
+test('virtio-blk: Linux mounts an ext4 image made on the host, reads it, writes a file the host reads back', { skip }, () => {
+  const r = get('virtio-blk-ext4');
+  assert.match(r.stdout, new RegExp(`GUEST_MD5=${r.expectedMd5}`), r.stdout.slice(-800));
+  assert.match(r.stdout, /GUEST_WROTE=yes/);
+  assert.equal(r.hostReadBack, 'written-by-the-guest\n');
+  assert.equal(r.code, 1, r.stderr);
+});
+
 test('com1 on tcp=127.0.0.1:PORT is reachable with a TCP client', { skip }, () => {
   const r = get('tcp-console');
   assert.match(r.tcp ?? '', /TSHYVE-GUEST-OK/);

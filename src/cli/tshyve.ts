@@ -7,7 +7,7 @@
  */
 import { parseBhyveArgs, usage, supportedLpcDevices } from '../config/options.js';
 import { pciDeviceNames } from '../pci/device.js';
-import '../pci/bridges.js';
+import '../devices/all.js';
 import { TshyveError } from '../errors.js';
 import { Machine } from '../vm/machine.js';
 import { ExitCode } from '../vm/exit-codes.js';

@@ -73,8 +73,9 @@ export class PciConfig implements PciConfigSpace {
     if (!bar) return 0;
     const dv = this.dv();
     const lo = dv.getUint32(PciReg.BAR0 + index * 4, true);
-    if (bar.kind === 'io') return lo & ~3;
-    let a = lo & ~0xf;
+    // >>> 0: the masks make signed 32-bit values, and BARs live above 2 GiB.
+    if (bar.kind === 'io') return (lo & ~3) >>> 0;
+    let a = (lo & ~0xf) >>> 0;
     if (bar.kind === 'mem64') a += dv.getUint32(PciReg.BAR0 + index * 4 + 4, true) * 0x100000000;
     return a;
   }

@@ -27,7 +27,7 @@ import { Rtc } from '../devices/rtc.js';
 import { openSerialBackend, type SerialBackend } from '../devices/backends/index.js';
 import { PciHost, PCI_CONFIG_ADDR, PCI_CONFIG_DATA } from '../pci/host.js';
 import { findPciDevice, type DeviceContext } from '../pci/device.js';
-import '../pci/bridges.js';
+import '../devices/all.js';
 import { resolveCpus, resolveMemBytes } from '../config/options.js';
 import { ExitServer } from '../vcpu/exit-server.js';
 import { VcpuThread } from '../vcpu/vcpu-thread.js';
@@ -348,6 +348,9 @@ export class Machine extends EventEmitter {
     const clean = await Promise.all(this.vcpus.map((v) => v.stop()));
     if (clean.includes(false)) log('debug', 'a vCPU did not leave KVM_RUN when kicked (halted with interrupts off?)');
     this.exitServer?.stop();
+    for (const f of this.pci.functions()) {
+      try { f.destroy?.(); } catch (e) { log('warn', `closing a device: ${(e as Error).message}`); }
+    }
     await this.closeBackends();
     this.resolveFinished(code);
   }

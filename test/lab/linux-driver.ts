@@ -7,14 +7,20 @@
  *
  *   node dist/test/lab/linux-driver.js RESULTS.json [scenario ...]
  */
-import { spawn } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { spawn, execFileSync } from 'node:child_process';
+import { writeFileSync, mkdtempSync, mkdirSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { tmpdir } from 'node:os';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { ROOT, CLI } from '../helpers.js';
 
 const GUEST = join(ROOT, 'lab', 'out', 'guest');
-export interface BootResult { name: string; code: number | null; stdout: string; stderr: string; ms: number; tcp?: string }
+export interface BootResult {
+  name: string; code: number | null; stdout: string; stderr: string; ms: number; tcp?: string;
+  /** virtio-blk: checksum of the file put in the image, and what the host read back afterwards */
+  expectedMd5?: string; hostReadBack?: string;
+}
 
 function tshyve(args: string[], timeoutMs = 240_000, onStart?: (child: ReturnType<typeof spawn>) => void): Promise<BootResult & { name: '' }> {
   return new Promise((resolve) => {
@@ -67,6 +73,35 @@ const scenarios: Record<string, () => Promise<BootResult>> = {
   async 'boot-1cpu-halt'() {
     const cmd = Buffer.from('halt -f\n').toString('base64');
     return { ...(await tshyve(vmArgs(1, `hello tshyve.cmd=${cmd}`))), name: 'boot-1cpu-halt' };
+  },
+  async 'virtio-rnd'() {
+    const cmd = Buffer.from([
+      'echo RNG_CURRENT=$(cat /sys/class/misc/hw_random/rng_current)',
+      'echo HWRNG=$(dd if=/dev/hwrng bs=32 count=1 2>/dev/null | od -An -tx1 | tr -d " \\n")',
+      'poweroff -f',
+    ].join('\n')).toString('base64');
+    return { ...(await tshyve(vmArgs(1, `hello tshyve.cmd=${cmd}`, 'stdio', ['-s', '4,virtio-rnd']))), name: 'virtio-rnd' };
+  },
+  async 'virtio-blk-ext4'() {
+    // An ext4 image made on the host with a file in it; the guest checks the
+    // file, writes another and syncs; the host reads that one back.
+    const dir = mkdtempSync(join(tmpdir(), 'tshyve-blk-'));
+    const content = join(dir, 'content');
+    mkdirSync(content);
+    const payload = Buffer.from(Array.from({ length: 100_000 }, (_, i) => (i * 7) & 0xff));
+    writeFileSync(join(content, 'payload.bin'), payload);
+    const img = join(dir, 'disk.img');
+    execFileSync('mkfs.ext4', ['-q', '-F', '-d', content, img, '32M']);
+    const cmd = Buffer.from([
+      'mkdir -p /mnt && mount -t ext4 /dev/vda /mnt',
+      'echo GUEST_MD5=$(md5sum /mnt/payload.bin | cut -d" " -f1)',
+      'echo written-by-the-guest > /mnt/from-guest.txt && sync && umount /mnt && echo GUEST_WROTE=yes',
+      'poweroff -f',
+    ].join('\n')).toString('base64');
+    const r = await tshyve(vmArgs(1, `hello tshyve.cmd=${cmd}`, 'stdio', ['-s', `5,virtio-blk,${img}`]));
+    let hostReadBack = '';
+    try { hostReadBack = execFileSync('debugfs', ['-R', 'cat /from-guest.txt', img], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }); } catch { /* left empty */ }
+    return { ...r, name: 'virtio-blk-ext4', expectedMd5: createHash('md5').update(payload).digest('hex'), hostReadBack };
   },
   async 'boot-verbose'() {
     // the full kernel log, for warnings about the platform

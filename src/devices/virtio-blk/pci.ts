@@ -1,0 +1,16 @@
+/** `-s N,virtio-blk,PATH[,ro][,sectorsize=L/P][,nocache][,direct][,nodelete][,ser=ID]` on virtio-pci. */
+import { registerPciDevice } from '../../pci/device.js';
+import { VirtioPci } from '../../pci/virtio-pci.js';
+import { VirtioBlk } from './device.js';
+import { parseVirtioBlkOptions, virtioBlkLegacyConfig } from './index.js';
+
+registerPciDevice({
+  name: 'virtio-blk',
+  legacyConfig: virtioBlkLegacyConfig,
+  create: (ctx, node, bdf) => {
+    const dev = new VirtioBlk({ ...parseVirtioBlkOptions(node), onError: (m) => ctx.guestError('virtio-blk', m) });
+    const fn = new VirtioPci(ctx, dev, bdf, `virtio-blk@${bdf.slot}`);
+    fn.destroy = () => dev.destroy();
+    return fn;
+  },
+});

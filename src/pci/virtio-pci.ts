@@ -1,0 +1,256 @@
+/**
+ * Virtio over PCI, the modern (1.x) interface: vendor capabilities pointing
+ * into BAR 0 (common config, ISR, device config, notify) and MSI-X in BAR 1,
+ * with INTx (ISR + a level IOAPIC pin) when the driver does not enable
+ * MSI-X. The device model behind it only sees VirtioCore.
+ *
+ * BAR 0 (16 KiB):  0x0000 common cfg | 0x1000 ISR | 0x2000 device cfg | 0x3000 notify
+ * BAR 1 (4 KiB):   0x000 MSI-X table (16 B/vector) | 0x800 PBA
+ */
+import type { BusDevice, IrqLine } from '../bus/bus.js';
+import type { DeviceContext, PciFunction } from './device.js';
+import { PciConfig } from './config-space.js';
+import { VirtioCore, type VirtioDevice } from '../virtio/device.js';
+
+const COMMON = 0x0000, ISR = 0x1000, DEVCFG = 0x2000, NOTIFY = 0x3000;
+const BAR0_SIZE = 0x4000, BAR1_SIZE = 0x1000;
+const MSIX_TABLE = 0x000, MSIX_PBA = 0x800;
+const NOTIFY_MULT = 4;
+const NO_VECTOR = 0xffff;
+const CAP_VENDOR = 0x09, CAP_MSIX = 0x11;
+const CFG_COMMON = 1, CFG_NOTIFY = 2, CFG_ISR = 3, CFG_DEVICE = 4;
+
+/** PCI class per virtio device type (what QEMU reports). */
+const CLASS: Record<number, [number, number]> = { 1: [0x02, 0x00], 2: [0x01, 0x80], 3: [0x07, 0x80], 4: [0xff, 0x00], 9: [0x01, 0x80] };
+
+/** A simple bump allocator for the 32-bit PCI window: BARs are placed by the monitor, as bhyve does. */
+let nextMmio = 0xc0000000;
+export function allocMmio(size: number): number {
+  const a = Math.ceil(nextMmio / size) * size;
+  if (a + size > 0xfec00000) throw new Error('PCI 32-bit MMIO window exhausted');
+  nextMmio = a + size;
+  return a;
+}
+/** For tests and a second VM in one process. */
+export function resetMmioAllocator(base = 0xc0000000): void { nextMmio = base; }
+
+export class VirtioPci implements PciFunction {
+  readonly config: PciConfig;
+  readonly core: VirtioCore;
+  private dfSelect = 0;
+  private gfSelect = 0;
+  private queueSelect = 0;
+  private configVector = NO_VECTOR;
+  private queueVectors: number[];
+  private isr = 0;
+  private readonly msix: Uint32Array;
+  private readonly pba: Uint32Array;
+  private msixCapOff: number;
+  private readonly intx: IrqLine;
+  private readonly bar0: BusDevice;
+  private readonly bar1: BusDevice;
+
+  constructor(private readonly ctx: DeviceContext, readonly device: VirtioDevice, bdf: { slot: number }, private readonly name: string) {
+    const nq = device.numQueues;
+    const vectors = nq + 1;
+    this.queueVectors = new Array(nq).fill(NO_VECTOR);
+    this.msix = new Uint32Array(vectors * 4);
+    for (let v = 0; v < vectors; v++) this.msix[v * 4 + 3] = 1; // masked at reset
+    this.pba = new Uint32Array(Math.ceil(vectors / 32));
+    const [cls, sub] = CLASS[device.deviceType] ?? [0xff, 0x00];
+    this.config = new PciConfig({
+      vendor: 0x1af4, device: 0x1040 + device.deviceType, revision: 1,
+      classCode: cls, subclass: sub, subsysVendor: 0x1af4, subsys: 0x40, intPin: 1,
+    });
+    // INTx: pin A of slot S on IOAPIC pin 16 + S mod 8 (the interrupt line tells the guest).
+    const gsi = 16 + (bdf.slot % 8);
+    this.config.bytes[0x3c] = gsi;
+    this.intx = ctx.irq(gsi);
+    this.core = new VirtioCore(device, ctx.mem, {
+      raiseQueueInterrupt: (q) => this.interrupt(this.queueVectors[q] ?? NO_VECTOR, 1),
+      raiseConfigInterrupt: () => this.interrupt(this.configVector, 2),
+      guestError: (m) => ctx.guestError(name, m),
+    });
+
+    const cap = (type: number, off: number, len: number, extra?: number) => {
+      const b = new Uint8Array(extra === undefined ? 14 : 18);
+      const dv = new DataView(b.buffer);
+      b[0] = b.length + 2; b[1] = type; b[2] = 0; // cap_len, cfg_type, bar
+      dv.setUint32(6, off, true); dv.setUint32(10, len, true);
+      if (extra !== undefined) dv.setUint32(14, extra, true);
+      this.config.addCapability(CAP_VENDOR, b);
+    };
+    cap(CFG_COMMON, COMMON, 0x38);
+    cap(CFG_ISR, ISR, 1);
+    cap(CFG_DEVICE, DEVCFG, Math.max(device.configSize, 4));
+    cap(CFG_NOTIFY, NOTIFY, nq * NOTIFY_MULT, NOTIFY_MULT);
+    const mc = new Uint8Array(10);
+    const mdv = new DataView(mc.buffer);
+    mdv.setUint16(0, vectors - 1, true); // table size - 1; enable and mask bits are writable
+    mdv.setUint32(2, MSIX_TABLE | 1, true); // BIR 1
+    mdv.setUint32(6, MSIX_PBA | 1, true);
+    const wm = new Uint8Array(10); wm[1] = 0xc0;
+    this.msixCapOff = this.config.addCapability(CAP_MSIX, mc, wm);
+
+    this.bar0 = { read: (o, s) => this.bar0Read(o, s), write: (o, s, v) => this.bar0Write(o, s, v) };
+    this.bar1 = { read: (o, s) => this.msixRead(o, s), write: (o, s, v) => this.msixWrite(o, s, v) };
+    this.config.addBar({ index: 0, size: BAR0_SIZE, kind: 'mem32', onMap: (a) => this.map(this.bar0, a, BAR0_SIZE, 'bar0') });
+    this.config.addBar({ index: 1, size: BAR1_SIZE, kind: 'mem32', onMap: (a) => this.map(this.bar1, a, BAR1_SIZE, 'msix') });
+    // Placed and decoding from the start, as firmware would leave them.
+    this.config.write(0x10, 4, allocMmio(BAR0_SIZE));
+    this.config.write(0x14, 4, allocMmio(BAR1_SIZE));
+    this.config.write(0x04, 2, 0x0002);
+    this.config.onWrite = (off, size) => { if (off < this.msixCapOff + 4 && off + size > this.msixCapOff + 2) this.deliverPending(); };
+  }
+
+  private map(dev: BusDevice, addr: number | undefined, size: number, what: string): void {
+    this.ctx.mmio.unregister(dev);
+    if (addr === undefined) return;
+    try {
+      this.ctx.mmio.register(addr, size, dev, `${this.name}-${what}`);
+    } catch (e) {
+      // A guest that moves a BAR onto another is misconfiguring its own bus.
+      this.ctx.guestError(this.name, `${what} at 0x${addr.toString(16)}: ${(e as Error).message}`);
+    }
+  }
+
+  // ---- interrupts ----
+
+  private get msixControl(): number { return this.config.read(this.msixCapOff + 2, 2); }
+  private get msixEnabled(): boolean { return (this.msixControl & 0x8000) !== 0; }
+
+  private interrupt(vector: number, isrBit: number): void {
+    if (this.msixEnabled) {
+      if (vector === NO_VECTOR || vector * 4 >= this.msix.length) return;
+      const masked = (this.msixControl & 0x4000) !== 0 || (this.msix[vector * 4 + 3]! & 1) !== 0;
+      if (masked) { this.pba[vector >> 5]! |= 1 << (vector & 31); return; }
+      this.sendMsi(vector);
+      return;
+    }
+    this.isr |= isrBit;
+    this.intx.set(true);
+  }
+
+  private sendMsi(vector: number): void {
+    const o = vector * 4;
+    const addr = (BigInt(this.msix[o + 1]!) << 32n) | BigInt(this.msix[o]!);
+    this.ctx.msi(addr, this.msix[o + 2]!);
+  }
+
+  /** Deliver interrupts that became unmasked. */
+  private deliverPending(): void {
+    if (!this.msixEnabled || this.msixControl & 0x4000) return;
+    for (let v = 0; v * 4 < this.msix.length; v++) {
+      const bit = 1 << (v & 31);
+      if ((this.pba[v >> 5]! & bit) && !(this.msix[v * 4 + 3]! & 1)) {
+        this.pba[v >> 5]! &= ~bit;
+        this.sendMsi(v);
+      }
+    }
+  }
+
+  private msixRead(off: number, size: number): number {
+    if (size !== 4 || off & 3) return 0;
+    if (off >= MSIX_PBA) { const i = (off - MSIX_PBA) >> 2; return this.pba[i] ?? 0; }
+    return this.msix[off >> 2] ?? 0;
+  }
+
+  private msixWrite(off: number, size: number, value: number): void {
+    if (size !== 4 || off & 3 || off >= MSIX_PBA) return; // PBA is read-only
+    const i = off >> 2;
+    if (i >= this.msix.length) return;
+    this.msix[i] = (i & 3) === 3 ? value & 1 : value >>> 0;
+    if ((i & 3) === 3) this.deliverPending();
+  }
+
+  // ---- BAR 0 ----
+
+  private bar0Read(off: number, size: number): number {
+    if (off >= COMMON && off < COMMON + 0x38) return this.commonRead(off - COMMON, size);
+    if (off === ISR) {
+      const v = this.isr;
+      this.isr = 0; // reading acknowledges
+      this.intx.set(false);
+      return v;
+    }
+    if (off >= DEVCFG && off < NOTIFY) return this.core.readConfig(off - DEVCFG, size);
+    return 0;
+  }
+
+  private bar0Write(off: number, size: number, value: number): void {
+    if (off >= COMMON && off < COMMON + 0x38) { this.commonWrite(off - COMMON, size, value); return; }
+    if (off >= DEVCFG && off < NOTIFY) { this.core.writeConfig(off - DEVCFG, size, value); return; }
+    if (off >= NOTIFY && off < NOTIFY + this.device.numQueues * NOTIFY_MULT) {
+      this.core.notifyQueue((off - NOTIFY) / NOTIFY_MULT | 0);
+    }
+  }
+
+  private commonRead(off: number, size: number): number {
+    const q = this.core.queue(this.queueSelect);
+    let v: number;
+    switch (off & ~3) {
+      case 0x00: v = this.dfSelect; break;
+      case 0x04: v = this.core.deviceFeatureWord(this.dfSelect); break;
+      case 0x08: v = this.gfSelect; break;
+      case 0x0c: v = this.core.driverFeatureWord(this.gfSelect); break;
+      case 0x10: v = this.configVector | (this.device.numQueues << 16); break;
+      case 0x14: v = this.core.status | (this.core.configGeneration << 8) | (this.queueSelect << 16); break;
+      case 0x18: v = (q?.size ?? 0) | ((q ? this.queueVectors[this.queueSelect]! : NO_VECTOR) << 16); break;
+      case 0x1c: v = (q?.ready ? 1 : 0) | ((q ? this.queueSelect : 0) << 16); break; // notify_off = queue index
+      case 0x20: v = Number((q?.descTable ?? 0n) & 0xffffffffn); break;
+      case 0x24: v = Number((q?.descTable ?? 0n) >> 32n); break;
+      case 0x28: v = Number((q?.availRing ?? 0n) & 0xffffffffn); break;
+      case 0x2c: v = Number((q?.availRing ?? 0n) >> 32n); break;
+      case 0x30: v = Number((q?.usedRing ?? 0n) & 0xffffffffn); break;
+      case 0x34: v = Number((q?.usedRing ?? 0n) >> 32n); break;
+      default: v = 0;
+    }
+    const shift = (off & 3) * 8;
+    return size === 4 ? v >>> 0 : (v >>> shift) & (size === 2 ? 0xffff : 0xff);
+  }
+
+  private commonWrite(off: number, size: number, value: number): void {
+    const q = this.queueSelect;
+    const w16 = value & 0xffff;
+    switch (off) {
+      case 0x00: this.dfSelect = value >>> 0; break;
+      case 0x08: this.gfSelect = value >>> 0; break;
+      case 0x0c: this.core.writeDriverFeatureWord(this.gfSelect, value >>> 0); break;
+      // A vector past the table reads back as NO_VECTOR: the driver checks.
+      case 0x10: this.configVector = w16 < this.device.numQueues + 1 ? w16 : NO_VECTOR; break;
+      case 0x14:
+        if (size === 1 || size === 4) {
+          this.core.writeStatus(value & 0xff);
+          if ((value & 0xff) === 0) this.resetTransport();
+        }
+        break;
+      case 0x16: this.queueSelect = w16; break;
+      case 0x18: this.core.setQueueSize(q, w16); break;
+      case 0x1a: if (q < this.queueVectors.length) this.queueVectors[q] = w16 < this.device.numQueues + 1 ? w16 : NO_VECTOR; break;
+      case 0x1c: this.core.setQueueEnable(q, w16 === 1); break;
+      case 0x20: case 0x24: case 0x28: case 0x2c: case 0x30: case 0x34: {
+        const vq = this.core.queue(q);
+        if (!vq) break;
+        const kind = off < 0x28 ? 'desc' : off < 0x30 ? 'avail' : 'used';
+        const cur = kind === 'desc' ? vq.descTable : kind === 'avail' ? vq.availRing : vq.usedRing;
+        const hi = (off & 4) !== 0;
+        const next = hi ? (cur & 0xffffffffn) | (BigInt(value >>> 0) << 32n) : (cur & ~0xffffffffn) | BigInt(value >>> 0);
+        this.core.setQueueAddress(q, kind, next);
+        break;
+      }
+      default: break; // read-only or unknown: ignored
+    }
+  }
+
+  private resetTransport(): void {
+    this.configVector = NO_VECTOR;
+    this.queueVectors.fill(NO_VECTOR);
+    this.isr = 0;
+    this.intx.set(false);
+  }
+
+  reset(): void { this.core.reset(); this.resetTransport(); }
+
+  /** Set by the device's registration when the model holds host resources (files). */
+  destroy?: () => void;
+}
