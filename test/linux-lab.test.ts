@@ -81,6 +81,27 @@ test('virtio-blk: Linux mounts an ext4 image made on the host, reads it, writes 
   assert.equal(r.code, 1, r.stderr);
 });
 
+test('virtio-blk discard: after rm and fstrim in the guest, the image\'s allocated blocks drop on the host', { skip }, () => {
+  const r = get('virtio-blk-fstrim');
+  assert.match(r.stdout, /FSTRIM_EXIT=0/, r.stdout.slice(-800));
+  assert.ok(r.blocksAfter! < r.blocksBefore! - (16 << 20) / 512, `st_blocks ${r.blocksBefore} -> ${r.blocksAfter}`);
+  assert.equal(r.code, 1, r.stderr);
+});
+
+test('three virtio-blk disks at once; the read-only one refuses writes and stays bit-identical', { skip }, () => {
+  const r = get('virtio-blk-three-disks');
+  assert.match(r.stdout, /DISK_vda=0/);
+  assert.match(r.stdout, /DISK_vdc=1/);
+  assert.match(r.stdout, /WRITE_vda=ok/);
+  assert.match(r.stdout, /WRITE_vdb=ok/);
+  assert.match(r.stdout, /WRITE_vdc=refused/);
+  const [a, b, c] = r.hashes!;
+  assert.notEqual(a!.after, a!.before, 'disk a was written');
+  assert.notEqual(b!.after, b!.before, 'disk b was written');
+  assert.equal(c!.after, c!.before, 'read-only disk c is bit-identical');
+  assert.equal(r.code, 1, r.stderr);
+});
+
 test('com1 on tcp=127.0.0.1:PORT is reachable with a TCP client', { skip }, () => {
   const r = get('tcp-console');
   assert.match(r.tcp ?? '', /TSHYVE-GUEST-OK/);

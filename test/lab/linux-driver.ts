@@ -8,7 +8,8 @@
  *   node dist/test/lab/linux-driver.js RESULTS.json [scenario ...]
  */
 import { spawn, execFileSync } from 'node:child_process';
-import { writeFileSync, mkdtempSync, mkdirSync } from 'node:fs';
+import { writeFileSync, mkdtempSync, mkdirSync, statSync, readFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
 import { createHash } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { connect } from 'node:net';
@@ -20,6 +21,10 @@ export interface BootResult {
   name: string; code: number | null; stdout: string; stderr: string; ms: number; tcp?: string;
   /** virtio-blk: checksum of the file put in the image, and what the host read back afterwards */
   expectedMd5?: string; hostReadBack?: string;
+  /** allocated 512-byte blocks of the image before and after the guest's fstrim */
+  blocksBefore?: number; blocksAfter?: number;
+  /** per-disk sha256 before and after, for the multi-disk check */
+  hashes?: { name: string; before: string; after: string }[];
 }
 
 function tshyve(args: string[], timeoutMs = 240_000, onStart?: (child: ReturnType<typeof spawn>) => void): Promise<BootResult & { name: '' }> {
@@ -102,6 +107,44 @@ const scenarios: Record<string, () => Promise<BootResult>> = {
     let hostReadBack = '';
     try { hostReadBack = execFileSync('debugfs', ['-R', 'cat /from-guest.txt', img], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }); } catch { /* left empty */ }
     return { ...r, name: 'virtio-blk-ext4', expectedMd5: createHash('md5').update(payload).digest('hex'), hostReadBack };
+  },
+  async 'virtio-blk-fstrim'() {
+    // A large file deleted in the guest and fstrim: the host image must shrink.
+    const dir = mkdtempSync(join(tmpdir(), 'tshyve-trim-'));
+    const content = join(dir, 'content');
+    mkdirSync(content);
+    writeFileSync(join(content, 'big.bin'), randomBytes(24 << 20));
+    const img = join(dir, 'disk.img');
+    execFileSync('mkfs.ext4', ['-q', '-F', '-E', 'nodiscard', '-d', content, img, '64M']);
+    const blocksBefore = statSync(img).blocks;
+    const cmd = Buffer.from([
+      'mkdir -p /mnt && mount -t ext4 /dev/vda /mnt && rm /mnt/big.bin && sync',
+      'fstrim -v /mnt; echo FSTRIM_EXIT=$?',
+      'umount /mnt; poweroff -f',
+    ].join('\n')).toString('base64');
+    const r = await tshyve(vmArgs(1, `hello tshyve.cmd=${cmd}`, 'stdio', ['-s', `5,virtio-blk,${img}`]));
+    return { ...r, name: 'virtio-blk-fstrim', blocksBefore, blocksAfter: statSync(img).blocks };
+  },
+  async 'virtio-blk-three-disks'() {
+    // Three disks, the third read-only: the guest writes a marker to each raw
+    // disk; the read-only one must refuse and stay bit-identical on the host.
+    const dir = mkdtempSync(join(tmpdir(), 'tshyve-3d-'));
+    const names = ['a.img', 'b.img', 'c.img'];
+    const sha = (f: string) => createHash('sha256').update(readFileSync(f)).digest('hex');
+    for (const n of names) writeFileSync(join(dir, n), randomBytes(4 << 20));
+    const before = names.map((n) => sha(join(dir, n)));
+    const cmd = Buffer.from([
+      'for d in vda vdb vdc; do',
+      '  echo DISK_$d=$(cat /sys/block/$d/ro 2>/dev/null)',
+      '  if echo marker-$d | dd of=/dev/$d bs=512 seek=1 conv=sync,fsync 2>/dev/null; then echo WRITE_$d=ok; else echo WRITE_$d=refused; fi',
+      'done',
+      'poweroff -f',
+    ].join('\n')).toString('base64');
+    const r = await tshyve(vmArgs(1, `hello tshyve.cmd=${cmd}`, 'stdio', [
+      '-s', `5,virtio-blk,${join(dir, 'a.img')}`, '-s', `6,virtio-blk,${join(dir, 'b.img')}`, '-s', `7,virtio-blk,${join(dir, 'c.img')},ro`,
+    ]));
+    const hashes = names.map((n, i) => ({ name: n, before: before[i]!, after: sha(join(dir, n)) }));
+    return { ...r, name: 'virtio-blk-three-disks', hashes };
   },
   async 'boot-verbose'() {
     // the full kernel log, for warnings about the platform
