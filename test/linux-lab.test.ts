@@ -102,6 +102,16 @@ test('three virtio-blk disks at once; the read-only one refuses writes and stays
   assert.equal(r.code, 1, r.stderr);
 });
 
+test('virtio-console: a port on a unix socket carries bytes both ways', { skip }, () => {
+  const r = get('virtio-console');
+  assert.match(r.stdout, /PORT_NAME=port1/, r.stdout.slice(-800));
+  assert.equal(r.tcp, 'from-guest\n', 'the host read the guest\'s line from the socket');
+  assert.match(r.stdout, /GOT=from-host/);
+  assert.match(r.stdout, /HVC0=written/);
+  assert.match(r.hvc ?? '', /via-hvc0/, 'a port named console is the guest\'s hvc0');
+  assert.equal(r.code, 1, r.stderr);
+});
+
 test('com1 on tcp=127.0.0.1:PORT is reachable with a TCP client', { skip }, () => {
   const r = get('tcp-console');
   assert.match(r.tcp ?? '', /TSHYVE-GUEST-OK/);

@@ -5,3 +5,4 @@
 import '../pci/bridges.js';
 import './virtio-rnd.js';
 import './virtio-blk/pci.js';
+import './virtio-console/pci.js';

@@ -25,6 +25,8 @@ export interface BootResult {
   blocksBefore?: number; blocksAfter?: number;
   /** per-disk sha256 before and after, for the multi-disk check */
   hashes?: { name: string; before: string; after: string }[];
+  /** virtio-console: what the host read from the console port's socket */
+  hvc?: string;
 }
 
 function tshyve(args: string[], timeoutMs = 240_000, onStart?: (child: ReturnType<typeof spawn>) => void): Promise<BootResult & { name: '' }> {
@@ -145,6 +147,43 @@ const scenarios: Record<string, () => Promise<BootResult>> = {
     ]));
     const hashes = names.map((n, i) => ({ name: n, before: before[i]!, after: sha(join(dir, n)) }));
     return { ...r, name: 'virtio-blk-three-disks', hashes };
+  },
+  async 'virtio-console'() {
+    // A port on a unix socket: the guest writes a line the host reads from
+    // the socket, the host answers and the guest reads that.
+    const dir = mkdtempSync(join(tmpdir(), 'tshyve-vcon-'));
+    const sock = join(dir, 'port1.sock');
+    const cmd = Buffer.from([
+      'for i in $(seq 50); do [ -e /dev/vport0p0 ] && break; sleep 0.2; done',
+      'echo PORT_NAME=$(cat /sys/class/virtio-ports/vport0p0/name)',
+      'exec 3<>/dev/vport0p0',
+      'echo from-guest >&3',
+      'read -t 30 line <&3; echo GOT=$line',
+      'for i in $(seq 50); do [ -e /dev/hvc0 ] && break; sleep 0.2; done',
+      'echo via-hvc0 > /dev/hvc0 && echo HVC0=written',
+      'sleep 1; poweroff -f',
+    ].join('\n')).toString('base64');
+    const consoleSock = join(dir, 'console.sock');
+    let hostGot = '';
+    let hvc = '';
+    const r = await tshyve(vmArgs(1, `hello tshyve.cmd=${cmd}`, 'stdio', ['-s', `6,virtio-console,port1=${sock},console=${consoleSock}`]), 240_000, () => {
+      const attemptConsole = () => {
+        const c = connect(consoleSock);
+        c.on('error', () => setTimeout(attemptConsole, 200));
+        c.on('data', (d) => { hvc += d; });
+      };
+      attemptConsole();
+      const attempt = () => {
+        const c = connect(sock);
+        c.on('error', () => setTimeout(attempt, 200));
+        c.on('data', (d) => {
+          hostGot += d;
+          if (hostGot.includes('from-guest\n')) c.write('from-host\n');
+        });
+      };
+      attempt();
+    });
+    return { ...r, name: 'virtio-console', tcp: hostGot, hvc };
   },
   async 'boot-verbose'() {
     // the full kernel log, for warnings about the platform
