@@ -112,6 +112,14 @@ test('virtio-console: a port on a unix socket carries bytes both ways', { skip }
   assert.equal(r.code, 1, r.stderr);
 });
 
+test('virtio over INTx (pci=nomsi): the _PRT routes the pin and the driver still works', { skip }, () => {
+  const r = get('virtio-intx');
+  const hex = /HWRNG=([0-9a-f]*)/.exec(r.stdout)?.[1] ?? '';
+  assert.equal(hex.length, 32, r.stdout.slice(-600));
+  assert.match(r.stdout, /IRQ=[1-9]/);
+  assert.equal(r.code, 1, r.stderr);
+});
+
 test('com1 on tcp=127.0.0.1:PORT is reachable with a TCP client', { skip }, () => {
   const r = get('tcp-console');
   assert.match(r.tcp ?? '', /TSHYVE-GUEST-OK/);

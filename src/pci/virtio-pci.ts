@@ -23,6 +23,9 @@ const CFG_COMMON = 1, CFG_NOTIFY = 2, CFG_ISR = 3, CFG_DEVICE = 4;
 /** PCI class per virtio device type (what QEMU reports). */
 const CLASS: Record<number, [number, number]> = { 1: [0x02, 0x00], 2: [0x01, 0x80], 3: [0x07, 0x80], 4: [0xff, 0x00], 9: [0x01, 0x80] };
 
+/** The IOAPIC input of slot `slot`'s INTA: 16-23, round robin (the DSDT's _PRT says the same). */
+export function intxGsi(slot: number): number { return 16 + (slot % 8); }
+
 /** A simple bump allocator for the 32-bit PCI window: BARs are placed by the monitor, as bhyve does. */
 let nextMmio = 0xc0000000;
 export function allocMmio(size: number): number {
@@ -63,7 +66,7 @@ export class VirtioPci implements PciFunction {
       classCode: cls, subclass: sub, subsysVendor: 0x1af4, subsys: 0x40, intPin: 1,
     });
     // INTx: pin A of slot S on IOAPIC pin 16 + S mod 8 (the interrupt line tells the guest).
-    const gsi = 16 + (bdf.slot % 8);
+    const gsi = intxGsi(bdf.slot);
     this.config.bytes[0x3c] = gsi;
     this.intx = ctx.irq(gsi);
     this.core = new VirtioCore(device, ctx.mem, {

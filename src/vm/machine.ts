@@ -28,6 +28,7 @@ import { openSerialBackend, type SerialBackend } from '../devices/backends/index
 import { PciHost, PCI_CONFIG_ADDR, PCI_CONFIG_DATA } from '../pci/host.js';
 import { findPciDevice, type DeviceContext } from '../pci/device.js';
 import '../devices/all.js';
+import { intxGsi } from '../pci/virtio-pci.js';
 import { resolveCpus, resolveMemBytes } from '../config/options.js';
 import { ExitServer } from '../vcpu/exit-server.js';
 import { VcpuThread } from '../vcpu/vcpu-thread.js';
@@ -235,6 +236,8 @@ export class Machine extends EventEmitter {
     const { kernel, initrd } = boot;
     const rsdpAddr = buildAcpiTables(this.mem, {
       cpus: this.topo.cpus, ioapicAddr: IOAPIC_ADDR, lapicAddr: LAPIC_ADDR,
+      // INTx routing for drivers that do not use MSI-X
+      dsdt: { pci: { prt: Array.from({ length: 32 }, (_, slot) => ({ slot, pin: 0, gsi: intxGsi(slot) })) } },
     });
     const state = loadLinux(this.mem, { kernel, initrd, cmdline: boot.cmdline, memBytes: this.ram.size, rsdpAddr });
     applyBootState(bsp, state);

@@ -148,6 +148,15 @@ const scenarios: Record<string, () => Promise<BootResult>> = {
     const hashes = names.map((n, i) => ({ name: n, before: before[i]!, after: sha(join(dir, n)) }));
     return { ...r, name: 'virtio-blk-three-disks', hashes };
   },
+  async 'virtio-intx'() {
+    // pci=nomsi: the drivers fall back to INTx, routed by the DSDT's _PRT.
+    const cmd = Buffer.from([
+      'echo HWRNG=$(dd if=/dev/hwrng bs=16 count=1 2>/dev/null | od -An -tx1 | tr -d " \\n")',
+      'echo IRQ=$(grep -c virtio /proc/interrupts)',
+      'poweroff -f',
+    ].join('\n')).toString('base64');
+    return { ...(await tshyve(vmArgs(1, `hello pci=nomsi tshyve.cmd=${cmd}`, 'stdio', ['-s', '4,virtio-rnd']))), name: 'virtio-intx' };
+  },
   async 'virtio-console'() {
     // A port on a unix socket: the guest writes a line the host reads from
     // the socket, the host answers and the guest reads that.
