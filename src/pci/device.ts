@@ -17,6 +17,12 @@ export interface DeviceContext {
   msi(address: bigint, data: number): void;
   /** Log a guest-caused problem (rate limited). */
   guestError(dev: string, msg: string): void;
+  /**
+   * Have guest writes of `len` bytes to MMIO `addr` call `onWrite` on the
+   * device thread without a vCPU exit to user space (a KVM ioeventfd).
+   * Undefined when the host cannot; the write then arrives as an MMIO exit.
+   */
+  ioeventfd?(addr: number, len: number, onWrite: () => void): { remove(): void } | undefined;
 }
 
 export interface PciDeviceEmulation {

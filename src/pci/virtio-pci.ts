@@ -97,7 +97,7 @@ export class VirtioPci implements PciFunction {
 
     this.bar0 = { read: (o, s) => this.bar0Read(o, s), write: (o, s, v) => this.bar0Write(o, s, v) };
     this.bar1 = { read: (o, s) => this.msixRead(o, s), write: (o, s, v) => this.msixWrite(o, s, v) };
-    this.config.addBar({ index: 0, size: BAR0_SIZE, kind: 'mem32', onMap: (a) => this.map(this.bar0, a, BAR0_SIZE, 'bar0') });
+    this.config.addBar({ index: 0, size: BAR0_SIZE, kind: 'mem32', onMap: (a) => { this.map(this.bar0, a, BAR0_SIZE, 'bar0'); this.mapNotify(a); } });
     this.config.addBar({ index: 1, size: BAR1_SIZE, kind: 'mem32', onMap: (a) => this.map(this.bar1, a, BAR1_SIZE, 'msix') });
     // Placed and decoding from the start, as firmware would leave them.
     this.config.write(0x10, 4, allocMmio(BAR0_SIZE));
@@ -114,6 +114,22 @@ export class VirtioPci implements PciFunction {
     } catch (e) {
       // A guest that moves a BAR onto another is misconfiguring its own bus.
       this.ctx.guestError(this.name, `${what} at 0x${addr.toString(16)}: ${(e as Error).message}`);
+    }
+  }
+
+  private notifiers: { remove(): void }[] = [];
+
+  /**
+   * Queue notifications as KVM ioeventfds where the host allows: Linux writes
+   * the queue index as 16 bits, and that write then never leaves the kernel.
+   */
+  private mapNotify(addr: number | undefined): void {
+    for (const n of this.notifiers) n.remove();
+    this.notifiers = [];
+    if (addr === undefined || !this.ctx.ioeventfd) return;
+    for (let q = 0; q < this.device.numQueues; q++) {
+      const n = this.ctx.ioeventfd(addr + NOTIFY + q * NOTIFY_MULT, 2, () => this.core.notifyQueue(q));
+      if (n) this.notifiers.push(n);
     }
   }
 
@@ -256,4 +272,7 @@ export class VirtioPci implements PciFunction {
 
   /** Set by the device's registration when the model holds host resources (files). */
   destroy?: () => void;
+
+  /** Drop the ioeventfds (VM teardown). */
+  releaseNotifiers(): void { this.mapNotify(undefined); }
 }

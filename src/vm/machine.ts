@@ -33,6 +33,7 @@ import { resolveCpus, resolveMemBytes } from '../config/options.js';
 import { ExitServer } from '../vcpu/exit-server.js';
 import { VcpuThread } from '../vcpu/vcpu-thread.js';
 import { ShadowRegisters } from '../vcpu/shadow.js';
+import { EventfdPoller } from '../vcpu/eventfd-poller.js';
 import type { VcpuEvent } from '../vcpu/mailbox.js';
 
 /** ISA serial ports: base port and IRQ, as on a PC. */
@@ -137,6 +138,27 @@ export class Machine extends EventEmitter {
       irq: (gsi) => this.irq(gsi),
       msi: (address, data) => { this.vm.signalMsi(address, data); },
       guestError: (dev, msg) => this.guestLog.log('warn', `${dev}: ${msg}`),
+      ioeventfd: this.config.getBool('virtio.ioeventfd', true) ? (addr, len, onWrite) => this.addIoeventfd(addr, len, onWrite) : undefined,
+    };
+  }
+
+  private poller: EventfdPoller | undefined;
+
+  private addIoeventfd(addr: number, len: number, onWrite: () => void): { remove(): void } | undefined {
+    this.poller ??= new EventfdPoller();
+    const efd = this.poller.add(onWrite);
+    try {
+      this.vm.ioeventfd(efd.fd, BigInt(addr), len);
+    } catch (e) {
+      efd.close();
+      log('debug', `no ioeventfd at 0x${addr.toString(16)}: ${(e as Error).message}`);
+      return undefined;
+    }
+    return {
+      remove: () => {
+        try { this.vm.ioeventfd(efd.fd, BigInt(addr), len, { deassign: true }); } catch { /* already gone */ }
+        efd.close();
+      },
     };
   }
 
@@ -351,6 +373,7 @@ export class Machine extends EventEmitter {
     const clean = await Promise.all(this.vcpus.map((v) => v.stop()));
     if (clean.includes(false)) log('debug', 'a vCPU did not leave KVM_RUN when kicked (halted with interrupts off?)');
     this.exitServer?.stop();
+    this.poller?.stop();
     for (const f of this.pci.functions()) {
       try { f.destroy?.(); } catch (e) { log('warn', `closing a device: ${(e as Error).message}`); }
     }

@@ -105,7 +105,7 @@ const scenarios: Record<string, () => Promise<BootResult>> = {
       'echo written-by-the-guest > /mnt/from-guest.txt && sync && umount /mnt && echo GUEST_WROTE=yes',
       'poweroff -f',
     ].join('\n')).toString('base64');
-    const r = await tshyve(vmArgs(1, `hello tshyve.cmd=${cmd}`, 'stdio', ['-s', `5,virtio-blk,${img}`]));
+    const r = await tshyve(vmArgs(1, `hello tshyve.cmd=${cmd}`, 'stdio', ['-s', `5,virtio-blk,${img}`, '-o', 'debug.stats=1']));
     let hostReadBack = '';
     try { hostReadBack = execFileSync('debugfs', ['-R', 'cat /from-guest.txt', img], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }); } catch { /* left empty */ }
     return { ...r, name: 'virtio-blk-ext4', expectedMd5: createHash('md5').update(payload).digest('hex'), hostReadBack };
