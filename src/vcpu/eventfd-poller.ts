@@ -5,13 +5,10 @@
  * doorbell with Atomics.waitAsync, so its event loop stays free.
  */
 import { Worker } from 'node:worker_threads';
-import koffi from 'koffi';
 import { createEventfd } from '../kvm/kvm.js';
 import { libc, errno } from '../kvm/libc.js';
 
-const lib = koffi.load('libc.so.6');
-const epollCreate1 = lib.func('int epoll_create1(int flags)') as (f: number) => number;
-const epollCtl = lib.func('int epoll_ctl(int epfd, int op, int fd, void *event)') as (e: number, op: number, fd: number, ev: Buffer | null) => number;
+const { epollCreate1, epollCtl } = libc;
 const EPOLL_CTL_ADD = 1, EPOLL_CTL_DEL = 2, EPOLLIN = 1, EPOLL_CLOEXEC = 0o2000000;
 const MAX_FDS = 1024;
 

@@ -7,11 +7,9 @@
  * Shared words: [0] doorbell counter, [1] stop flag, [2..] pending bitmap.
  */
 import { workerData } from 'node:worker_threads';
-import koffi from 'koffi';
+import { libc } from '../kvm/libc.js';
 
-const lib = koffi.load('libc.so.6');
-const epollWait = lib.func('int epoll_wait(int epfd, void *events, int maxevents, int timeout)') as (e: number, b: Buffer, n: number, t: number) => number;
-const read = lib.func('long read(int fd, void *buf, size_t n)') as (fd: number, b: Buffer, n: number) => number;
+const { epollWait, read } = libc;
 
 const { epfd, shared } = workerData as { epfd: number; shared: SharedArrayBuffer };
 const w = new Int32Array(shared);

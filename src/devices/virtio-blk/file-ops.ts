@@ -1,19 +1,13 @@
 /**
- * The few libc calls the block backend needs that node:fs lacks:
+ * The few host calls the block backend needs that node:fs lacks:
  * fallocate (hole punching, zero ranges), ioctl on block devices (size,
- * sector sizes) and posix_fadvise. A tiny local koffi binding, loaded like
- * src/kvm/libc.ts; nothing here is exported beyond this folder's backend.
+ * sector sizes) and posix_fadvise, over the project's one FFI layer.
  */
-import koffi from 'koffi';
+import { libc, errno } from '../../kvm/libc.js';
 
-const lib = koffi.load('libc.so.6');
-
-const fallocateFn = lib.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)') as (
-  fd: number, mode: number, offset: number, len: number) => number;
-const ioctlPtr = lib.func('int ioctl(int fd, unsigned long req, void *arg)') as (
-  fd: number, req: number, arg: Buffer) => number;
-const fadviseFn = lib.func('int posix_fadvise(int fd, int64_t offset, int64_t len, int advice)') as (
-  fd: number, offset: number, len: number, advice: number) => number;
+const fallocateFn = libc.fallocate;
+const ioctlPtr = libc.ioctlPtr;
+const fadviseFn = libc.posixFadvise;
 
 export const FALLOC_FL_KEEP_SIZE = 0x01;
 export const FALLOC_FL_PUNCH_HOLE = 0x02;
@@ -37,7 +31,7 @@ export const EINVAL = 22;
 export function fallocate(fd: number, mode: number, offset: number, len: number): number {
   for (;;) {
     if (fallocateFn(fd, mode, offset, len) === 0) return 0;
-    const e = koffi.errno();
+    const e = errno();
     if (e !== EINTR) return e || EINVAL;
   }
 }
