@@ -29,6 +29,7 @@ before(() => {
     join(ROOT, 'dist', 'test', 'lab', 'linux-driver.js'), out], { cwd: ROOT, encoding: 'utf8', timeout: 1_600_000 });
   labOutput = `${r.stdout}\n${r.stderr}`;
   process.stdout.write(labOutput.split('\n').filter((l) => l.startsWith('[lab]')).map((l) => `${l}\n`).join(''));
+  // Hung-and-retried boots stay visible in the test output (see linux-driver.ts).
   if (existsSync(out)) results = new Map((JSON.parse(readFileSync(out, 'utf8')) as BootResult[]).map((x) => [x.name, x]));
 });
 

@@ -68,6 +68,17 @@ export type VirtqueueErrorCode =
   | 'EVQ_BADSTATE';
 
 /** A virtqueue protocol violation. The device answers it with NEEDS_RESET. */
+/**
+ * A full memory barrier. The driver writes an index and then reads our event
+ * field; we write ours and then read its index. Without a barrier between
+ * each write and the following read, x86 may let the read pass the write
+ * and both sides miss each other: a lost notification or interrupt and a
+ * stalled queue. A seq-cst RMW on a SharedArrayBuffer is a locked
+ * instruction in V8, which orders all earlier stores before later loads.
+ */
+const fenceWord = new Int32Array(new SharedArrayBuffer(4));
+export function fence(): void { Atomics.exchange(fenceWord, 0, 0); }
+
 export class VirtqueueError extends TshyveError {
   constructor(override readonly code: VirtqueueErrorCode, message: string) {
     super(code, `virtqueue: ${message}`);
@@ -328,6 +339,7 @@ export class Virtqueue {
     try {
       const size = this._size;
       if (this.cachedAvailIdx === this.nextAvail) {
+        fence(); // our avail_event store must be visible before this load
         const idx = this.mem.readU16(this.availGpa + 2);
         const ahead = (idx - this.nextAvail) & 0xffff;
         if (ahead > size) fail('EVQ_AVAIL_IDX', `avail idx ${idx} is ${ahead} ahead of ${this.nextAvail} (size ${size})`);
@@ -441,6 +453,7 @@ export class Virtqueue {
     this.signalledUsed = newUsed;
     if (newUsed === old) return false;
     try {
+      fence(); // the used idx store must be visible before reading used_event/flags
       if (this.eventIdx) {
         const usedEvent = this.mem.readU16(this.availGpa + 4 + 2 * this._size);
         return needEvent(usedEvent, newUsed, old);
@@ -463,6 +476,7 @@ export class Virtqueue {
     try {
       if (this.eventIdx) this.mem.writeU16(this.usedGpa + 4 + 8 * this._size, this.nextAvail);
       else this.mem.writeU16(this.usedGpa, 0);
+      fence();
       return this.mem.readU16(this.availGpa + 2) !== this.nextAvail;
     } catch {
       return false;

@@ -27,9 +27,11 @@ export interface BootResult {
   hashes?: { name: string; before: string; after: string }[];
   /** virtio-console: what the host read from the console port's socket */
   hvc?: string;
+  /** the first attempt hung and this is the second */
+  retriedAfterHang?: boolean;
 }
 
-function tshyve(args: string[], timeoutMs = 240_000, onStart?: (child: ReturnType<typeof spawn>) => void): Promise<BootResult & { name: '' }> {
+function tshyve(args: string[], timeoutMs = 120_000, onStart?: (child: ReturnType<typeof spawn>) => void): Promise<BootResult & { name: '' }> {
   return new Promise((resolve) => {
     const t0 = Date.now();
     const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -216,7 +218,14 @@ async function main(): Promise<void> {
   for (const n of names.length ? names : Object.keys(scenarios)) {
     const f = scenarios[n];
     if (!f) throw new Error(`unknown scenario ${n}`);
-    const r = await f();
+    let r = await f();
+    if (r.code === null) {
+      // A hung boot (killed at the timeout) is run once more, and said so: an
+      // intermittent stall (about 1 boot in 60, under investigation) must not
+      // hide whether the feature works; a second hang or a wrong result fails.
+      process.stdout.write(`[lab] ${n}: HUNG after ${r.ms} ms (console tail: ${JSON.stringify(r.stdout.slice(-200))}); running it again\n`);
+      r = { ...(await f()), retriedAfterHang: true };
+    }
     results.push(r);
     process.stdout.write(`[lab] ${n}: exit ${r.code} in ${r.ms} ms\n`);
     writeFileSync(out, JSON.stringify(results, null, 1));
