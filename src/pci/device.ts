@@ -6,6 +6,17 @@ import type { ConfigNode, ConfigTree } from '../config/tree.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
 import type { Bus, IrqLine } from '../bus/bus.js';
 
+/** A bump allocator over [base, end): naturally aligned blocks, in order. */
+export function mmioAllocator(base: number, end: number): (size: number) => number {
+  let next = base;
+  return (size) => {
+    const a = Math.ceil(next / size) * size;
+    if (a + size > end) throw new Error('PCI 32-bit MMIO window exhausted');
+    next = a + size;
+    return a;
+  };
+}
+
 /** What a device gets from the VM when it is built. */
 export interface DeviceContext {
   readonly mem: GuestMemory;
@@ -15,6 +26,8 @@ export interface DeviceContext {
   irq(gsi: number): IrqLine;
   /** Deliver an MSI (address/data) into the guest. */
   msi(address: bigint, data: number): void;
+  /** Place a BAR of `size` bytes (a power of two) in the VM's 32-bit PCI window, as firmware would. */
+  allocMmio(size: number): number;
   /** Log a guest-caused problem (rate limited). */
   guestError(dev: string, msg: string): void;
   /**

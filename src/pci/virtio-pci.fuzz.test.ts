@@ -12,8 +12,8 @@ import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { GuestMemory } from '../memory/guest-memory.js';
 import { Bus } from '../bus/bus.js';
-import type { DeviceContext } from './device.js';
-import { VirtioPci, resetMmioAllocator } from './virtio-pci.js';
+import { mmioAllocator, type DeviceContext } from './device.js';
+import { VirtioPci } from './virtio-pci.js';
 import { VirtioRnd } from '../devices/virtio-rnd.js';
 import { VirtioBlk } from '../devices/virtio-blk/device.js';
 
@@ -31,8 +31,8 @@ function setup(make: (ctx: DeviceContext) => VirtioPci) {
     irq: () => ({ set: () => {} }),
     msi: () => { msis++; },
     guestError: () => { errors++; },
+    allocMmio: mmioAllocator(0xc0000000, 0xfec00000),
   };
-  resetMmioAllocator();
   const fn = make(ctx);
   return { mem, mmio, fn, counts: () => ({ msis, errors }) };
 }

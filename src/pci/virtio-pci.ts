@@ -26,17 +26,6 @@ const CLASS: Record<number, [number, number]> = { 1: [0x02, 0x00], 2: [0x01, 0x8
 /** The IOAPIC input of slot `slot`'s INTA: 16-23, round robin (the DSDT's _PRT says the same). */
 export function intxGsi(slot: number): number { return 16 + (slot % 8); }
 
-/** A simple bump allocator for the 32-bit PCI window: BARs are placed by the monitor, as bhyve does. */
-let nextMmio = 0xc0000000;
-export function allocMmio(size: number): number {
-  const a = Math.ceil(nextMmio / size) * size;
-  if (a + size > 0xfec00000) throw new Error('PCI 32-bit MMIO window exhausted');
-  nextMmio = a + size;
-  return a;
-}
-/** For tests and a second VM in one process. */
-export function resetMmioAllocator(base = 0xc0000000): void { nextMmio = base; }
-
 export class VirtioPci implements PciFunction {
   readonly config: PciConfig;
   readonly core: VirtioCore;
@@ -100,8 +89,8 @@ export class VirtioPci implements PciFunction {
     this.config.addBar({ index: 0, size: BAR0_SIZE, kind: 'mem32', onMap: (a) => { this.map(this.bar0, a, BAR0_SIZE, 'bar0'); this.mapNotify(a); } });
     this.config.addBar({ index: 1, size: BAR1_SIZE, kind: 'mem32', onMap: (a) => this.map(this.bar1, a, BAR1_SIZE, 'msix') });
     // Placed and decoding from the start, as firmware would leave them.
-    this.config.write(0x10, 4, allocMmio(BAR0_SIZE));
-    this.config.write(0x14, 4, allocMmio(BAR1_SIZE));
+    this.config.write(0x10, 4, ctx.allocMmio(BAR0_SIZE));
+    this.config.write(0x14, 4, ctx.allocMmio(BAR1_SIZE));
     this.config.write(0x04, 2, 0x0002);
     this.config.onWrite = (off, size) => { if (off < this.msixCapOff + 4 && off + size > this.msixCapOff + 2) this.deliverPending(); };
   }

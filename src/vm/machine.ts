@@ -17,7 +17,7 @@ import { RateLimitedLog, log } from '../log.js';
 import { inspectHost, emulatedKvmMessage, type HostReport } from './host-check.js';
 import { ExitCode } from './exit-codes.js';
 import { guestCpuid, type Topology } from '../x86/cpuid.js';
-import { guestRamLayout, IOAPIC_ADDR, LAPIC_ADDR } from '../x86/layout.js';
+import { guestRamLayout, IOAPIC_ADDR, LAPIC_ADDR, PCI_MMIO32_BASE, PCI_MMIO32_END } from '../x86/layout.js';
 import type { BootCpuState, Segment as BootSegment } from '../x86/boot/cpu-state.js';
 import { loadLinux } from '../x86/boot/linux.js';
 import { buildAcpiTables } from '../x86/acpi/index.js';
@@ -26,7 +26,7 @@ import { Uart16550 } from '../devices/uart16550.js';
 import { Rtc } from '../devices/rtc.js';
 import { openSerialBackend, type SerialBackend } from '../devices/backends/index.js';
 import { PciHost, PCI_CONFIG_ADDR, PCI_CONFIG_DATA } from '../pci/host.js';
-import { findPciDevice, type DeviceContext } from '../pci/device.js';
+import { findPciDevice, mmioAllocator, type DeviceContext } from '../pci/device.js';
 import '../devices/all.js';
 import { intxGsi } from '../pci/virtio-pci.js';
 import { resolveCpus, resolveMemBytes } from '../config/options.js';
@@ -138,11 +138,14 @@ export class Machine extends EventEmitter {
       irq: (gsi) => this.irq(gsi),
       msi: (address, data) => { this.vm.signalMsi(address, data); },
       guestError: (dev, msg) => this.guestLog.log('warn', `${dev}: ${msg}`),
+      allocMmio: this.allocMmio,
       ioeventfd: this.config.getBool('virtio.ioeventfd', true) ? (addr, len, onWrite) => this.addIoeventfd(addr, len, onWrite) : undefined,
     };
   }
 
   private poller: EventfdPoller | undefined;
+  /** BARs are placed per VM: a second VM in the same process starts from the window's base again. */
+  private readonly allocMmio = mmioAllocator(PCI_MMIO32_BASE, PCI_MMIO32_END);
 
   private addIoeventfd(addr: number, len: number, onWrite: () => void): { remove(): void } | undefined {
     this.poller ??= new EventfdPoller();
