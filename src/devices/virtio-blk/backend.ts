@@ -156,36 +156,29 @@ export class FileBlockBackend implements BlockBackend {
 
   read(buf: Uint8Array, offset: number): void {
     this.checkOpen('read');
-    let done = 0;
-    while (done < buf.length) {
-      const k = Math.min(buf.length - done, IO_CHUNK);
-      let n: number;
-      try {
-        n = fs.readSync(this.fd, buf, done, k, offset + done);
-      } catch (e) {
-        if (errCode(e) === 'EINTR' || errCode(e) === 'EAGAIN') continue;
-        throw new BlockIoError('read', errCode(e), `offset ${offset + done}`);
-      }
-      if (n === 0) throw new BlockIoError('read', 'EIO', `unexpected end of file at ${offset + done}`);
-      done += n;
-    }
-    this.dropCache(offset, buf.length);
+    this.transfer('read', fs.readSync, buf, offset, 'unexpected end of file');
   }
 
   write(buf: Uint8Array, offset: number): void {
     this.checkOpen('write');
     if (this.readonly) throw new BlockIoError('write', 'EROFS');
+    this.transfer('write', fs.writeSync, buf, offset, 'no progress');
+  }
+
+  /** The whole of buf at offset, in chunks, retrying EINTR/EAGAIN and short transfers. */
+  private transfer(op: 'read' | 'write', io: (fd: number, b: Uint8Array, off: number, len: number, pos: number) => number,
+    buf: Uint8Array, offset: number, stalled: string): void {
     let done = 0;
     while (done < buf.length) {
       const k = Math.min(buf.length - done, IO_CHUNK);
       let n: number;
       try {
-        n = fs.writeSync(this.fd, buf, done, k, offset + done);
+        n = io(this.fd, buf, done, k, offset + done);
       } catch (e) {
         if (errCode(e) === 'EINTR' || errCode(e) === 'EAGAIN') continue;
-        throw new BlockIoError('write', errCode(e), `offset ${offset + done}`);
+        throw new BlockIoError(op, errCode(e), `offset ${offset + done}`);
       }
-      if (n === 0) throw new BlockIoError('write', 'EIO', `no progress at ${offset + done}`);
+      if (n === 0) throw new BlockIoError(op, 'EIO', `${stalled} at ${offset + done}`);
       done += n;
     }
     this.dropCache(offset, buf.length);
