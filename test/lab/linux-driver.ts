@@ -69,6 +69,11 @@ function tcpCollect(port: number, until: RegExp, timeoutMs: number): Promise<str
   });
 }
 
+/** Shell lines for the guest's init to run, as its tshyve.cmd= kernel argument (base64). */
+function guestCmd(lines: string[]): string {
+  return Buffer.from(lines.join('\n') + '\n').toString('base64');
+}
+
 const scenarios: Record<string, () => Promise<BootResult>> = {
   async 'boot-1cpu-poweroff'() {
     return { ...(await tshyve(vmArgs(1, 'poweroff'))), name: 'boot-1cpu-poweroff' };
@@ -80,15 +85,15 @@ const scenarios: Record<string, () => Promise<BootResult>> = {
     return { ...(await tshyve(vmArgs(1, 'reboot'))), name: 'boot-1cpu-reboot' };
   },
   async 'boot-1cpu-halt'() {
-    const cmd = Buffer.from('halt -f\n').toString('base64');
+    const cmd = guestCmd(['halt -f']);
     return { ...(await tshyve(vmArgs(1, `hello tshyve.cmd=${cmd}`))), name: 'boot-1cpu-halt' };
   },
   async 'virtio-rnd'() {
-    const cmd = Buffer.from([
+    const cmd = guestCmd([
       'echo RNG_CURRENT=$(cat /sys/class/misc/hw_random/rng_current)',
       'echo HWRNG=$(dd if=/dev/hwrng bs=32 count=1 2>/dev/null | od -An -tx1 | tr -d " \\n")',
       'poweroff -f',
-    ].join('\n')).toString('base64');
+    ]);
     return { ...(await tshyve(vmArgs(1, `hello tshyve.cmd=${cmd}`, 'stdio', ['-s', '4,virtio-rnd']))), name: 'virtio-rnd' };
   },
   async 'virtio-blk-ext4'() {
@@ -101,12 +106,12 @@ const scenarios: Record<string, () => Promise<BootResult>> = {
     writeFileSync(join(content, 'payload.bin'), payload);
     const img = join(dir, 'disk.img');
     execFileSync('mkfs.ext4', ['-q', '-F', '-d', content, img, '32M']);
-    const cmd = Buffer.from([
+    const cmd = guestCmd([
       'mkdir -p /mnt && mount -t ext4 /dev/vda /mnt',
       'echo GUEST_MD5=$(md5sum /mnt/payload.bin | cut -d" " -f1)',
       'echo written-by-the-guest > /mnt/from-guest.txt && sync && umount /mnt && echo GUEST_WROTE=yes',
       'poweroff -f',
-    ].join('\n')).toString('base64');
+    ]);
     const r = await tshyve(vmArgs(1, `hello tshyve.cmd=${cmd}`, 'stdio', ['-s', `5,virtio-blk,${img}`, '-o', 'debug.stats=1']));
     let hostReadBack = '';
     try { hostReadBack = execFileSync('debugfs', ['-R', 'cat /from-guest.txt', img], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }); } catch { /* left empty */ }
@@ -121,11 +126,11 @@ const scenarios: Record<string, () => Promise<BootResult>> = {
     const img = join(dir, 'disk.img');
     execFileSync('mkfs.ext4', ['-q', '-F', '-E', 'nodiscard', '-d', content, img, '64M']);
     const blocksBefore = statSync(img).blocks;
-    const cmd = Buffer.from([
+    const cmd = guestCmd([
       'mkdir -p /mnt && mount -t ext4 /dev/vda /mnt && rm /mnt/big.bin && sync',
       'fstrim -v /mnt; echo FSTRIM_EXIT=$?',
       'umount /mnt; poweroff -f',
-    ].join('\n')).toString('base64');
+    ]);
     const r = await tshyve(vmArgs(1, `hello tshyve.cmd=${cmd}`, 'stdio', ['-s', `5,virtio-blk,${img}`]));
     return { ...r, name: 'virtio-blk-fstrim', blocksBefore, blocksAfter: statSync(img).blocks };
   },
@@ -137,13 +142,13 @@ const scenarios: Record<string, () => Promise<BootResult>> = {
     const sha = (f: string) => createHash('sha256').update(readFileSync(f)).digest('hex');
     for (const n of names) writeFileSync(join(dir, n), randomBytes(4 << 20));
     const before = names.map((n) => sha(join(dir, n)));
-    const cmd = Buffer.from([
+    const cmd = guestCmd([
       'for d in vda vdb vdc; do',
       '  echo DISK_$d=$(cat /sys/block/$d/ro 2>/dev/null)',
       '  if echo marker-$d | dd of=/dev/$d bs=512 seek=1 conv=sync,fsync 2>/dev/null; then echo WRITE_$d=ok; else echo WRITE_$d=refused; fi',
       'done',
       'poweroff -f',
-    ].join('\n')).toString('base64');
+    ]);
     const r = await tshyve(vmArgs(1, `hello tshyve.cmd=${cmd}`, 'stdio', [
       '-s', `5,virtio-blk,${join(dir, 'a.img')}`, '-s', `6,virtio-blk,${join(dir, 'b.img')}`, '-s', `7,virtio-blk,${join(dir, 'c.img')},ro`,
     ]));
@@ -152,11 +157,11 @@ const scenarios: Record<string, () => Promise<BootResult>> = {
   },
   async 'virtio-intx'() {
     // pci=nomsi: the drivers fall back to INTx, routed by the DSDT's _PRT.
-    const cmd = Buffer.from([
+    const cmd = guestCmd([
       'echo HWRNG=$(dd if=/dev/hwrng bs=16 count=1 2>/dev/null | od -An -tx1 | tr -d " \\n")',
       'echo IRQ=$(grep -c virtio /proc/interrupts)',
       'poweroff -f',
-    ].join('\n')).toString('base64');
+    ]);
     return { ...(await tshyve(vmArgs(1, `hello pci=nomsi tshyve.cmd=${cmd}`, 'stdio', ['-s', '4,virtio-rnd']))), name: 'virtio-intx' };
   },
   async 'virtio-console'() {
@@ -164,7 +169,7 @@ const scenarios: Record<string, () => Promise<BootResult>> = {
     // the socket, the host answers and the guest reads that.
     const dir = mkdtempSync(join(tmpdir(), 'tshyve-vcon-'));
     const sock = join(dir, 'port1.sock');
-    const cmd = Buffer.from([
+    const cmd = guestCmd([
       'for i in $(seq 50); do [ -e /dev/vport0p0 ] && break; sleep 0.2; done',
       'echo PORT_NAME=$(cat /sys/class/virtio-ports/vport0p0/name)',
       'exec 3<>/dev/vport0p0',
@@ -173,7 +178,7 @@ const scenarios: Record<string, () => Promise<BootResult>> = {
       'for i in $(seq 50); do [ -e /dev/hvc0 ] && break; sleep 0.2; done',
       'echo via-hvc0 > /dev/hvc0 && echo HVC0=written',
       'sleep 1; poweroff -f',
-    ].join('\n')).toString('base64');
+    ]);
     const consoleSock = join(dir, 'console.sock');
     let hostGot = '';
     let hvc = '';
