@@ -18,3 +18,4 @@ export { Bus, type BusDevice, type IrqLine } from './bus/bus.js';
 export { registerPciDevice, findPciDevice, pciDeviceNames, type PciDeviceEmulation, type DeviceContext } from './pci/device.js';
 export { TshyveError, UserError, HostError, GuestMemoryError, KvmError } from './errors.js';
 export { inspectHost, type HostReport } from './vm/host-check.js';
+export type { VmControl, SnapshotOptions, SnapshotResult, SnapshotProgress } from './vm/control.js';

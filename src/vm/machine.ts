@@ -35,6 +35,7 @@ import { VcpuThread } from '../vcpu/vcpu-thread.js';
 import { ShadowRegisters } from '../vcpu/shadow.js';
 import { EventfdPoller } from '../vcpu/eventfd-poller.js';
 import type { VcpuEvent } from '../vcpu/mailbox.js';
+import type { VmControl, SnapshotOptions, SnapshotResult } from './control.js';
 
 /** ISA serial ports: base port and IRQ, as on a PC. */
 export const COM_PORTS: Record<string, { port: number; irq: number }> = {
@@ -53,7 +54,7 @@ const MSR = {
 /** Where guest code starts when no Linux kernel is given (tshyve's own test programs). */
 export interface RawBoot { file: string; address: number }
 
-export class Machine extends EventEmitter {
+export class Machine extends EventEmitter implements VmControl {
   readonly pio = new Bus('pio');
   readonly mmio = new Bus('mmio');
   readonly pci = new PciHost();
@@ -358,6 +359,31 @@ export class Machine extends EventEmitter {
     for (const v of this.vcpus) v.resume();
   }
   private userPaused = false;
+  get paused(): boolean { return this.userPaused; }
+  get name(): string { return this.config.get('name') ?? 'vm'; }
+
+  stats(): Record<string, number | string> {
+    const s = this.exitServer?.stats;
+    const out: Record<string, number | string> = {
+      name: this.name, vcpus: this.topo.cpus, memory_bytes: this.ram.size,
+      uptime_ms: this.firstRunMs === undefined ? 0 : Math.round(performance.now() - this.firstRunMs),
+      state: this.ending ? 'ending' : this.userPaused ? 'paused' : 'running',
+    };
+    if (s) for (const [k, v] of Object.entries(s)) if (typeof v === 'number') out[`exits_${k}`] = v;
+    return out;
+  }
+
+  async checkpoint(_file: string, _opts?: SnapshotOptions): Promise<SnapshotResult> {
+    throw new UserError('checkpoint is not implemented yet');
+  }
+
+  async suspend(_file: string, _opts?: SnapshotOptions): Promise<SnapshotResult> {
+    throw new UserError('suspend is not implemented yet');
+  }
+
+  forceReset(): void { void this.finish(ExitCode.REBOOT, 'reset by the controller'); }
+  forcePoweroff(): void { void this.finish(ExitCode.POWEROFF, 'powered off by the controller'); }
+  destroy(): void { void this.finish(ExitCode.ERROR, 'destroyed by the controller'); }
 
   get exitStats() {
     const s = this.exitServer;
