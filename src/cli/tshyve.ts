@@ -13,6 +13,7 @@ import { Machine } from '../vm/machine.js';
 import { ExitCode } from '../vm/exit-codes.js';
 import { restoreTerminals } from '../devices/backends/index.js';
 import { log } from '../log.js';
+import { readSnapshot, verifyRam, type LoadedSnapshot } from '../snapshot/file.js';
 
 function fail(msg: string): never {
   restoreTerminals();
@@ -25,13 +26,17 @@ async function main(argv: string[]): Promise<number> {
   if (args.help) { process.stdout.write(usage()); return 0; }
   if (args.list === 'pci') { process.stdout.write(pciDeviceNames().join('\n') + '\n'); return 0; }
   if (args.list === 'lpc') { process.stdout.write(supportedLpcDevices().join('\n') + '\n'); return 0; }
-  if (args.restoreFile) fail('restore (-r) is not supported by tshyve yet');
   const config = args.config;
   if (config.getBool('config.dump', false)) {
     process.stdout.write(config.dump().join('\n') + '\n');
     return 0;
   }
-  const m = await Machine.create(config);
+  let restore: LoadedSnapshot | undefined;
+  if (args.restoreFile) {
+    restore = readSnapshot(args.restoreFile);
+    if (config.getBool('snapshot.verify_ram', false)) verifyRam(restore);
+  }
+  const m = await Machine.create(config, { restore });
   let signals = 0;
   const onSignal = (sig: NodeJS.Signals) => {
     signals++;

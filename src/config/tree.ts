@@ -71,6 +71,11 @@ export class ConfigTree {
   node(path: string): ConfigNode | undefined { return this.root.node(path); }
   getBool(path: string, dflt: boolean): boolean { return this.root.getBool(path, dflt); }
 
+  /** Every key with a value, sorted by key. */
+  entries(): [string, string][] {
+    return this.dump().map((l) => { const i = l.indexOf('='); return [l.slice(0, i), l.slice(i + 1)] as [string, string]; });
+  }
+
   /** All `key=value` lines, sorted, for `-o config.dump=1`. */
   dump(): string[] {
     const out: string[] = [];

@@ -5,6 +5,7 @@
  * method Linux tries.
  */
 import type { Bus, BusDevice, IrqLine } from '../bus/bus.js';
+import type { Snapshottable, StateWriter, StateReader } from '../snapshot/state.js';
 import {
   DEFAULT_PM_PORTS, KBD_STATUS_PORT, PM1_CNT_LEN, PM1_EVT_LEN, PM_TIMER_32BIT, PM_TIMER_HZ, PM_TMR_LEN,
   SLP_TYP_S5, type PmPorts,
@@ -57,7 +58,7 @@ function extract(reg: number, offset: number, size: number): number {
   return (reg >>> (offset * 8)) & sizeMask(size);
 }
 
-export class AcpiPm {
+export class AcpiPm implements Snapshottable {
   /** PM1 status and enable */
   sts = 0;
   en = 0;
@@ -79,6 +80,16 @@ export class AcpiPm {
   /** Latch the power button: with PWRBTN_EN set, Linux sees it and shuts down. */
   pressPowerButton(): void {
     this.sts |= PWRBTN_STS;
+    this.updateSci();
+  }
+
+  saveState(w: StateWriter): void {
+    w.u16('sts', this.sts).u16('en', this.en).u16('cnt', this.cnt).u8('reset', this.resetReg);
+  }
+
+  restoreState(r: StateReader): void {
+    const sts = r.u16('sts'), en = r.u16('en'), cnt = r.u16('cnt'), reset = r.u8('reset');
+    this.sts = sts & STS_MASK; this.en = en & EN_MASK; this.cnt = (cnt & CNT_MASK) | SCI_EN; this.resetReg = reset;
     this.updateSci();
   }
 

@@ -15,6 +15,7 @@
  *   (PIE/PF) are not emulated.
  */
 import { ByteRegisterDevice, type IrqLine } from '../bus/bus.js';
+import type { Snapshottable, StateWriter, StateReader } from '../snapshot/state.js';
 import type { ConfigNode } from '../config/tree.js';
 import { LOW_RAM_MAX } from '../x86/layout.js';
 
@@ -59,7 +60,7 @@ interface Fields { sec: number; min: number; hour: number; dow: number; day: num
 
 const defaultClock = (): number => performance.timeOrigin + performance.now();
 
-export class Rtc extends ByteRegisterDevice {
+export class Rtc extends ByteRegisterDevice implements Snapshottable {
   private readonly cmos = new Uint8Array(128);
   private index = 0;
   private regB = B_24H; // 24 h, BCD: what Linux and FreeBSD expect from a BIOS
@@ -102,6 +103,26 @@ export class Rtc extends ByteRegisterDevice {
   close(): void {
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
+  }
+
+  // The guest's offset from host time is kept, as QEMU does: a restored
+  // guest's RTC reads the current time, not the time of the snapshot.
+  saveState(w: StateWriter): void {
+    w.b64('cmos', this.cmos).u8('index', this.index).u8('regB', this.regB).u8('regC', this.regC)
+      .str('offsetMs', String(Math.round(this.offsetMs)));
+  }
+
+  restoreState(r: StateReader): void {
+    const cmos = r.b64('cmos', 128);
+    const index = r.u8('index', 0x7f), regB = r.u8('regB'), regC = r.u8('regC');
+    const off = Number(r.str('offsetMs', 24));
+    if (!Number.isSafeInteger(off)) r.fail('offsetMs', 'not an integer');
+    this.cmos.set(cmos);
+    this.index = index; this.regB = regB; this.regC = regC; this.offsetMs = off;
+    this.lastSec = Math.floor(this.guestMs() / 1000);
+    this.irqLevel = !((this.regC & C_IRQF) !== 0);
+    this.updateIrq();
+    this.schedule();
   }
 
   protected readByte(port: number): number {

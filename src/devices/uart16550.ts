@@ -12,6 +12,7 @@
  */
 import { ByteRegisterDevice, type IrqLine } from '../bus/bus.js';
 import type { SerialBackend } from './backends/types.js';
+import { type Snapshottable, type StateWriter, type StateReader } from '../snapshot/state.js';
 
 const REG_DATA = 0, REG_IER = 1, REG_IIR = 2, REG_LCR = 3, REG_MCR = 4, REG_LSR = 5, REG_MSR = 6, REG_SCR = 7;
 
@@ -64,7 +65,7 @@ function modemStatus(mcr: number): number {
   return MSR_DCD | MSR_DSR | MSR_CTS;
 }
 
-export class Uart16550 extends ByteRegisterDevice {
+export class Uart16550 extends ByteRegisterDevice implements Snapshottable {
   private dll = 0x0c; // 9600 baud, like a BIOS leaves it
   private dlh = 0;
   private ier = 0;
@@ -296,13 +297,37 @@ export class Uart16550 extends ByteRegisterDevice {
   }
 
   static restore(irq: IrqLine, backend: SerialBackend | null, state: unknown): Uart16550 {
-    const s = validateUartState(state);
     const u = new Uart16550(irq, backend);
-    u.dll = s.dll; u.dlh = s.dlh; u.ier = s.ier; u.lcr = s.lcr; u.mcr = s.mcr; u.msr = s.msr;
-    u.scr = s.scr; u.fcr = s.fcr; u.overrun = s.overrun; u.threPending = s.threPending;
-    for (const b of s.rxFifo) u.pushFifo(b);
-    u.updateIrq();
+    u.load(validateUartState(state));
     return u;
+  }
+
+  private load(s: UartState): void {
+    this.dll = s.dll; this.dlh = s.dlh; this.ier = s.ier; this.lcr = s.lcr; this.mcr = s.mcr; this.msr = s.msr;
+    this.scr = s.scr; this.fcr = s.fcr; this.overrun = s.overrun; this.threPending = s.threPending;
+    this.fifoHead = 0; this.fifoCount = 0;
+    for (const b of s.rxFifo) this.pushFifo(b);
+    this.updateIrq();
+    this.onChange?.();
+  }
+
+  saveState(w: StateWriter): void {
+    const s = this.snapshot();
+    for (const k of ['dll', 'dlh', 'ier', 'lcr', 'mcr', 'msr', 'scr', 'fcr'] as const) w.u8(k, s[k]);
+    w.bool('overrun', s.overrun).bool('threPending', s.threPending).b64('rxFifo', Uint8Array.from(s.rxFifo));
+  }
+
+  restoreState(r: StateReader): void {
+    const n = (k: string) => r.u8(k);
+    const state = {
+      v: 1, dll: n('dll'), dlh: n('dlh'), ier: n('ier'), lcr: n('lcr'), mcr: n('mcr'), msr: n('msr'), scr: n('scr'), fcr: n('fcr'),
+      overrun: r.bool('overrun'), threPending: r.bool('threPending'), rxFifo: [...r.b64('rxFifo', [0, UART_FIFO_SIZE])],
+    };
+    try {
+      this.load(validateUartState(state));
+    } catch (e) {
+      r.fail('', (e as Error).message);
+    }
   }
 }
 

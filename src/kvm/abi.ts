@@ -56,6 +56,9 @@ export const KVM = {
   GET_XCRS: IOR(0xa6, 392),
   SET_XCRS: IOW(0xa7, 392),
   GET_TSC_KHZ: IO(0xa3),
+  GET_DEBUGREGS: IOR(0xa1, 128),
+  SET_DEBUGREGS: IOW(0xa2, 128),
+  KVMCLOCK_CTRL: IO(0xad),
 } as const;
 
 /** KVM_CHECK_EXTENSION capability numbers. */

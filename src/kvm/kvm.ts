@@ -10,7 +10,7 @@ import {
 } from './abi.js';
 import {
   libc, errno, address, view, isMapFailed,
-  O_RDWR, O_CLOEXEC, PROT_READ, PROT_WRITE, MAP_SHARED, MFD_CLOEXEC, EFD_CLOEXEC, EFD_NONBLOCK, MADV_HUGEPAGE,
+  O_RDWR, O_RDONLY, O_CLOEXEC, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_PRIVATE, MFD_CLOEXEC, EFD_CLOEXEC, EFD_NONBLOCK, MADV_HUGEPAGE,
 } from './libc.js';
 
 function check(op: string, r: number): number {
@@ -49,6 +49,17 @@ export class Kvm {
     b.writeUInt32LE(max, 0);
     check('KVM_GET_SUPPORTED_CPUID', libc.ioctlPtr(this.fd, KVM.GET_SUPPORTED_CPUID, b));
     return decodeCpuid(b);
+  }
+
+  /** The MSRs KVM can save and restore for a vCPU (KVM_GET_MSR_INDEX_LIST). */
+  msrIndexList(): number[] {
+    const probe = Buffer.alloc(4);
+    libc.ioctlPtr(this.fd, KVM.GET_MSR_INDEX_LIST, probe); // E2BIG, with the count filled in
+    const n = probe.readUInt32LE(0);
+    const b = Buffer.alloc(4 + n * 4);
+    b.writeUInt32LE(n, 0);
+    check('KVM_GET_MSR_INDEX_LIST', libc.ioctlPtr(this.fd, KVM.GET_MSR_INDEX_LIST, b));
+    return Array.from({ length: b.readUInt32LE(0) }, (_, i) => b.readUInt32LE(4 + i * 4));
   }
 
   createVm(): Vm {
@@ -164,6 +175,10 @@ export class VcpuFd {
   setXsave(b: Buffer): void { check('KVM_SET_XSAVE', libc.ioctlPtr(this.fd, KVM.SET_XSAVE, b)); }
   getXcrs(): Buffer { const b = Buffer.alloc(392); check('KVM_GET_XCRS', libc.ioctlPtr(this.fd, KVM.GET_XCRS, b)); return b; }
   setXcrs(b: Buffer): void { check('KVM_SET_XCRS', libc.ioctlPtr(this.fd, KVM.SET_XCRS, b)); }
+  getDebugRegs(): Buffer { const b = Buffer.alloc(128); check('KVM_GET_DEBUGREGS', libc.ioctlPtr(this.fd, KVM.GET_DEBUGREGS, b)); return b; }
+  setDebugRegs(b: Buffer): void { check('KVM_SET_DEBUGREGS', libc.ioctlPtr(this.fd, KVM.SET_DEBUGREGS, b)); }
+  /** Tell a kvmclock guest it was paused, so its watchdogs do not call the gap a lockup. */
+  kvmclockCtrl(): boolean { return libc.ioctlInt(this.fd, KVM.KVMCLOCK_CTRL, 0) === 0; }
 }
 
 /** A memfd-backed guest RAM mapping. */
@@ -193,6 +208,23 @@ export function createGuestRam(size: number, name = 'tshyve-guest'): RamMapping 
   // Honoured where the host allows THP for shmem (shmem_enabled=advise).
   libc.madvise(host, size, MADV_HUGEPAGE);
   return { memfd, size, host, hostAddr: address(host), bytes: new Uint8Array(view(host, size)) };
+}
+
+/**
+ * Guest RAM mapped copy-on-write from a saved RAM image: pages are read from
+ * the file when the guest first touches them and copied when it writes, so
+ * a restore does not wait for RAM to be read, and the image stays as saved.
+ */
+export function mapGuestRamFromFile(path: string, size: number): RamMapping {
+  const fd = libc.open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw new HostError(`cannot open ${path}: errno ${errno()}`);
+  const host = libc.mmap(null, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+  if (isMapFailed(host)) {
+    const e = errno();
+    libc.close(fd);
+    throw new HostError(`cannot map ${size} bytes of ${path}: errno ${e}`);
+  }
+  return { memfd: fd, size, host, hostAddr: address(host), bytes: new Uint8Array(view(host, size)) };
 }
 
 /** Map a vCPU's struct kvm_run. */

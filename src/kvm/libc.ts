@@ -36,6 +36,7 @@ export const address = (p: unknown): bigint => koffi.address(p);
 /** An ArrayBuffer over native memory (an mmap); valid until unmapped. */
 export const view = (p: unknown, len: number): ArrayBuffer => koffi.view(p, len);
 
+export const O_RDONLY = 0;
 export const O_RDWR = 2;
 export const O_CLOEXEC = 0o2000000;
 export const PROT_READ = 1;

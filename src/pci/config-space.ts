@@ -4,6 +4,7 @@
  * add capabilities and BARs; the host bridge decoder only calls read/write.
  */
 import type { PciConfigSpace } from './device.js';
+import type { StateReader, StateWriter } from '../snapshot/state.js';
 
 export interface PciIdentity {
   vendor: number; device: number;
@@ -115,6 +116,26 @@ export class PciConfig implements PciConfigSpace {
     this.bars.forEach((bar, i) => {
       if (bar && before[i] !== after[i]) bar.onMap?.(after[i]);
     });
+  }
+
+  saveState(w: StateWriter): void { w.b64('bytes', this.bytes); }
+
+  /**
+   * The guest-writable bytes come from the snapshot; the read-only ones
+   * (identity, capabilities, BAR types) must already match, or the snapshot
+   * is of another device. BARs that moved are mapped again.
+   */
+  restoreState(r: StateReader): void {
+    const b = r.b64('bytes', 256);
+    for (let i = 0; i < 256; i++) {
+      if ((b[i]! & ~this.wmask[i]!) !== (this.bytes[i]! & ~this.wmask[i]!)) {
+        r.fail('bytes', `read-only config byte 0x${i.toString(16)} is 0x${b[i]!.toString(16)}, this device has 0x${this.bytes[i]!.toString(16)} (another device or option)`);
+      }
+    }
+    const before = this.mappings();
+    this.bytes.set(b);
+    const after = this.mappings();
+    this.bars.forEach((bar, i) => { if (bar && before[i] !== after[i]) bar.onMap?.(after[i]); });
   }
 
   /** Hook for capability registers with side effects. */

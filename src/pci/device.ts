@@ -5,6 +5,7 @@
 import type { ConfigNode, ConfigTree } from '../config/tree.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
 import type { Bus, IrqLine } from '../bus/bus.js';
+import type { StateReader, StateWriter } from '../snapshot/state.js';
 
 /** A bump allocator over [base, end): naturally aligned blocks, in order. */
 export function mmioAllocator(base: number, end: number): (size: number) => number {
@@ -62,11 +63,21 @@ export interface PciFunction {
   /** Called on reset and teardown. */
   reset?(): void;
   destroy?(): void;
+  /** Device state for snapshots (the config space is saved by the host). */
+  saveState?(w: StateWriter): void;
+  restoreState?(r: StateReader): void;
+  /** After the whole VM is restored, before the vCPUs run (e.g. re-kick queues). */
+  afterRestore?(): void;
+  /** Finish in-flight work and stop touching guest memory until unquiesce (snapshots). */
+  quiesce?(): Promise<void>;
+  unquiesce?(): void;
 }
 
 export interface PciConfigSpace {
   read(offset: number, size: number): number;
   write(offset: number, size: number, value: number): void;
+  saveState?(w: StateWriter): void;
+  restoreState?(r: StateReader): void;
 }
 
 const registry = new Map<string, PciDeviceEmulation>();

@@ -31,6 +31,10 @@ export class PciHost implements BusDevice {
 
   functions(): PciFunction[] { return [...this.fns.values()]; }
 
+  /** The config address latch (0xCF8): part of a snapshot. */
+  get address(): number { return this.addr; }
+  set address(v: number) { this.addr = v >>> 0 & 0x80fffffc; }
+
   private target(): { fn: PciFunction; reg: number } | undefined {
     if (!(this.addr & 0x80000000)) return undefined;
     const fn = this.fns.get((this.addr >>> 8) & 0xffff);

@@ -11,6 +11,7 @@ import type { BusDevice, IrqLine } from '../bus/bus.js';
 import type { DeviceContext, PciFunction } from './device.js';
 import { PciConfig } from './config-space.js';
 import { VirtioCore, type VirtioDevice } from '../virtio/device.js';
+import type { StateReader, StateWriter } from '../snapshot/state.js';
 
 const COMMON = 0x0000, ISR = 0x1000, DEVCFG = 0x2000, NOTIFY = 0x3000;
 const BAR0_SIZE = 0x4000, BAR1_SIZE = 0x1000;
@@ -261,6 +262,42 @@ export class VirtioPci implements PciFunction {
 
   /** Set by the device's registration when the model holds host resources (files). */
   destroy?: () => void;
+
+  // ---- save / restore ----
+
+  async quiesce(): Promise<void> { await this.device.quiesce?.(); }
+
+  saveState(w: StateWriter): void {
+    w.u32('dfSelect', this.dfSelect).u32('gfSelect', this.gfSelect).u16('queueSelect', this.queueSelect)
+      .u16('configVector', this.configVector).u8('isr', this.isr)
+      .b64('queueVectors', new Uint8Array(Uint16Array.from(this.queueVectors).buffer))
+      .b64('msix', new Uint8Array(this.msix.buffer)).b64('pba', new Uint8Array(this.pba.buffer));
+    w.obj_('virtio', (vw) => this.core.saveState(vw));
+  }
+
+  restoreState(r: StateReader): void {
+    const nq = this.device.numQueues;
+    const vecOk = (v: number) => v === NO_VECTOR || v < nq + 1;
+    const dfSelect = r.u32('dfSelect'), gfSelect = r.u32('gfSelect'), queueSelect = r.u16('queueSelect');
+    const configVector = r.u16('configVector'), isr = r.u8('isr', 3);
+    if (!vecOk(configVector)) r.fail('configVector', `vector ${configVector} is past the MSI-X table (${nq + 1} entries)`);
+    const qv = r.b64('queueVectors', nq * 2);
+    const queueVectors = Array.from({ length: nq }, (_, i) => qv.readUInt16LE(i * 2));
+    queueVectors.forEach((v, i) => { if (!vecOk(v)) r.fail('queueVectors', `queue ${i}: vector ${v} is past the MSI-X table`); });
+    const msix = r.b64('msix', this.msix.byteLength), pba = r.b64('pba', this.pba.byteLength);
+    this.core.restoreState(r.obj('virtio'));
+    this.dfSelect = dfSelect; this.gfSelect = gfSelect; this.queueSelect = queueSelect;
+    this.configVector = configVector; this.queueVectors = queueVectors; this.isr = isr;
+    this.msix.set(new Uint32Array(msix.buffer.slice(msix.byteOffset, msix.byteOffset + msix.length)));
+    for (let v = 0; v * 4 < this.msix.length; v++) this.msix[v * 4 + 3]! &= 1;
+    this.pba.set(new Uint32Array(pba.buffer.slice(pba.byteOffset, pba.byteOffset + pba.length)));
+    if (!this.msixEnabled) this.intx.set(this.isr !== 0);
+  }
+
+  afterRestore(): void {
+    this.deliverPending();
+    this.core.kickQueues();
+  }
 
   /** Drop the ioeventfds (VM teardown). */
   releaseNotifiers(): void { this.mapNotify(undefined); }

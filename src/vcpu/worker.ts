@@ -106,6 +106,11 @@ function control(): boolean {
     drainPosted(); // a paused or stopped vCPU has no write in flight
 
     if (req === CtlReq.STOP) return false;
+    // Enter KVM_RUN once with immediate_exit set: KVM completes a port or
+    // MMIO read we just answered (it is in kvm_run, not yet in the guest's
+    // registers) and returns at once, so a paused vCPU's state is whole.
+    run.setUint8(RUN.IMMEDIATE_EXIT, 1);
+    libc.ioctlInt(wd.vcpuFd, KVM.RUN, 0);
     Atomics.store(w, MB.CTL_STATE, CtlState.PAUSED);
     Atomics.notify(w, MB.CTL_STATE);
     Atomics.wait(w, MB.CTL_REQ, CtlReq.PAUSE);

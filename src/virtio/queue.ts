@@ -519,6 +519,18 @@ export class Virtqueue {
     };
   }
 
+  /** Take a saved state into this queue (checked as fromState checks it; this queue is untouched on error). */
+  loadState(state: unknown): void {
+    const q = Virtqueue.fromState(this.mem, state);
+    if (q.maxSize !== this.maxSize) fail('EVQ_BADSTATE', `bad saved state: maxSize ${q.maxSize}, this queue's is ${this.maxSize}`);
+    if (q.maxChainOpt !== this.maxChainOpt) fail('EVQ_BADSTATE', 'bad saved state: maxChainLen differs from this device\'s');
+    this.reset();
+    this._size = q._size; this._desc = q._desc; this._avail = q._avail; this._used = q._used; this._ready = q._ready;
+    this.eventIdx = q.eventIdx; this.indirectDesc = q.indirectDesc; this.notificationsEnabled = q.notificationsEnabled;
+    this.validated = q.validated; this.descGpa = q.descGpa; this.availGpa = q.availGpa; this.usedGpa = q.usedGpa;
+    this.nextAvail = q.nextAvail; this.cachedAvailIdx = q.cachedAvailIdx; this.nextUsed = q.nextUsed; this.signalledUsed = q.signalledUsed;
+  }
+
   /**
    * Rebuild a queue from saved state, treating it as untrusted: every field
    * is type- and range-checked and a ready queue must pass validate() against

@@ -7,7 +7,7 @@
 import { readFileSync, statSync } from 'node:fs';
 import { totalmem } from 'node:os';
 import { EventEmitter } from 'node:events';
-import { Kvm, Vm, VcpuFd, createGuestRam, type RamMapping } from '../kvm/kvm.js';
+import { Kvm, Vm, VcpuFd, createGuestRam, mapGuestRamFromFile, type RamMapping } from '../kvm/kvm.js';
 import { SYSTEM_EVENT, MP_STATE, type Sregs, type Segment as KvmSegment } from '../kvm/abi.js';
 import { GuestMemory } from '../memory/guest-memory.js';
 import { Bus, type IrqLine } from '../bus/bus.js';
@@ -36,6 +36,11 @@ import { ShadowRegisters } from '../vcpu/shadow.js';
 import { EventfdPoller } from '../vcpu/eventfd-poller.js';
 import type { VcpuEvent } from '../vcpu/mailbox.js';
 import type { VmControl, SnapshotOptions, SnapshotResult } from './control.js';
+import type { PciFunction } from '../pci/device.js';
+import { SnapshotError, StateWriter, type StateReader } from '../snapshot/state.js';
+import { writeSnapshot, type LoadedSnapshot } from '../snapshot/file.js';
+import { readableMsrs, readVcpu, readVmState, saveVcpu, saveVmState } from '../snapshot/kvm-state.js';
+import { checkConfigMatches } from '../snapshot/config-match.js';
 
 /** ISA serial ports: base port and IRQ, as on a PC. */
 export const COM_PORTS: Record<string, { port: number; irq: number }> = {
@@ -89,21 +94,26 @@ export class Machine extends EventEmitter implements VmControl {
   }
 
   /** Build the VM from its config; throws UserError/HostError with one-line messages. */
-  static async create(config: ConfigTree): Promise<Machine> {
+  static async create(config: ConfigTree, opts: { restore?: LoadedSnapshot } = {}): Promise<Machine> {
+    const snap = opts.restore;
+    if (snap) checkConfigMatches(snap.config, config.entries());
     const topo = resolveCpus(config);
     const memBytes = resolveMemBytes(config);
     if (memBytes > totalmem()) {
       throw new UserError(`memory size ${config.get('memory.size')} is more than this host has (${(totalmem() / 2 ** 30).toFixed(1)} GiB)`);
     }
-    const boot = bootSource(config);
+    if (snap && snap.ram.size !== memBytes) throw new SnapshotError(`the snapshot's RAM is ${snap.ram.size} bytes, this VM has ${memBytes}`, 'EMISMATCH');
+    if (snap && snap.vcpus.length !== topo.cpus) throw new SnapshotError(`the snapshot has ${snap.vcpus.length} vCPUs, this VM has ${topo.cpus}`, 'EMISMATCH');
+    const boot = snap ? undefined : bootSource(config);
     const kvm = Kvm.open(config.get('kvm.device') ?? '/dev/kvm');
     const host = inspectHost(kvm);
     if (topo.cpus > host.maxVcpus) throw new UserError(`${topo.cpus} vCPUs requested, this host's KVM allows ${host.maxVcpus}`);
-    if (boot.kind === 'linux' && host.emulated && !config.getBool('x86.allow_emulated_kvm', false)) {
+    if ((snap || boot?.kind === 'linux') && host.emulated && !config.getBool('x86.allow_emulated_kvm', false)) {
       throw new HostError(emulatedKvmMessage(host), 'EEMULATED');
     }
     const vm = kvm.createVm();
-    const ram = createGuestRam(memBytes, `tshyve-${config.get('name') ?? 'vm'}`);
+    // A restore maps the saved RAM copy-on-write: nothing is read up front.
+    const ram = snap ? mapGuestRamFromFile(snap.ram.file, memBytes) : createGuestRam(memBytes, `tshyve-${config.get('name') ?? 'vm'}`);
     const regions = guestRamLayout(memBytes);
     let off = 0;
     const memRegions = regions.map((r, slot) => {
@@ -124,7 +134,7 @@ export class Machine extends EventEmitter implements VmControl {
     try {
       await m.buildPlatform();
       m.setupVcpus(host);
-      m.loadBoot(boot);
+      if (snap) m.restoreFrom(snap); else m.loadBoot(boot!);
     } catch (e) {
       await m.closeBackends();
       throw e;
@@ -145,6 +155,8 @@ export class Machine extends EventEmitter implements VmControl {
   }
 
   private poller: EventfdPoller | undefined;
+  private readonly pciDevs: { key: string; name: string; fn: PciFunction }[] = [];
+  private rtc: Rtc | undefined;
   /** BARs are placed per VM: a second VM in the same process starts from the window's base again. */
   private readonly allocMmio = mmioAllocator(PCI_MMIO32_BASE, PCI_MMIO32_END);
 
@@ -186,7 +198,9 @@ export class Machine extends EventEmitter implements VmControl {
           const emu = findPciDevice(name);
           if (!emu) throw new UserError(`unknown PCI device '${name}' at pci.${bus}.${slot}.${func}`);
           const bdf = { bus: Number(bus), slot: Number(slot), func: Number(func) };
-          this.pci.add(bdf.bus, bdf.slot, bdf.func, emu.create(ctx, fnode, bdf));
+          const fn = emu.create(ctx, fnode, bdf);
+          this.pci.add(bdf.bus, bdf.slot, bdf.func, fn);
+          this.pciDevs.push({ key: `${bus}.${slot}.${func}`, name, fn });
         }
       }
     }
@@ -207,7 +221,8 @@ export class Machine extends EventEmitter implements VmControl {
       this.pio.register(port, 8, uart, name);
     }
     const utc = !c.getBool('rtc.use_localtime', true);
-    this.pio.register(0x70, 2, new Rtc({ utc, memBytes: this.ram.size, irq: this.irq(8) }), 'rtc');
+    this.rtc = new Rtc({ utc, memBytes: this.ram.size, irq: this.irq(8) });
+    this.pio.register(0x70, 2, this.rtc, 'rtc');
     this.pm = attachAcpiPm(this.pio, {
       onPowerOff: () => void this.finish(ExitCode.POWEROFF),
       onReset: () => void this.finish(ExitCode.REBOOT),
@@ -373,12 +388,110 @@ export class Machine extends EventEmitter implements VmControl {
     return out;
   }
 
-  async checkpoint(_file: string, _opts?: SnapshotOptions): Promise<SnapshotResult> {
-    throw new UserError('checkpoint is not implemented yet');
+  private saving = false;
+
+  /**
+   * Save the VM: park the vCPUs (their posted writes served, pending port
+   * reads completed), let devices finish in-flight work and flush disks, take
+   * the KVM and device state, write RAM and the document, then go on.
+   */
+  async checkpoint(file: string, opts: SnapshotOptions = {}): Promise<SnapshotResult> {
+    return this.save(file, opts, false);
   }
 
-  async suspend(_file: string, _opts?: SnapshotOptions): Promise<SnapshotResult> {
-    throw new UserError('suspend is not implemented yet');
+  /** Save, then end the VM (exit 0, as bhyve after a suspend). */
+  async suspend(file: string, opts: SnapshotOptions = {}): Promise<SnapshotResult> {
+    return this.save(file, opts, true);
+  }
+
+  private async save(file: string, opts: SnapshotOptions, thenExit: boolean): Promise<SnapshotResult> {
+    if (this.ending) throw new UserError('the VM is shutting down');
+    if (this.saving) throw new UserError('a save is already in progress');
+    if (this.vcpus.length === 0) throw new UserError('the VM is not running yet');
+    this.saving = true;
+    const t0 = performance.now();
+    const wasPaused = this.userPaused;
+    let resumed = false;
+    try {
+      const ok = await Promise.all(this.vcpus.map((v) => v.pause()));
+      if (ok.includes(false)) throw new HostError('a vCPU did not pause in time; nothing was saved');
+      if (this.ending) throw new UserError('the VM is shutting down');
+      for (const v of this.vcpuFds) v.kvmclockCtrl();
+      for (const d of this.pciDevs) await d.fn.quiesce?.();
+      const parts = this.collectState();
+      const { ramFile } = await writeSnapshot(file, this.ram.bytes, parts, opts.onProgress);
+      const pausedMs = performance.now() - t0;
+      if (thenExit) void this.finish(ExitCode.REBOOT, `suspended to ${file}`);
+      else if (!wasPaused) { this.resumeVcpus(); resumed = true; }
+      return { file, ramFile, ramBytes: this.ram.size, pausedMs, totalMs: performance.now() - t0 };
+    } finally {
+      this.saving = false;
+      if (!resumed && !thenExit && !wasPaused && !this.ending) this.resumeVcpus();
+    }
+  }
+
+  private resumeVcpus(): void {
+    for (const d of this.pciDevs) d.fn.unquiesce?.();
+    for (const v of this.vcpus) v.resume();
+  }
+
+  private msrList: number[] | undefined;
+
+  private collectState(): { config: Record<string, string>; vm: StateWriter; vcpus: StateWriter[]; devices: StateWriter } {
+    this.msrList ??= readableMsrs(this.vcpuFds[0]!, this.kvm.msrIndexList());
+    const vm = new StateWriter();
+    saveVmState(vm, this.vm);
+    const vcpus = this.vcpuFds.map((v) => { const w = new StateWriter(); saveVcpu(w, v, this.msrList!); return w; });
+    const dev = new StateWriter();
+    dev.u32('pciAddress', this.pci.address);
+    dev.arr('pci', this.pciDevs, (w, d) => {
+      w.str('slot', d.key).str('device', d.name);
+      w.obj_('config', (cw) => d.fn.config.saveState!(cw));
+      if (d.fn.saveState) w.obj_('state', (sw) => d.fn.saveState!(sw));
+    });
+    dev.arr('uarts', [...this.uarts], (w, [name, u]) => { w.str('name', name); w.obj_('state', (sw) => u.saveState(sw)); });
+    dev.obj_('rtc', (w) => this.rtc!.saveState(w));
+    dev.obj_('pm', (w) => this.pm!.saveState(w));
+    return { config: Object.fromEntries(this.config.entries()), vm, vcpus, devices: dev };
+  }
+
+  /** Put the snapshot's state into this freshly built VM (every field checked; SnapshotError on bad input). */
+  private restoreFrom(s: LoadedSnapshot): void {
+    const applyVm = readVmState(s.vm, this.vm);
+    const applyVcpus = s.vcpus.map((r, i) => readVcpu(r, this.vcpuFds[i]!));
+    const d = s.devices;
+    const pciAddress = d.u32('pciAddress');
+    const pci = d.arr('pci', 256);
+    const byKey = new Map(this.pciDevs.map((x) => [x.key, x]));
+    if (pci.length !== this.pciDevs.length) d.fail('pci', `${pci.length} PCI functions, this VM has ${this.pciDevs.length}`);
+    const pciStates = pci.map((r) => {
+      const key = r.str('slot', 32), name = r.str('device', 64);
+      const dev = byKey.get(key);
+      if (!dev || dev.name !== name) return r.fail('slot', `${name} at ${key} is not in this VM`);
+      return { r, dev };
+    });
+    const uarts = d.arr('uarts', 4);
+    if (uarts.length !== this.uarts.size) d.fail('uarts', `${uarts.length} UARTs, this VM has ${this.uarts.size}`);
+    const uartStates = uarts.map((r) => {
+      const name = r.str('name', 8);
+      const u = this.uarts.get(name);
+      if (!u) return r.fail('name', `${name} is not in this VM`);
+      return { r, u };
+    });
+    // KVM first (irqchip, then vCPUs), then the devices, which re-assert their interrupt lines.
+    applyVm();
+    applyVcpus.forEach((apply, i) => {
+      try { apply(); } catch (e) { throw new SnapshotError(`vCPU ${i}: ${(e as Error).message}`); }
+    });
+    this.pci.address = pciAddress;
+    for (const { r, dev } of pciStates) {
+      dev.fn.config.restoreState!(r.obj('config'));
+      if (dev.fn.restoreState) dev.fn.restoreState(r.obj('state'));
+    }
+    for (const { r, u } of uartStates) u.restoreState(r.obj('state'));
+    this.rtc!.restoreState(d.obj('rtc'));
+    this.pm!.restoreState(d.obj('pm'));
+    for (const { dev } of pciStates) dev.fn.afterRestore?.();
   }
 
   forceReset(): void { void this.finish(ExitCode.REBOOT, 'reset by the controller'); }

@@ -306,6 +306,11 @@ export class VirtioBlk implements VirtioDevice {
 
   // ---- requests -------------------------------------------------------------------------
 
+  /** Snapshots: the image must hold everything the guest was told is written. */
+  quiesce(): void {
+    if (!this.readonly) this.backend.flush();
+  }
+
   private report(msg: string): void {
     try {
       this.onError?.(`virtio-blk: ${msg}`);

@@ -19,6 +19,7 @@
  * treated as open from activation.
  */
 import { UserError } from '../../errors.js';
+import type { StateReader, StateWriter } from '../../snapshot/state.js';
 import { VIRTIO_COMMON_FEATURES, VIRTIO_ID_CONSOLE, featureBit, hasFeature } from '../../virtio/constants.js';
 import type { VirtioDevice, VirtioInterrupt } from '../../virtio/device.js';
 import { Virtqueue, VirtqueueError } from '../../virtio/queue.js';
@@ -169,6 +170,26 @@ export class VirtioConsole implements VirtioDevice {
       p0.ready = p0.guestOpen = true;
     }
     this.run(() => { for (const p of this.ports) this.flushRx(p); });
+  }
+
+  // Host input not yet in the guest's buffers is not saved: like bytes on a
+  // wire, it was never the guest's.
+  saveState(w: StateWriter): void {
+    w.arr('controlPending', this.controlPending, (cw, m) => { cw.b64('msg', m); });
+    w.arr('ports', this.ports, (pw, p) => { pw.str('name', p.name, ).bool('ready', p.ready).bool('guestOpen', p.guestOpen); });
+  }
+
+  restoreState(r: StateReader): void {
+    const pending = r.arr('controlPending', CONTROL_PENDING_MAX).map((c) => c.b64('msg', [CONTROL_HEADER_SIZE, CONTROL_HEADER_SIZE + 256]));
+    const ports = r.arr('ports', this.ports.length);
+    if (ports.length !== this.ports.length) r.fail('ports', `${ports.length} ports, this device has ${this.ports.length}`);
+    const st = ports.map((pr, i) => {
+      const name = pr.str('name', 256);
+      if (name !== this.ports[i]!.name) pr.fail('name', `port ${i} was '${name}', this device's is '${this.ports[i]!.name}'`);
+      return { ready: pr.bool('ready'), guestOpen: pr.bool('guestOpen') };
+    });
+    this.controlPending = pending;
+    st.forEach((x, i) => { this.ports[i]!.ready = x.ready; this.ports[i]!.guestOpen = x.guestOpen; });
   }
 
   reset(): void {
