@@ -28,6 +28,9 @@ const ZERO_CRC = crc32(ZERO);
 
 export function ramFileFor(file: string): string { return `${file}.ram`; }
 
+/** The checksum recorded for one part: SHA-256 of its compact JSON. */
+export function partChecksum(x: unknown): string { return sha256(x); }
+
 function sha256(x: unknown): string {
   return createHash('sha256').update(JSON.stringify(x)).digest('hex');
 }

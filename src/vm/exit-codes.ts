@@ -1,5 +1,5 @@
 /** bhyve's exit status: how the VM ended. */
-export const enum ExitCode {
+export enum ExitCode {
   REBOOT = 0,
   POWEROFF = 1,
   HALT = 2,

@@ -108,7 +108,8 @@ export class Machine extends EventEmitter implements VmControl {
     const kvm = Kvm.open(config.get('kvm.device') ?? '/dev/kvm');
     const host = inspectHost(kvm);
     if (topo.cpus > host.maxVcpus) throw new UserError(`${topo.cpus} vCPUs requested, this host's KVM allows ${host.maxVcpus}`);
-    if ((snap || boot?.kind === 'linux') && host.emulated && !config.getBool('x86.allow_emulated_kvm', false)) {
+    const isLinux = snap ? snap.config.has('boot.kernel') : boot?.kind === 'linux';
+    if (isLinux && host.emulated && !config.getBool('x86.allow_emulated_kvm', false)) {
       throw new HostError(emulatedKvmMessage(host), 'EEMULATED');
     }
     const vm = kvm.createVm();
