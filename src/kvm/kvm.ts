@@ -190,7 +190,7 @@ export interface RamMapping {
   bytes: Uint8Array;
 }
 
-export function createGuestRam(size: number, name = 'tshyve-guest'): RamMapping {
+export function createGuestRam(size: number, name = 'tshyve-guest', opts: { hugePages?: boolean } = {}): RamMapping {
   const memfd = libc.memfdCreate(name, MFD_CLOEXEC);
   if (memfd < 0) throw new HostError(`memfd_create failed: errno ${errno()}`);
   if (libc.ftruncate(memfd, size) < 0) {
@@ -206,7 +206,7 @@ export function createGuestRam(size: number, name = 'tshyve-guest'): RamMapping 
   }
   // Ask for transparent huge pages: fewer (nested) page faults and TLB misses.
   // Honoured where the host allows THP for shmem (shmem_enabled=advise).
-  libc.madvise(host, size, MADV_HUGEPAGE);
+  if (opts.hugePages ?? true) libc.madvise(host, size, MADV_HUGEPAGE);
   return { memfd, size, host, hostAddr: address(host), bytes: new Uint8Array(view(host, size)) };
 }
 

@@ -32,8 +32,8 @@ export class PciHost implements BusDevice {
   functions(): PciFunction[] { return [...this.fns.values()]; }
 
   /** The config address latch (0xCF8): part of a snapshot. */
-  get address(): number { return this.addr; }
-  set address(v: number) { this.addr = v >>> 0 & 0x80fffffc; }
+  get address(): number { return this.addr >>> 0; }
+  set address(v: number) { this.addr = (v & 0x80fffffc) >>> 0; }
 
   private target(): { fn: PciFunction; reg: number } | undefined {
     if (!(this.addr & 0x80000000)) return undefined;

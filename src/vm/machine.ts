@@ -114,7 +114,7 @@ export class Machine extends EventEmitter implements VmControl {
     }
     const vm = kvm.createVm();
     // A restore maps the saved RAM copy-on-write: nothing is read up front.
-    const ram = snap ? mapGuestRamFromFile(snap.ram.file, memBytes) : createGuestRam(memBytes, `tshyve-${config.get('name') ?? 'vm'}`);
+    const ram = snap ? mapGuestRamFromFile(snap.ram.file, memBytes) : createGuestRam(memBytes, `tshyve-${config.get('name') ?? 'vm'}`, { hugePages: config.getBool('memory.hugepages', true) });
     const regions = guestRamLayout(memBytes);
     let off = 0;
     const memRegions = regions.map((r, slot) => {
