@@ -10,7 +10,7 @@ import {
 } from './abi.js';
 import {
   libc, errno, address, view, isMapFailed,
-  O_RDWR, O_RDONLY, O_CLOEXEC, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_PRIVATE, MFD_CLOEXEC, EFD_CLOEXEC, EFD_NONBLOCK, MADV_HUGEPAGE,
+  O_RDWR, O_RDONLY, O_CLOEXEC, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_PRIVATE, MFD_CLOEXEC, SEEK_DATA, SEEK_HOLE, ENXIO, EFD_CLOEXEC, EFD_NONBLOCK, MADV_HUGEPAGE,
 } from './libc.js';
 
 function check(op: string, r: number): number {
@@ -183,7 +183,10 @@ export class VcpuFd {
 
 /** A memfd-backed guest RAM mapping. */
 export interface RamMapping {
+  /** the memfd (shared RAM) or the snapshot's RAM image (copy-on-write RAM) */
   memfd: number;
+  /** 'shared': every page the guest has is in the memfd; 'cow': pages may be in the image or private copies */
+  kind: 'shared' | 'cow';
   size: number;
   host: unknown;
   hostAddr: bigint;
@@ -207,7 +210,7 @@ export function createGuestRam(size: number, name = 'tshyve-guest', opts: { huge
   // Ask for transparent huge pages: fewer (nested) page faults and TLB misses.
   // Honoured where the host allows THP for shmem (shmem_enabled=advise).
   if (opts.hugePages ?? true) libc.madvise(host, size, MADV_HUGEPAGE);
-  return { memfd, size, host, hostAddr: address(host), bytes: new Uint8Array(view(host, size)) };
+  return { memfd, kind: 'shared', size, host, hostAddr: address(host), bytes: new Uint8Array(view(host, size)) };
 }
 
 /**
@@ -224,7 +227,29 @@ export function mapGuestRamFromFile(path: string, size: number): RamMapping {
     libc.close(fd);
     throw new HostError(`cannot map ${size} bytes of ${path}: errno ${e}`);
   }
-  return { memfd: fd, size, host, hostAddr: address(host), bytes: new Uint8Array(view(host, size)) };
+  return { memfd: fd, kind: 'cow', size, host, hostAddr: address(host), bytes: new Uint8Array(view(host, size)) };
+}
+
+/**
+ * The byte ranges of shared guest RAM the guest ever touched (SEEK_DATA /
+ * SEEK_HOLE on the memfd); the rest reads as zero. For copy-on-write RAM
+ * every page may differ from zero, so the whole range is returned.
+ */
+export function ramDataRanges(ram: RamMapping): [number, number][] {
+  if (ram.kind !== 'shared') return [[0, ram.size]];
+  const out: [number, number][] = [];
+  for (let off = 0; off < ram.size;) {
+    const start = libc.lseek(ram.memfd, off, SEEK_DATA);
+    if (start < 0) {
+      if (errno() === ENXIO) break; // no data past off
+      return [[0, ram.size]]; // no SEEK_DATA here: assume everything
+    }
+    let end = libc.lseek(ram.memfd, start, SEEK_HOLE);
+    if (end < 0 || end > ram.size) end = ram.size;
+    out.push([start, end]);
+    off = end;
+  }
+  return out;
 }
 
 /** Map a vCPU's struct kvm_run. */

@@ -38,41 +38,53 @@ function sha256(x: unknown): string {
 export interface RamWriteResult { bytesWritten: number; crcs: Buffer }
 
 /**
- * Write guest RAM to `path`: non-zero chunks only (zero chunks stay holes),
- * in runs of up to 8 MiB straight from guest memory, yielding to the event
- * loop now and then so progress reaches a controller.
+ * Write guest RAM to `path`: only what the guest ever touched (`ranges`)
+ * and, of that, only non-zero pieces; the rest stays a hole. Writes go
+ * straight from guest memory in runs of up to 8 MiB, and the event loop gets
+ * a turn now and then so progress reaches a controller.
  */
-export async function writeRam(path: string, ram: Uint8Array, onProgress?: (p: SnapshotProgress) => void): Promise<RamWriteResult> {
+export async function writeRam(path: string, ram: Uint8Array, ranges: [number, number][],
+  onProgress?: (p: SnapshotProgress) => void): Promise<RamWriteResult> {
   const chunks = Math.ceil(ram.length / RAM_CHUNK);
   const crcs = Buffer.alloc(chunks * 4);
   const fd = openSync(path, 'w', 0o600);
   let written = 0;
   try {
     ftruncateSync(fd, ram.length);
-    let runStart = -1;
-    const flush = (end: number) => {
-      if (runStart < 0) return;
-      const off = runStart * RAM_CHUNK, len = Math.min(end * RAM_CHUNK, ram.length) - off;
-      for (let done = 0; done < len;) done += writeSync(fd, ram, off + done, len - done, off + done);
-      written += len;
-      runStart = -1;
+    let runStart = 0, runEnd = 0;
+    const flush = () => {
+      for (let off = runStart; off < runEnd;) off += writeSync(fd, ram, off, runEnd - off, off);
+      written += runEnd - runStart;
+      runStart = runEnd = 0;
     };
-    let lastYield = 0;
+    const queue = (a: number, b: number) => {
+      if (runEnd === a && b - runStart <= 8 * 2 ** 20) { runEnd = b; return; }
+      flush();
+      runStart = a; runEnd = b;
+    };
+    let r = 0, lastYield = 0;
     for (let c = 0; c < chunks; c++) {
-      const off = c * RAM_CHUNK;
-      const chunk = ram.subarray(off, Math.min(off + RAM_CHUNK, ram.length));
-      const zero = chunk.length === RAM_CHUNK && Buffer.compare(chunk, ZERO) === 0;
-      crcs.writeUInt32LE(zero ? ZERO_CRC : crc32(chunk), c * 4);
-      if (zero) flush(c);
-      else if (runStart < 0) runStart = c;
-      else if (c - runStart >= 32) { flush(c); runStart = c; }
-      if (off - lastYield >= 32 * 1024 * 1024) {
-        lastYield = off;
-        onProgress?.({ done: off, total: ram.length });
+      const lo = c * RAM_CHUNK, hi = Math.min(lo + RAM_CHUNK, ram.length);
+      while (r < ranges.length && ranges[r]![1] <= lo) r++;
+      let crc = 0, at = lo;
+      for (let i = r; i < ranges.length && ranges[i]![0] < hi; i++) {
+        const a = Math.max(lo, ranges[i]![0]), b = Math.min(hi, ranges[i]![1]);
+        if (a > at) crc = crc32(ZERO.subarray(0, a - at), crc);
+        const piece = ram.subarray(a, b);
+        crc = crc32(piece, crc);
+        if (Buffer.compare(piece, ZERO.subarray(0, b - a)) !== 0) queue(a, b);
+        at = b;
+      }
+      if (at === lo) crc = hi - lo === RAM_CHUNK ? ZERO_CRC : crc32(ZERO.subarray(0, hi - lo));
+      else if (at < hi) crc = crc32(ZERO.subarray(0, hi - at), crc);
+      crcs.writeUInt32LE(crc >>> 0, c * 4);
+      if (lo - lastYield >= 32 * 2 ** 20) {
+        lastYield = lo;
+        onProgress?.({ done: lo, total: ram.length });
         await yieldNow();
       }
     }
-    flush(chunks);
+    flush();
     fsyncSync(fd);
   } finally {
     closeSync(fd);
@@ -89,12 +101,12 @@ export interface SnapshotParts {
 }
 
 /** Save a whole snapshot: RAM first, then the document that names it. */
-export async function writeSnapshot(file: string, ram: Uint8Array, parts: SnapshotParts,
+export async function writeSnapshot(file: string, ram: Uint8Array, ranges: [number, number][], parts: SnapshotParts,
   onProgress?: (p: SnapshotProgress) => void): Promise<{ ramFile: string; ramBytesWritten: number }> {
   const ramFile = ramFileFor(file);
   const tmpRam = `${ramFile}.tmp-${process.pid}`, tmpDoc = `${file}.tmp-${process.pid}`;
   try {
-    const { bytesWritten, crcs } = await writeRam(tmpRam, ram, onProgress);
+    const { bytesWritten, crcs } = await writeRam(tmpRam, ram, ranges, onProgress);
     const ramPart = new StateWriter().str('file', basename(ramFile)).u64('size', ram.length).u32('chunk', RAM_CHUNK).b64('crc32', crcs).obj;
     const cfg = new StateWriter();
     for (const [k, v] of Object.entries(parts.config)) cfg.str(k, v);

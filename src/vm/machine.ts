@@ -7,7 +7,7 @@
 import { readFileSync, statSync } from 'node:fs';
 import { totalmem } from 'node:os';
 import { EventEmitter } from 'node:events';
-import { Kvm, Vm, VcpuFd, createGuestRam, mapGuestRamFromFile, type RamMapping } from '../kvm/kvm.js';
+import { Kvm, Vm, VcpuFd, createGuestRam, mapGuestRamFromFile, ramDataRanges, type RamMapping } from '../kvm/kvm.js';
 import { SYSTEM_EVENT, MP_STATE, type Sregs, type Segment as KvmSegment } from '../kvm/abi.js';
 import { GuestMemory } from '../memory/guest-memory.js';
 import { Bus, type IrqLine } from '../bus/bus.js';
@@ -420,7 +420,7 @@ export class Machine extends EventEmitter implements VmControl {
       for (const v of this.vcpuFds) v.kvmclockCtrl();
       for (const d of this.pciDevs) await d.fn.quiesce?.();
       const parts = this.collectState();
-      const { ramFile } = await writeSnapshot(file, this.ram.bytes, parts, opts.onProgress);
+      const { ramFile } = await writeSnapshot(file, this.ram.bytes, ramDataRanges(this.ram), parts, opts.onProgress);
       const pausedMs = performance.now() - t0;
       if (thenExit) void this.finish(ExitCode.REBOOT, `suspended to ${file}`);
       else if (!wasPaused) { this.resumeVcpus(); resumed = true; }
