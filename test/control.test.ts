@@ -11,6 +11,7 @@ import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CLI, CTL, kvmUnavailable, guestBin, type RunResult } from './helpers.js';
+import { Machine, ConfigTree, ControlServer, connectVm, ExitCode } from '../src/index.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'tshyve-ctl-l2-'));
 const env = { ...process.env, TSHYVE_CONTROL_DIR: dir };
@@ -191,6 +192,33 @@ test('tshyvectl: bad usage and unknown VMs are one line and a non-zero exit', as
     assert.equal(r.stderr.split('\n').length, 2, `one line: ${r.stderr}`);
     assert.match(r.stderr.trimEnd(), re);
   }
+});
+
+test('library: a program serves the Machine it embeds and controls it by socket path', { skip }, async () => {
+  const c = new ConfigTree();
+  for (const [k, v] of Object.entries({ cpus: '1', sockets: '1', cores: '1', threads: '1', 'memory.size': '16M', name: 'embedded', 'boot.raw': guestBin('spin')! })) c.set(k, v);
+  const m = await Machine.create(c);
+  const server = new ControlServer(m);
+  const sock = join(dir, 'embedded.sock');
+  await server.listen(sock);
+  const done = m.run();
+  try {
+    await new Promise((r) => m.once('running', r));
+    const vm = await connectVm(sock);
+    assert.equal((await vm.info()).name, 'embedded');
+    await vm.pause();
+    assert.equal(m.paused, true);
+    assert.equal((await vm.stats()).state, 'paused');
+    await vm.resume();
+    assert.equal(m.paused, false);
+    await vm.forcePoweroff();
+    assert.equal(await done, ExitCode.POWEROFF);
+    vm.close();
+  } finally {
+    await m.finish(ExitCode.POWEROFF);
+    await server.close();
+  }
+  assert.ok(!existsSync(sock));
 });
 
 test.after(() => rmSync(dir, { recursive: true, force: true }));

@@ -21,7 +21,7 @@ export class ProgressBar {
     if (this.drawn && now - this.lastDraw < 100 && done < total) return;
     this.lastDraw = now;
     this.drawn = true;
-    this.out.write('\r' + renderBar(this.label, done, total, now - this.t0, this.out.columns ?? 80) + '\x1b[K');
+    this.out.write('\r' + renderBar(this.label, done, total, now - this.t0, this.out.columns || 80) + '\x1b[K');
   }
 
   /** Erase the bar, so the final line starts on a clean line. */
