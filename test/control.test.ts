@@ -157,6 +157,15 @@ test('a killed tshyve leaves a stale socket, the next one replaces it; --destroy
   }
 });
 
+test('SIGINT ends tshyve with exit 1 and the socket goes too', { skip }, async () => {
+  const vm = await startVm('ctl5');
+  assert.ok(existsSync(vm.sock));
+  vm.child.kill('SIGINT');
+  const end = await vm.exited;
+  assert.equal(end.code, 1, end.stderr);
+  assert.ok(!existsSync(vm.sock));
+});
+
 // (`-o control.path=` cannot be said: bhyve's -o refuses empty values; the library's ConfigTree can.)
 test('-o control.enable=false serves no socket; -o control.path chooses it', { skip }, async () => {
   for (const [opt, sock] of [['control.enable=false', undefined], [`control.path=${join(dir, 'elsewhere.sock')}`, join(dir, 'elsewhere.sock')]] as const) {
