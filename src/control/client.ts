@@ -109,7 +109,6 @@ export class ControlClient {
   close(): void {
     this.closedWhy ??= 'connection closed';
     this.sock.end();
-    this.sock.destroySoon?.();
   }
 
   private onLine(line: string): void {

@@ -115,6 +115,7 @@ export class ControlServer {
     c.on('close', () => this.conns.delete(c));
     c.on('error', () => { /* the client went away; its replies are dropped */ });
     c.on('data', (chunk: Buffer) => {
+      if (dec.overflow) return; // dropped: ignore the rest of what it sends
       for (const line of dec.push(chunk)) {
         if (line.trim() === '') continue;
         this.onLine(c, line);
@@ -122,7 +123,6 @@ export class ControlServer {
       if (dec.overflow) {
         send(c, { id: null, ok: false, error: 'bad request: line too long' });
         c.end();
-        c.destroySoon?.();
       }
     });
   }
