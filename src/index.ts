@@ -7,6 +7,14 @@
  *     '-o', 'boot.kernel=vmlinuz', 'myvm']);
  *   const vm = await Machine.create(config);
  *   const exitCode = await vm.run();
+ *
+ * Serve it on a control socket (what tshyvectl talks to), and control
+ * another tshyve process by name or socket path:
+ *
+ *   const server = new ControlServer(vm);
+ *   await server.listen('/run/tshyve/myvm.sock');   // ... await server.close() after run()
+ *   const other = await connectVm('othervm');        // /run/tshyve/othervm.sock
+ *   await other.pause(); console.log(await other.stats()); other.close();
  */
 export { Machine, COM_PORTS } from './vm/machine.js';
 export { ExitCode } from './vm/exit-codes.js';
@@ -19,3 +27,7 @@ export { registerPciDevice, findPciDevice, pciDeviceNames, type PciDeviceEmulati
 export { TshyveError, UserError, HostError, GuestMemoryError, KvmError } from './errors.js';
 export { inspectHost, type HostReport } from './vm/host-check.js';
 export type { VmControl, SnapshotOptions, SnapshotResult, SnapshotProgress } from './vm/control.js';
+export {
+  ControlServer, ControlClient, ControlError, connectVm, listVms, controlSocketPath, defaultControlDir, socketPathFor,
+  type ControlServerOptions, type ConnectOptions, type CallOptions, type ListedVm, type VmInfo,
+} from './control/index.js';

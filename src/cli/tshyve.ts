@@ -14,6 +14,9 @@ import { ExitCode } from '../vm/exit-codes.js';
 import { restoreTerminals } from '../devices/backends/index.js';
 import { log } from '../log.js';
 import { readSnapshot, verifyRam, type LoadedSnapshot } from '../snapshot/file.js';
+import { ControlServer } from '../control/server.js';
+import { controlSocketPath } from '../control/config.js';
+import type { ConfigTree } from '../config/tree.js';
 
 function fail(msg: string): never {
   restoreTerminals();
@@ -37,6 +40,15 @@ async function main(argv: string[]): Promise<number> {
     if (config.getBool('snapshot.verify_ram', false)) verifyRam(restore);
   }
   const m = await Machine.create(config, { restore });
+  let control: ControlServer | undefined;
+  try {
+    control = await startControl(m, config);
+  } catch (e) {
+    await m.finish(ExitCode.ERROR);
+    throw e;
+  }
+  // Whatever way the process ends (fail(), an uncaught error), the socket goes with it.
+  process.on('exit', () => control?.unlinkSync());
   let signals = 0;
   const onSignal = (sig: NodeJS.Signals) => {
     signals++;
@@ -53,9 +65,29 @@ async function main(argv: string[]): Promise<number> {
     m.once('running', () => process.stderr.write(`tshyve: vCPUs running ${m.firstRunMs?.toFixed(1)} ms after process start\n`));
   }
   const code = await m.run();
+  // Answer what is in flight (a --suspend's reply) before exiting.
+  await control?.close();
   if (code === ExitCode.ERROR && m.errorMessage) process.stderr.write(`tshyve: ${m.errorMessage}\n`);
   if (config.getBool('debug.stats', false)) process.stderr.write(`tshyve: exits ${JSON.stringify(m.exitStats)}\n`);
   return code;
+}
+
+/**
+ * The VM's control socket (tshyvectl). A path the user chose must work; the
+ * default one is best effort, except that a live VM of the same name is an error.
+ */
+async function startControl(m: Machine, config: ConfigTree): Promise<ControlServer | undefined> {
+  const path = controlSocketPath(config);
+  if (path === undefined) return undefined;
+  const server = new ControlServer(m);
+  try {
+    await server.listen(path);
+  } catch (e) {
+    if (config.get('control.path') !== undefined || (e as TshyveError).code === 'EINUSE') throw e;
+    log('warn', `no control socket: ${(e as Error).message}`);
+    return undefined;
+  }
+  return server;
 }
 
 main(process.argv.slice(2)).then(
