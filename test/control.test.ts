@@ -61,7 +61,7 @@ function stats(r: RunResult): Record<string, string> {
   return Object.fromEntries(r.stdout.trim().split('\n').map((l) => l.split(/\s+/, 2) as [string, string]));
 }
 
-test('tshyvectl: stats grow, pause stops the guest, resume restarts it, --list, checkpoint stub fails cleanly, force-poweroff exits 1',
+test('tshyvectl: stats grow, pause stops the guest, resume restarts it, --list, checkpoint keeps it running, force-poweroff exits 1',
   { skip }, async () => {
     const vm = await startVm('ctl1');
     try {
@@ -90,15 +90,18 @@ test('tshyvectl: stats grow, pause stops the guest, resume restarts it, --list, 
       await until(() => vm.out().length > frozen, 3000);
       assert.ok(vm.out().length > frozen, 'output again after resume');
 
-      // Today's stub: one clean line, non-zero exit, no file, and the VM runs on.
+      // A checkpoint: the state and RAM files appear, one summary line, and the VM runs on.
       const ckp = join(dir, 'ctl1.ckp');
       const c = await ctl(['--vm=ctl1', `--checkpoint=${ckp}`]);
-      assert.notEqual(c.code, 0);
-      assert.equal(c.stderr, 'tshyvectl: VM ctl1: checkpoint is not implemented yet\n');
-      assert.ok(!existsSync(ckp));
+      assert.equal(c.code, 0, c.stderr);
+      assert.match(c.stdout + c.stderr, /checkpointed VM ctl1/);
+      assert.ok(existsSync(ckp) && existsSync(`${ckp}.ram`), 'state and RAM written');
+      // The same file again: replaced whole, the VM still runs.
+      const c2 = await ctl(['--vm=ctl1', `--checkpoint=${ckp}`]);
+      assert.equal(c2.code, 0, c2.stderr);
       const after = vm.out().length;
       await until(() => vm.out().length > after, 3000);
-      assert.ok(vm.out().length > after, 'still running after the failed checkpoint');
+      assert.ok(vm.out().length > after, 'still running after the checkpoint');
       assert.equal(vm.child.exitCode, null);
 
       const off = await ctl(['--vm=ctl1', '--force-poweroff']);
