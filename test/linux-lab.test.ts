@@ -145,3 +145,71 @@ test('the guest kernel logs no warnings from the platform tshyve gives it', { sk
   assert.deepEqual(problems, []);
   assert.equal(r.code, 1, r.stderr);
 });
+
+// ---- save and restore (issue 4) ----
+
+/** Per loop (N0 on CPU 0, N1 on CPU 1): the counts printed, in order; every line must say the CPU its loop is pinned to. */
+function loops(text: string): [number[], number[]] {
+  const out: [number[], number[]] = [[], []];
+  for (const m of text.matchAll(/^N([01])=(\d+) P=(\d)$/gm)) {
+    assert.equal(m[3], m[1], `loop N${m[1]} ran on CPU ${m[3]}`);
+    out[Number(m[1]) as 0 | 1].push(Number(m[2]));
+  }
+  return out;
+}
+function consecutive(ns: number[], what: string): void {
+  ns.forEach((n, i) => { if (i > 0) assert.equal(n, ns[i - 1]! + 1, `${what}: ${ns[i - 1]} then ${n}`); });
+}
+
+test('checkpoint a running 2-vCPU guest with tshyvectl; it runs on; killed, `tshyve -r` goes on from the checkpoint on both vCPUs', { skip }, () => {
+  const r = get('snapshot-2cpu-counter');
+  const ph = r.phases ?? [];
+  const [ck, run, restore] = ph;
+  assert.ok(ck && run && restore, `phases: ${JSON.stringify(ph.map((p) => [p.what, p.code, p.stderr.slice(-300)]))}`);
+  assert.equal(ck.code, 0, `tshyvectl --checkpoint: ${ck.stderr}`);
+  assert.match(ck.stdout + ck.stderr, /checkpointed VM/);
+  const [m0, m1] = run.marks!;
+  const [before0, before1] = loops(run.stdout.slice(0, m0));
+  const [upTo0] = loops(run.stdout.slice(0, m1));
+  const [all0] = loops(run.stdout);
+  assert.ok(all0.at(-1)! >= upTo0.at(-1)! + 3, 'the guest kept running after the checkpoint');
+  const [r0, r1] = loops(restore.stdout);
+  assert.ok(r0.length >= 5 && r1.length >= 5, `the restored guest runs both loops: ${restore.stdout.slice(0, 400)} ${restore.stderr}`);
+  // It goes on from the checkpoint: after what was printed before it was
+  // asked for, no later than what was printed when it returned, not from 1.
+  assert.ok(r0[0]! > before0.at(-1)! && r0[0]! <= upTo0.at(-1)! + 1, `N0 resumes at ${r0[0]}, checkpoint taken between N0=${before0.at(-1)} and N0=${upTo0.at(-1)}`);
+  assert.ok(r1[0]! > before1.at(-1)!, `N1 resumes at ${r1[0]}, after N1=${before1.at(-1)}`);
+  assert.ok(r0[0]! < all0.at(-1)!, 'restored to the checkpoint, not to where the killed VM got');
+  consecutive(r0, 'restored N0');
+  consecutive(r1, 'restored N1');
+});
+
+test('--suspend exits 0; two `tshyve -r` of the same snapshot both go on from it', { skip }, () => {
+  const ph = get('snapshot-2cpu-counter').phases ?? [];
+  const [susp, restored, , one, , two] = ph.slice(2);
+  assert.ok(susp && restored && one && two, `phases: ${JSON.stringify(ph.map((p) => [p.what, p.code]))}`);
+  assert.equal(susp.code, 0, `tshyvectl --suspend: ${susp.stderr}`);
+  assert.equal(restored.code, 0, `tshyve exits 0 after a suspend: ${restored.stderr}`);
+  for (const r of [one, two]) {
+    assert.equal(r.code, 1, `force-poweroff ends the restored VM with 1: ${r.stderr}`);
+    const [a0, a1] = loops(restored.stdout + r.stdout);
+    consecutive(a0, `${r.what} N0`);
+    consecutive(a1, `${r.what} N1`);
+    assert.ok(loops(r.stdout)[0].length >= 3 && loops(r.stdout)[1].length >= 3, `${r.what} runs both loops`);
+  }
+});
+
+test('virtio-blk, virtio-rnd and virtio-console work across a suspend and restore', { skip }, () => {
+  const r = get('snapshot-virtio');
+  const [susp, run, restore] = r.phases ?? [];
+  assert.ok(susp && run && restore, `phases: ${JSON.stringify((r.phases ?? []).map((p) => [p.what, p.code, p.stderr.slice(-300)]))}`);
+  assert.equal(susp.code, 0, susp.stderr);
+  assert.equal(run.code, 0, run.stderr);
+  assert.equal(restore.code, 1, restore.stderr);
+  assert.match(restore.stdout, /^GOT=go$/m, 'the console port carries host input after the restore');
+  assert.match(restore.stdout, /^HWRNG=[0-9a-f]{32}$/m);
+  assert.match(restore.stdout, new RegExp(`^GUEST_MD5=${r.expectedMd5}$`, 'm'));
+  assert.match(restore.stdout, /^GUEST_WROTE=yes$/m);
+  assert.equal(r.hostReadBack, 'before-suspend\nwritten-after-restore\n', 'both files are in the image on the host');
+  assert.match(r.tcp ?? '', /after-restore/, 'the host read the guest\'s line from the port');
+});

@@ -15,8 +15,9 @@ import { tmpdir } from 'node:os';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { ROOT, CLI } from '../helpers.js';
+import { snapshotScenarios } from './snapshot-scenarios.js';
 
-const GUEST = join(ROOT, 'lab', 'out', 'guest');
+export const GUEST = join(ROOT, 'lab', 'out', 'guest');
 export interface BootResult {
   name: string; code: number | null; stdout: string; stderr: string; ms: number; tcp?: string;
   /** virtio-blk: checksum of the file put in the image, and what the host read back afterwards */
@@ -27,11 +28,13 @@ export interface BootResult {
   hashes?: { name: string; before: string; after: string }[];
   /** virtio-console: what the host read from the console port's socket */
   hvc?: string;
+  /** save/restore scenarios: each tshyve and tshyvectl run */
+  phases?: import('./snapshot-scenarios.js').Phase[];
   /** the first attempt hung and this is the second */
   retriedAfterHang?: boolean;
 }
 
-function tshyve(args: string[], timeoutMs = 120_000, onStart?: (child: ReturnType<typeof spawn>) => void): Promise<BootResult & { name: '' }> {
+export function tshyve(args: string[], timeoutMs = 120_000, onStart?: (child: ReturnType<typeof spawn>) => void): Promise<BootResult & { name: '' }> {
   return new Promise((resolve) => {
     const t0 = Date.now();
     const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -44,7 +47,7 @@ function tshyve(args: string[], timeoutMs = 120_000, onStart?: (child: ReturnTyp
   });
 }
 
-const vmArgs = (cpus: number, run: string, com1 = 'stdio', extra: string[] = []) => [
+export const vmArgs = (cpus: number, run: string, com1 = 'stdio', extra: string[] = []) => [
   '-c', String(cpus), '-m', '512M', '-s', '0,hostbridge', '-s', '31,lpc', '-l', `com1,${com1}`,
   '-o', `boot.kernel=${join(GUEST, 'vmlinuz')}`, '-o', `boot.initrd=${join(GUEST, 'initrd.img')}`,
   '-o', `boot.cmdline=console=ttyS0 quiet tshyve.run=${run}`, ...extra, `lab${cpus}`,
@@ -70,7 +73,7 @@ function tcpCollect(port: number, until: RegExp, timeoutMs: number): Promise<str
 }
 
 /** Shell lines for the guest's init to run, as its tshyve.cmd= kernel argument (base64). */
-function guestCmd(lines: string[]): string {
+export function guestCmd(lines: string[]): string {
   return Buffer.from(lines.join('\n') + '\n').toString('base64');
 }
 
@@ -214,6 +217,7 @@ const scenarios: Record<string, () => Promise<BootResult>> = {
     });
     return { ...r, name: 'tcp-console', tcp: await tcp };
   },
+  ...snapshotScenarios,
 };
 
 async function main(): Promise<void> {
