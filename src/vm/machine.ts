@@ -316,7 +316,7 @@ export class Machine extends EventEmitter implements VmControl {
       const s = this.exitServer?.stats;
       const exits = s ? s.pio + s.mmio : 0;
       // A vCPU halted with interrupts off makes no exits: only check a quiet VM.
-      if (exits === lastExits && !this.checking && !this.userPaused) {
+      if (exits === lastExits && !this.checking && !this.userPaused && !this.saving) {
         this.checking = true;
         try {
           if (await this.allHaltedWithInterruptsOff()) { void this.finish(ExitCode.HALT, 'all vCPUs halted with interrupts disabled'); return; }
@@ -331,18 +331,36 @@ export class Machine extends EventEmitter implements VmControl {
   private checking = false;
 
   private async allHaltedWithInterruptsOff(): Promise<boolean> {
-    const parked = await Promise.all(this.vcpus.map((v) => v.pause(500)));
+    const parked = await this.holdVcpus(500);
     try {
       // A vCPU that cannot be parked (an emulated KVM's halt) tells nothing.
-      if (parked.includes(false) || this.ending) return false;
+      if (!parked || this.ending) return false;
       return this.vcpuFds.every((v) => {
         const mp = v.getMpState();
         if (mp === MP_STATE.UNINITIALIZED) return true; // never started: cannot run
         return mp === MP_STATE.HALTED && (v.getRegs().rflags & 0x200n) === 0n;
       });
     } finally {
-      if (!this.ending && !this.userPaused) for (const v of this.vcpus) v.resume();
+      this.releaseVcpus();
     }
+  }
+
+  /**
+   * Who wants the vCPUs parked: the user (pause), a save, the halt check.
+   * They run again only when the last of them lets go, so a halt check
+   * that ends during a save cannot set the guest running under it.
+   */
+  private holds = 0;
+
+  private async holdVcpus(timeoutMs?: number): Promise<boolean> {
+    this.holds++;
+    const ok = await Promise.all(this.vcpus.map((v) => v.pause(timeoutMs)));
+    return !ok.includes(false);
+  }
+
+  private releaseVcpus(): void {
+    if (this.holds > 0) this.holds--;
+    if (this.holds === 0 && !this.ending) for (const v of this.vcpus) v.resume();
   }
 
   private onVcpuEvent(e: VcpuEvent): void {
@@ -366,13 +384,14 @@ export class Machine extends EventEmitter implements VmControl {
 
   /** Pause every vCPU (for snapshots and the control socket). */
   async pause(): Promise<void> {
+    if (this.userPaused) return;
     this.userPaused = true;
-    const ok = await Promise.all(this.vcpus.map((v) => v.pause()));
-    if (ok.includes(false)) throw new HostError('a vCPU did not pause in time');
+    if (!(await this.holdVcpus())) throw new HostError('a vCPU did not pause in time');
   }
   resume(): void {
+    if (!this.userPaused) return;
     this.userPaused = false;
-    for (const v of this.vcpus) v.resume();
+    this.releaseVcpus();
   }
   private userPaused = false;
   get paused(): boolean { return this.userPaused; }
@@ -411,11 +430,8 @@ export class Machine extends EventEmitter implements VmControl {
     if (this.vcpus.length === 0) throw new UserError('the VM is not running yet');
     this.saving = true;
     const t0 = performance.now();
-    const wasPaused = this.userPaused;
-    let resumed = false;
     try {
-      const ok = await Promise.all(this.vcpus.map((v) => v.pause()));
-      if (ok.includes(false)) throw new HostError('a vCPU did not pause in time; nothing was saved');
+      if (!(await this.holdVcpus())) throw new HostError('a vCPU did not pause in time; nothing was saved');
       if (this.ending) throw new UserError('the VM is shutting down');
       for (const v of this.vcpuFds) v.kvmclockCtrl();
       for (const d of this.pciDevs) await d.fn.quiesce?.();
@@ -423,17 +439,12 @@ export class Machine extends EventEmitter implements VmControl {
       const { ramFile } = await writeSnapshot(file, this.ram.bytes, ramDataRanges(this.ram), parts, opts.onProgress);
       const pausedMs = performance.now() - t0;
       if (thenExit) void this.finish(ExitCode.REBOOT, `suspended to ${file}`);
-      else if (!wasPaused) { this.resumeVcpus(); resumed = true; }
       return { file, ramFile, ramBytes: this.ram.size, pausedMs, totalMs: performance.now() - t0 };
     } finally {
       this.saving = false;
-      if (!resumed && !thenExit && !wasPaused && !this.ending) this.resumeVcpus();
+      for (const d of this.pciDevs) d.fn.unquiesce?.();
+      this.releaseVcpus();
     }
-  }
-
-  private resumeVcpus(): void {
-    for (const d of this.pciDevs) d.fn.unquiesce?.();
-    for (const v of this.vcpus) v.resume();
   }
 
   private msrList: number[] | undefined;
