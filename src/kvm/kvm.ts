@@ -9,7 +9,7 @@ import {
   decodeCpuid, encodeCpuid, decodeRegs, encodeRegs, decodeSregs, encodeSregs, encodeMsrs, decodeMsrs,
 } from './abi.js';
 import {
-  libc, errno, address, view, isMapFailed,
+  libc, errno, address, view, isMapFailed, EINTR,
   O_RDWR, O_RDONLY, O_CLOEXEC, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_PRIVATE, MFD_CLOEXEC, SEEK_DATA, SEEK_HOLE, ENXIO, EFD_CLOEXEC, EFD_NONBLOCK, MADV_HUGEPAGE,
 } from './libc.js';
 
@@ -63,7 +63,10 @@ export class Kvm {
   }
 
   createVm(): Vm {
-    return new Vm(this, check('KVM_CREATE_VM', libc.ioctlInt(this.fd, KVM.CREATE_VM, 0)));
+    // Creating a VM can take long enough for a signal (a child exiting) to interrupt it.
+    let fd: number;
+    do fd = libc.ioctlInt(this.fd, KVM.CREATE_VM, 0); while (fd < 0 && errno() === EINTR);
+    return new Vm(this, check('KVM_CREATE_VM', fd));
   }
 
   close(): void { libc.close(this.fd); }

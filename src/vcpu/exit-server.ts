@@ -6,7 +6,7 @@
  * scan) and a thread wake-up costs far more than a few microseconds' poll.
  */
 import type { Bus } from '../bus/bus.js';
-import { MB, MbState, MbKind, RING_ENTRIES, RING_WORDS, type Mailbox } from './mailbox.js';
+import { MB, DB, MbState, MbKind, RING_ENTRIES, RING_WORDS, RING_SEQ, type Mailbox } from './mailbox.js';
 import { performance } from 'node:perf_hooks';
 
 /** longest stretch the device thread serves exits without yielding to its event loop */
@@ -41,17 +41,18 @@ export class ExitServer {
 
   private arm(): void {
     if (!this.running) return;
-    const r = Atomics.waitAsync(this.doorbell, 0, this.seen);
+    const r = Atomics.waitAsync(this.doorbell, DB.RING, this.seen);
     if (r.async) r.value.then(() => this.serveBurst());
     else setImmediate(() => this.serveBurst());
   }
 
   /** Serve every pending request once; true if any was served. */
   serveOnce(): boolean {
-    let any = false;
+    // Every vCPU's posted writes first, in guest order: a request is only
+    // made once its own vCPU's writes are served, and must also see the
+    // writes other vCPUs made before it.
+    let any = this.servePosted();
     for (const mb of this.boxes) {
-      // Posted writes first: a request is only made once they are drained.
-      if (this.servePosted(mb)) any = true;
       if (Atomics.load(mb.words, MB.STATE) !== MbState.REQUEST) continue;
       this.serve(mb);
       any = true;
@@ -65,7 +66,7 @@ export class ExitServer {
     let last = start;
     const pollMs = this.pollUs / 1000;
     for (;;) {
-      this.seen = Atomics.load(this.doorbell, 0);
+      this.seen = Atomics.load(this.doorbell, DB.RING);
       const now = performance.now();
       if (this.serveOnce()) {
         last = now;
@@ -82,23 +83,47 @@ export class ExitServer {
   private readonly wbuf = new Uint8Array(8);
   private readonly wview = new DataView(this.wbuf.buffer);
 
-  /** Serve the vCPU's queued writes in order; true if there were any. */
-  private servePosted(mb: Mailbox): boolean {
-    const w = mb.words;
-    const head = Atomics.load(w, MB.HEAD);
-    let tail = Atomics.load(w, MB.TAIL);
-    if (tail === head) return false;
-    while (tail !== head) {
-      const o = MB.RING + (tail % RING_ENTRIES) * RING_WORDS;
+  private readonly heads: number[] = [];
+  private readonly tails: number[] = [];
+
+  /**
+   * Serve the queued writes of every vCPU, merged by their sequence numbers
+   * (taken under the vCPUs' shared lock, so what is published is a prefix
+   * of that order); true if there were any.
+   */
+  private servePosted(): boolean {
+    const n = this.boxes.length;
+    let pending = false;
+    for (let i = 0; i < n; i++) {
+      const w = this.boxes[i]!.words;
+      this.heads[i] = Atomics.load(w, MB.HEAD);
+      this.tails[i] = Atomics.load(w, MB.TAIL);
+      if (this.heads[i] !== this.tails[i]) pending = true;
+    }
+    if (!pending) return false;
+    for (;;) {
+      let best = -1, bestSeq = 0;
+      for (let i = 0; i < n; i++) {
+        if (this.tails[i] === this.heads[i]) continue;
+        const seq = this.boxes[i]!.words[MB.RING + (this.tails[i]! % RING_ENTRIES) * RING_WORDS + RING_SEQ]!;
+        if (best < 0 || ((seq - bestSeq) | 0) < 0) { best = i; bestSeq = seq; }
+      }
+      if (best < 0) break;
+      const w = this.boxes[best]!.words;
+      const o = MB.RING + (this.tails[best]! % RING_ENTRIES) * RING_WORDS;
       const kind = w[o]! >> 8, size = w[o]! & 0xff;
       const addr = (w[o + 1]! >>> 0) + (w[o + 2]! >>> 0) * 0x100000000;
       this.wview.setInt32(0, w[o + 3]!, true);
       this.wview.setInt32(4, w[o + 4]!, true);
       this.dispatch(kind, 1, addr, this.wbuf.subarray(0, Math.min(size, 8)));
-      tail++;
+      this.tails[best]!++;
     }
-    Atomics.store(w, MB.TAIL, tail);
-    Atomics.notify(w, MB.TAIL);
+    for (let i = 0; i < n; i++) {
+      const w = this.boxes[i]!.words;
+      if (Atomics.load(w, MB.TAIL) === this.tails[i]) continue;
+      Atomics.store(w, MB.TAIL, this.tails[i]!);
+      Atomics.notify(w, MB.TAIL);
+    }
     return true;
   }
 

@@ -9,7 +9,11 @@
  * Writes are posted, as on PCI: the vCPU queues them in a ring and goes
  * back into the guest at once; the device thread serves them in order.
  * A read (or a full ring) first waits for the ring to drain, so each
- * vCPU's accesses still reach devices in program order.
+ * vCPU's accesses still reach devices in program order. Across vCPUs,
+ * every posted write takes a sequence number under a lock shared by all
+ * vCPUs, and the device thread serves all rings merged by that number,
+ * before any read: a guest that serializes a device's registers with a
+ * lock sees them change in the order it wrote them.
  *
  * Mailbox (Int32Array over a SharedArrayBuffer):
  *   [STATE] 0 idle | 1 request | 2 reply     (Atomics.wait/notify on it)
@@ -19,8 +23,13 @@
  *   [CTL_STATE] 0 running | 1 paused | 2 stopped (vCPU -> main)
  *   [TID] the vCPU thread's kernel tid, for kicks
  *   [HEAD] posted writes queued (vCPU)   [TAIL] posted writes served (main)
- *   [RING..] RING_ENTRIES entries of RING_WORDS: [kind<<8|size] [addr lo] [addr hi] [data lo] [data hi]
+ *   [RING..] RING_ENTRIES entries of RING_WORDS: [kind<<8|size] [addr lo] [addr hi] [data lo] [data hi] [seq]
+ *
+ * Doorbell (Int32Array shared by all vCPUs and the device thread):
+ *   [RING] bumped and notified on every request   [LOCK] posting lock   [SEQ] next posted-write number
  */
+export const enum DB { RING = 0, LOCK = 1, SEQ = 2, WORDS = 3 }
+export const RING_SEQ = 5;
 export const enum MB {
   STATE = 0, KIND = 1, DIR = 2, SIZE = 3, ADDR_LO = 4, ADDR_HI = 5, DATA = 6,
   CTL_REQ = 8, CTL_STATE = 9, TID = 10, HEAD = 12, TAIL = 13, RING = 16,

@@ -9,7 +9,7 @@ import { libc, errno, EINTR, EAGAIN } from '../kvm/libc.js';
 import { KVM, EXIT, EXIT_NAMES, RUN } from '../kvm/abi.js';
 import { mapKvmRun } from '../kvm/kvm.js';
 import { ShadowRegisters } from './shadow.js';
-import { MB, MbState, MbKind, CtlReq, CtlState, RING_ENTRIES, RING_WORDS, newMailbox, type VcpuEvent, type VcpuWorkerData } from './mailbox.js';
+import { MB, DB, MbState, MbKind, CtlReq, CtlState, RING_ENTRIES, RING_WORDS, RING_SEQ, newMailbox, type VcpuEvent, type VcpuWorkerData } from './mailbox.js';
 
 const wd = workerData as VcpuWorkerData;
 const post = (e: VcpuEvent) => parentPort!.postMessage(e);
@@ -35,8 +35,8 @@ function drainPosted(): void {
 }
 
 function ring(): void {
-  Atomics.add(doorbell, 0, 1);
-  Atomics.notify(doorbell, 0);
+  Atomics.add(doorbell, DB.RING, 1);
+  Atomics.notify(doorbell, DB.RING);
 }
 
 /** Queue a write for the device thread and return to the guest at once. */
@@ -45,6 +45,14 @@ function postWrite(kind: MbKind, addr: number, size: number, data: Uint8Array): 
   for (let t; head - (t = Atomics.load(w, MB.TAIL)) >= RING_ENTRIES;) Atomics.wait(w, MB.TAIL, t, 1000);
   const wasEmpty = Atomics.load(w, MB.TAIL) === head;
   const o = MB.RING + (head % RING_ENTRIES) * RING_WORDS;
+  // Number and publish the write under the lock all vCPUs share, so that
+  // the device thread can put every vCPU's writes back in guest order. The
+  // section is a few stores: spin, and only then sleep.
+  for (let i = 0; Atomics.compareExchange(doorbell, DB.LOCK, 0, 1) !== 0; i++) {
+    if (i > 1000) Atomics.wait(doorbell, DB.LOCK, 1, 1);
+  }
+  w[o + RING_SEQ] = doorbell[DB.SEQ]!;
+  doorbell[DB.SEQ] = (doorbell[DB.SEQ]! + 1) | 0;
   w[o] = (kind << 8) | size;
   w[o + 1] = addr | 0; w[o + 2] = Math.floor(addr / 0x100000000) | 0;
   const dv = new DataView(data.buffer, data.byteOffset, size);
@@ -52,6 +60,8 @@ function postWrite(kind: MbKind, addr: number, size: number, data: Uint8Array): 
   w[o + 4] = size === 8 ? dv.getInt32(4, true) : 0;
   head++;
   Atomics.store(w, MB.HEAD, head);
+  Atomics.store(doorbell, DB.LOCK, 0);
+  Atomics.notify(doorbell, DB.LOCK, 1);
   const port = kind === MbKind.PIO ? addr : -2;
   queuedPort = wasEmpty || queuedPort === -1 ? port : queuedPort === port ? port : -2;
   // Always notify: skipping it while the ring looked busy loses the wake-up

@@ -34,7 +34,7 @@ import { ExitServer } from '../vcpu/exit-server.js';
 import { VcpuThread } from '../vcpu/vcpu-thread.js';
 import { ShadowRegisters } from '../vcpu/shadow.js';
 import { EventfdPoller } from '../vcpu/eventfd-poller.js';
-import type { VcpuEvent } from '../vcpu/mailbox.js';
+import { DB, type VcpuEvent } from '../vcpu/mailbox.js';
 import type { VmControl, SnapshotOptions, SnapshotResult } from './control.js';
 import type { PciFunction } from '../pci/device.js';
 import { SnapshotError, StateWriter, type StateReader } from '../snapshot/state.js';
@@ -287,7 +287,7 @@ export class Machine extends EventEmitter implements VmControl {
 
   /** Start the vCPU threads; resolves with the exit code when the VM ends. */
   async run(): Promise<ExitCode> {
-    const doorbell = new SharedArrayBuffer(4);
+    const doorbell = new SharedArrayBuffer(DB.WORDS * 4);
     const postWrites = this.config.getBool('x86.posted_writes', true);
     this.vcpus = this.vcpuFds.map((v, i) => new VcpuThread(i, v.fd, this.kvm.vcpuMmapSize(), doorbell, this.shadow.buffer, postWrites,
       (e) => this.onVcpuEvent(e)));
