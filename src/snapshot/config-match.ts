@@ -30,9 +30,9 @@ export function checkConfigMatches(snapshot: Map<string, string>, current: Itera
   for (const k of [...new Set([...a.keys(), ...b.keys()])].sort()) {
     const x = a.get(k), y = b.get(k);
     if (x === y) continue;
-    const show = (v: string | undefined) => (v === undefined ? 'nothing' : v === '(a path)' ? 'one' : `${k}=${v}`);
+    const show = (v: string) => (v === '(a path)' ? k : `${k}=${v}`);
     throw new SnapshotError(x === undefined
-      ? `this command line has ${show(y)}, the snapshot's VM had no ${k}`
+      ? `this command line has ${show(y!)}, the snapshot's VM had no ${k}`
       : y === undefined
         ? `the snapshot's VM had ${show(x)}, this command line has no ${k}`
         : `the snapshot was taken with ${k}=${x}, this command line has ${k}=${y}`, 'EMISMATCH');

@@ -289,3 +289,41 @@ test('config space: bounds-checked access and generation changes', () => {
   assert.equal(core.configGeneration, (g + 1) & 0xff);
   assert.deepEqual(events, [], 'no config interrupt before DRIVER_OK');
 });
+
+test('save and restore: a restored device goes on with the same queue indices; hostile saved state is refused', async () => {
+  const { StateWriter, StateReader, SnapshotError } = await import('../snapshot/state.js');
+  const { core, drv, mem } = setup();
+  bringUp(core, drv, V1 | featureBit(VIRTIO_RING_F_EVENT_IDX));
+  for (let i = 0; i < 3; i++) { drv.addChain({ writable: [2] }); core.notifyQueue(0); }
+  assert.equal(drv.drainUsed().length, 3);
+  const w = new StateWriter();
+  core.saveState(w);
+  const saved = JSON.parse(JSON.stringify(w.obj));
+  // A chain the driver made while the VM was saved: the restore kicks the queue.
+  const pending = drv.addChain({ writable: [4] });
+
+  const dev2 = new TestRng();
+  const core2 = new VirtioCore(dev2, mem, { raiseQueueInterrupt: () => {}, raiseConfigInterrupt: () => {} });
+  core2.restoreState(new StateReader(saved, 'virtio'));
+  assert.equal(core2.status, core.status);
+  assert.equal(core2.active, true);
+  assert.equal(dev2.activations, 1, 'the device was activated again');
+  assert.equal(core2.queue(0)!.nextAvailIdx, 3);
+  assert.equal(core2.queue(0)!.eventIdx, true);
+  core2.kickQueues();
+  assert.deepEqual(drv.popUsed(), { id: pending, len: 4 }, 'the restored device served the chain at index 3');
+
+  const refuse = (edit: (s: any) => void, re: RegExp) => {
+    const s = JSON.parse(JSON.stringify(saved));
+    edit(s);
+    const c = new VirtioCore(new TestRng(), mem, { raiseQueueInterrupt: () => {}, raiseConfigInterrupt: () => {} });
+    assert.throws(() => c.restoreState(new StateReader(s, 'virtio')), (e: unknown) => e instanceof SnapshotError && re.test((e as Error).message));
+  };
+  refuse((s) => { s.queues[0]['nextAvail$u16'] = 3 + 9; }, /in flight exceed size 8/);
+  refuse((s) => { s.queues[0]['size$u16'] = 3; }, /queues\[0\]/);
+  refuse((s) => { s.queues[0]['desc$u64'] = 'fffffffffffff000'; }, /queues\[0\]/);
+  refuse((s) => { s.queues.push(s.queues[0]); }, /2 entries, at most 1/);
+  refuse((s) => { s['negotiated$u64'] = 'ffffffffffffffff'; }, /does not offer/);
+  refuse((s) => { s['status$u8'] = ACK; }, /must have status DRIVER_OK/);
+  refuse((s) => { s.queues[0]['maxSize$u16'] = 32; }, /maxSize 32/);
+});
