@@ -277,6 +277,8 @@ async function main(): Promise<void> {
   out();
   if (o.lab) await diskBench(o); else out('disk bench skipped: --no-lab');
   out();
+  if (o.lab) await snapshotBench(o); else out('snapshot bench skipped: --no-lab');
+  out();
   if (o.host) await hostBench(o); else out('host bench skipped: --no-host');
 }
 
@@ -298,6 +300,36 @@ async function diskBench(o: Opts): Promise<void> {
   }
   for (const l of table(rows)) out(l);
   out(`${res.mib} MiB per pass on a raw image in L1's tmpfs; QEMU with its default writeback cache. Target: ratio >= 1 (at least QEMU's throughput).`);
+}
+
+/** Checkpoint time and restore-to-running latency, next to dd writing as many bytes as the guest has RAM. */
+async function snapshotBench(o: Opts): Promise<void> {
+  out('== 3. Lab snapshot bench: checkpoint of a 512 MiB guest vs dd of 512 MiB; restore-to-running for 512 MiB and 2 GiB ==');
+  const why = labUnavailable();
+  if (why) { out(`snapshot bench skipped: ${why}`); return; }
+  const scratch = mkdtempSync(join(tmpdir(), 'tshyve-benchsnap-'));
+  const file = join(scratch, 'lab-snapshot.json');
+  const r = await runLab(['--timeout', '900', '--scratch', scratch, '--', process.execPath, join(ROOT, 'dist', 'bench', 'lab-snapshot.js'), file, '--runs', String(o.runs)], 960_000);
+  if (!existsSync(file)) { out(`snapshot bench failed (lab exit ${r.code}): ${r.output.slice(-800)}`); return; }
+  const res = JSON.parse(readFileSync(file, 'utf8')) as import('./lab-snapshot.js').SnapshotBench;
+  const dd = stats(res.ddMs), ck = stats(res.checkpointMs);
+  const mib = res.ramMiB;
+  const rate = (ms: number) => `${(mib / (ms / 1000)).toFixed(0)} MiB/s`;
+  const rows = [['metric', 'tshyve', 'dd', 'tshyve/dd']];
+  rows.push([`save ${mib} MiB (ms)`, fmtStats(ck, 1, 0, o.runs), fmtStats(dd, 1, 0, o.runs),
+    ck && dd ? `${(dd.median / ck.median).toFixed(2)} (${dd.median / ck.median >= 0.8 ? 'ok' : '< 0.8'})` : '-']);
+  if (ck && dd) rows.push(['rate (RAM size / time)', rate(ck.median), rate(dd.median), '']);
+  for (const l of table(rows)) out(l);
+  const img = stats(res.imageBytes);
+  if (img) out(`the RAM image holds ${(img.median / 2 ** 20).toFixed(1)} MiB of the guest's ${mib} MiB (untouched and zero pages are holes)`);
+  const rr = [['restore to running (ms)', ...Object.keys(res.restoreMs).map((k) => `-m ${k}M`)]];
+  rr.push(['restore (-r)', ...Object.values(res.restoreMs).map((v) => fmtStats(stats(v), 1, 0, o.runs))]);
+  rr.push(['fresh boot', ...Object.values(res.bootMs).map((v) => fmtStats(stats(v), 1, 0, v.length || 1))]);
+  for (const l of table(rr)) out(l);
+  const [a, b] = Object.values(res.restoreMs).map((v) => stats(v)?.median);
+  if (a && b) out(`restore 2 GiB / 512 MiB: ${(b / a).toFixed(2)} (target: does not grow with RAM)`);
+  out('ms from process start to the first KVM_RUN; the dd ratio is dd time / save time (target >= 0.8).');
+  for (const e of res.errors) out(`error: ${e}`);
 }
 
 main().catch((e: unknown) => { process.stderr.write(`bench: ${(e as Error)?.stack ?? String(e)}\n`); process.exit(1); });
