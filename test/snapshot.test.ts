@@ -89,6 +89,24 @@ test('suspend ends the VM with exit 0; two restores from one snapshot both go on
   }
 });
 
+test('a restored VM (RAM copy-on-write from the image) is checkpointed again, and that restores too', { skip }, async () => {
+  assert.ok(shared, 'the first test made a snapshot');
+  const o1 = join(dir, 'cow1.out'), o2 = join(dir, 'cow2.out'), ck2 = join(dir, 'cow.json');
+  const m = await Machine.create(config(o1), { restore: readSnapshot(shared!) });
+  const d = m.run();
+  await waitFor(() => lineCount(o1) >= 5);
+  await m.suspend(ck2);
+  assert.equal(await d, ExitCode.REBOOT);
+  const m2 = await Machine.create(config(o2), { restore: readSnapshot(ck2) });
+  const d2 = m2.run();
+  await waitFor(() => lineCount(o2) >= 5);
+  await m2.finish(ExitCode.POWEROFF);
+  await d2;
+  // what the first restore printed, then the second: one unbroken count
+  const ns = counts(readFileSync(o1, 'utf8') + readFileSync(o2, 'utf8'));
+  assert.ok(ns.length >= 10);
+});
+
 test('tshyve -r restores from the command line', { skip }, async () => {
   assert.ok(shared, 'the first test made a snapshot');
   const r = await runCli(['-m', '16M', '-l', 'com1,stdio', '-o', `boot.raw=${guestBin('counter')}`, '-o', 'x86.halt_check_ms=0', '-r', shared!, 'snap'], {

@@ -3,6 +3,7 @@
  * one ioctl; failures throw KvmError with the errno. Nothing above this
  * layer builds an ioctl number or a KVM struct by hand.
  */
+import { readFileSync } from 'node:fs';
 import { KvmError, HostError } from '../errors.js';
 import {
   KVM, CAP, CpuidEntry, Regs, Sregs, MsrEntry,
@@ -234,23 +235,59 @@ export function mapGuestRamFromFile(path: string, size: number): RamMapping {
 }
 
 /**
- * The byte ranges of shared guest RAM the guest ever touched (SEEK_DATA /
- * SEEK_HOLE on the memfd); the rest reads as zero. For copy-on-write RAM
- * every page may differ from zero, so the whole range is returned.
+ * The byte ranges of guest RAM that may hold something other than zeros;
+ * the rest certainly reads as zero. Shared RAM: what the memfd holds
+ * (SEEK_DATA / SEEK_HOLE). Copy-on-write RAM: what the image file holds,
+ * plus the pages resident in the mapping (mincore), which include every
+ * page the guest wrote since the restore.
  */
 export function ramDataRanges(ram: RamMapping): [number, number][] {
-  if (ram.kind !== 'shared') return [[0, ram.size]];
+  const file = fileDataRanges(ram.memfd, ram.size);
+  if (!file) return [[0, ram.size]];
+  if (ram.kind === 'shared') return file;
+  // mincore does not count swapped-out pages: with swap, read everything.
+  if (hasSwap()) return [[0, ram.size]];
+  const PAGE = 4096;
+  const vec = Buffer.alloc(Math.ceil(ram.size / PAGE));
+  if (libc.mincore(ram.host, ram.size, vec) < 0) return [[0, ram.size]];
+  const resident: [number, number][] = [];
+  for (let i = 0; i < vec.length;) {
+    if (!(vec[i]! & 1)) { i++; continue; }
+    const a = i;
+    while (i < vec.length && vec[i]! & 1) i++;
+    resident.push([a * PAGE, Math.min(i * PAGE, ram.size)]);
+  }
+  return mergeRanges([...file, ...resident]);
+}
+
+function hasSwap(): boolean {
+  try { return readFileSync('/proc/swaps', 'utf8').trim().split('\n').length > 1; } catch { return true; }
+}
+
+function fileDataRanges(fd: number, size: number): [number, number][] | undefined {
   const out: [number, number][] = [];
-  for (let off = 0; off < ram.size;) {
-    const start = libc.lseek(ram.memfd, off, SEEK_DATA);
+  for (let off = 0; off < size;) {
+    const start = libc.lseek(fd, off, SEEK_DATA);
     if (start < 0) {
       if (errno() === ENXIO) break; // no data past off
-      return [[0, ram.size]]; // no SEEK_DATA here: assume everything
+      return undefined; // no SEEK_DATA here
     }
-    let end = libc.lseek(ram.memfd, start, SEEK_HOLE);
-    if (end < 0 || end > ram.size) end = ram.size;
+    let end = libc.lseek(fd, start, SEEK_HOLE);
+    if (end < 0 || end > size) end = size;
+    if (start >= size) break;
     out.push([start, end]);
     off = end;
+  }
+  return out;
+}
+
+/** Sorted, non-overlapping union of ranges. */
+export function mergeRanges(rs: [number, number][]): [number, number][] {
+  const sorted = [...rs].sort((x, y) => x[0] - y[0]);
+  const out: [number, number][] = [];
+  for (const [a, b] of sorted) {
+    const last = out.at(-1);
+    if (last && a <= last[1]) last[1] = Math.max(last[1], b); else out.push([a, b]);
   }
   return out;
 }

@@ -28,6 +28,7 @@ export const libc = {
   epollCtl: lib.func('int epoll_ctl(int epfd, int op, int fd, void *event)') as (epfd: number, op: number, fd: number, ev: Buffer | null) => number,
   epollWait: lib.func('int epoll_wait(int epfd, void *events, int maxevents, int timeout)') as (epfd: number, events: Buffer, max: number, timeout: number) => number,
   fallocate: lib.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)') as (fd: number, mode: number, offset: number, len: number) => number,
+  mincore: lib.func('int mincore(void *addr, size_t len, void *vec)') as (addr: unknown, len: number, vec: Buffer) => number,
   lseek: lib.func('int64_t lseek(int fd, int64_t off, int whence)') as (fd: number, off: number, whence: number) => number,
   posixFadvise: lib.func('int posix_fadvise(int fd, int64_t offset, int64_t len, int advice)') as (fd: number, offset: number, len: number, advice: number) => number,
 };

@@ -55,3 +55,9 @@ test('a restore must be of the same machine: guest-visible keys match, host path
   bad([...same, ['pci.0.6.0.device', 'virtio-rnd']], /pci\.0\.6\.0\.device/);
   bad(same.filter(([k]) => k !== 'lpc.com1.path'), /lpc\.com1\.path/);
 });
+
+test('RAM ranges merge into a sorted union', async () => {
+  const { mergeRanges } = await import('../kvm/kvm.js');
+  assert.deepEqual(mergeRanges([[8192, 12288], [0, 4096], [4096, 8192], [20480, 24576], [22000, 30000]]), [[0, 12288], [20480, 30000]]);
+  assert.deepEqual(mergeRanges([]), []);
+});
