@@ -84,6 +84,11 @@ test('virtio-blk: Linux mounts an ext4 image made on the host, reads it, writes 
   // (the disk's BAR 0 is the first placed, at 0xc0000000; notify is at +0x3000).
   assert.match(r.stderr, /tshyve: exits /);
   assert.doesNotMatch(r.stderr, /mmio:0xc000300[0-9a-f]:w/);
+  // MSI-X vectors are irqfds (the lab's KVM has them): a config and a queue vector, routes set.
+  const irqfd = /"irqfd":\{"irqfds":(\d+),"routingTables":(\d+)\}/.exec(r.stderr);
+  assert.ok(irqfd, `irqfd stats in ${r.stderr.slice(-400)}`);
+  assert.equal(Number(irqfd[1]), 2);
+  assert.ok(Number(irqfd[2]) >= 1, 'the guest\'s MSI-X entries became GSI routes');
 });
 
 test('virtio-blk discard: after rm and fstrim in the guest, the image\'s allocated blocks drop on the host', { skip }, () => {

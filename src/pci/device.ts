@@ -5,6 +5,7 @@
 import type { ConfigNode, ConfigTree } from '../config/tree.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
 import type { Bus, IrqLine } from '../bus/bus.js';
+import type { MsiVector } from '../vm/msi-router.js';
 
 /** A bump allocator over [base, end): naturally aligned blocks, in order. */
 export function mmioAllocator(base: number, end: number): (size: number) => number {
@@ -24,8 +25,13 @@ export interface DeviceContext {
   readonly mmio: Bus;
   /** An IOAPIC/PIC pin. */
   irq(gsi: number): IrqLine;
-  /** Deliver an MSI (address/data) into the guest. */
+  /** Deliver an MSI (address/data) into the guest (KVM_SIGNAL_MSI, main thread). */
   msi(address: bigint, data: number): void;
+  /**
+   * An irqfd-backed MSI vector (its own GSI and eventfd), or undefined when
+   * the host lacks irqfd/GSI routing or `virtio.irqfd=false`: then use msi().
+   */
+  msiVector?(): MsiVector | undefined;
   /** Place a BAR of `size` bytes (a power of two) in the VM's 32-bit PCI window, as firmware would. */
   allocMmio(size: number): number;
   /** Log a guest-caused problem (rate limited). */

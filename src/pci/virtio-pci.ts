@@ -4,6 +4,11 @@
  * with INTx (ISR + a level IOAPIC pin) when the driver does not enable
  * MSI-X. The device model behind it only sees VirtioCore.
  *
+ * MSI-X vectors are KVM irqfds where the host has them (ctx.msiVector): the
+ * route follows the guest's table entry, set when the vector is unmasked or
+ * reprogrammed while unmasked, and an interrupt is an eventfd write. Masking
+ * (per vector and the function mask) stays here, with the PBA.
+ *
  * BAR 0 (16 KiB):  0x0000 common cfg | 0x1000 ISR | 0x2000 device cfg | 0x3000 notify
  * BAR 1 (4 KiB):   0x000 MSI-X table (16 B/vector) | 0x800 PBA
  */
@@ -11,6 +16,7 @@ import type { BusDevice, IrqLine } from '../bus/bus.js';
 import type { DeviceContext, PciFunction } from './device.js';
 import { PciConfig } from './config-space.js';
 import { VirtioCore, type VirtioDevice } from '../virtio/device.js';
+import type { MsiVector } from '../vm/msi-router.js';
 
 const COMMON = 0x0000, ISR = 0x1000, DEVCFG = 0x2000, NOTIFY = 0x3000;
 const BAR0_SIZE = 0x4000, BAR1_SIZE = 0x1000;
@@ -41,6 +47,10 @@ export class VirtioPci implements PciFunction {
   private readonly intx: IrqLine;
   private readonly bar0: BusDevice;
   private readonly bar1: BusDevice;
+  /** per vector: its irqfd, or undefined (KVM_SIGNAL_MSI) */
+  private readonly vectors: (MsiVector | undefined)[];
+  /** per vector: the table entry changed since its route was set */
+  private readonly routeStale: boolean[];
 
   constructor(private readonly ctx: DeviceContext, readonly device: VirtioDevice, bdf: { slot: number }, private readonly name: string) {
     const nq = device.numQueues;
@@ -49,6 +59,8 @@ export class VirtioPci implements PciFunction {
     this.msix = new Uint32Array(vectors * 4);
     for (let v = 0; v < vectors; v++) this.msix[v * 4 + 3] = 1; // masked at reset
     this.pba = new Uint32Array(Math.ceil(vectors / 32));
+    this.vectors = Array.from({ length: vectors }, () => ctx.msiVector?.());
+    this.routeStale = new Array(vectors).fill(true);
     const [cls, sub] = CLASS[device.deviceType] ?? [0xff, 0x00];
     this.config = new PciConfig({
       vendor: 0x1af4, device: 0x1040 + device.deviceType, revision: 1,
@@ -92,7 +104,7 @@ export class VirtioPci implements PciFunction {
     this.config.write(0x10, 4, ctx.allocMmio(BAR0_SIZE));
     this.config.write(0x14, 4, ctx.allocMmio(BAR1_SIZE));
     this.config.write(0x04, 2, 0x0002);
-    this.config.onWrite = (off, size) => { if (off < this.msixCapOff + 4 && off + size > this.msixCapOff + 2) this.deliverPending(); };
+    this.config.onWrite = (off, size) => { if (off < this.msixCapOff + 4 && off + size > this.msixCapOff + 2) this.msixChanged(); };
   }
 
   private map(dev: BusDevice, addr: number | undefined, size: number, what: string): void {
@@ -139,10 +151,35 @@ export class VirtioPci implements PciFunction {
     this.intx.set(true);
   }
 
-  private sendMsi(vector: number): void {
+  private entryAddress(vector: number): bigint {
     const o = vector * 4;
-    const addr = (BigInt(this.msix[o + 1]!) << 32n) | BigInt(this.msix[o]!);
-    this.ctx.msi(addr, this.msix[o + 2]!);
+    return (BigInt(this.msix[o + 1]!) << 32n) | BigInt(this.msix[o]!);
+  }
+
+  /** Set vector's irqfd route to its table entry if the entry changed since. */
+  private syncRoute(vector: number): void {
+    const irqfd = this.vectors[vector];
+    if (!irqfd || !this.routeStale[vector]) return;
+    irqfd.route(this.entryAddress(vector), this.msix[vector * 4 + 2]!);
+    this.routeStale[vector] = false;
+  }
+
+  private sendMsi(vector: number): void {
+    const irqfd = this.vectors[vector];
+    if (irqfd) {
+      this.syncRoute(vector);
+      irqfd.signal();
+      return;
+    }
+    this.ctx.msi(this.entryAddress(vector), this.msix[vector * 4 + 2]!);
+  }
+
+  /** MSI-X enable/mask or a table entry changed: routes of unmasked vectors follow, pending ones go out. */
+  private msixChanged(): void {
+    if (this.msixEnabled && !(this.msixControl & 0x4000)) {
+      for (let v = 0; v < this.vectors.length; v++) if (!(this.msix[v * 4 + 3]! & 1)) this.syncRoute(v);
+    }
+    this.deliverPending();
   }
 
   /** Deliver interrupts that became unmasked. */
@@ -167,8 +204,14 @@ export class VirtioPci implements PciFunction {
     if (size !== 4 || off & 3 || off >= MSIX_PBA) return; // PBA is read-only
     const i = off >> 2;
     if (i >= this.msix.length) return;
-    this.msix[i] = (i & 3) === 3 ? value & 1 : value >>> 0;
-    if ((i & 3) === 3) this.deliverPending();
+    if ((i & 3) === 3) {
+      this.msix[i] = value & 1;
+    } else {
+      if (this.msix[i] === value >>> 0) return;
+      this.msix[i] = value >>> 0;
+      this.routeStale[i >> 2] = true;
+    }
+    this.msixChanged();
   }
 
   // ---- BAR 0 ----
@@ -260,8 +303,15 @@ export class VirtioPci implements PciFunction {
   reset(): void { this.core.reset(); this.resetTransport(); }
 
   /** Set by the device's registration when the model holds host resources (files). */
-  destroy?: () => void;
+  onDestroy?: () => void;
 
-  /** Drop the ioeventfds (VM teardown). */
-  releaseNotifiers(): void { this.mapNotify(undefined); }
+  /** VM teardown: the model's resources, the ioeventfds and irqfds. */
+  destroy(): void {
+    try {
+      this.onDestroy?.();
+    } finally {
+      this.mapNotify(undefined);
+      for (const v of this.vectors) v?.close();
+    }
+  }
 }

@@ -7,8 +7,10 @@
 import { readFileSync, statSync } from 'node:fs';
 import { totalmem } from 'node:os';
 import { EventEmitter } from 'node:events';
-import { Kvm, Vm, VcpuFd, createGuestRam, type RamMapping } from '../kvm/kvm.js';
+import { Kvm, Vm, VcpuFd, CAP, createGuestRam, createEventfd, signalEventfd, type RamMapping } from '../kvm/kvm.js';
 import { SYSTEM_EVENT, MP_STATE, type Sregs, type Segment as KvmSegment } from '../kvm/abi.js';
+import { libc } from '../kvm/libc.js';
+import { MsiRouter, type MsiVector } from './msi-router.js';
 import { GuestMemory } from '../memory/guest-memory.js';
 import { Bus, type IrqLine } from '../bus/bus.js';
 import { ConfigTree } from '../config/tree.js';
@@ -138,6 +140,7 @@ export class Machine extends EventEmitter implements VmControl {
       mem: this.mem, pio: this.pio, mmio: this.mmio,
       irq: (gsi) => this.irq(gsi),
       msi: (address, data) => { this.vm.signalMsi(address, data); },
+      msiVector: this.irqfdRouter() ? () => this.msiVector() : undefined,
       guestError: (dev, msg) => this.guestLog.log('warn', `${dev}: ${msg}`),
       allocMmio: this.allocMmio,
       ioeventfd: this.config.getBool('virtio.ioeventfd', true) ? (addr, len, onWrite) => this.addIoeventfd(addr, len, onWrite) : undefined,
@@ -162,6 +165,49 @@ export class Machine extends EventEmitter implements VmControl {
       remove: () => {
         try { this.vm.ioeventfd(efd.fd, BigInt(addr), len, { deassign: true }); } catch { /* already gone */ }
         efd.close();
+      },
+    };
+  }
+
+  private router: MsiRouter | undefined | false;
+  private irqfds = 0;
+
+  /** The VM's MSI router when irqfds can be used (host caps and `virtio.irqfd`), else undefined. */
+  private irqfdRouter(): MsiRouter | undefined {
+    if (this.router === undefined) {
+      const gsis = this.kvm.checkExtension(CAP.IRQ_ROUTING);
+      const ok = this.config.getBool('virtio.irqfd', true) && this.kvm.checkExtension(CAP.IRQFD) > 0 && gsis > 0;
+      this.router = ok ? new MsiRouter((t) => this.vm.setGsiRouting(t), gsis) : false;
+      if (!ok) log('debug', 'MSI through KVM_SIGNAL_MSI (no irqfd)');
+    }
+    return this.router || undefined;
+  }
+
+  private msiVector(): MsiVector | undefined {
+    const router = this.irqfdRouter();
+    if (!router) return undefined;
+    const gsi = router.alloc();
+    const fd = createEventfd();
+    try {
+      this.vm.irqfd(fd, gsi);
+    } catch (e) {
+      libc.close(fd);
+      router.release(gsi);
+      log('debug', `no irqfd for GSI ${gsi}: ${(e as Error).message}`);
+      return undefined;
+    }
+    let open = true;
+    this.irqfds++;
+    return {
+      gsi, fd,
+      route: (address, data) => { router.setRoute(gsi, address, data); },
+      signal: () => { signalEventfd(fd); },
+      close: () => {
+        if (!open) return;
+        open = false;
+        try { this.vm.irqfd(fd, gsi, true); } catch { /* VM going away */ }
+        libc.close(fd);
+        try { router.release(gsi); } catch { /* VM going away */ }
       },
     };
   }
@@ -389,7 +435,8 @@ export class Machine extends EventEmitter implements VmControl {
     const s = this.exitServer;
     if (!s) return undefined;
     const top = s.byAddress ? [...s.byAddress].sort((a, b) => b[1] - a[1]).slice(0, 12) : undefined;
-    return { ...s.stats, top };
+    const irqfd = this.router ? { irqfds: this.irqfds, routingTables: this.router.tablesSet } : undefined;
+    return { ...s.stats, irqfd, top };
   }
 
   /** End the VM with `code`; idempotent. */

@@ -10,7 +10,7 @@ registerPciDevice({
   create: (ctx, node, bdf) => {
     const dev = new VirtioBlk({ ...parseVirtioBlkOptions(node), onError: (m) => ctx.guestError('virtio-blk', m) });
     const fn = new VirtioPci(ctx, dev, bdf, `virtio-blk@${bdf.slot}`);
-    fn.destroy = () => dev.destroy();
+    fn.onDestroy = () => dev.destroy();
     return fn;
   },
 });

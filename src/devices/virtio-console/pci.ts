@@ -30,7 +30,7 @@ registerPciDevice({
       onGuestError: (m) => ctx.guestError('virtio-console', m),
     });
     const fn = new VirtioPci(ctx, dev, bdf, `virtio-console@${bdf.slot}`);
-    fn.destroy = () => { for (const b of backends) void b.close().catch(() => undefined); };
+    fn.onDestroy = () => { for (const b of backends) void b.close().catch(() => undefined); };
     return fn;
   },
 });
