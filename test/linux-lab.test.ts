@@ -91,6 +91,27 @@ test('virtio-blk: Linux mounts an ext4 image made on the host, reads it, writes 
   assert.ok(Number(irqfd[2]) >= 1, 'the guest\'s MSI-X entries became GSI routes');
 });
 
+test('transitional virtio-blk and virtio-rnd driven through the legacy interface (virtio_pci force_legacy=1)', { skip }, () => {
+  const r = get('virtio-legacy');
+  assert.match(r.stdout, /FORCE_LEGACY=Y/, r.stdout.slice(-1200));
+  assert.match(r.stdout, new RegExp(`GUEST_MD5=${r.expectedMd5}`), r.stdout.slice(-1200));
+  assert.match(r.stdout, /GUEST_WROTE=yes/);
+  assert.equal(r.hostReadBack, 'written-by-a-legacy-driver\n');
+  const hex = /HWRNG=([0-9a-f]*)/.exec(r.stdout)?.[1] ?? '';
+  assert.equal(hex.length, 64, '32 bytes from /dev/hwrng');
+  // transitional PCI IDs: 0x1001 (block) and 0x1005 (entropy)
+  assert.match(r.stdout, /PCI_IDS=.*0x1001/);
+  assert.match(r.stdout, /PCI_IDS=.*0x1005/);
+  // both devices negotiated without VERSION_1, and the legacy probe holds their I/O BARs
+  assert.match(r.stdout, /VDEV=0x0002:v1=0/);
+  assert.match(r.stdout, /VDEV=0x0004:v1=0/);
+  assert.doesNotMatch(r.stdout, /v1=1/);
+  assert.match(r.stdout, /LEGACY_IO=2\b/);
+  // legacy queue notifies are port ioeventfds: none of them reaches tshyve as an exit
+  assert.doesNotMatch(r.stderr, /pio:0x60[0-9a-f]0:w/);
+  assert.equal(r.code, 1, r.stderr);
+});
+
 test('virtio-blk discard: after rm and fstrim in the guest, the image\'s allocated blocks drop on the host', { skip }, () => {
   const r = get('virtio-blk-fstrim');
   assert.match(r.stdout, /FSTRIM_EXIT=0/, r.stdout.slice(-800));

@@ -12,7 +12,7 @@ export function mmioAllocator(base: number, end: number): (size: number) => numb
   let next = base;
   return (size) => {
     const a = Math.ceil(next / size) * size;
-    if (a + size > end) throw new Error('PCI 32-bit MMIO window exhausted');
+    if (a + size > end) throw new Error(`PCI ${end > 0x10000 ? '32-bit MMIO' : 'I/O'} window exhausted`);
     next = a + size;
     return a;
   };
@@ -34,6 +34,8 @@ export interface DeviceContext {
   msiVector?(): MsiVector | undefined;
   /** Place a BAR of `size` bytes (a power of two) in the VM's 32-bit PCI window, as firmware would. */
   allocMmio(size: number): number;
+  /** Place an I/O BAR of `size` ports (a power of two) in the VM's PCI I/O window. */
+  allocPio?(size: number): number;
   /** Log a guest-caused problem (rate limited). */
   guestError(dev: string, msg: string): void;
   /**
@@ -41,7 +43,7 @@ export interface DeviceContext {
    * device thread without a vCPU exit to user space (a KVM ioeventfd).
    * Undefined when the host cannot; the write then arrives as an MMIO exit.
    */
-  ioeventfd?(addr: number, len: number, onWrite: () => void): { remove(): void } | undefined;
+  ioeventfd?(addr: number, len: number, onWrite: () => void, opts?: { pio?: boolean; datamatch?: number }): { remove(): void } | undefined;
 }
 
 export interface PciDeviceEmulation {

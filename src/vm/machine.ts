@@ -19,7 +19,7 @@ import { RateLimitedLog, log } from '../log.js';
 import { inspectHost, emulatedKvmMessage, type HostReport } from './host-check.js';
 import { ExitCode } from './exit-codes.js';
 import { guestCpuid, type Topology } from '../x86/cpuid.js';
-import { guestRamLayout, IOAPIC_ADDR, LAPIC_ADDR, PCI_MMIO32_BASE, PCI_MMIO32_END } from '../x86/layout.js';
+import { guestRamLayout, IOAPIC_ADDR, LAPIC_ADDR, PCI_MMIO32_BASE, PCI_MMIO32_END, PCI_PIO_BASE, PCI_PIO_END } from '../x86/layout.js';
 import type { BootCpuState, Segment as BootSegment } from '../x86/boot/cpu-state.js';
 import { loadLinux } from '../x86/boot/linux.js';
 import { buildAcpiTables } from '../x86/acpi/index.js';
@@ -143,19 +143,24 @@ export class Machine extends EventEmitter implements VmControl {
       msiVector: this.irqfdRouter() ? () => this.msiVector() : undefined,
       guestError: (dev, msg) => this.guestLog.log('warn', `${dev}: ${msg}`),
       allocMmio: this.allocMmio,
-      ioeventfd: this.config.getBool('virtio.ioeventfd', true) ? (addr, len, onWrite) => this.addIoeventfd(addr, len, onWrite) : undefined,
+      allocPio: this.allocPio,
+      ioeventfd: this.config.getBool('virtio.ioeventfd', true) ? (addr, len, onWrite, opts) => this.addIoeventfd(addr, len, onWrite, opts) : undefined,
     };
   }
 
   private poller: EventfdPoller | undefined;
   /** BARs are placed per VM: a second VM in the same process starts from the window's base again. */
   private readonly allocMmio = mmioAllocator(PCI_MMIO32_BASE, PCI_MMIO32_END);
+  /** I/O BARs (transitional virtio) from 0x6000, inside the DSDT's I/O window and clear of ISA ports. */
+  private readonly allocPio = mmioAllocator(PCI_PIO_BASE, PCI_PIO_END);
 
-  private addIoeventfd(addr: number, len: number, onWrite: () => void): { remove(): void } | undefined {
+  private addIoeventfd(addr: number, len: number, onWrite: () => void,
+    opts: { pio?: boolean; datamatch?: number } = {}): { remove(): void } | undefined {
     this.poller ??= new EventfdPoller();
     const efd = this.poller.add(onWrite);
+    const kopts = { pio: opts.pio, datamatch: opts.datamatch === undefined ? undefined : BigInt(opts.datamatch) };
     try {
-      this.vm.ioeventfd(efd.fd, BigInt(addr), len);
+      this.vm.ioeventfd(efd.fd, BigInt(addr), len, kopts);
     } catch (e) {
       efd.close();
       log('debug', `no ioeventfd at 0x${addr.toString(16)}: ${(e as Error).message}`);
@@ -163,7 +168,7 @@ export class Machine extends EventEmitter implements VmControl {
     }
     return {
       remove: () => {
-        try { this.vm.ioeventfd(efd.fd, BigInt(addr), len, { deassign: true }); } catch { /* already gone */ }
+        try { this.vm.ioeventfd(efd.fd, BigInt(addr), len, { ...kopts, deassign: true }); } catch { /* already gone */ }
         efd.close();
       },
     };
