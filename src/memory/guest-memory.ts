@@ -15,6 +15,8 @@ export interface MemoryRegion {
   readonly gpa: number;
   /** the backing bytes; its length is the region size */
   readonly bytes: Uint8Array;
+  /** host virtual address of bytes[0] in this thread, when the bytes are a native mapping (for vectored syscalls) */
+  readonly hostAddr?: bigint;
 }
 
 export class GuestMemory {
@@ -65,6 +67,18 @@ export class GuestMemory {
     const f = this.find(gpa, len);
     if (!f) throw new GuestMemoryError(gpa, len);
     return f.r.bytes.subarray(f.off, f.off + len);
+  }
+
+  /**
+   * The host address of [gpa, gpa+len) for a syscall to read or write in
+   * place (preadv/pwritev), or undefined when it is not inside one region or
+   * the region has no native mapping.
+   */
+  hostAddress(gpa: number, len: number): number | undefined {
+    const f = this.find(gpa, len);
+    if (!f || f.r.hostAddr === undefined) return undefined;
+    // user-space addresses are below 2^47: exact as numbers, and no BigInt per piece on the I/O path
+    return Number(f.r.hostAddr) + f.off;
   }
 
   /** A copy of guest bytes: safe against the guest changing them later. */

@@ -44,6 +44,13 @@ export interface DeviceContext {
    * Undefined when the host cannot; the write then arrives as an MMIO exit.
    */
   ioeventfd?(addr: number, len: number, onWrite: () => void, opts?: { pio?: boolean; datamatch?: number }): { remove(): void } | undefined;
+  /**
+   * Bind an eventfd the device owns (a worker thread waits on it) as a KVM
+   * ioeventfd. Undefined, or undefined returned, when the host cannot.
+   */
+  bindIoeventfd?(fd: number, addr: number, len: number, opts?: { pio?: boolean; datamatch?: number }): { remove(): void } | undefined;
+  /** Guest RAM as a memfd a worker thread can map itself (undefined in tests or when workers are off). */
+  readonly guestRam?: { memfd: number; size: number; regions: { gpa: number; offset: number; size: number }[] };
 }
 
 export interface PciDeviceEmulation {
@@ -70,6 +77,9 @@ export interface PciFunction {
   /** Called on reset and teardown. */
   reset?(): void;
   destroy?(): void;
+  /** Stop taking new requests; resolves when in-flight ones are complete and the device state is readable (save). */
+  quiesce?(): Promise<void>;
+  unquiesce?(): void;
 }
 
 export interface PciConfigSpace {

@@ -174,9 +174,9 @@ export class VirtioPci implements PciFunction {
   private mapNotify(addr: number | undefined): void {
     for (const n of this.notifiers) n.remove();
     this.notifiers = [];
-    if (addr === undefined || !this.ctx.ioeventfd) return;
+    if (addr === undefined) return;
     for (let q = 0; q < this.device.numQueues; q++) {
-      const n = this.ctx.ioeventfd(addr + NOTIFY + q * NOTIFY_MULT, 2, () => this.core.notifyQueue(q));
+      const n = this.bindNotify(q, addr + NOTIFY + q * NOTIFY_MULT, {});
       if (n) this.notifiers.push(n);
     }
   }
@@ -187,11 +187,22 @@ export class VirtioPci implements PciFunction {
   private mapLegacyNotify(addr: number | undefined): void {
     for (const n of this.legacyNotifiers) n.remove();
     this.legacyNotifiers = [];
-    if (addr === undefined || !this.ctx.ioeventfd) return;
+    if (addr === undefined) return;
     for (let q = 0; q < this.device.numQueues; q++) {
-      const n = this.ctx.ioeventfd(addr + L_QUEUE_NOTIFY, 2, () => this.core.notifyQueue(q), { pio: true, datamatch: q });
+      const n = this.bindNotify(q, addr + L_QUEUE_NOTIFY, { pio: true, datamatch: q });
       if (n) this.legacyNotifiers.push(n);
     }
+  }
+
+  /**
+   * Queue q's notify register at addr as a KVM ioeventfd: the device's own
+   * eventfd when its queues run on a worker (the notify never reaches this
+   * thread), else one the VM polls for us. Undefined: notifies come as exits.
+   */
+  private bindNotify(q: number, addr: number, opts: { pio?: boolean; datamatch?: number }): { remove(): void } | undefined {
+    const off = this.device.offload;
+    if (off) return this.ctx.bindIoeventfd?.(off.notifyFd(q), addr, 2, opts);
+    return this.ctx.ioeventfd?.(addr, 2, () => this.core.notifyQueue(q), opts);
   }
 
   // ---- interrupts ----
@@ -240,6 +251,24 @@ export class VirtioPci implements PciFunction {
       for (let v = 0; v < this.vectors.length; v++) if (!(this.msix[v * 4 + 3]! & 1)) this.syncRoute(v);
     }
     this.deliverPending();
+    this.updateDirect();
+  }
+
+  /**
+   * For a device on a worker: per queue, the irqfd it may write itself (MSI-X
+   * on, function and vector unmasked, route current), else -1 so it asks
+   * this thread, which does masking, the PBA and INTx.
+   */
+  private updateDirect(): void {
+    const words = this.device.offload?.directIrq;
+    if (!words) return;
+    const open = this.msixEnabled && !(this.msixControl & 0x4000);
+    for (let q = 0; q < words.length; q++) {
+      const v = this.queueVectors[q] ?? NO_VECTOR;
+      const irqfd = open && v !== NO_VECTOR && !(this.msix[v * 4 + 3]! & 1) ? this.vectors[v] : undefined;
+      if (irqfd) this.syncRoute(v);
+      Atomics.store(words, q, irqfd ? irqfd.fd : -1);
+    }
   }
 
   /** Deliver interrupts that became unmasked. */
@@ -338,7 +367,10 @@ export class VirtioPci implements PciFunction {
         break;
       case 0x16: this.queueSelect = w16; break;
       case 0x18: this.core.setQueueSize(q, w16); break;
-      case 0x1a: if (q < this.queueVectors.length) this.queueVectors[q] = w16 < this.device.numQueues + 1 ? w16 : NO_VECTOR; break;
+      case 0x1a:
+        if (q < this.queueVectors.length) this.queueVectors[q] = w16 < this.device.numQueues + 1 ? w16 : NO_VECTOR;
+        this.updateDirect();
+        break;
       case 0x1c: this.core.setQueueEnable(q, w16 === 1); break;
       case 0x20: case 0x24: case 0x28: case 0x2c: case 0x30: case 0x34: {
         const vq = this.core.queue(q);
@@ -406,6 +438,7 @@ export class VirtioPci implements PciFunction {
       case L_QUEUE_VECTOR:
         if (size === 2 && this.msixEnabled && this.queueSelect < this.queueVectors.length) {
           this.queueVectors[this.queueSelect] = w16 < this.device.numQueues + 1 ? w16 : NO_VECTOR;
+          this.updateDirect();
         }
         break;
       default: break; // read-only or unknown: ignored
@@ -417,6 +450,7 @@ export class VirtioPci implements PciFunction {
     this.queueVectors.fill(NO_VECTOR);
     this.isr = 0;
     this.intx.set(false);
+    this.updateDirect();
   }
 
   reset(): void { this.core.reset(); this.resetTransport(); }
@@ -424,13 +458,20 @@ export class VirtioPci implements PciFunction {
   /** Set by the device's registration when the model holds host resources (files). */
   onDestroy?: () => void;
 
-  /** VM teardown: the model's resources, the ioeventfds and irqfds. */
+  /** Stop taking requests (a device on a worker finishes what it took and hands its queue state back). */
+  async quiesce(): Promise<void> { await this.device.offload?.quiesce(); }
+  unquiesce(): void { this.device.offload?.unquiesce(); }
+
+  /**
+   * VM teardown: the notifiers first (nothing new comes in), then the model
+   * (a worker stops there), then the irqfds it may have been writing.
+   */
   destroy(): void {
+    this.mapNotify(undefined);
+    this.mapLegacyNotify(undefined);
     try {
       this.onDestroy?.();
     } finally {
-      this.mapNotify(undefined);
-      this.mapLegacyNotify(undefined);
       for (const v of this.vectors) v?.close();
     }
   }

@@ -48,6 +48,31 @@ export interface VirtioInterrupt {
   signalConfig(): void;
   /** A guest protocol error (e.g. a VirtqueueError): set NEEDS_RESET. */
   needsReset(reason: unknown): void;
+  /**
+   * Raise queue `q`'s interrupt without looking at the ring: for a device
+   * whose queue runs on another thread, which already checked that the
+   * driver wants it (main thread).
+   */
+  raise?(q: number): void;
+}
+
+/**
+ * A device that serves its queues off the main thread (a worker per device)
+ * takes its notifications and signals its interrupts without the main
+ * thread. Its transport asks for these and honours them.
+ */
+export interface VirtioOffload {
+  /** The eventfd the worker waits on for queue `q`: the transport binds its notify registers to it (KVM ioeventfds). */
+  notifyFd(q: number): number;
+  /**
+   * One word per queue, shared with the worker: the irqfd to write for the
+   * queue's interrupt while direct delivery is allowed (MSI-X on, vector
+   * unmasked, route set), else -1 and the worker asks the main thread.
+   */
+  readonly directIrq: Int32Array;
+  /** Stop taking requests; resolves when in-flight ones are on the used ring and the main thread's queues hold the true state. */
+  quiesce(): Promise<void>;
+  unquiesce(): void;
 }
 
 /** A virtio device model: what the generic core needs to know and call. */
@@ -80,6 +105,8 @@ export interface VirtioDevice {
   queueNotify(q: number): void;
   /** Forget everything from the previous activation (device reset). Called on every reset. */
   reset(): void;
+  /** Present when the device's queues run on a worker thread. */
+  readonly offload?: VirtioOffload;
 }
 
 /** Provided by the transport. */
@@ -126,6 +153,7 @@ export class VirtioCore {
       signalUsed: (q) => this.signalUsed(q),
       signalConfig: () => this.signalConfig(),
       needsReset: (reason) => this.needsReset(reason),
+      raise: (q) => { if (this._active && !(this._status & VIRTIO_STATUS_NEEDS_RESET)) this.hooks.raiseQueueInterrupt(q); },
     };
   }
 

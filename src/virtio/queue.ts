@@ -520,6 +520,25 @@ export class Virtqueue {
   }
 
   /**
+   * Take over the ring progress of a copy of this queue that ran elsewhere
+   * (a device worker thread): next avail/used indices, the last signalled
+   * used index and whether notifications are on. The copy must have the same
+   * configuration; throws VirtqueueError('EVQ_BADSTATE') otherwise.
+   */
+  adoptProgress(s: VirtqueueState): void {
+    const hex = (v: bigint): string => `0x${v.toString(16)}`;
+    const same = s.size === this._size && s.ready === this._ready && s.descTable === hex(this._desc) &&
+      s.availRing === hex(this._avail) && s.usedRing === hex(this._used);
+    if (!same) fail('EVQ_BADSTATE', 'progress of a differently configured queue');
+    const u16 = (v: unknown): boolean => typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= 0xffff;
+    if (!u16(s.nextAvail) || !u16(s.nextUsed) || !u16(s.signalledUsed)) fail('EVQ_BADSTATE', 'bad ring indices');
+    this.nextAvail = this.cachedAvailIdx = s.nextAvail;
+    this.nextUsed = s.nextUsed;
+    this.signalledUsed = s.signalledUsed;
+    this.notificationsEnabled = s.notificationsEnabled === true;
+  }
+
+  /**
    * Rebuild a queue from saved state, treating it as untrusted: every field
    * is type- and range-checked and a ready queue must pass validate() against
    * `mem`. Throws VirtqueueError('EVQ_BADSTATE') (or the validate() error).

@@ -111,8 +111,9 @@ export class Machine extends EventEmitter implements VmControl {
     const memRegions = regions.map((r, slot) => {
       vm.setUserMemoryRegion(slot, r.gpa, r.size, ram.hostAddr + BigInt(off));
       const bytes = ram.bytes.subarray(off, off + r.size);
+      const hostAddr = ram.hostAddr + BigInt(off);
       off += r.size;
-      return { gpa: r.gpa, bytes };
+      return { gpa: r.gpa, bytes, hostAddr };
     });
     const mem = new GuestMemory(memRegions);
     // Intel needs these three pages reserved below 4G; AMD ignores them.
@@ -145,6 +146,8 @@ export class Machine extends EventEmitter implements VmControl {
       allocMmio: this.allocMmio,
       allocPio: this.allocPio,
       ioeventfd: this.config.getBool('virtio.ioeventfd', true) ? (addr, len, onWrite, opts) => this.addIoeventfd(addr, len, onWrite, opts) : undefined,
+      bindIoeventfd: this.config.getBool('virtio.ioeventfd', true) ? (fd, addr, len, opts) => this.bindIoeventfd(fd, addr, len, opts) : undefined,
+      guestRam: this.config.getBool('virtio.workers', true) ? { memfd: this.ram.memfd, size: this.ram.size, regions: this.ramRegions } : undefined,
     };
   }
 
@@ -153,6 +156,23 @@ export class Machine extends EventEmitter implements VmControl {
   private readonly allocMmio = mmioAllocator(PCI_MMIO32_BASE, PCI_MMIO32_END);
   /** I/O BARs (transitional virtio) from 0x6000, inside the DSDT's I/O window and clear of ISA ports. */
   private readonly allocPio = mmioAllocator(PCI_PIO_BASE, PCI_PIO_END);
+
+  /** Guest RAM regions as offsets into the memfd (for device threads that map it). */
+  private get ramRegions(): { gpa: number; offset: number; size: number }[] {
+    const base = this.ram.hostAddr;
+    return this.mem.regionList.map((r) => ({ gpa: r.gpa, offset: Number(r.hostAddr! - base), size: r.bytes.length }));
+  }
+
+  private bindIoeventfd(fd: number, addr: number, len: number, opts: { pio?: boolean; datamatch?: number } = {}): { remove(): void } | undefined {
+    const kopts = { pio: opts.pio, datamatch: opts.datamatch === undefined ? undefined : BigInt(opts.datamatch) };
+    try {
+      this.vm.ioeventfd(fd, BigInt(addr), len, kopts);
+    } catch (e) {
+      log('debug', `no ioeventfd at 0x${addr.toString(16)}: ${(e as Error).message}`);
+      return undefined;
+    }
+    return { remove: () => { try { this.vm.ioeventfd(fd, BigInt(addr), len, { ...kopts, deassign: true }); } catch { /* already gone */ } } };
+  }
 
   private addIoeventfd(addr: number, len: number, onWrite: () => void,
     opts: { pio?: boolean; datamatch?: number } = {}): { remove(): void } | undefined {

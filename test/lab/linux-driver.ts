@@ -192,13 +192,20 @@ const scenarios: Record<string, () => Promise<BootResult>> = {
     return { ...r, name: 'virtio-blk-three-disks', hashes };
   },
   async 'virtio-intx'() {
-    // pci=nomsi: the drivers fall back to INTx, routed by the DSDT's _PRT.
+    // pci=nomsi: the drivers fall back to INTx, routed by the DSDT's _PRT;
+    // the disk's I/O thread then hands each interrupt to the main thread.
+    const dir = mkdtempSync(join(tmpdir(), 'tshyve-intx-'));
+    const img = join(dir, 'disk.img');
+    const disk = randomBytes(1 << 20);
+    writeFileSync(img, disk);
     const cmd = guestCmd([
       'echo HWRNG=$(dd if=/dev/hwrng bs=16 count=1 2>/dev/null | od -An -tx1 | tr -d " \\n")',
+      'echo BLK_MD5=$(dd if=/dev/vda bs=64k iflag=direct 2>/dev/null | md5sum | cut -d" " -f1)',
       'echo IRQ=$(grep -c virtio /proc/interrupts)',
       'poweroff -f',
     ]);
-    return { ...(await tshyve(vmArgs(1, `hello pci=nomsi tshyve.cmd=${cmd}`, 'stdio', ['-s', '4,virtio-rnd']))), name: 'virtio-intx' };
+    const r = await tshyve(vmArgs(1, `hello pci=nomsi tshyve.cmd=${cmd}`, 'stdio', ['-s', '4,virtio-rnd', '-s', `5,virtio-blk,${img}`]));
+    return { ...r, name: 'virtio-intx', expectedMd5: createHash('md5').update(disk).digest('hex') };
   },
   async 'virtio-console'() {
     // A port on a unix socket: the guest writes a line the host reads from
