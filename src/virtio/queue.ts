@@ -360,7 +360,7 @@ export class Virtqueue {
 
   /** Copy descriptor `i` of the table at `table` into scratch (one read of guest memory). */
   private loadDesc(table: number, i: number): void {
-    this.scratch.set(this.mem.slice(table + VIRTQ_DESC_SIZE * i, VIRTQ_DESC_SIZE));
+    this.mem.copyOut(table + VIRTQ_DESC_SIZE * i, this.scratch, 0, VIRTQ_DESC_SIZE);
   }
 
   private walk(head: number): DescriptorChain {

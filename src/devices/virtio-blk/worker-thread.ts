@@ -103,13 +103,15 @@ function main(): void {
 
   for (;;) {
     const n = libc.epollWait(ep, events, 2, 1000);
-    let kick = false;
+    let kick = false, control = false;
     for (let i = 0; i < n; i++) {
       const idx = events.readUInt32LE(i * 12 + 4);
       libc.read(idx === 0 ? d.notifyFd : d.ctlFd, scratch, 8); // reset the counter (non-blocking fds)
-      if (idx === 0) kick = true;
+      if (idx === 0) kick = true; else control = true;
     }
-    for (let m = receiveMessageOnPort(port); m; m = receiveMessageOnPort(port)) {
+    // every control message is followed by a ctlFd write: look at the port only then
+    if (n === 0) control = true; // (and on the idle timeout, to be safe)
+    for (let m = control ? receiveMessageOnPort(port) : undefined; m; m = receiveMessageOnPort(port)) {
       const msg = m.message as ToWorker;
       switch (msg.t) {
         case 'activate':
