@@ -247,6 +247,8 @@ export class Virtqueue {
   private broken: VirtqueueError | undefined;
   private readonly scratch = new Uint8Array(VIRTQ_DESC_SIZE);
   private readonly scratchView = new DataView(this.scratch.buffer);
+  private indirectCopy = new Uint8Array(VIRTQ_DESC_SIZE * 8);
+  private indirectView = new DataView(this.indirectCopy.buffer);
 
   constructor(readonly mem: GuestMemory, maxSize: number, opts: VirtqueueOptions = {}) {
     if (!isPow2(maxSize) || maxSize > VIRTQ_MAX_SIZE) throw new RangeError(`virtqueue max size ${maxSize} is not a power of two <= 32768`);
@@ -373,15 +375,17 @@ export class Virtqueue {
     let table = this.descGpa, tableLen = size, idx = head;
     let inIndirect = false;
     let steps = 0;
+    let ind = this.indirectView; // the private copy of the indirect table, once in it
     for (;;) {
       if (++steps > tableLen) {
         fail('EVQ_CHAIN_LOOP', `chain from head ${head} visits more than ${tableLen} descriptors${inIndirect ? ' of its indirect table' : ''}`);
       }
-      this.loadDesc(table, idx);
-      const lo = dv.getUint32(0, true), hi = dv.getUint32(4, true);
-      const len = dv.getUint32(8, true);
-      const flags = dv.getUint16(12, true);
-      const next = dv.getUint16(14, true);
+      let d: DataView = dv, at = 0;
+      if (inIndirect) { d = ind; at = VIRTQ_DESC_SIZE * idx; } else this.loadDesc(table, idx);
+      const lo = d.getUint32(at, true), hi = d.getUint32(at + 4, true);
+      const len = d.getUint32(at + 8, true);
+      const flags = d.getUint16(at + 12, true);
+      const next = d.getUint16(at + 14, true);
       if (flags & VIRTQ_DESC_F_INDIRECT) {
         if (inIndirect) fail('EVQ_INDIRECT_NESTED', `indirect descriptor inside an indirect table (head ${head})`);
         if (!this.indirectDesc) fail('EVQ_INDIRECT_FEATURE', 'indirect descriptor without VIRTIO_RING_F_INDIRECT_DESC');
@@ -391,6 +395,13 @@ export class Virtqueue {
         if (n > maxBufs) fail('EVQ_INDIRECT_LEN', `indirect table of ${n} descriptors (max ${maxBufs})`);
         const addr = hi * TWO_32 + lo;
         if (hi > MAX_SAFE_HI || !this.mem.contains(addr, len)) fail('EVQ_INDIRECT_RANGE', `indirect table ${hex64(hi, lo)}+0x${len.toString(16)} not in guest RAM`);
+        // One copy of the whole table: each descriptor in it is then read once, from our copy.
+        if (this.indirectCopy.length < len) {
+          this.indirectCopy = new Uint8Array(Math.max(len, 2 * this.indirectCopy.length));
+          this.indirectView = new DataView(this.indirectCopy.buffer);
+        }
+        this.mem.copyOut(addr, this.indirectCopy, 0, len);
+        ind = this.indirectView;
         table = addr; tableLen = n; idx = 0; steps = 0; inIndirect = true;
         continue;
       }
