@@ -58,3 +58,17 @@ test('first SIGTERM presses the power button, the second ends the VM', { skip: s
   assert.equal(r.code, 1, r.stderr);
   assert.match(r.stderr, /power button/);
 });
+
+test('a VM with virtio disks (I/O threads, irqfd vectors) and transitional devices starts and ends cleanly', { skip: skipReason('long') }, async () => {
+  const { mkdtempSync, writeFileSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const img = join(mkdtempSync(join(tmpdir(), 'tshyve-l2-')), 'd.img');
+  writeFileSync(img, Buffer.alloc(1 << 20));
+  const r = await runCli(base(guestBin('long')!, [
+    '-s', `4,virtio-blk,${img}`, '-s', `5,virtio-blk,${img},ro,legacy`, '-s', '6,virtio-rnd,legacy', '-o', 'debug.stats=1',
+  ]), { timeoutMs: 30_000 });
+  assert.equal(r.stdout, 'RPROTECTED OK\nLONG OK\nMMIO OK\n');
+  assert.equal(r.code, 1, r.stderr);
+  assert.ok(r.ms < 20_000, `ended in ${r.ms} ms: the disks' I/O threads stopped`);
+});

@@ -241,3 +241,58 @@ export function decodeMsrs(b: Buffer, count: number): MsrEntry[] {
   for (let i = 0; i < count; i++) out.push({ index: b.readUInt32LE(8 + i * 16), data: b.readBigUInt64LE(16 + i * 16) });
   return out;
 }
+
+/** KVM_SET_GSI_ROUTING entry types and in-kernel irqchip ids. */
+export const IRQ_ROUTING_IRQCHIP = 1;
+export const IRQ_ROUTING_MSI = 2;
+export const IRQCHIP = { PIC_MASTER: 0, PIC_SLAVE: 1, IOAPIC: 2 } as const;
+
+/** One GSI route: to an irqchip pin, or an MSI message. */
+export type GsiRoute =
+  | { gsi: number; kind: 'irqchip'; chip: number; pin: number }
+  | { gsi: number; kind: 'msi'; address: bigint; data: number };
+
+/** sizeof(struct kvm_irq_routing_entry): gsi, type, flags, pad, then a 32-byte union. */
+export const GSI_ROUTING_ENTRY_SIZE = 48;
+/** GSIs the in-kernel IOAPIC has pins for; MSI routes are numbered after them. */
+export const IOAPIC_PINS = 24;
+
+/**
+ * struct kvm_irq_routing { u32 nr; u32 flags; entries[nr] }. The union is
+ * irqchip { u32 irqchip; u32 pin } or msi { u32 address_lo, address_hi, data, pad }.
+ */
+export function encodeGsiRouting(routes: readonly GsiRoute[]): Buffer {
+  const b = Buffer.alloc(8 + routes.length * GSI_ROUTING_ENTRY_SIZE);
+  b.writeUInt32LE(routes.length, 0);
+  routes.forEach((r, i) => {
+    const o = 8 + i * GSI_ROUTING_ENTRY_SIZE;
+    b.writeUInt32LE(r.gsi >>> 0, o);
+    if (r.kind === 'irqchip') {
+      b.writeUInt32LE(IRQ_ROUTING_IRQCHIP, o + 4);
+      b.writeUInt32LE(r.chip, o + 16); b.writeUInt32LE(r.pin, o + 20);
+    } else {
+      b.writeUInt32LE(IRQ_ROUTING_MSI, o + 4);
+      b.writeUInt32LE(Number(r.address & 0xffffffffn), o + 16);
+      b.writeUInt32LE(Number((r.address >> 32n) & 0xffffffffn), o + 20);
+      b.writeUInt32LE(r.data >>> 0, o + 24);
+    }
+  });
+  return b;
+}
+
+/**
+ * The table KVM_CREATE_IRQCHIP installs (kvm_setup_default_irq_routing):
+ * GSI 0-15 to the IOAPIC pin of the same number and to the PIC (master for
+ * 0-7, slave for 8-15, pin = GSI mod 8), GSI 16-23 to the IOAPIC only.
+ * KVM_SET_GSI_ROUTING replaces the whole table, so every MSI table we set
+ * starts with this one. (QEMU leaves out GSI 2 and sends GSI 0 to IOAPIC
+ * pin 2; keeping the kernel's own table changes nothing for the guest.)
+ */
+export function defaultIrqchipRoutes(): GsiRoute[] {
+  const out: GsiRoute[] = [];
+  for (let gsi = 0; gsi < IOAPIC_PINS; gsi++) {
+    out.push({ gsi, kind: 'irqchip', chip: IRQCHIP.IOAPIC, pin: gsi });
+    if (gsi < 16) out.push({ gsi, kind: 'irqchip', chip: gsi < 8 ? IRQCHIP.PIC_MASTER : IRQCHIP.PIC_SLAVE, pin: gsi % 8 });
+  }
+  return out;
+}

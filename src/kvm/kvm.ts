@@ -6,7 +6,7 @@
 import { readFileSync } from 'node:fs';
 import { KvmError, HostError } from '../errors.js';
 import {
-  KVM, CAP, CpuidEntry, Regs, Sregs, MsrEntry,
+  KVM, CAP, CpuidEntry, Regs, Sregs, MsrEntry, type GsiRoute, encodeGsiRouting,
   decodeCpuid, encodeCpuid, decodeRegs, encodeRegs, decodeSregs, encodeSregs, encodeMsrs, decodeMsrs,
 } from './abi.js';
 import {
@@ -111,6 +111,12 @@ export class Vm {
     return libc.ioctlPtr(this.fd, KVM.SIGNAL_MSI, b);
   }
 
+  /** Replace the whole GSI routing table (include the irqchip routes: see defaultIrqchipRoutes). */
+  setGsiRouting(routes: readonly GsiRoute[]): void {
+    check('KVM_SET_GSI_ROUTING', libc.ioctlPtr(this.fd, KVM.SET_GSI_ROUTING, encodeGsiRouting(routes)));
+  }
+
+  /** Bind eventfd `fd` to `gsi`: a write to it injects the GSI's route without a user-space exit. */
   irqfd(fd: number, gsi: number, deassign = false): void {
     const b = Buffer.alloc(32);
     b.writeUInt32LE(fd, 0); b.writeUInt32LE(gsi, 4); b.writeUInt32LE(deassign ? 1 : 0, 8);
@@ -301,6 +307,12 @@ export function mapKvmRun(vcpuFd: number, size: number): DataView {
 
 export function createEventfd(): number {
   return check('eventfd', libc.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+}
+
+const one = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
+/** Add 1 to an eventfd's counter (an irqfd: inject its interrupt). Any thread. */
+export function signalEventfd(fd: number): boolean {
+  return libc.write(fd, one, 8) === 8;
 }
 
 export { CAP };

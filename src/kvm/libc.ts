@@ -24,6 +24,10 @@ export const libc = {
   tgkill: lib.func('int tgkill(int tgid, int tid, int sig)') as (tgid: number, tid: number, sig: number) => number,
   madvise: lib.func('int madvise(void *addr, size_t len, int advice)') as (addr: unknown, len: number, advice: number) => number,
   read: lib.func('long read(int fd, void *buf, size_t n)') as (fd: number, buf: Buffer, n: number) => number,
+  write: lib.func('long write(int fd, const void *buf, size_t n)') as (fd: number, buf: Buffer, n: number) => number,
+  /** iov: a Buffer of struct iovec { u64 base; u64 len } holding raw host addresses */
+  preadv: lib.func('long preadv(int fd, void *iov, int iovcnt, int64_t offset)') as (fd: number, iov: Buffer, n: number, off: number) => number,
+  pwritev: lib.func('long pwritev(int fd, void *iov, int iovcnt, int64_t offset)') as (fd: number, iov: Buffer, n: number, off: number) => number,
   epollCreate1: lib.func('int epoll_create1(int flags)') as (flags: number) => number,
   epollCtl: lib.func('int epoll_ctl(int epfd, int op, int fd, void *event)') as (epfd: number, op: number, fd: number, ev: Buffer | null) => number,
   epollWait: lib.func('int epoll_wait(int epfd, void *events, int maxevents, int timeout)') as (epfd: number, events: Buffer, max: number, timeout: number) => number,

@@ -15,10 +15,21 @@ export interface MemoryRegion {
   readonly gpa: number;
   /** the backing bytes; its length is the region size */
   readonly bytes: Uint8Array;
+  /** host virtual address of bytes[0] in this thread, when the bytes are a native mapping (for vectored syscalls) */
+  readonly hostAddr?: bigint;
 }
 
 export class GuestMemory {
   private readonly regions: MemoryRegion[];
+  // Per region, for the hot paths (device I/O threads): no allocation per access.
+  private readonly starts: number[];
+  private readonly ends: number[];
+  private readonly views: DataView[];
+  private readonly hostBases: (number | undefined)[];
+  /** index of the region found last (accesses cluster) */
+  private hit = 0;
+  /** offset within its region of the address located last */
+  private at = 0;
 
   constructor(regions: MemoryRegion[]) {
     this.regions = [...regions].sort((a, b) => a.gpa - b.gpa);
@@ -26,6 +37,10 @@ export class GuestMemory {
       const p = this.regions[i - 1]!;
       if (p.gpa + p.bytes.length > this.regions[i]!.gpa) throw new Error('overlapping guest memory regions');
     }
+    this.starts = this.regions.map((r) => r.gpa);
+    this.ends = this.regions.map((r) => r.gpa + r.bytes.length);
+    this.views = this.regions.map((r) => new DataView(r.bytes.buffer, r.bytes.byteOffset, r.bytes.byteLength));
+    this.hostBases = this.regions.map((r) => (r.hostAddr === undefined ? undefined : Number(r.hostAddr)));
   }
 
   /** A single zero-based region of `size` bytes: handy for tests. */
@@ -44,17 +59,25 @@ export class GuestMemory {
 
   /** True when [gpa, gpa+len) lies inside one region. */
   contains(gpa: number, len: number): boolean {
-    return this.find(gpa, len) !== undefined;
+    return this.locate(gpa, len) >= 0;
+  }
+
+  /** The region holding [gpa, gpa+len) (its offset in this.at), or -1. */
+  private locate(gpa: number, len: number): number {
+    if (!Number.isSafeInteger(gpa) || !Number.isSafeInteger(len) || gpa < 0 || len < 0) return -1;
+    const end = gpa + len;
+    if (!Number.isSafeInteger(end)) return -1;
+    const h = this.hit;
+    if (h < this.starts.length && gpa >= this.starts[h]! && end <= this.ends[h]!) { this.at = gpa - this.starts[h]!; return h; }
+    for (let i = 0; i < this.starts.length; i++) {
+      if (gpa >= this.starts[i]! && end <= this.ends[i]!) { this.hit = i; this.at = gpa - this.starts[i]!; return i; }
+    }
+    return -1;
   }
 
   private find(gpa: number, len: number): { r: MemoryRegion; off: number } | undefined {
-    if (!Number.isSafeInteger(gpa) || !Number.isSafeInteger(len) || gpa < 0 || len < 0) return undefined;
-    const end = gpa + len;
-    if (!Number.isSafeInteger(end)) return undefined;
-    for (const r of this.regions) {
-      if (gpa >= r.gpa && end <= r.gpa + r.bytes.length) return { r, off: gpa - r.gpa };
-    }
-    return undefined;
+    const i = this.locate(gpa, len);
+    return i < 0 ? undefined : { r: this.regions[i]!, off: this.at };
   }
 
   /**
@@ -62,9 +85,30 @@ export class GuestMemory {
    * guest can change it underneath, so read any field you act on once.
    */
   slice(gpa: number, len: number): Uint8Array {
-    const f = this.find(gpa, len);
-    if (!f) throw new GuestMemoryError(gpa, len);
-    return f.r.bytes.subarray(f.off, f.off + len);
+    const i = this.locate(gpa, len);
+    if (i < 0) throw new GuestMemoryError(gpa, len);
+    const off = this.at;
+    return this.regions[i]!.bytes.subarray(off, off + len);
+  }
+
+  /** Copy `len` guest bytes at gpa into dst[dstOff..] (no intermediate view: for small hot reads). */
+  copyOut(gpa: number, dst: Uint8Array, dstOff: number, len: number): void {
+    const i = this.locate(gpa, len);
+    if (i < 0) throw new GuestMemoryError(gpa, len);
+    const src = this.regions[i]!.bytes, off = this.at;
+    for (let k = 0; k < len; k++) dst[dstOff + k] = src[off + k]!;
+  }
+
+  /**
+   * The host address of [gpa, gpa+len) for a syscall to read or write in
+   * place (preadv/pwritev), or undefined when it is not inside one region or
+   * the region has no native mapping.
+   */
+  hostAddress(gpa: number, len: number): number | undefined {
+    const i = this.locate(gpa, len);
+    const base = i < 0 ? undefined : this.hostBases[i];
+    // user-space addresses are below 2^47: exact as numbers, and no BigInt per piece on the I/O path
+    return base === undefined ? undefined : base + this.at;
   }
 
   /** A copy of guest bytes: safe against the guest changing them later. */
@@ -80,17 +124,19 @@ export class GuestMemory {
     this.slice(gpa, len).fill(value);
   }
 
+  /** The DataView of the region holding [gpa, gpa+len); the offset is left in this.at. */
   private dv(gpa: number, len: number): DataView {
-    const s = this.slice(gpa, len);
-    return new DataView(s.buffer, s.byteOffset, len);
+    const i = this.locate(gpa, len);
+    if (i < 0) throw new GuestMemoryError(gpa, len);
+    return this.views[i]!;
   }
 
-  readU8(gpa: number): number { return this.slice(gpa, 1)[0]!; }
-  readU16(gpa: number): number { return this.dv(gpa, 2).getUint16(0, true); }
-  readU32(gpa: number): number { return this.dv(gpa, 4).getUint32(0, true); }
-  readU64(gpa: number): bigint { return this.dv(gpa, 8).getBigUint64(0, true); }
-  writeU8(gpa: number, v: number): void { this.slice(gpa, 1)[0] = v; }
-  writeU16(gpa: number, v: number): void { this.dv(gpa, 2).setUint16(0, v, true); }
-  writeU32(gpa: number, v: number): void { this.dv(gpa, 4).setUint32(0, v >>> 0, true); }
-  writeU64(gpa: number, v: bigint): void { this.dv(gpa, 8).setBigUint64(0, BigInt.asUintN(64, v), true); }
+  readU8(gpa: number): number { return this.dv(gpa, 1).getUint8(this.at); }
+  readU16(gpa: number): number { return this.dv(gpa, 2).getUint16(this.at, true); }
+  readU32(gpa: number): number { return this.dv(gpa, 4).getUint32(this.at, true); }
+  readU64(gpa: number): bigint { return this.dv(gpa, 8).getBigUint64(this.at, true); }
+  writeU8(gpa: number, v: number): void { this.dv(gpa, 1).setUint8(this.at, v); }
+  writeU16(gpa: number, v: number): void { this.dv(gpa, 2).setUint16(this.at, v, true); }
+  writeU32(gpa: number, v: number): void { this.dv(gpa, 4).setUint32(this.at, v >>> 0, true); }
+  writeU64(gpa: number, v: bigint): void { this.dv(gpa, 8).setBigUint64(this.at, BigInt.asUintN(64, v), true); }
 }

@@ -6,13 +6,14 @@ import type { ConfigNode, ConfigTree } from '../config/tree.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
 import type { Bus, IrqLine } from '../bus/bus.js';
 import type { StateReader, StateWriter } from '../snapshot/state.js';
+import type { MsiVector } from '../vm/msi-router.js';
 
 /** A bump allocator over [base, end): naturally aligned blocks, in order. */
 export function mmioAllocator(base: number, end: number): (size: number) => number {
   let next = base;
   return (size) => {
     const a = Math.ceil(next / size) * size;
-    if (a + size > end) throw new Error('PCI 32-bit MMIO window exhausted');
+    if (a + size > end) throw new Error(`PCI ${end > 0x10000 ? '32-bit MMIO' : 'I/O'} window exhausted`);
     next = a + size;
     return a;
   };
@@ -25,10 +26,17 @@ export interface DeviceContext {
   readonly mmio: Bus;
   /** An IOAPIC/PIC pin. */
   irq(gsi: number): IrqLine;
-  /** Deliver an MSI (address/data) into the guest. */
+  /** Deliver an MSI (address/data) into the guest (KVM_SIGNAL_MSI, main thread). */
   msi(address: bigint, data: number): void;
+  /**
+   * An irqfd-backed MSI vector (its own GSI and eventfd), or undefined when
+   * the host lacks irqfd/GSI routing or `virtio.irqfd=false`: then use msi().
+   */
+  msiVector?(): MsiVector | undefined;
   /** Place a BAR of `size` bytes (a power of two) in the VM's 32-bit PCI window, as firmware would. */
   allocMmio(size: number): number;
+  /** Place an I/O BAR of `size` ports (a power of two) in the VM's PCI I/O window. */
+  allocPio?(size: number): number;
   /** Log a guest-caused problem (rate limited). */
   guestError(dev: string, msg: string): void;
   /**
@@ -36,7 +44,14 @@ export interface DeviceContext {
    * device thread without a vCPU exit to user space (a KVM ioeventfd).
    * Undefined when the host cannot; the write then arrives as an MMIO exit.
    */
-  ioeventfd?(addr: number, len: number, onWrite: () => void): { remove(): void } | undefined;
+  ioeventfd?(addr: number, len: number, onWrite: () => void, opts?: { pio?: boolean; datamatch?: number }): { remove(): void } | undefined;
+  /**
+   * Bind an eventfd the device owns (a worker thread waits on it) as a KVM
+   * ioeventfd. Undefined, or undefined returned, when the host cannot.
+   */
+  bindIoeventfd?(fd: number, addr: number, len: number, opts?: { pio?: boolean; datamatch?: number }): { remove(): void } | undefined;
+  /** Guest RAM as a memfd a worker thread can map itself (undefined in tests or when workers are off). */
+  readonly guestRam?: { memfd: number; size: number; regions: { gpa: number; offset: number; size: number }[] };
 }
 
 export interface PciDeviceEmulation {
@@ -68,7 +83,7 @@ export interface PciFunction {
   restoreState?(r: StateReader): void;
   /** After the whole VM is restored, before the vCPUs run (e.g. re-kick queues). */
   afterRestore?(): void;
-  /** Finish in-flight work and stop touching guest memory until unquiesce (snapshots). */
+  /** Stop taking new requests; resolves when in-flight ones are complete, disks flushed and the device state is readable (save). */
   quiesce?(): Promise<void>;
   unquiesce?(): void;
 }

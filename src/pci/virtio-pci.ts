@@ -4,20 +4,55 @@
  * with INTx (ISR + a level IOAPIC pin) when the driver does not enable
  * MSI-X. The device model behind it only sees VirtioCore.
  *
+ * MSI-X vectors are KVM irqfds where the host has them (ctx.msiVector): the
+ * route follows the guest's table entry, set when the vector is unmasked or
+ * reprogrammed while unmasked, and an interrupt is an eventfd write. Masking
+ * (per vector and the function mask) stays here, with the PBA.
+ *
  * BAR 0 (16 KiB):  0x0000 common cfg | 0x1000 ISR | 0x2000 device cfg | 0x3000 notify
  * BAR 1 (4 KiB):   0x000 MSI-X table (16 B/vector) | 0x800 PBA
+ *
+ * A transitional device (option `transitional`, for drivers that only know
+ * virtio 0.9.5) has PCI device ID 0x1000 + legacy id, subsystem ID = the
+ * virtio type, revision 0, and the legacy register block as I/O BAR 0; the
+ * modern capabilities move to BAR 4 (as QEMU places them), MSI-X stays in
+ * BAR 1. Legacy I/O BAR 0 (little-endian, guest-native on x86):
+ *
+ *   0x00 u32 host features (bits 0-31)   0x10 u16 queue notify
+ *   0x04 u32 guest features              0x12 u8  device status
+ *   0x08 u32 queue PFN                   0x13 u8  ISR (read clears)
+ *   0x0c u16 queue size (read-only)      0x14 u16 config vector  } with MSI-X
+ *   0x0e u16 queue select                0x16 u16 queue vector   } enabled
+ *   device config at 0x14, or at 0x18 while MSI-X is enabled.
  */
 import type { BusDevice, IrqLine } from '../bus/bus.js';
 import type { DeviceContext, PciFunction } from './device.js';
 import { PciConfig } from './config-space.js';
 import { VirtioCore, type VirtioDevice } from '../virtio/device.js';
 import type { StateReader, StateWriter } from '../snapshot/state.js';
+import type { MsiVector } from '../vm/msi-router.js';
+import type { ConfigNode } from '../config/tree.js';
 
 const COMMON = 0x0000, ISR = 0x1000, DEVCFG = 0x2000, NOTIFY = 0x3000;
 const BAR0_SIZE = 0x4000, BAR1_SIZE = 0x1000;
 const MSIX_TABLE = 0x000, MSIX_PBA = 0x800;
 const NOTIFY_MULT = 4;
 const NO_VECTOR = 0xffff;
+const MODERN_BAR_TRANSITIONAL = 4;
+const L_HOST_FEATURES = 0x00, L_GUEST_FEATURES = 0x04, L_QUEUE_PFN = 0x08, L_QUEUE_NUM = 0x0c, L_QUEUE_SEL = 0x0e,
+  L_QUEUE_NOTIFY = 0x10, L_STATUS = 0x12, L_ISR = 0x13, L_CONFIG_VECTOR = 0x14, L_QUEUE_VECTOR = 0x16;
+/** Transitional PCI device IDs (virtio 1.2, 4.1.2.1), by virtio device type. */
+const LEGACY_DEVICE_ID: Record<number, number> = { 1: 0x1000, 2: 0x1001, 3: 0x1003, 4: 0x1005, 5: 0x1002, 8: 0x1004, 9: 0x1009 };
+
+export interface VirtioPciOptions {
+  /** Also offer the legacy (0.9.5) interface. */
+  transitional?: boolean;
+}
+
+/** Transport options of a device node: `virtio.transitional`, or the `-s` word `legacy`. */
+export function virtioPciOptions(node: ConfigNode): VirtioPciOptions {
+  return { transitional: node.getBool('virtio.transitional', node.getBool('legacy', false)) };
+}
 const CAP_VENDOR = 0x09, CAP_MSIX = 0x11;
 const CFG_COMMON = 1, CFG_NOTIFY = 2, CFG_ISR = 3, CFG_DEVICE = 4;
 
@@ -42,19 +77,32 @@ export class VirtioPci implements PciFunction {
   private readonly intx: IrqLine;
   private readonly bar0: BusDevice;
   private readonly bar1: BusDevice;
+  private readonly legacyBar: BusDevice | undefined;
+  private readonly legacyBarSize: number;
+  readonly transitional: boolean;
+  /** per vector: its irqfd, or undefined (KVM_SIGNAL_MSI) */
+  private readonly vectors: (MsiVector | undefined)[];
+  /** per vector: the table entry changed since its route was set */
+  private readonly routeStale: boolean[];
 
-  constructor(private readonly ctx: DeviceContext, readonly device: VirtioDevice, bdf: { slot: number }, private readonly name: string) {
+  constructor(private readonly ctx: DeviceContext, readonly device: VirtioDevice, bdf: { slot: number }, private readonly name: string,
+    opts: VirtioPciOptions = {}) {
     const nq = device.numQueues;
+    const legacyId = LEGACY_DEVICE_ID[device.deviceType];
+    if (opts.transitional && legacyId === undefined) throw new Error(`virtio type ${device.deviceType} has no transitional PCI ID`);
+    this.transitional = opts.transitional === true;
     const vectors = nq + 1;
     this.queueVectors = new Array(nq).fill(NO_VECTOR);
     this.msix = new Uint32Array(vectors * 4);
     for (let v = 0; v < vectors; v++) this.msix[v * 4 + 3] = 1; // masked at reset
     this.pba = new Uint32Array(Math.ceil(vectors / 32));
+    this.vectors = Array.from({ length: vectors }, () => ctx.msiVector?.());
+    this.routeStale = new Array(vectors).fill(true);
     const [cls, sub] = CLASS[device.deviceType] ?? [0xff, 0x00];
-    this.config = new PciConfig({
-      vendor: 0x1af4, device: 0x1040 + device.deviceType, revision: 1,
-      classCode: cls, subclass: sub, subsysVendor: 0x1af4, subsys: 0x40, intPin: 1,
-    });
+    this.config = new PciConfig(this.transitional
+      ? { vendor: 0x1af4, device: legacyId!, revision: 0, classCode: cls, subclass: sub, subsysVendor: 0x1af4, subsys: device.deviceType, intPin: 1 }
+      : { vendor: 0x1af4, device: 0x1040 + device.deviceType, revision: 1, classCode: cls, subclass: sub, subsysVendor: 0x1af4, subsys: 0x40, intPin: 1 });
+    const modernBar = this.transitional ? MODERN_BAR_TRANSITIONAL : 0;
     // INTx: pin A of slot S on IOAPIC pin 16 + S mod 8 (the interrupt line tells the guest).
     const gsi = intxGsi(bdf.slot);
     this.config.bytes[0x3c] = gsi;
@@ -68,7 +116,7 @@ export class VirtioPci implements PciFunction {
     const cap = (type: number, off: number, len: number, extra?: number) => {
       const b = new Uint8Array(extra === undefined ? 14 : 18);
       const dv = new DataView(b.buffer);
-      b[0] = b.length + 2; b[1] = type; b[2] = 0; // cap_len, cfg_type, bar
+      b[0] = b.length + 2; b[1] = type; b[2] = modernBar; // cap_len, cfg_type, bar
       dv.setUint32(6, off, true); dv.setUint32(10, len, true);
       if (extra !== undefined) dv.setUint32(14, extra, true);
       this.config.addCapability(CAP_VENDOR, b);
@@ -87,20 +135,31 @@ export class VirtioPci implements PciFunction {
 
     this.bar0 = { read: (o, s) => this.bar0Read(o, s), write: (o, s, v) => this.bar0Write(o, s, v) };
     this.bar1 = { read: (o, s) => this.msixRead(o, s), write: (o, s, v) => this.msixWrite(o, s, v) };
-    this.config.addBar({ index: 0, size: BAR0_SIZE, kind: 'mem32', onMap: (a) => { this.map(this.bar0, a, BAR0_SIZE, 'bar0'); this.mapNotify(a); } });
+    this.config.addBar({ index: modernBar, size: BAR0_SIZE, kind: 'mem32', onMap: (a) => { this.map(this.bar0, a, BAR0_SIZE, 'modern'); this.mapNotify(a); } });
     this.config.addBar({ index: 1, size: BAR1_SIZE, kind: 'mem32', onMap: (a) => this.map(this.bar1, a, BAR1_SIZE, 'msix') });
+    this.legacyBarSize = 1 << Math.max(5, Math.ceil(Math.log2(0x18 + device.configSize)));
+    if (this.transitional) {
+      const bar: BusDevice = { read: (o, s) => this.legacyRead(o, s), write: (o, s, v) => this.legacyWrite(o, s, v) };
+      this.legacyBar = bar;
+      this.config.addBar({ index: 0, size: this.legacyBarSize, kind: 'io', onMap: (a) => { this.map(bar, a, this.legacyBarSize, 'legacy', 'pio'); this.mapLegacyNotify(a); } });
+    }
     // Placed and decoding from the start, as firmware would leave them.
-    this.config.write(0x10, 4, ctx.allocMmio(BAR0_SIZE));
+    this.config.write(0x10 + modernBar * 4, 4, ctx.allocMmio(BAR0_SIZE));
     this.config.write(0x14, 4, ctx.allocMmio(BAR1_SIZE));
-    this.config.write(0x04, 2, 0x0002);
-    this.config.onWrite = (off, size) => { if (off < this.msixCapOff + 4 && off + size > this.msixCapOff + 2) this.deliverPending(); };
+    if (this.transitional) {
+      if (!ctx.allocPio) throw new Error('a transitional virtio device needs I/O port space');
+      this.config.write(0x10, 4, ctx.allocPio(this.legacyBarSize));
+    }
+    this.config.write(0x04, 2, this.transitional ? 0x0003 : 0x0002);
+    this.config.onWrite = (off, size) => { if (off < this.msixCapOff + 4 && off + size > this.msixCapOff + 2) this.msixChanged(); };
   }
 
-  private map(dev: BusDevice, addr: number | undefined, size: number, what: string): void {
-    this.ctx.mmio.unregister(dev);
+  private map(dev: BusDevice, addr: number | undefined, size: number, what: string, space: 'mmio' | 'pio' = 'mmio'): void {
+    const bus = space === 'pio' ? this.ctx.pio : this.ctx.mmio;
+    bus.unregister(dev);
     if (addr === undefined) return;
     try {
-      this.ctx.mmio.register(addr, size, dev, `${this.name}-${what}`);
+      bus.register(addr, size, dev, `${this.name}-${what}`);
     } catch (e) {
       // A guest that moves a BAR onto another is misconfiguring its own bus.
       this.ctx.guestError(this.name, `${what} at 0x${addr.toString(16)}: ${(e as Error).message}`);
@@ -116,11 +175,35 @@ export class VirtioPci implements PciFunction {
   private mapNotify(addr: number | undefined): void {
     for (const n of this.notifiers) n.remove();
     this.notifiers = [];
-    if (addr === undefined || !this.ctx.ioeventfd) return;
+    if (addr === undefined) return;
     for (let q = 0; q < this.device.numQueues; q++) {
-      const n = this.ctx.ioeventfd(addr + NOTIFY + q * NOTIFY_MULT, 2, () => this.core.notifyQueue(q));
+      const n = this.bindNotify(q, addr + NOTIFY + q * NOTIFY_MULT, {});
       if (n) this.notifiers.push(n);
     }
+  }
+
+  private legacyNotifiers: { remove(): void }[] = [];
+
+  /** Legacy QUEUE_NOTIFY as port ioeventfds, one per queue matching the index written. */
+  private mapLegacyNotify(addr: number | undefined): void {
+    for (const n of this.legacyNotifiers) n.remove();
+    this.legacyNotifiers = [];
+    if (addr === undefined) return;
+    for (let q = 0; q < this.device.numQueues; q++) {
+      const n = this.bindNotify(q, addr + L_QUEUE_NOTIFY, { pio: true, datamatch: q });
+      if (n) this.legacyNotifiers.push(n);
+    }
+  }
+
+  /**
+   * Queue q's notify register at addr as a KVM ioeventfd: the device's own
+   * eventfd when its queues run on a worker (the notify never reaches this
+   * thread), else one the VM polls for us. Undefined: notifies come as exits.
+   */
+  private bindNotify(q: number, addr: number, opts: { pio?: boolean; datamatch?: number }): { remove(): void } | undefined {
+    const off = this.device.offload;
+    if (off) return this.ctx.bindIoeventfd?.(off.notifyFd(q), addr, 2, opts);
+    return this.ctx.ioeventfd?.(addr, 2, () => this.core.notifyQueue(q), opts);
   }
 
   // ---- interrupts ----
@@ -140,10 +223,53 @@ export class VirtioPci implements PciFunction {
     this.intx.set(true);
   }
 
-  private sendMsi(vector: number): void {
+  private entryAddress(vector: number): bigint {
     const o = vector * 4;
-    const addr = (BigInt(this.msix[o + 1]!) << 32n) | BigInt(this.msix[o]!);
-    this.ctx.msi(addr, this.msix[o + 2]!);
+    return (BigInt(this.msix[o + 1]!) << 32n) | BigInt(this.msix[o]!);
+  }
+
+  /** Set vector's irqfd route to its table entry if the entry changed since. */
+  private syncRoute(vector: number): void {
+    const irqfd = this.vectors[vector];
+    if (!irqfd || !this.routeStale[vector]) return;
+    irqfd.route(this.entryAddress(vector), this.msix[vector * 4 + 2]!);
+    this.routeStale[vector] = false;
+  }
+
+  private sendMsi(vector: number): void {
+    const irqfd = this.vectors[vector];
+    if (irqfd) {
+      this.syncRoute(vector);
+      irqfd.signal();
+      return;
+    }
+    this.ctx.msi(this.entryAddress(vector), this.msix[vector * 4 + 2]!);
+  }
+
+  /** MSI-X enable/mask or a table entry changed: routes of unmasked vectors follow, pending ones go out. */
+  private msixChanged(): void {
+    if (this.msixEnabled && !(this.msixControl & 0x4000)) {
+      for (let v = 0; v < this.vectors.length; v++) if (!(this.msix[v * 4 + 3]! & 1)) this.syncRoute(v);
+    }
+    this.deliverPending();
+    this.updateDirect();
+  }
+
+  /**
+   * For a device on a worker: per queue, the irqfd it may write itself (MSI-X
+   * on, function and vector unmasked, route current), else -1 so it asks
+   * this thread, which does masking, the PBA and INTx.
+   */
+  private updateDirect(): void {
+    const words = this.device.offload?.directIrq;
+    if (!words) return;
+    const open = this.msixEnabled && !(this.msixControl & 0x4000);
+    for (let q = 0; q < words.length; q++) {
+      const v = this.queueVectors[q] ?? NO_VECTOR;
+      const irqfd = open && v !== NO_VECTOR && !(this.msix[v * 4 + 3]! & 1) ? this.vectors[v] : undefined;
+      if (irqfd) this.syncRoute(v);
+      Atomics.store(words, q, irqfd ? irqfd.fd : -1);
+    }
   }
 
   /** Deliver interrupts that became unmasked. */
@@ -168,8 +294,14 @@ export class VirtioPci implements PciFunction {
     if (size !== 4 || off & 3 || off >= MSIX_PBA) return; // PBA is read-only
     const i = off >> 2;
     if (i >= this.msix.length) return;
-    this.msix[i] = (i & 3) === 3 ? value & 1 : value >>> 0;
-    if ((i & 3) === 3) this.deliverPending();
+    if ((i & 3) === 3) {
+      this.msix[i] = value & 1;
+    } else {
+      if (this.msix[i] === value >>> 0) return;
+      this.msix[i] = value >>> 0;
+      this.routeStale[i >> 2] = true;
+    }
+    this.msixChanged();
   }
 
   // ---- BAR 0 ----
@@ -219,6 +351,7 @@ export class VirtioPci implements PciFunction {
   }
 
   private commonWrite(off: number, size: number, value: number): void {
+    this.core.setLegacy(false);
     const q = this.queueSelect;
     const w16 = value & 0xffff;
     switch (off) {
@@ -235,7 +368,10 @@ export class VirtioPci implements PciFunction {
         break;
       case 0x16: this.queueSelect = w16; break;
       case 0x18: this.core.setQueueSize(q, w16); break;
-      case 0x1a: if (q < this.queueVectors.length) this.queueVectors[q] = w16 < this.device.numQueues + 1 ? w16 : NO_VECTOR; break;
+      case 0x1a:
+        if (q < this.queueVectors.length) this.queueVectors[q] = w16 < this.device.numQueues + 1 ? w16 : NO_VECTOR;
+        this.updateDirect();
+        break;
       case 0x1c: this.core.setQueueEnable(q, w16 === 1); break;
       case 0x20: case 0x24: case 0x28: case 0x2c: case 0x30: case 0x34: {
         const vq = this.core.queue(q);
@@ -251,21 +387,100 @@ export class VirtioPci implements PciFunction {
     }
   }
 
+  // ---- legacy I/O BAR 0 (transitional devices) ----
+
+  private get legacyConfigOffset(): number { return this.msixEnabled ? 0x18 : 0x14; }
+
+  private legacyRead(off: number, size: number): number {
+    const cfg = this.legacyConfigOffset;
+    if (off >= cfg) return this.core.readConfig(off - cfg, size);
+    const q = this.core.queue(this.queueSelect);
+    let v: number;
+    let base: number;
+    switch (true) {
+      case off < 0x04: base = L_HOST_FEATURES; v = this.core.deviceFeatureWord(0); break;
+      case off < 0x08: base = L_GUEST_FEATURES; v = this.core.driverFeatureWord(0); break;
+      case off < 0x0c: base = L_QUEUE_PFN; v = q ? Number(q.descTable / 4096n) >>> 0 : 0; break;
+      case off < 0x0e: base = L_QUEUE_NUM; v = q ? q.maxSize : 0; break;
+      case off < 0x10: base = L_QUEUE_SEL; v = this.queueSelect; break;
+      case off < 0x12: base = L_QUEUE_NOTIFY; v = 0; break;
+      case off === L_STATUS: base = L_STATUS; v = this.core.status; break;
+      case off === L_ISR: {
+        const isr = this.isr;
+        this.isr = 0; // reading acknowledges
+        this.intx.set(false);
+        return size === 1 ? isr : 0;
+      }
+      case off < 0x16: base = L_CONFIG_VECTOR; v = this.configVector; break;
+      default: base = L_QUEUE_VECTOR; v = q ? this.queueVectors[this.queueSelect]! : NO_VECTOR; break;
+    }
+    const shift = (off - base) * 8;
+    const mask = size === 4 ? 0xffffffff : size === 2 ? 0xffff : 0xff;
+    return ((v >>> shift) & mask) >>> 0;
+  }
+
+  private legacyWrite(off: number, size: number, value: number): void {
+    const cfg = this.legacyConfigOffset;
+    if (off >= cfg) { this.core.writeConfig(off - cfg, size, value); return; }
+    this.core.setLegacy(true);
+    const w16 = value & 0xffff;
+    switch (off) {
+      case L_GUEST_FEATURES: if (size === 4) this.core.writeDriverFeatureWord(0, value >>> 0); break;
+      case L_QUEUE_PFN: if (size === 4) this.core.setQueuePfn(this.queueSelect, value >>> 0); break;
+      case L_QUEUE_SEL: if (size === 2) this.queueSelect = w16; break;
+      case L_QUEUE_NOTIFY: if (size === 2) this.core.notifyQueue(w16); break;
+      case L_STATUS:
+        if (size === 1) {
+          this.core.writeStatus(value & 0xff);
+          if ((value & 0xff) === 0) this.resetTransport();
+        }
+        break;
+      case L_CONFIG_VECTOR: if (size === 2 && this.msixEnabled) this.configVector = w16 < this.device.numQueues + 1 ? w16 : NO_VECTOR; break;
+      case L_QUEUE_VECTOR:
+        if (size === 2 && this.msixEnabled && this.queueSelect < this.queueVectors.length) {
+          this.queueVectors[this.queueSelect] = w16 < this.device.numQueues + 1 ? w16 : NO_VECTOR;
+          this.updateDirect();
+        }
+        break;
+      default: break; // read-only or unknown: ignored
+    }
+  }
+
   private resetTransport(): void {
     this.configVector = NO_VECTOR;
     this.queueVectors.fill(NO_VECTOR);
     this.isr = 0;
     this.intx.set(false);
+    this.updateDirect();
   }
 
   reset(): void { this.core.reset(); this.resetTransport(); }
 
   /** Set by the device's registration when the model holds host resources (files). */
-  destroy?: () => void;
+  onDestroy?: () => void;
+
+  /** Stop taking requests (a device on a worker finishes what it took and hands its queue state back). */
+  async quiesce(): Promise<void> {
+    await this.device.offload?.quiesce();
+    this.device.syncForSave?.();
+  }
+  unquiesce(): void { this.device.offload?.unquiesce(); }
+
+  /**
+   * VM teardown: the notifiers first (nothing new comes in), then the model
+   * (a worker stops there), then the irqfds it may have been writing.
+   */
+  destroy(): void {
+    this.mapNotify(undefined);
+    this.mapLegacyNotify(undefined);
+    try {
+      this.onDestroy?.();
+    } finally {
+      for (const v of this.vectors) v?.close();
+    }
+  }
 
   // ---- save / restore ----
-
-  async quiesce(): Promise<void> { await this.device.quiesce?.(); }
 
   saveState(w: StateWriter): void {
     w.u32('dfSelect', this.dfSelect).u32('gfSelect', this.gfSelect).u16('queueSelect', this.queueSelect)
@@ -291,6 +506,9 @@ export class VirtioPci implements PciFunction {
     this.msix.set(new Uint32Array(msix.buffer.slice(msix.byteOffset, msix.byteOffset + msix.length)));
     for (let v = 0; v * 4 < this.msix.length; v++) this.msix[v * 4 + 3]! &= 1;
     this.pba.set(new Uint32Array(pba.buffer.slice(pba.byteOffset, pba.byteOffset + pba.length)));
+    // irqfd routes and a worker's direct interrupts follow the restored table.
+    this.routeStale.fill(true);
+    this.msixChanged();
     if (!this.msixEnabled) this.intx.set(this.isr !== 0);
   }
 
@@ -299,6 +517,4 @@ export class VirtioPci implements PciFunction {
     this.core.kickQueues();
   }
 
-  /** Drop the ioeventfds (VM teardown). */
-  releaseNotifiers(): void { this.mapNotify(undefined); }
 }

@@ -9,7 +9,7 @@ import { SnapshotError } from './state.js';
 /** Keys that do not describe the guest's machine. */
 const IGNORED: RegExp[] = [
   /^name$/, /^boot\./, /^control\./, /^debug\./, /^config\./, /^snapshot\./, /^kvm\.device$/,
-  /^x86\.(halt_check_ms|posted_writes|shadow_regs|allow_emulated_kvm)$/, /^virtio\.(ioeventfd|irqfd)$/,
+  /^x86\.(halt_check_ms|posted_writes|shadow_regs|allow_emulated_kvm)$/, /^virtio\.(ioeventfd|irqfd|workers)$/,
   /^rtc\.use_localtime$/,
 ];
 /** Keys whose presence matters but whose value is a host path. */

@@ -125,3 +125,13 @@ export const VIRTIO_ID_SCSI = 8;
 export const VIRTIO_ID_9P = 9;
 export const VIRTIO_ID_INPUT = 18;
 export const VIRTIO_ID_VSOCK = 19;
+
+/** Legacy (0.9.5) queue layout: rings in guest pages, the used ring on a page boundary. */
+export const VIRTIO_LEGACY_PAGE = 4096;
+/** Legacy layout of a queue of `size` entries at `base`: avail right after desc, used page-aligned. */
+export function legacyRingLayout(base: bigint, size: number): { desc: bigint; avail: bigint; used: bigint } {
+  const avail = base + BigInt(descTableBytes(size));
+  const availEnd = avail + BigInt(availRingBytes(size));
+  const page = BigInt(VIRTIO_LEGACY_PAGE);
+  return { desc: base, avail, used: (availEnd + page - 1n) / page * page };
+}

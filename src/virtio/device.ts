@@ -20,10 +20,18 @@
  *    a bad queue sets NEEDS_RESET instead;
  *  - queue configuration is refused once the queue is enabled, and after
  *    DRIVER_OK it also sets NEEDS_RESET.
+ *
+ * Legacy mode (a transitional device driven through its 0.9.5 interface,
+ * chosen by the transport while the status is 0): there is no FEATURES_OK
+ * step and no VERSION_1. The driver writes its features (32 bits) and then
+ * DRIVER_OK, at which point the features are checked (a subset of the
+ * offered ones, without VERSION_1) and frozen; unacceptable ones keep
+ * DRIVER_OK from being set. A queue is configured by one page number and is
+ * live from then on (setQueuePfn).
  */
 import type { GuestMemory } from '../memory/guest-memory.js';
 import {
-  FEATURES_MASK, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+  FEATURES_MASK, VIRTIO_F_VERSION_1, VIRTIO_LEGACY_PAGE, legacyRingLayout, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
   VIRTIO_STATUS_ACKNOWLEDGE, VIRTIO_STATUS_DRIVER, VIRTIO_STATUS_DRIVER_OK, VIRTIO_STATUS_FAILED,
   VIRTIO_STATUS_FEATURES_OK, VIRTIO_STATUS_NEEDS_RESET, featureBit, hasFeature,
 } from './constants.js';
@@ -41,6 +49,31 @@ export interface VirtioInterrupt {
   signalConfig(): void;
   /** A guest protocol error (e.g. a VirtqueueError): set NEEDS_RESET. */
   needsReset(reason: unknown): void;
+  /**
+   * Raise queue `q`'s interrupt without looking at the ring: for a device
+   * whose queue runs on another thread, which already checked that the
+   * driver wants it (main thread).
+   */
+  raise?(q: number): void;
+}
+
+/**
+ * A device that serves its queues off the main thread (a worker per device)
+ * takes its notifications and signals its interrupts without the main
+ * thread. Its transport asks for these and honours them.
+ */
+export interface VirtioOffload {
+  /** The eventfd the worker waits on for queue `q`: the transport binds its notify registers to it (KVM ioeventfds). */
+  notifyFd(q: number): number;
+  /**
+   * One word per queue, shared with the worker: the irqfd to write for the
+   * queue's interrupt while direct delivery is allowed (MSI-X on, vector
+   * unmasked, route set), else -1 and the worker asks the main thread.
+   */
+  readonly directIrq: Int32Array;
+  /** Stop taking requests; resolves when in-flight ones are on the used ring and the main thread's queues hold the true state. */
+  quiesce(): Promise<void>;
+  unquiesce(): void;
 }
 
 /** A virtio device model: what the generic core needs to know and call. */
@@ -79,8 +112,10 @@ export interface VirtioDevice {
    */
   saveState?(w: StateWriter): void;
   restoreState?(r: StateReader): void;
-  /** Before a snapshot: finish in-flight requests and make written data durable. */
-  quiesce?(): Promise<void> | void;
+  /** Before a snapshot (after in-flight requests are done): make written data durable. */
+  syncForSave?(): void;
+  /** Present when the device's queues run on a worker thread. */
+  readonly offload?: VirtioOffload;
 }
 
 /** Provided by the transport. */
@@ -107,6 +142,7 @@ export class VirtioCore {
   private _negotiated = 0n;
   private _generation = 0;
   private _active = false;
+  private _legacy = false;
   private readonly interrupt: VirtioInterrupt;
 
   constructor(readonly device: VirtioDevice, readonly mem: GuestMemory, private readonly hooks: VirtioTransportHooks) {
@@ -126,6 +162,7 @@ export class VirtioCore {
       signalUsed: (q) => this.signalUsed(q),
       signalConfig: () => this.signalConfig(),
       needsReset: (reason) => this.needsReset(reason),
+      raise: (q) => { if (this._active && !(this._status & VIRTIO_STATUS_NEEDS_RESET)) this.hooks.raiseQueueInterrupt(q); },
     };
   }
 
@@ -138,6 +175,17 @@ export class VirtioCore {
   get negotiatedFeatures(): bigint { return this._negotiated; }
   /** Config generation: changes whenever the device config changes. */
   get configGeneration(): number { return this._generation; }
+  /** The driver uses the legacy interface. */
+  get legacy(): boolean { return this._legacy; }
+
+  /**
+   * The transport saw the driver use its legacy (true) or modern (false)
+   * registers. Only while the status is 0 (after reset, before the driver
+   * starts): a driver cannot switch interfaces halfway through.
+   */
+  setLegacy(on: boolean): void {
+    if (this._status === 0) this._legacy = on;
+  }
 
   private guestError(msg: string): void {
     this.hooks.guestError?.(`virtio-${this.device.deviceType}: ${msg}`);
@@ -161,7 +209,10 @@ export class VirtioCore {
       this.guestError('DRIVER without ACKNOWLEDGE');
       next &= ~VIRTIO_STATUS_DRIVER;
     }
-    if (added & VIRTIO_STATUS_FEATURES_OK) {
+    if (this._legacy && (added & VIRTIO_STATUS_FEATURES_OK)) {
+      this.guestError('FEATURES_OK on the legacy interface');
+      next &= ~VIRTIO_STATUS_FEATURES_OK;
+    } else if (added & VIRTIO_STATUS_FEATURES_OK) {
       if (!(next & VIRTIO_STATUS_DRIVER)) {
         this.guestError('FEATURES_OK without DRIVER');
         next &= ~VIRTIO_STATUS_FEATURES_OK;
@@ -171,7 +222,17 @@ export class VirtioCore {
         this._negotiated = this._driverFeatures;
       }
     }
-    if ((added & VIRTIO_STATUS_DRIVER_OK) && !(next & VIRTIO_STATUS_FEATURES_OK)) {
+    if (this._legacy && (added & VIRTIO_STATUS_DRIVER_OK)) {
+      // Legacy: the features the driver wrote are taken at DRIVER_OK.
+      if (!(next & VIRTIO_STATUS_DRIVER)) {
+        this.guestError('DRIVER_OK without DRIVER');
+        next &= ~VIRTIO_STATUS_DRIVER_OK;
+      } else if (!this.featuresAcceptable(this._driverFeatures)) {
+        next &= ~VIRTIO_STATUS_DRIVER_OK;
+      } else {
+        this._negotiated = this._driverFeatures;
+      }
+    } else if ((added & VIRTIO_STATUS_DRIVER_OK) && !(next & VIRTIO_STATUS_FEATURES_OK)) {
       this.guestError('DRIVER_OK without FEATURES_OK');
       next &= ~VIRTIO_STATUS_DRIVER_OK;
     }
@@ -184,8 +245,12 @@ export class VirtioCore {
       this.guestError(`driver features 0x${f.toString(16)} not a subset of 0x${this.offeredFeatures.toString(16)}`);
       return false;
     }
-    if (!hasFeature(f, VIRTIO_F_VERSION_1)) {
-      this.guestError('driver did not accept VIRTIO_F_VERSION_1 (legacy drivers are not supported)');
+    if (this._legacy && hasFeature(f, VIRTIO_F_VERSION_1)) {
+      this.guestError('VIRTIO_F_VERSION_1 on the legacy interface');
+      return false;
+    }
+    if (!this._legacy && !hasFeature(f, VIRTIO_F_VERSION_1)) {
+      this.guestError('driver did not accept VIRTIO_F_VERSION_1 (legacy drivers need a transitional device)');
       return false;
     }
     if (this.device.acceptFeatures && !this.device.acceptFeatures(f)) {
@@ -211,8 +276,8 @@ export class VirtioCore {
 
   /** The driver wrote word `select` of its features. Ignored once FEATURES_OK is set. */
   writeDriverFeatureWord(select: number, value: number): void {
-    if (this._status & VIRTIO_STATUS_FEATURES_OK) {
-      this.guestError('driver features written after FEATURES_OK');
+    if (this._status & (this._legacy ? VIRTIO_STATUS_DRIVER_OK : VIRTIO_STATUS_FEATURES_OK)) {
+      this.guestError(`driver features written after ${this._legacy ? 'DRIVER_OK' : 'FEATURES_OK'}`);
       return;
     }
     if (!Number.isInteger(select) || select < 0 || select > 1) {
@@ -279,6 +344,35 @@ export class VirtioCore {
     }
     const vq = this.configurable(q, 'queue enable');
     if (!vq) return false;
+    vq.ready = true;
+    return true;
+  }
+
+  /**
+   * Legacy QUEUE_PFN: the queue (of its maximum size: legacy sizes are fixed)
+   * lives at page `pfn` in the legacy layout and is enabled at once. 0 takes
+   * it away again (Linux does so when it deletes its queues, after reset).
+   */
+  setQueuePfn(q: number, pfn: number): boolean {
+    if (!Number.isInteger(pfn) || pfn < 0 || pfn > 0xffff_ffff) return false;
+    if (pfn === 0) {
+      const vq = this.queue(q);
+      if (!vq) return false;
+      if (this._status & VIRTIO_STATUS_DRIVER_OK) {
+        this.needsReset(`queue ${q} PFN cleared after DRIVER_OK`);
+        return false;
+      }
+      vq.ready = false;
+      vq.descTable = vq.availRing = vq.usedRing = 0n;
+      return true;
+    }
+    const vq = this.configurable(q, 'queue PFN');
+    if (!vq) return false;
+    vq.size = vq.maxSize;
+    const l = legacyRingLayout(BigInt(pfn) * BigInt(VIRTIO_LEGACY_PAGE), vq.size);
+    vq.descTable = l.desc;
+    vq.availRing = l.avail;
+    vq.usedRing = l.used;
     vq.ready = true;
     return true;
   }
@@ -351,6 +445,7 @@ export class VirtioCore {
     this._driverFeatures = 0n;
     this._negotiated = 0n;
     this._status = 0;
+    // the interface is chosen again by the next driver (setLegacy)
   }
 
   // ---- save / restore ----------------------------------------------------------------

@@ -10,15 +10,22 @@ import { MockSplitQueue } from './testing/mock-driver.js';
 const MEM = 0x10000;
 const N = VIRTQ_DESC_F_NEXT, W = VIRTQ_DESC_F_WRITE, I = VIRTQ_DESC_F_INDIRECT;
 
-/** Guest memory that counts accesses (every accessor goes through slice). */
+/** Guest memory that counts accesses (slices, copies and every typed accessor). */
 class CountingMemory extends GuestMemory {
   slices = 0;
   readonly byAddr = new Map<number, number>();
-  override slice(gpa: number, len: number): Uint8Array {
+  private count(gpa: number): void {
     this.slices++;
     this.byAddr.set(gpa, (this.byAddr.get(gpa) ?? 0) + 1);
-    return super.slice(gpa, len);
   }
+  override slice(gpa: number, len: number): Uint8Array { this.count(gpa); return super.slice(gpa, len); }
+  override copyOut(gpa: number, dst: Uint8Array, o: number, len: number): void { this.count(gpa); super.copyOut(gpa, dst, o, len); }
+  override readU8(gpa: number): number { this.count(gpa); return super.readU8(gpa); }
+  override readU16(gpa: number): number { this.count(gpa); return super.readU16(gpa); }
+  override readU32(gpa: number): number { this.count(gpa); return super.readU32(gpa); }
+  override readU64(gpa: number): bigint { this.count(gpa); return super.readU64(gpa); }
+  override writeU16(gpa: number, v: number): void { this.count(gpa); super.writeU16(gpa, v); }
+  override writeU32(gpa: number, v: number): void { this.count(gpa); super.writeU32(gpa, v); }
 }
 
 function counting(size = MEM): CountingMemory {

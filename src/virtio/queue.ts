@@ -247,6 +247,8 @@ export class Virtqueue {
   private broken: VirtqueueError | undefined;
   private readonly scratch = new Uint8Array(VIRTQ_DESC_SIZE);
   private readonly scratchView = new DataView(this.scratch.buffer);
+  private indirectCopy = new Uint8Array(VIRTQ_DESC_SIZE * 8);
+  private indirectView = new DataView(this.indirectCopy.buffer);
 
   constructor(readonly mem: GuestMemory, maxSize: number, opts: VirtqueueOptions = {}) {
     if (!isPow2(maxSize) || maxSize > VIRTQ_MAX_SIZE) throw new RangeError(`virtqueue max size ${maxSize} is not a power of two <= 32768`);
@@ -360,7 +362,7 @@ export class Virtqueue {
 
   /** Copy descriptor `i` of the table at `table` into scratch (one read of guest memory). */
   private loadDesc(table: number, i: number): void {
-    this.scratch.set(this.mem.slice(table + VIRTQ_DESC_SIZE * i, VIRTQ_DESC_SIZE));
+    this.mem.copyOut(table + VIRTQ_DESC_SIZE * i, this.scratch, 0, VIRTQ_DESC_SIZE);
   }
 
   private walk(head: number): DescriptorChain {
@@ -373,15 +375,17 @@ export class Virtqueue {
     let table = this.descGpa, tableLen = size, idx = head;
     let inIndirect = false;
     let steps = 0;
+    let ind = this.indirectView; // the private copy of the indirect table, once in it
     for (;;) {
       if (++steps > tableLen) {
         fail('EVQ_CHAIN_LOOP', `chain from head ${head} visits more than ${tableLen} descriptors${inIndirect ? ' of its indirect table' : ''}`);
       }
-      this.loadDesc(table, idx);
-      const lo = dv.getUint32(0, true), hi = dv.getUint32(4, true);
-      const len = dv.getUint32(8, true);
-      const flags = dv.getUint16(12, true);
-      const next = dv.getUint16(14, true);
+      let d: DataView = dv, at = 0;
+      if (inIndirect) { d = ind; at = VIRTQ_DESC_SIZE * idx; } else this.loadDesc(table, idx);
+      const lo = d.getUint32(at, true), hi = d.getUint32(at + 4, true);
+      const len = d.getUint32(at + 8, true);
+      const flags = d.getUint16(at + 12, true);
+      const next = d.getUint16(at + 14, true);
       if (flags & VIRTQ_DESC_F_INDIRECT) {
         if (inIndirect) fail('EVQ_INDIRECT_NESTED', `indirect descriptor inside an indirect table (head ${head})`);
         if (!this.indirectDesc) fail('EVQ_INDIRECT_FEATURE', 'indirect descriptor without VIRTIO_RING_F_INDIRECT_DESC');
@@ -391,6 +395,13 @@ export class Virtqueue {
         if (n > maxBufs) fail('EVQ_INDIRECT_LEN', `indirect table of ${n} descriptors (max ${maxBufs})`);
         const addr = hi * TWO_32 + lo;
         if (hi > MAX_SAFE_HI || !this.mem.contains(addr, len)) fail('EVQ_INDIRECT_RANGE', `indirect table ${hex64(hi, lo)}+0x${len.toString(16)} not in guest RAM`);
+        // One copy of the whole table: each descriptor in it is then read once, from our copy.
+        if (this.indirectCopy.length < len) {
+          this.indirectCopy = new Uint8Array(Math.max(len, 2 * this.indirectCopy.length));
+          this.indirectView = new DataView(this.indirectCopy.buffer);
+        }
+        this.mem.copyOut(addr, this.indirectCopy, 0, len);
+        ind = this.indirectView;
         table = addr; tableLen = n; idx = 0; steps = 0; inIndirect = true;
         continue;
       }
@@ -529,6 +540,25 @@ export class Virtqueue {
     this.eventIdx = q.eventIdx; this.indirectDesc = q.indirectDesc; this.notificationsEnabled = q.notificationsEnabled;
     this.validated = q.validated; this.descGpa = q.descGpa; this.availGpa = q.availGpa; this.usedGpa = q.usedGpa;
     this.nextAvail = q.nextAvail; this.cachedAvailIdx = q.cachedAvailIdx; this.nextUsed = q.nextUsed; this.signalledUsed = q.signalledUsed;
+  }
+
+  /**
+   * Take over the ring progress of a copy of this queue that ran elsewhere
+   * (a device worker thread): next avail/used indices, the last signalled
+   * used index and whether notifications are on. The copy must have the same
+   * configuration; throws VirtqueueError('EVQ_BADSTATE') otherwise.
+   */
+  adoptProgress(s: VirtqueueState): void {
+    const hex = (v: bigint): string => `0x${v.toString(16)}`;
+    const same = s.size === this._size && s.ready === this._ready && s.descTable === hex(this._desc) &&
+      s.availRing === hex(this._avail) && s.usedRing === hex(this._used);
+    if (!same) fail('EVQ_BADSTATE', 'progress of a differently configured queue');
+    const u16 = (v: unknown): boolean => typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= 0xffff;
+    if (!u16(s.nextAvail) || !u16(s.nextUsed) || !u16(s.signalledUsed)) fail('EVQ_BADSTATE', 'bad ring indices');
+    this.nextAvail = this.cachedAvailIdx = s.nextAvail;
+    this.nextUsed = s.nextUsed;
+    this.signalledUsed = s.signalledUsed;
+    this.notificationsEnabled = s.notificationsEnabled === true;
   }
 
   /**

@@ -7,8 +7,10 @@
 import { readFileSync, statSync } from 'node:fs';
 import { totalmem } from 'node:os';
 import { EventEmitter } from 'node:events';
-import { Kvm, Vm, VcpuFd, createGuestRam, mapGuestRamFromFile, ramDataRanges, type RamMapping } from '../kvm/kvm.js';
+import { Kvm, Vm, VcpuFd, CAP, createGuestRam, createEventfd, signalEventfd, mapGuestRamFromFile, ramDataRanges, type RamMapping } from '../kvm/kvm.js';
 import { SYSTEM_EVENT, MP_STATE, type Sregs, type Segment as KvmSegment } from '../kvm/abi.js';
+import { libc } from '../kvm/libc.js';
+import { MsiRouter, type MsiVector } from './msi-router.js';
 import { GuestMemory } from '../memory/guest-memory.js';
 import { Bus, type IrqLine } from '../bus/bus.js';
 import { ConfigTree } from '../config/tree.js';
@@ -17,7 +19,7 @@ import { RateLimitedLog, log } from '../log.js';
 import { inspectHost, emulatedKvmMessage, type HostReport } from './host-check.js';
 import { ExitCode } from './exit-codes.js';
 import { guestCpuid, type Topology } from '../x86/cpuid.js';
-import { guestRamLayout, IOAPIC_ADDR, LAPIC_ADDR, PCI_MMIO32_BASE, PCI_MMIO32_END } from '../x86/layout.js';
+import { guestRamLayout, IOAPIC_ADDR, LAPIC_ADDR, PCI_MMIO32_BASE, PCI_MMIO32_END, PCI_PIO_BASE, PCI_PIO_END } from '../x86/layout.js';
 import type { BootCpuState, Segment as BootSegment } from '../x86/boot/cpu-state.js';
 import { loadLinux } from '../x86/boot/linux.js';
 import { buildAcpiTables } from '../x86/acpi/index.js';
@@ -120,8 +122,9 @@ export class Machine extends EventEmitter implements VmControl {
     const memRegions = regions.map((r, slot) => {
       vm.setUserMemoryRegion(slot, r.gpa, r.size, ram.hostAddr + BigInt(off));
       const bytes = ram.bytes.subarray(off, off + r.size);
+      const hostAddr = ram.hostAddr + BigInt(off);
       off += r.size;
-      return { gpa: r.gpa, bytes };
+      return { gpa: r.gpa, bytes, hostAddr };
     });
     const mem = new GuestMemory(memRegions);
     // Intel needs these three pages reserved below 4G; AMD ignores them.
@@ -149,9 +152,14 @@ export class Machine extends EventEmitter implements VmControl {
       mem: this.mem, pio: this.pio, mmio: this.mmio,
       irq: (gsi) => this.irq(gsi),
       msi: (address, data) => { this.vm.signalMsi(address, data); },
+      msiVector: this.irqfdRouter() ? () => this.msiVector() : undefined,
       guestError: (dev, msg) => this.guestLog.log('warn', `${dev}: ${msg}`),
       allocMmio: this.allocMmio,
-      ioeventfd: this.config.getBool('virtio.ioeventfd', true) ? (addr, len, onWrite) => this.addIoeventfd(addr, len, onWrite) : undefined,
+      allocPio: this.allocPio,
+      ioeventfd: this.config.getBool('virtio.ioeventfd', true) ? (addr, len, onWrite, opts) => this.addIoeventfd(addr, len, onWrite, opts) : undefined,
+      bindIoeventfd: this.config.getBool('virtio.ioeventfd', true) ? (fd, addr, len, opts) => this.bindIoeventfd(fd, addr, len, opts) : undefined,
+      // Device threads map the memfd themselves; copy-on-write RAM (a restore) has none to share.
+      guestRam: this.config.getBool('virtio.workers', true) && this.ram.kind === 'shared' ? { memfd: this.ram.memfd, size: this.ram.size, regions: this.ramRegions } : undefined,
     };
   }
 
@@ -160,12 +168,33 @@ export class Machine extends EventEmitter implements VmControl {
   private rtc: Rtc | undefined;
   /** BARs are placed per VM: a second VM in the same process starts from the window's base again. */
   private readonly allocMmio = mmioAllocator(PCI_MMIO32_BASE, PCI_MMIO32_END);
+  /** I/O BARs (transitional virtio) from 0x6000, inside the DSDT's I/O window and clear of ISA ports. */
+  private readonly allocPio = mmioAllocator(PCI_PIO_BASE, PCI_PIO_END);
 
-  private addIoeventfd(addr: number, len: number, onWrite: () => void): { remove(): void } | undefined {
+  /** Guest RAM regions as offsets into the memfd (for device threads that map it). */
+  private get ramRegions(): { gpa: number; offset: number; size: number }[] {
+    const base = this.ram.hostAddr;
+    return this.mem.regionList.map((r) => ({ gpa: r.gpa, offset: Number(r.hostAddr! - base), size: r.bytes.length }));
+  }
+
+  private bindIoeventfd(fd: number, addr: number, len: number, opts: { pio?: boolean; datamatch?: number } = {}): { remove(): void } | undefined {
+    const kopts = { pio: opts.pio, datamatch: opts.datamatch === undefined ? undefined : BigInt(opts.datamatch) };
+    try {
+      this.vm.ioeventfd(fd, BigInt(addr), len, kopts);
+    } catch (e) {
+      log('debug', `no ioeventfd at 0x${addr.toString(16)}: ${(e as Error).message}`);
+      return undefined;
+    }
+    return { remove: () => { try { this.vm.ioeventfd(fd, BigInt(addr), len, { ...kopts, deassign: true }); } catch { /* already gone */ } } };
+  }
+
+  private addIoeventfd(addr: number, len: number, onWrite: () => void,
+    opts: { pio?: boolean; datamatch?: number } = {}): { remove(): void } | undefined {
     this.poller ??= new EventfdPoller();
     const efd = this.poller.add(onWrite);
+    const kopts = { pio: opts.pio, datamatch: opts.datamatch === undefined ? undefined : BigInt(opts.datamatch) };
     try {
-      this.vm.ioeventfd(efd.fd, BigInt(addr), len);
+      this.vm.ioeventfd(efd.fd, BigInt(addr), len, kopts);
     } catch (e) {
       efd.close();
       log('debug', `no ioeventfd at 0x${addr.toString(16)}: ${(e as Error).message}`);
@@ -173,8 +202,51 @@ export class Machine extends EventEmitter implements VmControl {
     }
     return {
       remove: () => {
-        try { this.vm.ioeventfd(efd.fd, BigInt(addr), len, { deassign: true }); } catch { /* already gone */ }
+        try { this.vm.ioeventfd(efd.fd, BigInt(addr), len, { ...kopts, deassign: true }); } catch { /* already gone */ }
         efd.close();
+      },
+    };
+  }
+
+  private router: MsiRouter | undefined | false;
+  private irqfds = 0;
+
+  /** The VM's MSI router when irqfds can be used (host caps and `virtio.irqfd`), else undefined. */
+  private irqfdRouter(): MsiRouter | undefined {
+    if (this.router === undefined) {
+      const gsis = this.kvm.checkExtension(CAP.IRQ_ROUTING);
+      const ok = this.config.getBool('virtio.irqfd', true) && this.kvm.checkExtension(CAP.IRQFD) > 0 && gsis > 0;
+      this.router = ok ? new MsiRouter((t) => this.vm.setGsiRouting(t), gsis) : false;
+      if (!ok) log('debug', 'MSI through KVM_SIGNAL_MSI (no irqfd)');
+    }
+    return this.router || undefined;
+  }
+
+  private msiVector(): MsiVector | undefined {
+    const router = this.irqfdRouter();
+    if (!router) return undefined;
+    const gsi = router.alloc();
+    const fd = createEventfd();
+    try {
+      this.vm.irqfd(fd, gsi);
+    } catch (e) {
+      libc.close(fd);
+      router.release(gsi);
+      log('debug', `no irqfd for GSI ${gsi}: ${(e as Error).message}`);
+      return undefined;
+    }
+    let open = true;
+    this.irqfds++;
+    return {
+      gsi, fd,
+      route: (address, data) => { router.setRoute(gsi, address, data); },
+      signal: () => { signalEventfd(fd); },
+      close: () => {
+        if (!open) return;
+        open = false;
+        try { this.vm.irqfd(fd, gsi, true); } catch { /* VM going away */ }
+        libc.close(fd);
+        try { router.release(gsi); } catch { /* VM going away */ }
       },
     };
   }
@@ -514,7 +586,8 @@ export class Machine extends EventEmitter implements VmControl {
     const s = this.exitServer;
     if (!s) return undefined;
     const top = s.byAddress ? [...s.byAddress].sort((a, b) => b[1] - a[1]).slice(0, 12) : undefined;
-    return { ...s.stats, top };
+    const irqfd = this.router ? { irqfds: this.irqfds, routingTables: this.router.tablesSet } : undefined;
+    return { ...s.stats, irqfd, top };
   }
 
   /** End the VM with `code`; idempotent. */

@@ -57,6 +57,9 @@ export const HIGH_RAM_START = 4 * GiB;
 
 export const PCI_MMIO32_BASE = 0xc0000000;
 export const PCI_MMIO32_END = 0xfec00000; // exclusive: window is 0xc0000000-0xfebfffff
+/** PCI I/O BARs: above the ISA, PM and config ports, inside the DSDT's 0x0d00-0xffff window. */
+export const PCI_PIO_BASE = 0x6000;
+export const PCI_PIO_END = 0x10000;
 export const IOAPIC_ADDR = 0xfec00000;
 export const IOAPIC_SIZE = 0x1000;
 export const LAPIC_ADDR = 0xfee00000;

@@ -120,6 +120,42 @@ const scenarios: Record<string, () => Promise<BootResult>> = {
     try { hostReadBack = execFileSync('debugfs', ['-R', 'cat /from-guest.txt', img], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }); } catch { /* left empty */ }
     return { ...r, name: 'virtio-blk-ext4', expectedMd5: createHash('md5').update(payload).digest('hex'), hostReadBack };
   },
+  async 'virtio-legacy'() {
+    // Transitional virtio-blk and virtio-rnd, and a guest told to use the
+    // legacy (0.9.5) interface: the same ext4 round trip as virtio-blk-ext4,
+    // /dev/hwrng, and evidence of which interface the driver took.
+    const dir = mkdtempSync(join(tmpdir(), 'tshyve-legacy-'));
+    const content = join(dir, 'content');
+    mkdirSync(content);
+    const payload = Buffer.from(Array.from({ length: 100_000 }, (_, i) => (i * 13) & 0xff));
+    writeFileSync(join(content, 'payload.bin'), payload);
+    const img = join(dir, 'disk.img');
+    execFileSync('mkfs.ext4', ['-q', '-F', '-d', content, img, '32M']);
+    // The lab guest's init loads virtio_pci with insmod, which ignores
+    // virtio_pci.force_legacy=1 on the kernel command line: load it again
+    // with the parameter. The devices, bound by the modern driver at boot,
+    // are reset and probed again through the legacy interface.
+    const cmd = guestCmd([
+      'rmmod virtio_pci && insmod /lib/modules/$(grep "/virtio_pci\\.ko" /etc/modules.order) force_legacy=1',
+      'echo FORCE_LEGACY=$(cat /sys/module/virtio_pci/parameters/force_legacy)',
+      'for i in $(seq 100); do [ -b /dev/vda ] && [ -e /dev/hwrng ] && break; sleep 0.1; done',
+      'mkdir -p /mnt && mount -t ext4 /dev/vda /mnt',
+      'echo GUEST_MD5=$(md5sum /mnt/payload.bin | cut -d" " -f1)',
+      'echo written-by-a-legacy-driver > /mnt/from-guest.txt && sync && umount /mnt && echo GUEST_WROTE=yes',
+      'echo HWRNG=$(dd if=/dev/hwrng bs=32 count=1 2>/dev/null | od -An -tx1 | tr -d " \\n")',
+      // bit 32 of the negotiated features is VIRTIO_F_VERSION_1: 0 on the legacy interface
+      'for d in /sys/bus/virtio/devices/virtio*; do echo VDEV=$(cat $d/device):v1=$(cut -c33 $d/features); done',
+      'echo PCI_IDS=$(cat /sys/bus/pci/devices/*/device | tr "\\n" " ")',
+      // the legacy probe claims BAR 0 under this name; the modern one never does
+      'echo LEGACY_IO=$(grep -c virtio-pci-legacy /proc/ioports)',
+      'poweroff -f',
+    ]);
+    const r = await tshyve(vmArgs(1, `hello tshyve.cmd=${cmd}`, 'stdio',
+      ['-s', `5,virtio-blk,${img},legacy`, '-s', '4,virtio-rnd,legacy', '-o', 'debug.stats=1']));
+    let hostReadBack = '';
+    try { hostReadBack = execFileSync('debugfs', ['-R', 'cat /from-guest.txt', img], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }); } catch { /* left empty */ }
+    return { ...r, name: 'virtio-legacy', expectedMd5: createHash('md5').update(payload).digest('hex'), hostReadBack };
+  },
   async 'virtio-blk-fstrim'() {
     // A large file deleted in the guest and fstrim: the host image must shrink.
     const dir = mkdtempSync(join(tmpdir(), 'tshyve-trim-'));
@@ -159,13 +195,20 @@ const scenarios: Record<string, () => Promise<BootResult>> = {
     return { ...r, name: 'virtio-blk-three-disks', hashes };
   },
   async 'virtio-intx'() {
-    // pci=nomsi: the drivers fall back to INTx, routed by the DSDT's _PRT.
+    // pci=nomsi: the drivers fall back to INTx, routed by the DSDT's _PRT;
+    // the disk's I/O thread then hands each interrupt to the main thread.
+    const dir = mkdtempSync(join(tmpdir(), 'tshyve-intx-'));
+    const img = join(dir, 'disk.img');
+    const disk = randomBytes(1 << 20);
+    writeFileSync(img, disk);
     const cmd = guestCmd([
       'echo HWRNG=$(dd if=/dev/hwrng bs=16 count=1 2>/dev/null | od -An -tx1 | tr -d " \\n")',
+      'echo BLK_MD5=$(dd if=/dev/vda bs=64k iflag=direct 2>/dev/null | md5sum | cut -d" " -f1)',
       'echo IRQ=$(grep -c virtio /proc/interrupts)',
       'poweroff -f',
     ]);
-    return { ...(await tshyve(vmArgs(1, `hello pci=nomsi tshyve.cmd=${cmd}`, 'stdio', ['-s', '4,virtio-rnd']))), name: 'virtio-intx' };
+    const r = await tshyve(vmArgs(1, `hello pci=nomsi tshyve.cmd=${cmd}`, 'stdio', ['-s', '4,virtio-rnd', '-s', `5,virtio-blk,${img}`]));
+    return { ...r, name: 'virtio-intx', expectedMd5: createHash('md5').update(disk).digest('hex') };
   },
   async 'virtio-console'() {
     // A port on a unix socket: the guest writes a line the host reads from

@@ -36,11 +36,11 @@ export function makeImage(size: number, fill?: (b: Buffer) => void): { dir: stri
   return { dir, path, bytes };
 }
 
-export function harness(opts: Partial<VirtioBlkOptions> & { size?: number; memSize?: number; image?: { dir: string; path: string } } = {}): Harness {
+export function harness(opts: Partial<VirtioBlkOptions> & { size?: number; memSize?: number; image?: { dir: string; path: string }; mem?: GuestMemory } = {}): Harness {
   const img = opts.image ?? makeImage(opts.size ?? 64 * 1024);
-  const { size: _s, memSize, image: _i, ...devOpts } = opts;
+  const { size: _s, memSize, image: _i, mem: givenMem, ...devOpts } = opts;
   const dev = new VirtioBlk({ path: img.path, ...devOpts });
-  const mem = GuestMemory.ofSize(memSize ?? 4 * 1024 * 1024);
+  const mem = givenMem ?? GuestMemory.ofSize(memSize ?? 4 * 1024 * 1024);
   const h: Harness = {
     dir: img.dir, path: img.path, dev, mem,
     drv: undefined as unknown as MockSplitQueue,

@@ -25,6 +25,7 @@ export function virtioConsoleLegacyConfig(writer: ConfigTreeWriter, opts: string
   let i = 0;
   for (const opt of opts.split(',')) {
     if (opt === '') continue;
+    if (opt === 'legacy') { writer.set('legacy', 'true'); continue; } // transitional virtio-pci
     const eq = opt.indexOf('=');
     if (eq <= 0) throw new UserError(`virtio-console: port '${opt}' requires a path (NAME=PATH)`);
     const path = opt.slice(eq + 1);

@@ -9,7 +9,7 @@
  * the socket is live in another process) is reported through guestError.
  */
 import { registerPciDevice } from '../../pci/device.js';
-import { VirtioPci } from '../../pci/virtio-pci.js';
+import { VirtioPci, virtioPciOptions } from '../../pci/virtio-pci.js';
 import { openSerialBackend } from '../backends/index.js';
 import { VirtioConsole } from './device.js';
 import { checkSocketPath, parseVirtioConsolePorts, virtioConsoleLegacyConfig } from './config.js';
@@ -29,8 +29,8 @@ registerPciDevice({
       ports: cfg.map((p, i) => ({ name: p.name, backend: backends[i]!, console: p.console })),
       onGuestError: (m) => ctx.guestError('virtio-console', m),
     });
-    const fn = new VirtioPci(ctx, dev, bdf, `virtio-console@${bdf.slot}`);
-    fn.destroy = () => { for (const b of backends) void b.close().catch(() => undefined); };
+    const fn = new VirtioPci(ctx, dev, bdf, `virtio-console@${bdf.slot}`, virtioPciOptions(node));
+    fn.onDestroy = () => { for (const b of backends) void b.close().catch(() => undefined); };
     return fn;
   },
 });

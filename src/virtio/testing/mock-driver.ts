@@ -9,6 +9,7 @@
  *   desc table  base                       16 * size bytes
  *   avail ring  base + 16*size             6 + 2*size bytes (used_event last)
  *   used ring   align4(avail end)          6 + 8*size bytes (avail_event last)
+ *               (legacy: the next 4096-byte boundary, base page-aligned)
  *   data area   align16(used end) .. dataEnd   buffers and indirect tables
  *
  * Data buffers come from a bump allocator that wraps to the start of the
@@ -65,11 +66,11 @@ export class MockSplitQueue {
   private readonly writableOf = new Map<number, { gpa: number; len: number }[]>();
 
   constructor(readonly mem: GuestMemory, readonly size: number,
-    opts: { base?: number; dataEnd?: number; startIdx?: number } = {}) {
+    opts: { base?: number; dataEnd?: number; startIdx?: number; legacy?: boolean } = {}) {
     const base = opts.base ?? 0;
-    this.desc = align(base, 16);
+    this.desc = align(base, opts.legacy ? 4096 : 16);
     this.avail = this.desc + descTableBytes(size);
-    this.used = align(this.avail + availRingBytes(size), 4);
+    this.used = align(this.avail + availRingBytes(size), opts.legacy ? 4096 : 4);
     this.dataStart = align(this.used + usedRingBytes(size), 16);
     this.dataEnd = opts.dataEnd ?? mem.totalSize;
     this.dataNext = this.dataStart;
@@ -79,6 +80,9 @@ export class MockSplitQueue {
     mem.writeU16(this.used + 2, this.availIdx);
     for (let i = size - 1; i >= 0; i--) this.free.push(i);
   }
+
+  /** The legacy QUEUE_PFN of this layout (legacy layouts only). */
+  get pfn(): number { return this.desc / 4096; }
 
   /** A device-side queue configured on this layout (size, addresses, ready) and validated. */
   makeQueue(opts: VirtqueueOptions & { maxSize?: number; eventIdx?: boolean; indirectDesc?: boolean } = {}): Virtqueue {

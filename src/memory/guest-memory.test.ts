@@ -1,0 +1,22 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { GuestMemory } from './guest-memory.js';
+import { GuestMemoryError } from '../errors.js';
+test('accessors alternate between regions correctly; copyOut and hostAddress stay inside one region', () => {
+  const a = new Uint8Array(0x1000), b = new Uint8Array(0x1000);
+  const m = new GuestMemory([{ gpa: 0x10000, bytes: b, hostAddr: 0x7f00_0000_0000n }, { gpa: 0, bytes: a }]);
+  m.writeU32(0xffc, 0x11223344);
+  m.writeU16(0x10002, 0xbeef);
+  assert.equal(m.readU32(0xffc), 0x11223344);
+  assert.equal(m.readU16(0x10002), 0xbeef);
+  assert.equal(a[0xffc], 0x44);
+  assert.equal(b[2], 0xef);
+  const dst = new Uint8Array(6);
+  m.copyOut(0x10000, dst, 2, 4);
+  assert.deepEqual([...dst], [0, 0, 0, 0, 0xef, 0xbe]);
+  assert.throws(() => m.copyOut(0xffe, dst, 0, 4), GuestMemoryError, 'straddles the end of a region');
+  assert.throws(() => m.readU32(0x1000), GuestMemoryError, 'in the hole');
+  assert.equal(m.hostAddress(0x10010, 16), 0x7f00_0000_0010);
+  assert.equal(m.hostAddress(0x10ff0, 32), undefined, 'past the region');
+  assert.equal(m.hostAddress(0x10, 16), undefined, 'a region without a host mapping');
+});
