@@ -72,6 +72,18 @@ function tcpCollect(port: number, until: RegExp, timeoutMs: number): Promise<str
   });
 }
 
+/** An ext4 image made on the host holding payload.bin (`len` bytes of (i * mul) & 0xff), and its md5. */
+export function ext4WithPayload(prefix: string, len: number, mul: number): { dir: string; img: string; md5: string } {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  const content = join(dir, 'content');
+  mkdirSync(content);
+  const payload = Buffer.from(Array.from({ length: len }, (_, i) => (i * mul) & 0xff));
+  writeFileSync(join(content, 'payload.bin'), payload);
+  const img = join(dir, 'disk.img');
+  execFileSync('mkfs.ext4', ['-q', '-F', '-d', content, img, '32M']);
+  return { dir, img, md5: createHash('md5').update(payload).digest('hex') };
+}
+
 /** Shell lines for the guest's init to run, as its tshyve.cmd= kernel argument (base64). */
 export function guestCmd(lines: string[]): string {
   return Buffer.from(lines.join('\n') + '\n').toString('base64');
@@ -102,13 +114,7 @@ const scenarios: Record<string, () => Promise<BootResult>> = {
   async 'virtio-blk-ext4'() {
     // An ext4 image made on the host with a file in it; the guest checks the
     // file, writes another and syncs; the host reads that one back.
-    const dir = mkdtempSync(join(tmpdir(), 'tshyve-blk-'));
-    const content = join(dir, 'content');
-    mkdirSync(content);
-    const payload = Buffer.from(Array.from({ length: 100_000 }, (_, i) => (i * 7) & 0xff));
-    writeFileSync(join(content, 'payload.bin'), payload);
-    const img = join(dir, 'disk.img');
-    execFileSync('mkfs.ext4', ['-q', '-F', '-d', content, img, '32M']);
+    const { img, md5 } = ext4WithPayload('tshyve-blk-', 100_000, 7);
     const cmd = guestCmd([
       'mkdir -p /mnt && mount -t ext4 /dev/vda /mnt',
       'echo GUEST_MD5=$(md5sum /mnt/payload.bin | cut -d" " -f1)',
@@ -118,19 +124,13 @@ const scenarios: Record<string, () => Promise<BootResult>> = {
     const r = await tshyve(vmArgs(1, `hello tshyve.cmd=${cmd}`, 'stdio', ['-s', `5,virtio-blk,${img}`, '-o', 'debug.stats=1']));
     let hostReadBack = '';
     try { hostReadBack = execFileSync('debugfs', ['-R', 'cat /from-guest.txt', img], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }); } catch { /* left empty */ }
-    return { ...r, name: 'virtio-blk-ext4', expectedMd5: createHash('md5').update(payload).digest('hex'), hostReadBack };
+    return { ...r, name: 'virtio-blk-ext4', expectedMd5: md5, hostReadBack };
   },
   async 'virtio-legacy'() {
     // Transitional virtio-blk and virtio-rnd, and a guest told to use the
     // legacy (0.9.5) interface: the same ext4 round trip as virtio-blk-ext4,
     // /dev/hwrng, and evidence of which interface the driver took.
-    const dir = mkdtempSync(join(tmpdir(), 'tshyve-legacy-'));
-    const content = join(dir, 'content');
-    mkdirSync(content);
-    const payload = Buffer.from(Array.from({ length: 100_000 }, (_, i) => (i * 13) & 0xff));
-    writeFileSync(join(content, 'payload.bin'), payload);
-    const img = join(dir, 'disk.img');
-    execFileSync('mkfs.ext4', ['-q', '-F', '-d', content, img, '32M']);
+    const { img, md5 } = ext4WithPayload('tshyve-legacy-', 100_000, 13);
     // The lab guest's init loads virtio_pci with insmod, which ignores
     // virtio_pci.force_legacy=1 on the kernel command line: load it again
     // with the parameter. The devices, bound by the modern driver at boot,
@@ -154,7 +154,7 @@ const scenarios: Record<string, () => Promise<BootResult>> = {
       ['-s', `5,virtio-blk,${img},legacy`, '-s', '4,virtio-rnd,legacy', '-o', 'debug.stats=1']));
     let hostReadBack = '';
     try { hostReadBack = execFileSync('debugfs', ['-R', 'cat /from-guest.txt', img], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }); } catch { /* left empty */ }
-    return { ...r, name: 'virtio-legacy', expectedMd5: createHash('md5').update(payload).digest('hex'), hostReadBack };
+    return { ...r, name: 'virtio-legacy', expectedMd5: md5, hostReadBack };
   },
   async 'virtio-blk-fstrim'() {
     // A large file deleted in the guest and fstrim: the host image must shrink.

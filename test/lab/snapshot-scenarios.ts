@@ -6,13 +6,12 @@
  * suspend/restore. Each tshyve run is one phase of the result.
  */
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, mkdirSync, writeFileSync } from 'node:fs';
-import { createHash } from 'node:crypto';
+import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { ROOT } from '../helpers.js';
-import { guestCmd, vmArgs, type BootResult } from './linux-driver.js';
+import { ext4WithPayload, guestCmd, vmArgs, type BootResult } from './linux-driver.js';
 
 const CLI = join(ROOT, 'dist', 'src', 'cli', 'tshyve.js');
 const CTL = join(ROOT, 'dist', 'src', 'cli', 'tshyvectl.js');
@@ -125,13 +124,7 @@ export const snapshotScenarios: Record<string, () => Promise<BootResult>> = {
 
   async 'snapshot-virtio'() {
     // Disk, entropy and a console port, used before a suspend and after the restore.
-    const dir = mkdtempSync(join(tmpdir(), 'tshyve-snapv-'));
-    const content = join(dir, 'content');
-    mkdirSync(content);
-    const payload = Buffer.from(Array.from({ length: 200_000 }, (_, i) => (i * 13) & 0xff));
-    writeFileSync(join(content, 'payload.bin'), payload);
-    const img = join(dir, 'disk.img');
-    execFileSync('mkfs.ext4', ['-q', '-F', '-d', content, img, '32M']);
+    const { dir, img, md5 } = ext4WithPayload('tshyve-snapv-', 200_000, 13);
     const sock = join(dir, 'ctl.sock'), port = join(dir, 'port1.sock'), susp = join(dir, 'susp.json');
     const cmd = guestCmd([
       'mkdir -p /mnt && mount -t ext4 /dev/vda /mnt',
@@ -181,7 +174,7 @@ export const snapshotScenarios: Record<string, () => Promise<BootResult>> = {
     } catch { /* left empty */ }
     return {
       name: 'snapshot-virtio', code: rb.code, stdout: a.stdout + rb.stdout, stderr: rb.stderr, ms: 0, phases,
-      expectedMd5: createHash('md5').update(payload).digest('hex'), hostReadBack: hostA + hostB, tcp: c2.got(),
+      expectedMd5: md5, hostReadBack: hostA + hostB, tcp: c2.got(),
     };
   },
 };
