@@ -282,16 +282,22 @@ async function main(): Promise<void> {
   if (o.host) await hostBench(o); else out('host bench skipped: --no-host');
 }
 
+/** Run dist/bench/lab-NAME.js inside one lab/run and read the JSON it writes; undefined (said why) when it cannot. */
+async function labDriver<T>(name: string, o: Opts): Promise<T | undefined> {
+  const why = labUnavailable();
+  if (why) { out(`${name} bench skipped: ${why}`); return undefined; }
+  const scratch = mkdtempSync(join(tmpdir(), `tshyve-bench${name}-`));
+  const file = join(scratch, `lab-${name}.json`);
+  const r = await runLab(['--timeout', '900', '--scratch', scratch, '--', process.execPath, join(ROOT, 'dist', 'bench', `lab-${name}.js`), file, '--runs', String(o.runs)], 960_000);
+  if (!existsSync(file)) { out(`${name} bench failed (lab exit ${r.code}): ${r.output.slice(-800)}`); return undefined; }
+  return JSON.parse(readFileSync(file, 'utf8')) as T;
+}
+
 /** Sequential direct-I/O dd in the guest on a virtio-blk disk: tshyve vs QEMU, same image, same run. */
 async function diskBench(o: Opts): Promise<void> {
   out('== 2. Lab disk bench: virtio-blk sequential throughput in the guest (dd, 1 MiB, O_DIRECT), tshyve vs QEMU ==');
-  const why = labUnavailable();
-  if (why) { out(`disk bench skipped: ${why}`); return; }
-  const scratch = mkdtempSync(join(tmpdir(), 'tshyve-benchdisk-'));
-  const file = join(scratch, 'lab-disk.json');
-  const r = await runLab(['--timeout', '900', '--scratch', scratch, '--', process.execPath, join(ROOT, 'dist', 'bench', 'lab-disk.js'), file, '--runs', String(o.runs)], 960_000);
-  if (!existsSync(file)) { out(`disk bench failed (lab exit ${r.code}): ${r.output.slice(-800)}`); return; }
-  const res = JSON.parse(readFileSync(file, 'utf8')) as { mib: number; runs: { vmm: string; ok: boolean; writeMBs?: number; readMBs?: number }[] };
+  const res = await labDriver<{ mib: number; runs: { vmm: string; ok: boolean; writeMBs?: number; readMBs?: number }[] }>('disk', o);
+  if (!res) return;
   const pick = (vmm: string, k: 'writeMBs' | 'readMBs') => stats(res.runs.filter((x) => x.vmm === vmm && x.ok).map((x) => x[k]!));
   const rows = [['metric', 'tshyve', 'QEMU', 'tshyve/QEMU']];
   for (const [label, k] of [['write MB/s', 'writeMBs'], ['read MB/s', 'readMBs']] as const) {
@@ -305,13 +311,8 @@ async function diskBench(o: Opts): Promise<void> {
 /** Checkpoint time and restore-to-running latency, next to dd writing as many bytes as the guest has RAM. */
 async function snapshotBench(o: Opts): Promise<void> {
   out('== 3. Lab snapshot bench: checkpoint of a 512 MiB guest vs dd of 512 MiB; restore-to-running for 512 MiB and 2 GiB ==');
-  const why = labUnavailable();
-  if (why) { out(`snapshot bench skipped: ${why}`); return; }
-  const scratch = mkdtempSync(join(tmpdir(), 'tshyve-benchsnap-'));
-  const file = join(scratch, 'lab-snapshot.json');
-  const r = await runLab(['--timeout', '900', '--scratch', scratch, '--', process.execPath, join(ROOT, 'dist', 'bench', 'lab-snapshot.js'), file, '--runs', String(o.runs)], 960_000);
-  if (!existsSync(file)) { out(`snapshot bench failed (lab exit ${r.code}): ${r.output.slice(-800)}`); return; }
-  const res = JSON.parse(readFileSync(file, 'utf8')) as import('./lab-snapshot.js').SnapshotBench;
+  const res = await labDriver<import('./lab-snapshot.js').SnapshotBench>('snapshot', o);
+  if (!res) return;
   const dd = stats(res.ddMs), ck = stats(res.checkpointMs);
   const mib = res.ramMiB;
   const rate = (ms: number) => `${(mib / (ms / 1000)).toFixed(0)} MiB/s`;
