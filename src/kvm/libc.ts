@@ -33,6 +33,9 @@ export const libc = {
   epollWait: lib.func('int epoll_wait(int epfd, void *events, int maxevents, int timeout)') as (epfd: number, events: Buffer, max: number, timeout: number) => number,
   fallocate: lib.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)') as (fd: number, mode: number, offset: number, len: number) => number,
   mincore: lib.func('int mincore(void *addr, size_t len, void *vec)') as (addr: unknown, len: number, vec: Buffer) => number,
+  // memset(p, 0, 0) returns p: declared with an integer first argument, it
+  // turns an address this process already maps into a pointer koffi can view.
+  memsetAddr: lib.func('void *memset(uintptr_t s, int c, size_t n)') as (addr: bigint, c: number, n: number) => unknown,
   lseek: lib.func('int64_t lseek(int fd, int64_t off, int whence)') as (fd: number, off: number, whence: number) => number,
   posixFadvise: lib.func('int posix_fadvise(int fd, int64_t offset, int64_t len, int advice)') as (fd: number, offset: number, len: number, advice: number) => number,
 };
@@ -41,6 +44,8 @@ export const errno = (): number => koffi.errno();
 export const address = (p: unknown): bigint => koffi.address(p);
 /** An ArrayBuffer over native memory (an mmap); valid until unmapped. */
 export const view = (p: unknown, len: number): ArrayBuffer => koffi.view(p, len);
+/** A view of `len` bytes at `addr`, memory this process has mapped (another thread's mapping of guest RAM). */
+export const viewAt = (addr: bigint, len: number): ArrayBuffer => koffi.view(libc.memsetAddr(addr, 0, 0), len);
 
 export const O_RDONLY = 0;
 export const SEEK_DATA = 3;

@@ -51,7 +51,7 @@ export interface DeviceContext {
    */
   bindIoeventfd?(fd: number, addr: number, len: number, opts?: { pio?: boolean; datamatch?: number }): { remove(): void } | undefined;
   /** Guest RAM as a memfd a worker thread can map itself (undefined in tests or when workers are off). */
-  readonly guestRam?: { memfd: number; size: number; regions: { gpa: number; offset: number; size: number }[] };
+  readonly guestRam?: { hostAddr: bigint; size: number; regions: { gpa: number; offset: number; size: number }[] };
 }
 
 export interface PciDeviceEmulation {

@@ -158,8 +158,8 @@ export class Machine extends EventEmitter implements VmControl {
       allocPio: this.allocPio,
       ioeventfd: this.config.getBool('virtio.ioeventfd', true) ? (addr, len, onWrite, opts) => this.addIoeventfd(addr, len, onWrite, opts) : undefined,
       bindIoeventfd: this.config.getBool('virtio.ioeventfd', true) ? (fd, addr, len, opts) => this.bindIoeventfd(fd, addr, len, opts) : undefined,
-      // Device threads map the memfd themselves; copy-on-write RAM (a restore) has none to share.
-      guestRam: this.config.getBool('virtio.workers', true) && this.ram.kind === 'shared' ? { memfd: this.ram.memfd, size: this.ram.size, regions: this.ramRegions } : undefined,
+      // Device threads use this thread's mapping: the same pages, shared or copy-on-write.
+      guestRam: this.config.getBool('virtio.workers', true) ? { hostAddr: this.ram.hostAddr, size: this.ram.size, regions: this.ramRegions } : undefined,
     };
   }
 

@@ -25,7 +25,7 @@ function setup() {
   const mem = new GuestMemory([{ gpa: 0, bytes: ram.bytes, hostAddr: ram.hostAddr }]);
   const inner = new VirtioBlk({ path: img.path });
   const errors: string[] = [];
-  const dev = new OffloadedVirtioBlk(inner, { path: img.path }, { memfd: ram.memfd, size: RAM, regions: [{ gpa: 0, offset: 0, size: RAM }] },
+  const dev = new OffloadedVirtioBlk(inner, { path: img.path }, { hostAddr: ram.hostAddr, size: RAM, regions: [{ gpa: 0, offset: 0, size: RAM }] },
     (m) => errors.push(m));
   const raised: number[] = [];
   const core = new VirtioCore(dev, mem, { raiseQueueInterrupt: (q) => raised.push(q), raiseConfigInterrupt: () => {} });

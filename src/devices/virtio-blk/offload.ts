@@ -20,9 +20,9 @@ import type { Virtqueue } from '../../virtio/queue.js';
 import type { VirtioBlk, VirtioBlkOptions } from './device.js';
 import type { BlkWorkerData, FromWorker, ToWorker } from './worker-thread.js';
 
-/** Guest RAM as the worker maps it: the memfd and where each region lives in it. */
+/** Guest RAM as the worker sees it: the process's own mapping (host address) and where each region lives in it. */
 export interface SharedGuestRam {
-  memfd: number;
+  hostAddr: bigint;
   size: number;
   regions: { gpa: number; offset: number; size: number }[];
 }
@@ -63,7 +63,7 @@ export class OffloadedVirtioBlk implements VirtioDevice {
     this.port = port1;
     const data: BlkWorkerData = {
       port: port2, ack: this.ack.buffer as SharedArrayBuffer, directIrq: directIrq.buffer as SharedArrayBuffer,
-      notifyFd: this.notifyFd, ctlFd: this.ctlFd, memfd: ram.memfd, ramSize: ram.size, regions: ram.regions,
+      notifyFd: this.notifyFd, ctlFd: this.ctlFd, hostAddr: ram.hostAddr, ramSize: ram.size, regions: ram.regions,
       opts: {
         path: opts.path, readonly: inner.readonly, sectorSize: inner.sectorSize, physicalSectorSize: inner.physicalSectorSize,
         serial: inner.serial, nodelete: opts.nodelete, direct: opts.direct, nocache: opts.nocache,

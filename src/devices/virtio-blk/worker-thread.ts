@@ -1,6 +1,7 @@
 /**
- * The virtio-blk I/O thread (one per disk). It maps guest RAM itself (the
- * VM's memfd, MAP_SHARED: the same pages as the vCPUs see), blocks in
+ * The virtio-blk I/O thread (one per disk). It views guest RAM through the
+ * main thread's mapping (the same pages the vCPUs see, shared memfd or a
+ * restore's copy-on-write image), blocks in
  * epoll on the queue's notify eventfd (a KVM ioeventfd: a guest notify
  * wakes this thread straight from the kernel) and on a control eventfd, and
  * serves requests with the same VirtioBlk code as the main thread would:
@@ -18,7 +19,7 @@
  * Acks: ack[0] = seq, then Atomics.notify (the main thread may wait on it).
  */
 import { workerData, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
-import { libc, errno, address, view, isMapFailed, PROT_READ, PROT_WRITE, MAP_SHARED } from '../../kvm/libc.js';
+import { libc, errno, viewAt } from '../../kvm/libc.js';
 import { signalEventfd } from '../../kvm/kvm.js';
 import { GuestMemory } from '../../memory/guest-memory.js';
 import { Virtqueue, type VirtqueueState } from '../../virtio/queue.js';
@@ -31,9 +32,10 @@ export interface BlkWorkerData {
   directIrq: SharedArrayBuffer;
   notifyFd: number;
   ctlFd: number;
-  memfd: number;
+  /** the main thread's mapping of guest RAM: the same pages the vCPUs use, shared or copy-on-write */
+  hostAddr: bigint;
   ramSize: number;
-  /** guest regions as offsets into the memfd */
+  /** guest regions as offsets into that mapping */
   regions: { gpa: number; offset: number; size: number }[];
   opts: Omit<VirtioBlkOptions, 'backend' | 'onError'>;
 }
@@ -64,10 +66,8 @@ function acknowledge(seq: number): void {
 }
 
 function main(): void {
-  const host = libc.mmap(null, d.ramSize, PROT_READ | PROT_WRITE, MAP_SHARED, d.memfd, 0);
-  if (isMapFailed(host)) throw new Error(`cannot map guest RAM: errno ${errno()}`);
-  const base = address(host);
-  const all = new Uint8Array(view(host, d.ramSize));
+  const base = d.hostAddr;
+  const all = new Uint8Array(viewAt(base, d.ramSize));
   const mem = new GuestMemory(d.regions.map((r) => ({
     gpa: r.gpa, bytes: all.subarray(r.offset, r.offset + r.size), hostAddr: base + BigInt(r.offset),
   })));
@@ -144,7 +144,6 @@ function main(): void {
         case 'stop':
           dev.destroy();
           libc.close(ep);
-          libc.munmap(host, d.ramSize);
           acknowledge(msg.seq);
           port.close();
           return;
