@@ -120,7 +120,7 @@ export class Rtc extends ByteRegisterDevice implements Snapshottable {
     this.cmos.set(cmos);
     this.index = index; this.regB = regB; this.regC = regC; this.offsetMs = off;
     this.lastSec = Math.floor(this.guestMs() / 1000);
-    this.irqLevel = !((this.regC & C_IRQF) !== 0);
+    this.irqLevel = (this.regC & C_IRQF) === 0; // the opposite of the restored level, so updateIrq drives the line
     this.updateIrq();
     this.schedule();
   }

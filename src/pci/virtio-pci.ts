@@ -173,26 +173,27 @@ export class VirtioPci implements PciFunction {
    * the queue index as 16 bits, and that write then never leaves the kernel.
    */
   private mapNotify(addr: number | undefined): void {
-    for (const n of this.notifiers) n.remove();
-    this.notifiers = [];
-    if (addr === undefined) return;
+    this.notifiers = this.rebindNotifiers(this.notifiers, addr, (a, q) => this.bindNotify(q, a + NOTIFY + q * NOTIFY_MULT, {}));
+  }
+
+  /** Drop `old` and, when the BAR is mapped at `addr`, bind one notifier per queue. */
+  private rebindNotifiers(old: { remove(): void }[], addr: number | undefined,
+    bind: (addr: number, q: number) => { remove(): void } | undefined): { remove(): void }[] {
+    for (const n of old) n.remove();
+    if (addr === undefined) return [];
+    const out: { remove(): void }[] = [];
     for (let q = 0; q < this.device.numQueues; q++) {
-      const n = this.bindNotify(q, addr + NOTIFY + q * NOTIFY_MULT, {});
-      if (n) this.notifiers.push(n);
+      const n = bind(addr, q);
+      if (n) out.push(n);
     }
+    return out;
   }
 
   private legacyNotifiers: { remove(): void }[] = [];
 
   /** Legacy QUEUE_NOTIFY as port ioeventfds, one per queue matching the index written. */
   private mapLegacyNotify(addr: number | undefined): void {
-    for (const n of this.legacyNotifiers) n.remove();
-    this.legacyNotifiers = [];
-    if (addr === undefined) return;
-    for (let q = 0; q < this.device.numQueues; q++) {
-      const n = this.bindNotify(q, addr + L_QUEUE_NOTIFY, { pio: true, datamatch: q });
-      if (n) this.legacyNotifiers.push(n);
-    }
+    this.legacyNotifiers = this.rebindNotifiers(this.legacyNotifiers, addr, (a, q) => this.bindNotify(q, a + L_QUEUE_NOTIFY, { pio: true, datamatch: q }));
   }
 
   /**

@@ -29,9 +29,7 @@ const ZERO_CRC = crc32(ZERO);
 export function ramFileFor(file: string): string { return `${file}.ram`; }
 
 /** The checksum recorded for one part: SHA-256 of its compact JSON. */
-export function partChecksum(x: unknown): string { return sha256(x); }
-
-function sha256(x: unknown): string {
+export function partChecksum(x: unknown): string {
   return createHash('sha256').update(JSON.stringify(x)).digest('hex');
 }
 
@@ -118,7 +116,7 @@ export async function writeSnapshot(file: string, ram: Uint8Array, ranges: [numb
       'version$u32': SNAPSHOT_VERSION,
       'created$str': new Date().toISOString(),
       ...body,
-      checksums: Object.fromEntries(PARTS.map((p) => [`${p}$sha256`, sha256(body[p])])),
+      checksums: Object.fromEntries(PARTS.map((p) => [`${p}$sha256`, partChecksum(body[p])])),
     };
     const fd = openSync(tmpDoc, 'w', 0o600);
     try { writeSync(fd, JSON.stringify(doc, null, 1) + '\n'); fsyncSync(fd); } finally { closeSync(fd); }
@@ -163,9 +161,7 @@ export function readSnapshot(file: string, maxVcpus = 1024): LoadedSnapshot {
     throw new SnapshotError(`${file} is not a tshyve snapshot (not valid JSON: ${(e as Error).message}; truncated?)`);
   }
   const r = new StateReader(doc, 'snapshot');
-  if (!r.has('magic') || (() => { try { return r.str('magic', 64) !== SNAPSHOT_MAGIC; } catch { return true; } })()) {
-    throw new SnapshotError(`${file} is not a tshyve snapshot (wrong magic)`);
-  }
+  if ((doc as Record<string, unknown>)['magic$str'] !== SNAPSHOT_MAGIC) throw new SnapshotError(`${file} is not a tshyve snapshot (wrong magic)`);
   const version = r.u32('version');
   if (version !== SNAPSHOT_VERSION) throw new SnapshotError(`${file} is a version ${version} snapshot; this tshyve reads version ${SNAPSHOT_VERSION}`);
   const sums = r.obj('checksums');
@@ -173,7 +169,7 @@ export function readSnapshot(file: string, maxVcpus = 1024): LoadedSnapshot {
   for (const p of PARTS) {
     const want = sums.raw(`${p}$sha256`);
     if (!(p in body)) throw new SnapshotError(`snapshot ${file}: part '${p}' is missing`);
-    if (typeof want !== 'string' || want !== sha256(body[p])) {
+    if (typeof want !== 'string' || want !== partChecksum(body[p])) {
       throw new SnapshotError(`snapshot ${file}: checksum of part '${p}' does not match (the file was changed or damaged)`);
     }
   }

@@ -213,31 +213,32 @@ export class VirtioCore {
       this.guestError('FEATURES_OK on the legacy interface');
       next &= ~VIRTIO_STATUS_FEATURES_OK;
     } else if (added & VIRTIO_STATUS_FEATURES_OK) {
-      if (!(next & VIRTIO_STATUS_DRIVER)) {
-        this.guestError('FEATURES_OK without DRIVER');
-        next &= ~VIRTIO_STATUS_FEATURES_OK;
-      } else if (!this.featuresAcceptable(this._driverFeatures)) {
-        next &= ~VIRTIO_STATUS_FEATURES_OK;
-      } else {
-        this._negotiated = this._driverFeatures;
-      }
+      next = this.takeFeatures(next, VIRTIO_STATUS_FEATURES_OK, 'FEATURES_OK');
     }
     if (this._legacy && (added & VIRTIO_STATUS_DRIVER_OK)) {
       // Legacy: the features the driver wrote are taken at DRIVER_OK.
-      if (!(next & VIRTIO_STATUS_DRIVER)) {
-        this.guestError('DRIVER_OK without DRIVER');
-        next &= ~VIRTIO_STATUS_DRIVER_OK;
-      } else if (!this.featuresAcceptable(this._driverFeatures)) {
-        next &= ~VIRTIO_STATUS_DRIVER_OK;
-      } else {
-        this._negotiated = this._driverFeatures;
-      }
+      next = this.takeFeatures(next, VIRTIO_STATUS_DRIVER_OK, 'DRIVER_OK');
     } else if ((added & VIRTIO_STATUS_DRIVER_OK) && !(next & VIRTIO_STATUS_FEATURES_OK)) {
       this.guestError('DRIVER_OK without FEATURES_OK');
       next &= ~VIRTIO_STATUS_DRIVER_OK;
     }
     this._status = next | (old & VIRTIO_STATUS_NEEDS_RESET);
     if ((next & ~old) & VIRTIO_STATUS_DRIVER_OK) this.activate();
+  }
+
+  /**
+   * The status bit at which features are fixed (FEATURES_OK, or DRIVER_OK on
+   * the legacy interface): it needs DRIVER and acceptable features, else it
+   * is dropped from `next`.
+   */
+  private takeFeatures(next: number, bit: number, name: string): number {
+    if (!(next & VIRTIO_STATUS_DRIVER)) {
+      this.guestError(`${name} without DRIVER`);
+      return next & ~bit;
+    }
+    if (!this.featuresAcceptable(this._driverFeatures)) return next & ~bit;
+    this._negotiated = this._driverFeatures;
+    return next;
   }
 
   private featuresAcceptable(f: bigint): boolean {
