@@ -39,35 +39,41 @@ function get(name: string): BootResult {
   return r;
 }
 
+/** What a failed check prints: how the boot ended and what the guest said last. */
+function about(r: BootResult): string {
+  return `exit ${r.code}${r.retriedAfterHang ? ' (a rerun after a hung first try)' : ''} after ${r.ms} ms\n` +
+    `stderr: ${r.stderr.slice(-800)}\nconsole tail: ${r.stdout.slice(-1500)}`;
+}
+
 test('Linux boots to init with -c 1, prints over com1, poweroff -f exits 1', { skip }, () => {
   const r = get('boot-1cpu-poweroff');
-  assert.match(r.stdout, /TSHYVE-GUEST-OK/);
-  assert.match(r.stdout, /CPUS=1\b/);
+  assert.match(r.stdout, /TSHYVE-GUEST-OK/, about(r));
+  assert.match(r.stdout, /CPUS=1\b/, about(r));
   assert.equal(r.code, 1, r.stderr);
 });
 
 test('Linux with -c 2 sees two processors', { skip }, () => {
   const r = get('boot-2cpu-poweroff');
-  assert.match(r.stdout, /CPUS=2\b/, 'two processor lines in /proc/cpuinfo');
-  assert.match(r.stdout, /NPROC=2\b/);
+  assert.match(r.stdout, /CPUS=2\b/, `two processor lines in /proc/cpuinfo; ${about(r)}`);
+  assert.match(r.stdout, /NPROC=2\b/, about(r));
   assert.equal(r.code, 1, r.stderr);
 });
 
 test('reboot -f in the guest ends tshyve with exit 0', { skip }, () => {
   const r = get('boot-1cpu-reboot');
-  assert.match(r.stdout, /TSHYVE-GUEST-OK/);
+  assert.match(r.stdout, /TSHYVE-GUEST-OK/, about(r));
   assert.equal(r.code, 0, r.stderr);
 });
 
 test('halt -f in the guest (every vCPU halted, interrupts off) ends tshyve with exit 2', { skip }, () => {
   const r = get('boot-1cpu-halt');
-  assert.match(r.stdout, /TSHYVE-GUEST-OK/);
+  assert.match(r.stdout, /TSHYVE-GUEST-OK/, about(r));
   assert.equal(r.code, 2, r.stderr);
 });
 
 test('virtio-rnd: Linux\'s virtio_rng driver feeds /dev/hwrng from the host', { skip }, () => {
   const r = get('virtio-rnd');
-  assert.match(r.stdout, /RNG_CURRENT=virtio_rng\.\d+/);
+  assert.match(r.stdout, /RNG_CURRENT=virtio_rng\.\d+/, about(r));
   const hex = /HWRNG=([0-9a-f]*)/.exec(r.stdout)?.[1] ?? '';
   assert.equal(hex.length, 64, `32 bytes read from /dev/hwrng: ${r.stdout.slice(-500)}`);
   assert.notEqual(hex, '0'.repeat(64));
@@ -76,8 +82,8 @@ test('virtio-rnd: Linux\'s virtio_rng driver feeds /dev/hwrng from the host', { 
 
 test('virtio-blk: Linux mounts an ext4 image made on the host, reads it, writes a file the host reads back', { skip }, () => {
   const r = get('virtio-blk-ext4');
-  assert.match(r.stdout, new RegExp(`GUEST_MD5=${r.expectedMd5}`), r.stdout.slice(-800));
-  assert.match(r.stdout, /GUEST_WROTE=yes/);
+  assert.match(r.stdout, new RegExp(`GUEST_MD5=${r.expectedMd5}`), about(r));
+  assert.match(r.stdout, /GUEST_WROTE=yes/, about(r));
   assert.equal(r.hostReadBack, 'written-by-the-guest\n');
   assert.equal(r.code, 1, r.stderr);
   // Queue notifications are KVM ioeventfds: none reaches tshyve as an MMIO exit
@@ -93,20 +99,20 @@ test('virtio-blk: Linux mounts an ext4 image made on the host, reads it, writes 
 
 test('transitional virtio-blk and virtio-rnd driven through the legacy interface (virtio_pci force_legacy=1)', { skip }, () => {
   const r = get('virtio-legacy');
-  assert.match(r.stdout, /FORCE_LEGACY=Y/, r.stdout.slice(-1200));
-  assert.match(r.stdout, new RegExp(`GUEST_MD5=${r.expectedMd5}`), r.stdout.slice(-1200));
-  assert.match(r.stdout, /GUEST_WROTE=yes/);
+  assert.match(r.stdout, /FORCE_LEGACY=Y/, about(r));
+  assert.match(r.stdout, new RegExp(`GUEST_MD5=${r.expectedMd5}`), about(r));
+  assert.match(r.stdout, /GUEST_WROTE=yes/, about(r));
   assert.equal(r.hostReadBack, 'written-by-a-legacy-driver\n');
   const hex = /HWRNG=([0-9a-f]*)/.exec(r.stdout)?.[1] ?? '';
   assert.equal(hex.length, 64, '32 bytes from /dev/hwrng');
   // transitional PCI IDs: 0x1001 (block) and 0x1005 (entropy)
-  assert.match(r.stdout, /PCI_IDS=.*0x1001/);
-  assert.match(r.stdout, /PCI_IDS=.*0x1005/);
+  assert.match(r.stdout, /PCI_IDS=.*0x1001/, about(r));
+  assert.match(r.stdout, /PCI_IDS=.*0x1005/, about(r));
   // both devices negotiated without VERSION_1, and the legacy probe holds their I/O BARs
-  assert.match(r.stdout, /VDEV=0x0002:v1=0/);
-  assert.match(r.stdout, /VDEV=0x0004:v1=0/);
+  assert.match(r.stdout, /VDEV=0x0002:v1=0/, about(r));
+  assert.match(r.stdout, /VDEV=0x0004:v1=0/, about(r));
   assert.doesNotMatch(r.stdout, /v1=1/);
-  assert.match(r.stdout, /LEGACY_IO=2\b/);
+  assert.match(r.stdout, /LEGACY_IO=2\b/, about(r));
   // legacy queue notifies are port ioeventfds: none of them reaches tshyve as an exit
   assert.doesNotMatch(r.stderr, /pio:0x60[0-9a-f]0:w/);
   assert.equal(r.code, 1, r.stderr);
@@ -114,18 +120,18 @@ test('transitional virtio-blk and virtio-rnd driven through the legacy interface
 
 test('virtio-blk discard: after rm and fstrim in the guest, the image\'s allocated blocks drop on the host', { skip }, () => {
   const r = get('virtio-blk-fstrim');
-  assert.match(r.stdout, /FSTRIM_EXIT=0/, r.stdout.slice(-800));
+  assert.match(r.stdout, /FSTRIM_EXIT=0/, about(r));
   assert.ok(r.blocksAfter! < r.blocksBefore! - (16 << 20) / 512, `st_blocks ${r.blocksBefore} -> ${r.blocksAfter}`);
   assert.equal(r.code, 1, r.stderr);
 });
 
 test('three virtio-blk disks at once; the read-only one refuses writes and stays bit-identical', { skip }, () => {
   const r = get('virtio-blk-three-disks');
-  assert.match(r.stdout, /DISK_vda=0/);
-  assert.match(r.stdout, /DISK_vdc=1/);
-  assert.match(r.stdout, /WRITE_vda=ok/);
-  assert.match(r.stdout, /WRITE_vdb=ok/);
-  assert.match(r.stdout, /WRITE_vdc=refused/);
+  assert.match(r.stdout, /DISK_vda=0/, about(r));
+  assert.match(r.stdout, /DISK_vdc=1/, about(r));
+  assert.match(r.stdout, /WRITE_vda=ok/, about(r));
+  assert.match(r.stdout, /WRITE_vdb=ok/, about(r));
+  assert.match(r.stdout, /WRITE_vdc=refused/, about(r));
   const [a, b, c] = r.hashes!;
   assert.notEqual(a!.after, a!.before, 'disk a was written');
   assert.notEqual(b!.after, b!.before, 'disk b was written');
@@ -135,10 +141,10 @@ test('three virtio-blk disks at once; the read-only one refuses writes and stays
 
 test('virtio-console: a port on a unix socket carries bytes both ways', { skip }, () => {
   const r = get('virtio-console');
-  assert.match(r.stdout, /PORT_NAME=port1/, r.stdout.slice(-800));
+  assert.match(r.stdout, /PORT_NAME=port1/, about(r));
   assert.equal(r.tcp, 'from-guest\n', 'the host read the guest\'s line from the socket');
-  assert.match(r.stdout, /GOT=from-host/);
-  assert.match(r.stdout, /HVC0=written/);
+  assert.match(r.stdout, /GOT=from-host/, about(r));
+  assert.match(r.stdout, /HVC0=written/, about(r));
   assert.match(r.hvc ?? '', /via-hvc0/, 'a port named console is the guest\'s hvc0');
   assert.equal(r.code, 1, r.stderr);
 });
@@ -147,8 +153,8 @@ test('virtio over INTx (pci=nomsi): the _PRT routes the pin and the driver still
   const r = get('virtio-intx');
   const hex = /HWRNG=([0-9a-f]*)/.exec(r.stdout)?.[1] ?? '';
   assert.equal(hex.length, 32, r.stdout.slice(-600));
-  assert.match(r.stdout, new RegExp(`BLK_MD5=${r.expectedMd5}`), 'the whole disk read over INTx');
-  assert.match(r.stdout, /IRQ=[2-9]/);
+  assert.match(r.stdout, new RegExp(`BLK_MD5=${r.expectedMd5}`), `the whole disk read over INTx; ${about(r)}`);
+  assert.match(r.stdout, /IRQ=[2-9]/, about(r));
   assert.equal(r.code, 1, r.stderr);
 });
 
@@ -161,7 +167,7 @@ test('com1 on tcp=127.0.0.1:PORT is reachable with a TCP client', { skip }, () =
 
 test('the guest kernel logs no warnings from the platform tshyve gives it', { skip }, () => {
   const r = get('boot-verbose');
-  assert.match(r.stdout, /TSHYVE-GUEST-OK/);
+  assert.match(r.stdout, /TSHYVE-GUEST-OK/, about(r));
   // The lab's L1 is QEMU/TCG emulating AMD-V; its nested XSETBV leaves the
   // guest's CPUID XSAVE size stale, and Linux warns from fpu/xstate.c under
   // QEMU/KVM in the lab as under tshyve. That one warning is the lab's.
