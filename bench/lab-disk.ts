@@ -6,6 +6,7 @@
  * writes then reads of the whole disk and reports the seconds each took.
  *
  *   node dist/bench/lab-disk.js OUT.json [--runs R] [--mib N] [--only tshyve|qemu] [--disk-opts ,worker=false]
+ *     [--node-args '--cpu-prof --cpu-prof-dir=DIR']   (node flags for tshyve, e.g. to profile it)
  */
 import { writeFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -30,10 +31,10 @@ function guestScript(mib: number): string {
   ].join('\n');
 }
 
-function command(vmm: Vmm, img: string, mib: number, diskOpts = ''): [string, string[]] {
+function command(vmm: Vmm, img: string, mib: number, diskOpts = '', nodeArgs: string[] = []): [string, string[]] {
   const cmdline = `console=ttyS0 quiet tshyve.cmd=${Buffer.from(guestScript(mib)).toString('base64')}`;
   if (vmm === 'tshyve') {
-    return [process.execPath, [CLI, '-c', '1', '-m', '512M', '-s', '0,hostbridge', '-s', '31,lpc', '-l', 'com1,stdio',
+    return [process.execPath, [...nodeArgs, CLI, '-c', '1', '-m', '512M', '-s', '0,hostbridge', '-s', '31,lpc', '-l', 'com1,stdio',
       '-s', `4,virtio-blk,${img}${diskOpts}`, '-o', `boot.kernel=${kernel}`, '-o', `boot.initrd=${initrd}`, '-o', `boot.cmdline=${cmdline}`, 'benchdisk']];
   }
   return ['qemu-system-x86_64', ['-enable-kvm', '-cpu', 'host', '-m', '512M', '-smp', '1', '-nographic', '-no-reboot',
@@ -48,6 +49,7 @@ async function main(): Promise<void> {
   const mib = Number(args[args.indexOf('--mib') + 1] ?? 0) || 128;
   const only = args.includes('--only') ? args[args.indexOf('--only') + 1] as Vmm : undefined;
   const diskOpts = args.includes('--disk-opts') ? args[args.indexOf('--disk-opts') + 1] ?? '' : '';
+  const nodeArgs = args.includes('--node-args') ? (args[args.indexOf('--node-args') + 1] ?? '').split(' ').filter(Boolean) : [];
   const dir = mkdtempSync(join(tmpdir(), 'tshyve-benchdisk-'));
   const img = join(dir, 'disk.img');
   writeFileSync(img, Buffer.alloc(0));
@@ -57,7 +59,7 @@ async function main(): Promise<void> {
       for (const vmm of (i % 2 ? ['qemu', 'tshyve'] : ['tshyve', 'qemu']) as Vmm[]) {
         if (only && vmm !== only) continue;
         writeFileSync(img, Buffer.alloc(mib << 20)); // same fresh image for each
-        const [cmd, argv] = command(vmm, img, mib, diskOpts);
+        const [cmd, argv] = command(vmm, img, mib, diskOpts, nodeArgs);
         const t = await timedRun(cmd, argv, 180_000);
         const o = stripTerminal(t.output);
         const m = /DISK_T="?([\d.]+) ([\d.]+) ([\d.]+)/.exec(o);

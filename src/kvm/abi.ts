@@ -81,6 +81,7 @@ export const CAP = {
   NR_VCPUS: 9,
   MAX_VCPUS: 66,
   IRQ_ROUTING: 25,
+  TSC_DEADLINE_TIMER: 72,
 } as const;
 
 export const EXIT = {

@@ -23,6 +23,7 @@
  */
 import { TshyveError } from '../errors.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
+import type { IoVecs } from '../memory/iovec.js';
 import {
   VIRTQ_AVAIL_ALIGN, VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_ALIGN, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT,
   VIRTQ_DESC_F_WRITE, VIRTQ_DESC_SIZE, VIRTQ_MAX_SIZE, VIRTQ_USED_ALIGN, VIRTQ_USED_F_NO_NOTIFY,
@@ -109,16 +110,31 @@ function asQueueError(e: unknown): VirtqueueError {
  * A descriptor chain popped from the available ring: the head index (to
  * give back with pushUsed) and its device-readable then device-writable
  * buffers, in chain order. All buffers were checked against guest memory.
+ * The buffers are kept packed (gpa, len pairs in one Float64Array): a chain
+ * of 256 pages is one allocation, not 256 objects.
  */
 export class DescriptorChain {
   constructor(
     private readonly mem: GuestMemory,
     readonly head: number,
-    readonly readable: readonly GuestBuffer[],
-    readonly writable: readonly GuestBuffer[],
+    /** gpa, len of each buffer in chain order: the readable ones, then the writable ones */
+    private readonly bufs: Float64Array,
+    /** how many of the buffers are device-readable (they come first) */
+    readonly readableCount: number,
     readonly readableLen: number,
     readonly writableLen: number,
   ) {}
+
+  /** Number of buffers, readable and writable. */
+  get bufferCount(): number { return this.bufs.length >>> 1; }
+  get readable(): GuestBuffer[] { return this.list(0, this.readableCount); }
+  get writable(): GuestBuffer[] { return this.list(this.readableCount, this.bufferCount); }
+
+  private list(from: number, to: number): GuestBuffer[] {
+    const out: GuestBuffer[] = [];
+    for (let i = from; i < to; i++) out.push({ gpa: this.bufs[2 * i]!, len: this.bufs[2 * i + 1]! });
+    return out;
+  }
 
   /**
    * The readable bytes, copied, up to `limit` bytes. The limit is required:
@@ -137,7 +153,7 @@ export class DescriptorChain {
     const n = clamp(len, this.readableLen - start);
     const out = Buffer.alloc(n);
     try {
-      copyStream(this.readable, start, out.length, (gpa, at, k) => out.set(this.mem.slice(gpa, k), at));
+      copyStream(this.bufs, 0, this.readableCount, start, out.length, (gpa, at, k) => out.set(this.mem.slice(gpa, k), at));
     } catch (e) {
       throw asQueueError(e);
     }
@@ -152,11 +168,39 @@ export class DescriptorChain {
     const start = clamp(offset, this.writableLen);
     const n = Math.min(data.length, this.writableLen - start);
     try {
-      copyStream(this.writable, start, n, (gpa, at, k) => this.mem.slice(gpa, k).set(data.subarray(at, at + k)));
+      copyStream(this.bufs, this.readableCount, this.bufferCount, start, n,
+        (gpa, at, k) => this.mem.slice(gpa, k).set(data.subarray(at, at + k)));
     } catch (e) {
       throw asQueueError(e);
     }
     return n;
+  }
+
+  /**
+   * Bytes [start, start+len) of the readable (`writable` false) or writable
+   * part as host addresses in `iov`, for one preadv/pwritev straight on
+   * guest RAM. Returns false when some piece has no native mapping here
+   * (unit tests over plain buffers). Shortened to what the part holds.
+   */
+  hostIovec(writable: boolean, start: number, len: number, iov: IoVecs): boolean {
+    const from = writable ? this.readableCount : 0;
+    const to = writable ? this.bufferCount : this.readableCount;
+    const bufs = this.bufs, mem = this.mem;
+    iov.reset(to - from);
+    let skip = start, done = 0;
+    for (let i = from; i < to && done < len; i++) {
+      const blen = bufs[2 * i + 1]!;
+      if (skip >= blen) { skip -= blen; continue; }
+      const k = Math.min(blen - skip, len - done);
+      if (k > 0) {
+        const addr = mem.hostAddress(bufs[2 * i]! + skip, k);
+        if (addr === undefined) return false;
+        iov.push(addr, k);
+      }
+      done += k;
+      skip = 0;
+    }
+    return true;
   }
 }
 
@@ -170,15 +214,15 @@ function clamp(v: number, max: number): number {
   return v >= max ? max : Math.floor(v);
 }
 
-/** Walk `bufs` as one byte stream from `start` for `n` bytes, calling fn(gpa, streamPos - start, k) per piece. */
-function copyStream(bufs: readonly GuestBuffer[], start: number, n: number,
+/** Walk buffers [from, to) of packed `bufs` as one byte stream from `start` for `n` bytes, calling fn(gpa, streamPos - start, k) per piece. */
+function copyStream(bufs: Float64Array, from: number, to: number, start: number, n: number,
   fn: (gpa: number, at: number, k: number) => void): void {
   let skip = start, done = 0;
-  for (const b of bufs) {
-    if (done >= n) break;
-    if (skip >= b.len) { skip -= b.len; continue; }
-    const k = Math.min(b.len - skip, n - done);
-    fn(b.gpa + skip, done, k);
+  for (let i = from; i < to && done < n; i++) {
+    const len = bufs[2 * i + 1]!;
+    if (skip >= len) { skip -= len; continue; }
+    const k = Math.min(len - skip, n - done);
+    fn(bufs[2 * i]! + skip, done, k);
     done += k;
     skip = 0;
   }
@@ -249,6 +293,8 @@ export class Virtqueue {
   private readonly scratchView = new DataView(this.scratch.buffer);
   private indirectCopy = new Uint8Array(VIRTQ_DESC_SIZE * 8);
   private indirectView = new DataView(this.indirectCopy.buffer);
+  /** the chain being walked: gpa, len pairs (grown to 2 * maxChainLen as needed) */
+  private bufScratch = new Float64Array(2 * 16);
 
   constructor(readonly mem: GuestMemory, maxSize: number, opts: VirtqueueOptions = {}) {
     if (!isPow2(maxSize) || maxSize > VIRTQ_MAX_SIZE) throw new RangeError(`virtqueue max size ${maxSize} is not a power of two <= 32768`);
@@ -369,8 +415,8 @@ export class Virtqueue {
     const size = this._size;
     const maxBufs = this.maxChainLen;
     const dv = this.scratchView;
-    const readable: GuestBuffer[] = [];
-    const writable: GuestBuffer[] = [];
+    let bufs = this.bufScratch;
+    let n = 0, nReadable = 0;
     let rlen = 0, wlen = 0;
     let table = this.descGpa, tableLen = size, idx = head;
     let inIndirect = false;
@@ -391,8 +437,8 @@ export class Virtqueue {
         if (!this.indirectDesc) fail('EVQ_INDIRECT_FEATURE', 'indirect descriptor without VIRTIO_RING_F_INDIRECT_DESC');
         if (flags & VIRTQ_DESC_F_NEXT) fail('EVQ_INDIRECT_NEXT', `indirect descriptor ${idx} also has NEXT`);
         if (len === 0 || len % VIRTQ_DESC_SIZE !== 0) fail('EVQ_INDIRECT_LEN', `indirect table length ${len}`);
-        const n = len / VIRTQ_DESC_SIZE;
-        if (n > maxBufs) fail('EVQ_INDIRECT_LEN', `indirect table of ${n} descriptors (max ${maxBufs})`);
+        const count = len / VIRTQ_DESC_SIZE;
+        if (count > maxBufs) fail('EVQ_INDIRECT_LEN', `indirect table of ${count} descriptors (max ${maxBufs})`);
         const addr = hi * TWO_32 + lo;
         if (hi > MAX_SAFE_HI || !this.mem.contains(addr, len)) fail('EVQ_INDIRECT_RANGE', `indirect table ${hex64(hi, lo)}+0x${len.toString(16)} not in guest RAM`);
         // One copy of the whole table: each descriptor in it is then read once, from our copy.
@@ -402,26 +448,33 @@ export class Virtqueue {
         }
         this.mem.copyOut(addr, this.indirectCopy, 0, len);
         ind = this.indirectView;
-        table = addr; tableLen = n; idx = 0; steps = 0; inIndirect = true;
+        table = addr; tableLen = count; idx = 0; steps = 0; inIndirect = true;
         continue;
       }
       const addr = hi * TWO_32 + lo;
       if (hi > MAX_SAFE_HI || !this.mem.contains(addr, len)) fail('EVQ_DESC_RANGE', `buffer ${hex64(hi, lo)}+0x${len.toString(16)} not in guest RAM`);
-      if (readable.length + writable.length >= maxBufs) fail('EVQ_CHAIN_LEN', `chain from head ${head} has more than ${maxBufs} buffers`);
+      if (n >= maxBufs) fail('EVQ_CHAIN_LEN', `chain from head ${head} has more than ${maxBufs} buffers`);
       if (flags & VIRTQ_DESC_F_WRITE) {
-        writable.push({ gpa: addr, len });
         wlen += len;
       } else {
-        if (writable.length > 0) fail('EVQ_DESC_ORDER', `device-readable buffer after a device-writable one (head ${head})`);
-        readable.push({ gpa: addr, len });
+        if (n > nReadable) fail('EVQ_DESC_ORDER', `device-readable buffer after a device-writable one (head ${head})`);
+        nReadable++;
         rlen += len;
       }
+      if (2 * n + 2 > bufs.length) {
+        const grown = new Float64Array(Math.min(2 * maxBufs, 2 * bufs.length));
+        grown.set(bufs);
+        bufs = this.bufScratch = grown;
+      }
+      bufs[2 * n] = addr;
+      bufs[2 * n + 1] = len;
+      n++;
       if (rlen + wlen > TWO_32) fail('EVQ_CHAIN_LEN', `chain from head ${head} is longer than 2^32 bytes`);
       if (!(flags & VIRTQ_DESC_F_NEXT)) break;
       if (next >= tableLen) fail('EVQ_DESC_INDEX', `next ${next} >= ${inIndirect ? 'indirect table length' : 'size'} ${tableLen}`);
       idx = next;
     }
-    return new DescriptorChain(this.mem, head, readable, writable, rlen, wlen);
+    return new DescriptorChain(this.mem, head, bufs.slice(0, 2 * n), nReadable, rlen, wlen);
   }
 
   // ---- used side ----------------------------------------------------------

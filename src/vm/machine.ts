@@ -307,8 +307,9 @@ export class Machine extends EventEmitter implements VmControl {
 
   private setupVcpus(host: HostReport): void {
     const supported = this.kvm.supportedCpuid();
+    const tscDeadline = this.kvm.checkExtension(CAP.TSC_DEADLINE_TIMER) > 0;
     this.vcpuFds.forEach((v, i) => {
-      v.setCpuid(guestCpuid(supported, i, this.topo, { hideCx16: host.emulated }));
+      v.setCpuid(guestCpuid(supported, i, this.topo, { hideCx16: host.emulated, tscDeadline }));
       const msrs = [
         { index: MSR.SYSENTER_CS, data: 0n }, { index: MSR.SYSENTER_ESP, data: 0n }, { index: MSR.SYSENTER_EIP, data: 0n },
         { index: MSR.STAR, data: 0n }, { index: MSR.LSTAR, data: 0n }, { index: MSR.CSTAR, data: 0n },

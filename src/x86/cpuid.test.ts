@@ -24,6 +24,9 @@ test('leaf 1 carries APIC ID, logical count and the hypervisor bit', () => {
   assert.ok(l1.edx & (1 << 28));
   const hidden = guestCpuid(sup, 0, { cpus: 1, sockets: 1, cores: 1, threads: 1 }, { hideCx16: true }).find((e) => e.function === 1)!;
   assert.equal(hidden.ecx & (1 << 13), 0);
+  assert.equal(l1.ecx & (1 << 24), 0, 'no TSC-deadline timer unless KVM has it');
+  const deadline = guestCpuid(sup, 0, { cpus: 1, sockets: 1, cores: 1, threads: 1 }, { tscDeadline: true }).find((e) => e.function === 1)!;
+  assert.ok(deadline.ecx & (1 << 24));
 });
 
 test('leaf 0xB reports the topology and x2APIC ID', () => {

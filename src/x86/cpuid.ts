@@ -20,6 +20,12 @@ export function vendorOf(entries: CpuidEntry[]): string {
 export interface CpuidOptions {
   /** hide CMPXCHG16B: software-emulated KVMs cannot run it */
   hideCx16?: boolean;
+  /**
+   * Offer the TSC-deadline timer (KVM_CAP_TSC_DEADLINE_TIMER): KVM emulates
+   * it in the in-kernel LAPIC but leaves the bit out of its supported list.
+   * Linux then skips calibrating the LAPIC timer at boot, as under QEMU.
+   */
+  tscDeadline?: boolean;
 }
 
 /** CPUID entries for vCPU `index` of a VM with topology `topo`. */
@@ -37,6 +43,7 @@ export function guestCpuid(supported: CpuidEntry[], index: number, topo: Topolog
         e.ebx = (e.ebx & 0x0000ffff) | ((Math.min(perPkg, 255) & 0xff) << 16) | ((apicId & 0xff) << 24);
         e.ecx |= 1 << 31; // running under a hypervisor
         if (opts.hideCx16) e.ecx &= ~(1 << 13);
+        if (opts.tscDeadline) e.ecx |= 1 << 24;
         if (perPkg > 1) e.edx |= 1 << 28; else e.edx &= ~(1 << 28);
         break;
       case 4: // Intel deterministic cache parameters: cores per package

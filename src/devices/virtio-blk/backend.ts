@@ -16,6 +16,7 @@
 import * as fs from 'node:fs';
 import { TshyveError, UserError } from '../../errors.js';
 import { libc, errno } from '../../kvm/libc.js';
+import type { IoVecs } from '../../memory/iovec.js';
 import {
   EOPNOTSUPP, ENOSYS, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, POSIX_FADV_DONTNEED,
   blockDeviceSectorSizes, blockDeviceSize, fadvise, fallocate,
@@ -28,8 +29,6 @@ export class BlockIoError extends TshyveError {
   }
 }
 
-/** A piece of host memory (guest RAM mapped in this thread) for vectored I/O. */
-export interface HostIoVec { addr: number; len: number }
 
 /** What the virtio-blk device needs from storage. Offsets and lengths are bytes. */
 export interface BlockBackend {
@@ -42,10 +41,10 @@ export interface BlockBackend {
   read(buf: Uint8Array, offset: number): void;
   /** Write all of `buf` at `offset` (or throw BlockIoError). */
   write(buf: Uint8Array, offset: number): void;
-  /** Optional: fill the pieces, in order, from `offset` in one vectored call (preadv). */
-  readv?(iov: readonly HostIoVec[], offset: number): void;
-  /** Optional: write the pieces, in order, at `offset` in one vectored call (pwritev). */
-  writev?(iov: readonly HostIoVec[], offset: number): void;
+  /** Optional: fill the pieces (host memory), in order, from `offset` in one vectored call (preadv); may change `iov`. */
+  readv?(iov: IoVecs, offset: number): void;
+  /** Optional: write the pieces, in order, at `offset` in one vectored call (pwritev); may change `iov`. */
+  writev?(iov: IoVecs, offset: number): void;
   /** Make written data durable (fdatasync). */
   flush(): void;
   /** Deallocate a range; returns false when the host cannot (a no-op then, which discard allows). */
@@ -194,40 +193,25 @@ export class FileBlockBackend implements BlockBackend {
     this.dropCache(offset, buf.length);
   }
 
-  readv(iov: readonly HostIoVec[], offset: number): void {
+  readv(iov: IoVecs, offset: number): void {
     this.checkOpen('read');
     this.vectored('read', libc.preadv, iov, offset, 'unexpected end of file');
   }
 
-  writev(iov: readonly HostIoVec[], offset: number): void {
+  writev(iov: IoVecs, offset: number): void {
     this.checkOpen('write');
     if (this.readonly) throw new BlockIoError('write', 'EROFS');
     this.vectored('write', libc.pwritev, iov, offset, 'no progress');
   }
 
-  private iovBuf = Buffer.alloc(16 * 64);
-
   /** All of `iov` at offset with preadv/pwritev, resuming after short transfers and EINTR/EAGAIN. */
   private vectored(op: 'read' | 'write', call: (fd: number, iov: Buffer, n: number, off: number) => number,
-    iov: readonly HostIoVec[], offset: number, stalled: string): void {
-    let total = 0;
-    for (const v of iov) total += v.len;
-    let i = 0, skip = 0, done = 0;
-    while (done < total) {
-      // struct iovec[] from piece i (less the bytes of it already done)
-      const n = Math.min(iov.length - i, IOV_BATCH);
-      if (this.iovBuf.length < 16 * n) this.iovBuf = Buffer.alloc(16 * n);
-      const b = this.iovBuf;
-      for (let k = 0; k < n; k++) {
-        const v = iov[i + k]!;
-        const s = k === 0 ? skip : 0;
-        const a = v.addr + s;
-        b.writeUInt32LE(a % 0x1_0000_0000, 16 * k);
-        b.writeUInt32LE(Math.floor(a / 0x1_0000_0000), 16 * k + 4);
-        b.writeUInt32LE(v.len - s, 16 * k + 8);
-        b.writeUInt32LE(0, 16 * k + 12);
-      }
-      const r = call(this.fd, b, n, offset + done);
+    iov: IoVecs, offset: number, stalled: string): void {
+    const total = iov.bytes;
+    let first = 0, done = 0;
+    while (done < total && first < iov.count) {
+      const n = Math.min(iov.count - first, IOV_BATCH);
+      const r = call(this.fd, first === 0 ? iov.buf : iov.buf.subarray(16 * first), n, offset + done);
       if (r < 0) {
         const e = errno();
         if (e === 4 || e === 11) continue; // EINTR, EAGAIN
@@ -235,13 +219,7 @@ export class FileBlockBackend implements BlockBackend {
       }
       if (r === 0) throw new BlockIoError(op, 'EIO', `${stalled} at ${offset + done}`);
       done += r;
-      // advance r bytes through the pieces
-      let left = r;
-      while (left > 0 && i < iov.length) {
-        const rest = iov[i]!.len - skip;
-        if (left >= rest) { left -= rest; i++; skip = 0; } else { skip += left; left = 0; }
-      }
-      while (i < iov.length && iov[i]!.len === 0) i++;
+      first = iov.advance(first, r);
     }
     this.dropCache(offset, total);
   }

@@ -38,7 +38,8 @@ import type { GuestMemory } from '../../memory/guest-memory.js';
 import { VIRTIO_COMMON_FEATURES, VIRTIO_ID_BLOCK, featureBit, hasFeature } from '../../virtio/constants.js';
 import type { VirtioDevice, VirtioInterrupt } from '../../virtio/device.js';
 import { VirtqueueError, type DescriptorChain, type GuestBuffer, type Virtqueue } from '../../virtio/queue.js';
-import { FileBlockBackend, type BlockBackend, type HostIoVec } from './backend.js';
+import { IoVecs } from '../../memory/iovec.js';
+import { FileBlockBackend, type BlockBackend } from './backend.js';
 
 // ---- protocol constants (5.2) ---------------------------------------------------
 
@@ -157,6 +158,8 @@ export class VirtioBlk implements VirtioDevice {
   private negotiated = 0n;
   private readonly segScratch = Buffer.alloc(VIRTIO_BLK_SEGMENT_SIZE * Math.max(VIRTIO_BLK_MAX_DISCARD_SEG, VIRTIO_BLK_MAX_WRITE_ZEROES_SEG));
   private readonly statusByte = new Uint8Array(1);
+  /** the current request's pieces for preadv/pwritev, reused */
+  private readonly iov = new IoVecs(VIRTIO_BLK_QUEUE_SIZE);
   /** Bytes of the writable data part already filled by the current IN request (for a failing one). */
   private partial = 0;
 
@@ -375,9 +378,8 @@ export class VirtioBlk implements VirtioDevice {
       case VIRTIO_BLK_T_IN: {
         this.checkData('read', dataCap);
         const off = this.checkRange('read', sector, dataCap);
-        const iov = this.backend.readv ? this.hostIov(chain.writable, 0, dataCap) : undefined;
-        if (iov) {
-          this.io(() => this.backend.readv!(iov, off));
+        if (this.backend.readv && dataCap > 0 && chain.hostIovec(true, 0, dataCap, this.iov)) {
+          this.io(() => this.backend.readv!(this.iov, off));
           return { written: dataCap };
         }
         this.forEachPiece(chain.writable, 0, dataCap, (view, at) => {
@@ -390,9 +392,8 @@ export class VirtioBlk implements VirtioDevice {
         if (this.readonly) throw new RequestStatus(VIRTIO_BLK_S_IOERR, 'write to a read-only disk');
         this.checkData('write', dataIn);
         const off = this.checkRange('write', sector, dataIn);
-        const iov = this.backend.writev ? this.hostIov(chain.readable, VIRTIO_BLK_HEADER_SIZE, dataIn) : undefined;
-        if (iov) {
-          this.io(() => this.backend.writev!(iov, off));
+        if (this.backend.writev && dataIn > 0 && chain.hostIovec(false, VIRTIO_BLK_HEADER_SIZE, dataIn, this.iov)) {
+          this.io(() => this.backend.writev!(this.iov, off));
           return { written: 0 };
         }
         this.forEachPiece(chain.readable, VIRTIO_BLK_HEADER_SIZE, dataIn, (view, at) => {
@@ -458,34 +459,6 @@ export class VirtioBlk implements VirtioDevice {
       done += k;
       skip = 0;
     }
-  }
-
-  /**
-   * Bytes [start, start+len) of a buffer list as host addresses for one
-   * vectored syscall, or undefined when guest memory has no native mapping
-   * here (unit tests) or the request is empty.
-   */
-  private hostIov(bufs: readonly GuestBuffer[], start: number, len: number): HostIoVec[] | undefined {
-    const mem = this.mem;
-    if (!mem || len === 0) return undefined;
-    const out: HostIoVec[] = [];
-    let skip = start, done = 0;
-    for (const b of bufs) {
-      if (done >= len) break;
-      if (skip >= b.len) { skip -= b.len; continue; }
-      const k = Math.min(b.len - skip, len - done);
-      if (k > 0) {
-        const addr = mem.hostAddress(b.gpa + skip, k);
-        if (addr === undefined) return undefined;
-        const last = out[out.length - 1];
-        // guest pages that are contiguous on the host become one piece
-        if (last && last.addr + last.len === addr && last.len + k < 0x8000_0000) last.len += k;
-        else out.push({ addr, len: k });
-      }
-      done += k;
-      skip = 0;
-    }
-    return out;
   }
 
   private discardOrZero(chain: DescriptorChain, type: number, dataIn: number): void {

@@ -23,8 +23,8 @@ test('writes and reads of several buffers go through the vectored calls and land
   const spy = Object.assign(Object.create(Object.getPrototypeOf(backend) as object) as FileBlockBackend, backend);
   const readv = backend.readv.bind(backend), writev = backend.writev.bind(backend);
   Object.assign(spy, {
-    readv: (iov: Parameters<typeof readv>[0], off: number) => { calls.push(`readv ${iov.length}@${off}`); readv(iov, off); },
-    writev: (iov: Parameters<typeof writev>[0], off: number) => { calls.push(`writev ${iov.length}@${off}`); writev(iov, off); },
+    readv: (iov: Parameters<typeof readv>[0], off: number) => { calls.push(`readv ${iov.count}@${off}`); readv(iov, off); },
+    writev: (iov: Parameters<typeof writev>[0], off: number) => { calls.push(`writev ${iov.count}@${off}`); writev(iov, off); },
     read: () => { throw new Error('per-piece read used'); },
     write: () => { throw new Error('per-piece write used'); },
   });

@@ -41,6 +41,8 @@ export interface AddChainOptions {
   indirect?: boolean;
   /** publish on the avail ring now (default true) */
   publish?: boolean;
+  /** leave this many bytes between buffers, as scattered guest pages (default 0: adjacent) */
+  gap?: number;
 }
 
 export interface UsedElem {
@@ -160,13 +162,13 @@ export class MockSplitQueue {
     const bufs: { gpa: number; len: number; write: boolean }[] = [];
     for (const r of spec.readable ?? []) {
       const len = typeof r === 'number' ? r : r.length;
-      const gpa = this.alloc(len);
+      const gpa = this.alloc(len + (opts.gap ?? 0));
       if (typeof r === 'number') this.mem.fill(gpa, len, 0);
       else this.mem.write(gpa, r);
       bufs.push({ gpa, len, write: false });
     }
     for (const len of spec.writable ?? []) {
-      const gpa = this.alloc(len);
+      const gpa = this.alloc(len + (opts.gap ?? 0));
       this.mem.fill(gpa, len, 0xee);
       bufs.push({ gpa, len, write: true });
     }

@@ -1,0 +1,94 @@
+/**
+ * A reusable struct iovec[] in the native layout of 64-bit Linux (u64 base,
+ * u64 len per entry), filled from host addresses of guest RAM and handed
+ * to preadv/pwritev as is. A request's pieces go straight into it: no
+ * object per piece, no copy to marshal, and the buffer is reused from one
+ * request to the next.
+ */
+const TWO_32 = 0x1_0000_0000;
+/** A merged piece stays below 2 GiB, well inside what one syscall moves. */
+const MAX_PIECE = 0x8000_0000;
+
+export class IoVecs {
+  /** the entries, for the syscall */
+  buf: Buffer;
+  private w: Uint32Array;
+  /** entries in use */
+  count = 0;
+  /** bytes over all entries */
+  bytes = 0;
+
+  constructor(capacity = 256) {
+    this.buf = Buffer.alloc(16 * capacity);
+    this.w = new Uint32Array(this.buf.buffer, this.buf.byteOffset, 4 * capacity);
+  }
+
+  get capacity(): number { return this.w.length >>> 2; }
+
+  /** Empty, with room for at least `n` entries. */
+  reset(n: number): void {
+    if (n > this.capacity) {
+      this.buf = Buffer.alloc(16 * n);
+      this.w = new Uint32Array(this.buf.buffer, this.buf.byteOffset, 4 * n);
+    }
+    this.count = 0;
+    this.bytes = 0;
+  }
+
+  /**
+   * Append [addr, addr+len) (a user-space address, below 2^47); a piece
+   * that continues the previous one on the host joins it. The caller
+   * reserved room with reset().
+   */
+  push(addr: number, len: number): void {
+    const w = this.w;
+    const n = this.count;
+    if (n > 0) {
+      const p = 4 * (n - 1);
+      const prevLen = w[p + 2]!;
+      if (w[p]! + w[p + 1]! * TWO_32 + prevLen === addr && prevLen + len < MAX_PIECE) {
+        w[p + 2] = prevLen + len;
+        this.bytes += len;
+        return;
+      }
+    }
+    const q = 4 * n;
+    w[q] = addr >>> 0;
+    w[q + 1] = Math.floor(addr / TWO_32);
+    w[q + 2] = len;
+    w[q + 3] = 0;
+    this.count = n + 1;
+    this.bytes += len;
+  }
+
+  base(i: number): number { return this.w[4 * i]! + this.w[4 * i + 1]! * TWO_32; }
+  len(i: number): number { return this.w[4 * i + 2]!; }
+
+  /**
+   * Drop the first `k` bytes (after a short transfer): whole entries go,
+   * and the first remaining one starts later. Returns the index of the
+   * first entry left; the entries before it are no longer valid.
+   */
+  advance(first: number, k: number): number {
+    let i = first;
+    while (k > 0 && i < this.count) {
+      const l = this.len(i);
+      if (k >= l) { k -= l; i++; continue; }
+      const b = this.base(i) + k;
+      const q = 4 * i;
+      this.w[q] = b >>> 0;
+      this.w[q + 1] = Math.floor(b / TWO_32);
+      this.w[q + 2] = l - k;
+      k = 0;
+    }
+    while (i < this.count && this.len(i) === 0) i++;
+    return i;
+  }
+
+  /** Entries [from, count) as {addr, len} (tests and messages). */
+  list(from = 0): { addr: number; len: number }[] {
+    const out: { addr: number; len: number }[] = [];
+    for (let i = from; i < this.count; i++) out.push({ addr: this.base(i), len: this.len(i) });
+    return out;
+  }
+}
