@@ -3,6 +3,7 @@
  * Loaded once per thread (vCPU workers load it too). Everything else in
  * the project reaches the kernel through src/kvm/.
  */
+import { writeFileSync } from 'node:fs';
 import koffi from 'koffi';
 
 const lib = koffi.load('libc.so.6');
@@ -65,6 +66,19 @@ export const EINTR = 4;
 export const EAGAIN = 11;
 /** The signal used to kick a vCPU thread out of KVM_RUN. */
 export const SIG_KICK = 12; // SIGUSR2
+
+/**
+ * Name the calling thread (at most 15 bytes), as `top -H`, `ps -T` and
+ * taskset see it; best effort. Writing /proc/thread-self/comm names the
+ * thread that writes, which is what a worker thread wants.
+ */
+export function setThreadName(name: string): void {
+  try {
+    writeFileSync('/proc/thread-self/comm', name.slice(0, 15));
+  } catch {
+    // not Linux, or /proc is not mounted: names are only for people
+  }
+}
 
 export function isMapFailed(p: unknown): boolean {
   return p === null || address(p) === 0xffffffffffffffffn;

@@ -5,7 +5,7 @@
  * return so the thread can pause or stop.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { libc, errno, EINTR, EAGAIN } from '../kvm/libc.js';
+import { libc, errno, setThreadName, EINTR, EAGAIN } from '../kvm/libc.js';
 import { KVM, EXIT, EXIT_NAMES, RUN } from '../kvm/abi.js';
 import { mapKvmRun } from '../kvm/kvm.js';
 import { ShadowRegisters } from './shadow.js';
@@ -23,6 +23,7 @@ const shadow = new ShadowRegisters(wd.shadow);
 let queuedPort = -1;
 let head = 0;
 
+setThreadName(`vcpu${wd.index}`);
 Atomics.store(w, MB.TID, libc.gettid());
 post({ type: 'started', index: wd.index, tid: Atomics.load(w, MB.TID) });
 

@@ -53,7 +53,7 @@ export class OffloadedVirtioBlk implements VirtioDevice {
   private stopped = false;
 
   /** `inner` serves the config on this thread; the worker opens `opts.path` again with the same settings. */
-  constructor(readonly inner: VirtioBlk, opts: VirtioBlkOptions, ram: SharedGuestRam, onError: (msg: string) => void) {
+  constructor(readonly inner: VirtioBlk, opts: VirtioBlkOptions, ram: SharedGuestRam, onError: (msg: string) => void, name = 'blk-io') {
     this.deviceType = inner.deviceType;
     this.maxQueueSize = inner.maxQueueSize;
     this.features = inner.features;
@@ -63,7 +63,7 @@ export class OffloadedVirtioBlk implements VirtioDevice {
     this.port = port1;
     const data: BlkWorkerData = {
       port: port2, ack: this.ack.buffer as SharedArrayBuffer, directIrq: directIrq.buffer as SharedArrayBuffer,
-      notifyFd: this.notifyFd, ctlFd: this.ctlFd, hostAddr: ram.hostAddr, ramSize: ram.size, regions: ram.regions,
+      notifyFd: this.notifyFd, ctlFd: this.ctlFd, hostAddr: ram.hostAddr, ramSize: ram.size, regions: ram.regions, name,
       opts: {
         path: opts.path, readonly: inner.readonly, sectorSize: inner.sectorSize, physicalSectorSize: inner.physicalSectorSize,
         serial: inner.serial, nodelete: opts.nodelete, direct: opts.direct, nocache: opts.nocache,

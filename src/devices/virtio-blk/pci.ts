@@ -18,7 +18,7 @@ registerPciDevice({
     const opts = parseVirtioBlkOptions(node);
     const dev = new VirtioBlk({ ...opts, onError });
     const useWorker = ctx.guestRam !== undefined && ctx.bindIoeventfd !== undefined && node.getBool('worker', true);
-    const model = useWorker ? new OffloadedVirtioBlk(dev, opts, ctx.guestRam!, onError) : dev;
+    const model = useWorker ? new OffloadedVirtioBlk(dev, opts, ctx.guestRam!, onError, `blk-io@${bdf.slot}`) : dev;
     const fn = new VirtioPci(ctx, model, bdf, `virtio-blk@${bdf.slot}`, virtioPciOptions(node));
     fn.onDestroy = () => model.destroy();
     return fn;

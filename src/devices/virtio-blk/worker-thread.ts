@@ -19,7 +19,7 @@
  * Acks: ack[0] = seq, then Atomics.notify (the main thread may wait on it).
  */
 import { workerData, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
-import { libc, errno, viewAt } from '../../kvm/libc.js';
+import { libc, errno, viewAt, setThreadName } from '../../kvm/libc.js';
 import { signalEventfd } from '../../kvm/kvm.js';
 import { GuestMemory } from '../../memory/guest-memory.js';
 import { Virtqueue, type VirtqueueState } from '../../virtio/queue.js';
@@ -38,6 +38,8 @@ export interface BlkWorkerData {
   /** guest regions as offsets into that mapping */
   regions: { gpa: number; offset: number; size: number }[];
   opts: Omit<VirtioBlkOptions, 'backend' | 'onError'>;
+  /** the thread's name, for people looking at the process's threads */
+  name: string;
 }
 
 export type ToWorker =
@@ -66,6 +68,7 @@ function acknowledge(seq: number): void {
 }
 
 function main(): void {
+  setThreadName(d.name);
   const base = d.hostAddr;
   const all = new Uint8Array(viewAt(base, d.ramSize));
   const mem = new GuestMemory(d.regions.map((r) => ({
