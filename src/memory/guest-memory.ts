@@ -113,6 +113,18 @@ export class GuestMemory {
     return base === undefined ? undefined : base + this.at;
   }
 
+  /**
+   * Check and locate in one lookup: -1 when [gpa, gpa+len) is not inside
+   * one region; else its host address, or 0 when the region has no native
+   * mapping (plain buffers in tests).
+   */
+  resolve(gpa: number, len: number): number {
+    const i = this.locate(gpa, len);
+    if (i < 0) return -1;
+    const base = this.hostBases[i];
+    return base === undefined ? 0 : base + this.at;
+  }
+
   /** A copy of guest bytes: safe against the guest changing them later. */
   read(gpa: number, len: number): Uint8Array {
     return this.slice(gpa, len).slice();

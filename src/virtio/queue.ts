@@ -110,14 +110,17 @@ function asQueueError(e: unknown): VirtqueueError {
  * A descriptor chain popped from the available ring: the head index (to
  * give back with pushUsed) and its device-readable then device-writable
  * buffers, in chain order. All buffers were checked against guest memory.
- * The buffers are kept packed (gpa, len pairs in one Float64Array): a chain
- * of 256 pages is one allocation, not 256 objects.
+ * The buffers are kept packed (gpa, len and host address in one
+ * Float64Array): a chain of 256 pages is one allocation, not 256 objects.
  */
 export class DescriptorChain {
   constructor(
     private readonly mem: GuestMemory,
     readonly head: number,
-    /** gpa, len of each buffer in chain order: the readable ones, then the writable ones */
+    /**
+     * gpa, len, host address (0: no native mapping here) of each buffer in
+     * chain order: the readable ones, then the writable ones
+     */
     private readonly bufs: Float64Array,
     /** how many of the buffers are device-readable (they come first) */
     readonly readableCount: number,
@@ -126,13 +129,13 @@ export class DescriptorChain {
   ) {}
 
   /** Number of buffers, readable and writable. */
-  get bufferCount(): number { return this.bufs.length >>> 1; }
+  get bufferCount(): number { return this.bufs.length / 3; }
   get readable(): GuestBuffer[] { return this.list(0, this.readableCount); }
   get writable(): GuestBuffer[] { return this.list(this.readableCount, this.bufferCount); }
 
   private list(from: number, to: number): GuestBuffer[] {
     const out: GuestBuffer[] = [];
-    for (let i = from; i < to; i++) out.push({ gpa: this.bufs[2 * i]!, len: this.bufs[2 * i + 1]! });
+    for (let i = from; i < to; i++) out.push({ gpa: this.bufs[3 * i]!, len: this.bufs[3 * i + 1]! });
     return out;
   }
 
@@ -185,17 +188,17 @@ export class DescriptorChain {
   hostIovec(writable: boolean, start: number, len: number, iov: IoVecs): boolean {
     const from = writable ? this.readableCount : 0;
     const to = writable ? this.bufferCount : this.readableCount;
-    const bufs = this.bufs, mem = this.mem;
+    const bufs = this.bufs;
     iov.reset(to - from);
     let skip = start, done = 0;
     for (let i = from; i < to && done < len; i++) {
-      const blen = bufs[2 * i + 1]!;
+      const blen = bufs[3 * i + 1]!;
       if (skip >= blen) { skip -= blen; continue; }
       const k = Math.min(blen - skip, len - done);
       if (k > 0) {
-        const addr = mem.hostAddress(bufs[2 * i]! + skip, k);
-        if (addr === undefined) return false;
-        iov.push(addr, k);
+        const host = bufs[3 * i + 2]!;
+        if (host === 0) return false;
+        iov.push(host + skip, k);
       }
       done += k;
       skip = 0;
@@ -214,15 +217,15 @@ function clamp(v: number, max: number): number {
   return v >= max ? max : Math.floor(v);
 }
 
-/** Walk buffers [from, to) of packed `bufs` as one byte stream from `start` for `n` bytes, calling fn(gpa, streamPos - start, k) per piece. */
+/** Walk buffers [from, to) of packed `bufs` (gpa, len, host) as one byte stream from `start` for `n` bytes, calling fn(gpa, streamPos - start, k) per piece. */
 function copyStream(bufs: Float64Array, from: number, to: number, start: number, n: number,
   fn: (gpa: number, at: number, k: number) => void): void {
   let skip = start, done = 0;
   for (let i = from; i < to && done < n; i++) {
-    const len = bufs[2 * i + 1]!;
+    const len = bufs[3 * i + 1]!;
     if (skip >= len) { skip -= len; continue; }
     const k = Math.min(len - skip, n - done);
-    fn(bufs[2 * i]! + skip, done, k);
+    fn(bufs[3 * i]! + skip, done, k);
     done += k;
     skip = 0;
   }
@@ -289,12 +292,14 @@ export class Virtqueue {
   private signalledUsed = 0;
   private notificationsEnabled = true;
   private broken: VirtqueueError | undefined;
+  // Descriptors are read as u32 words (x86 is little-endian, as virtio 1.x's fields are):
+  // addr lo, addr hi, len, flags | next << 16.
   private readonly scratch = new Uint8Array(VIRTQ_DESC_SIZE);
-  private readonly scratchView = new DataView(this.scratch.buffer);
+  private readonly scratchWords = new Uint32Array(this.scratch.buffer);
   private indirectCopy = new Uint8Array(VIRTQ_DESC_SIZE * 8);
-  private indirectView = new DataView(this.indirectCopy.buffer);
-  /** the chain being walked: gpa, len pairs (grown to 2 * maxChainLen as needed) */
-  private bufScratch = new Float64Array(2 * 16);
+  private indirectWords = new Uint32Array(this.indirectCopy.buffer);
+  /** the chain being walked: gpa, len, host address triples (grown to 3 * maxChainLen as needed) */
+  private bufScratch = new Float64Array(3 * 16);
 
   constructor(readonly mem: GuestMemory, maxSize: number, opts: VirtqueueOptions = {}) {
     if (!isPow2(maxSize) || maxSize > VIRTQ_MAX_SIZE) throw new RangeError(`virtqueue max size ${maxSize} is not a power of two <= 32768`);
@@ -414,24 +419,22 @@ export class Virtqueue {
   private walk(head: number): DescriptorChain {
     const size = this._size;
     const maxBufs = this.maxChainLen;
-    const dv = this.scratchView;
+    const mem = this.mem;
     let bufs = this.bufScratch;
     let n = 0, nReadable = 0;
     let rlen = 0, wlen = 0;
     let table = this.descGpa, tableLen = size, idx = head;
     let inIndirect = false;
     let steps = 0;
-    let ind = this.indirectView; // the private copy of the indirect table, once in it
+    let ind = this.indirectWords; // the private copy of the indirect table, once in it
     for (;;) {
       if (++steps > tableLen) {
         fail('EVQ_CHAIN_LOOP', `chain from head ${head} visits more than ${tableLen} descriptors${inIndirect ? ' of its indirect table' : ''}`);
       }
-      let d: DataView = dv, at = 0;
-      if (inIndirect) { d = ind; at = VIRTQ_DESC_SIZE * idx; } else this.loadDesc(table, idx);
-      const lo = d.getUint32(at, true), hi = d.getUint32(at + 4, true);
-      const len = d.getUint32(at + 8, true);
-      const flags = d.getUint16(at + 12, true);
-      const next = d.getUint16(at + 14, true);
+      let d = ind, at = 4 * idx;
+      if (!inIndirect) { this.loadDesc(table, idx); d = this.scratchWords; at = 0; }
+      const lo = d[at]!, hi = d[at + 1]!, len = d[at + 2]!, fn = d[at + 3]!;
+      const flags = fn & 0xffff, next = fn >>> 16;
       if (flags & VIRTQ_DESC_F_INDIRECT) {
         if (inIndirect) fail('EVQ_INDIRECT_NESTED', `indirect descriptor inside an indirect table (head ${head})`);
         if (!this.indirectDesc) fail('EVQ_INDIRECT_FEATURE', 'indirect descriptor without VIRTIO_RING_F_INDIRECT_DESC');
@@ -440,19 +443,21 @@ export class Virtqueue {
         const count = len / VIRTQ_DESC_SIZE;
         if (count > maxBufs) fail('EVQ_INDIRECT_LEN', `indirect table of ${count} descriptors (max ${maxBufs})`);
         const addr = hi * TWO_32 + lo;
-        if (hi > MAX_SAFE_HI || !this.mem.contains(addr, len)) fail('EVQ_INDIRECT_RANGE', `indirect table ${hex64(hi, lo)}+0x${len.toString(16)} not in guest RAM`);
+        if (hi > MAX_SAFE_HI || !mem.contains(addr, len)) fail('EVQ_INDIRECT_RANGE', `indirect table ${hex64(hi, lo)}+0x${len.toString(16)} not in guest RAM`);
         // One copy of the whole table: each descriptor in it is then read once, from our copy.
         if (this.indirectCopy.length < len) {
           this.indirectCopy = new Uint8Array(Math.max(len, 2 * this.indirectCopy.length));
-          this.indirectView = new DataView(this.indirectCopy.buffer);
+          this.indirectWords = new Uint32Array(this.indirectCopy.buffer);
         }
-        this.mem.copyOut(addr, this.indirectCopy, 0, len);
-        ind = this.indirectView;
+        mem.copyOut(addr, this.indirectCopy, 0, len);
+        ind = this.indirectWords;
         table = addr; tableLen = count; idx = 0; steps = 0; inIndirect = true;
         continue;
       }
       const addr = hi * TWO_32 + lo;
-      if (hi > MAX_SAFE_HI || !this.mem.contains(addr, len)) fail('EVQ_DESC_RANGE', `buffer ${hex64(hi, lo)}+0x${len.toString(16)} not in guest RAM`);
+      // one lookup checks the range and finds where it is mapped here
+      const host = hi > MAX_SAFE_HI ? -1 : mem.resolve(addr, len);
+      if (host < 0) fail('EVQ_DESC_RANGE', `buffer ${hex64(hi, lo)}+0x${len.toString(16)} not in guest RAM`);
       if (n >= maxBufs) fail('EVQ_CHAIN_LEN', `chain from head ${head} has more than ${maxBufs} buffers`);
       if (flags & VIRTQ_DESC_F_WRITE) {
         wlen += len;
@@ -461,20 +466,21 @@ export class Virtqueue {
         nReadable++;
         rlen += len;
       }
-      if (2 * n + 2 > bufs.length) {
-        const grown = new Float64Array(Math.min(2 * maxBufs, 2 * bufs.length));
+      if (3 * n + 3 > bufs.length) {
+        const grown = new Float64Array(Math.min(3 * maxBufs, 2 * bufs.length));
         grown.set(bufs);
         bufs = this.bufScratch = grown;
       }
-      bufs[2 * n] = addr;
-      bufs[2 * n + 1] = len;
+      bufs[3 * n] = addr;
+      bufs[3 * n + 1] = len;
+      bufs[3 * n + 2] = host;
       n++;
       if (rlen + wlen > TWO_32) fail('EVQ_CHAIN_LEN', `chain from head ${head} is longer than 2^32 bytes`);
       if (!(flags & VIRTQ_DESC_F_NEXT)) break;
       if (next >= tableLen) fail('EVQ_DESC_INDEX', `next ${next} >= ${inIndirect ? 'indirect table length' : 'size'} ${tableLen}`);
       idx = next;
     }
-    return new DescriptorChain(this.mem, head, bufs.slice(0, 2 * n), nReadable, rlen, wlen);
+    return new DescriptorChain(mem, head, bufs.slice(0, 3 * n), nReadable, rlen, wlen);
   }
 
   // ---- used side ----------------------------------------------------------
