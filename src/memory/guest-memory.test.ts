@@ -20,3 +20,25 @@ test('accessors alternate between regions correctly; copyOut and hostAddress sta
   assert.equal(m.hostAddress(0x10ff0, 32), undefined, 'past the region');
   assert.equal(m.hostAddress(0x10, 16), undefined, 'a region without a host mapping');
 });
+
+test('resolveTrusted answers as resolve does, whichever region was found last', () => {
+  const mem = new GuestMemory([
+    { gpa: 0, bytes: new Uint8Array(0x10000), hostAddr: 0x7f00_0000_0000n },
+    { gpa: 0x100000, bytes: new Uint8Array(0x8000) }, // no native mapping: 0
+    { gpa: 0x200000, bytes: new Uint8Array(0x1000), hostAddr: 0x7f10_0000_0000n },
+  ]);
+  let seed = 7;
+  const rnd = (n: number) => { seed = (seed * 1103515245 + 12345) >>> 0; return seed % n; };
+  const edges = [0, 1, 0xffff, 0x10000, 0xfffff, 0x100000, 0x107fff, 0x108000, 0x200000, 0x200fff, 0x201000, 2 ** 53 - 1, 2 ** 52];
+  for (let i = 0; i < 20000; i++) {
+    const gpa = i < 200 ? edges[i % edges.length]! + rnd(3) : rnd(3) === 0 ? rnd(0x300000) : edges[rnd(edges.length)]!;
+    const len = [0, 1, 16, 4096, 0x8000, 0xffffffff][rnd(6)]!;
+    mem.resolve(edges[rnd(edges.length)]!, 1); // move the region found last around
+    const want = mem.resolve(gpa, len);
+    mem.resolve(edges[rnd(edges.length)]!, 1);
+    assert.equal(mem.resolveTrusted(gpa, len), want, `gpa 0x${gpa.toString(16)} len ${len}`);
+  }
+  assert.equal(mem.resolveTrusted(0x10, 16), 0x7f00_0000_0010);
+  assert.equal(mem.resolveTrusted(0x100010, 16), 0, 'inside RAM without a native mapping');
+  assert.equal(mem.resolveTrusted(0xfff0, 32), -1, 'past the end of a region');
+});

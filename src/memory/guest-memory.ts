@@ -125,6 +125,21 @@ export class GuestMemory {
     return base === undefined ? 0 : base + this.at;
   }
 
+  /**
+   * resolve() for callers whose gpa and len are already non-negative safe
+   * integers (descriptor fields: a u32 length, an address below 2^53): the
+   * same answer, with the region found last tried first and no further
+   * checks on the numbers. The queue walk calls it for every buffer.
+   */
+  resolveTrusted(gpa: number, len: number): number {
+    const h = this.hit, s = this.starts[h]!;
+    if (gpa >= s && gpa + len <= this.ends[h]!) {
+      const base = this.hostBases[h];
+      return base === undefined ? 0 : base + (gpa - s);
+    }
+    return this.resolve(gpa, len);
+  }
+
   /** A copy of guest bytes: safe against the guest changing them later. */
   read(gpa: number, len: number): Uint8Array {
     return this.slice(gpa, len).slice();

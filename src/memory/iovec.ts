@@ -61,6 +61,43 @@ export class IoVecs {
     this.bytes += len;
   }
 
+  /**
+   * Reset and fill with bytes [start, start+len) of the stream of packed
+   * (gpa, len, host address) triples `bufs`, buffers [from, to); pieces
+   * that continue each other on the host join. Returns false when a piece
+   * has no native mapping (host 0). The loop stays in here: one call per
+   * request, which is what counts while the code is not yet optimized.
+   */
+  fill(bufs: Float64Array, from: number, to: number, start: number, len: number): boolean {
+    this.reset(to - from);
+    const w = this.w;
+    let n = 0, bytes = 0, skip = start, lastEnd = -1;
+    for (let i = from; i < to && bytes < len; i++) {
+      const blen = bufs[3 * i + 1]!;
+      if (skip >= blen) { skip -= blen; continue; }
+      const k = Math.min(blen - skip, len - bytes);
+      const host = bufs[3 * i + 2]!;
+      if (host === 0) return false;
+      const addr = host + skip;
+      skip = 0;
+      if (addr === lastEnd && w[4 * n - 2]! + k < MAX_PIECE) {
+        w[4 * n - 2] = w[4 * n - 2]! + k;
+      } else {
+        const q = 4 * n;
+        w[q] = addr >>> 0;
+        w[q + 1] = Math.floor(addr / TWO_32);
+        w[q + 2] = k;
+        w[q + 3] = 0;
+        n++;
+      }
+      lastEnd = addr + k;
+      bytes += k;
+    }
+    this.count = n;
+    this.bytes = bytes;
+    return true;
+  }
+
   base(i: number): number { return this.w[4 * i]! + this.w[4 * i + 1]! * TWO_32; }
   len(i: number): number { return this.w[4 * i + 2]!; }
 

@@ -186,24 +186,9 @@ export class DescriptorChain {
    * (unit tests over plain buffers). Shortened to what the part holds.
    */
   hostIovec(writable: boolean, start: number, len: number, iov: IoVecs): boolean {
-    const from = writable ? this.readableCount : 0;
-    const to = writable ? this.bufferCount : this.readableCount;
-    const bufs = this.bufs;
-    iov.reset(to - from);
-    let skip = start, done = 0;
-    for (let i = from; i < to && done < len; i++) {
-      const blen = bufs[3 * i + 1]!;
-      if (skip >= blen) { skip -= blen; continue; }
-      const k = Math.min(blen - skip, len - done);
-      if (k > 0) {
-        const host = bufs[3 * i + 2]!;
-        if (host === 0) return false;
-        iov.push(host + skip, k);
-      }
-      done += k;
-      skip = 0;
-    }
-    return true;
+    return writable
+      ? iov.fill(this.bufs, this.readableCount, this.bufferCount, start, len)
+      : iov.fill(this.bufs, 0, this.readableCount, start, len);
   }
 }
 
@@ -456,7 +441,7 @@ export class Virtqueue {
       }
       const addr = hi * TWO_32 + lo;
       // one lookup checks the range and finds where it is mapped here
-      const host = hi > MAX_SAFE_HI ? -1 : mem.resolve(addr, len);
+      const host = hi > MAX_SAFE_HI ? -1 : mem.resolveTrusted(addr, len);
       if (host < 0) fail('EVQ_DESC_RANGE', `buffer ${hex64(hi, lo)}+0x${len.toString(16)} not in guest RAM`);
       if (n >= maxBufs) fail('EVQ_CHAIN_LEN', `chain from head ${head} has more than ${maxBufs} buffers`);
       if (flags & VIRTQ_DESC_F_WRITE) {
