@@ -171,6 +171,13 @@ export class DescriptorChain {
     const start = clamp(offset, this.writableLen);
     const n = Math.min(data.length, this.writableLen - start);
     try {
+      const last = this.bufferCount - 1;
+      const lastStart = this.writableLen - (last >= this.readableCount ? this.bufs[3 * last + 1]! : 0);
+      if (n > 0 && start >= lastStart) {
+        // all of it in the last buffer (a status byte after a read's pages): no walk over the others
+        this.mem.slice(this.bufs[3 * last]! + (start - lastStart), n).set(n === data.length ? data : data.subarray(0, n));
+        return n;
+      }
       copyStream(this.bufs, this.readableCount, this.bufferCount, start, n,
         (gpa, at, k) => this.mem.slice(gpa, k).set(data.subarray(at, at + k)));
     } catch (e) {
