@@ -261,3 +261,18 @@ test('queue protocol violations set NEEDS_RESET without throwing', () => {
     h.dev.queueNotify(0);
   } finally { h.cleanup(); }
 });
+
+test('a read whose status byte shares the last buffer with data, or has one of its own after empty ones, gets both right', () => {
+  const h = harness();
+  try {
+    const r = submit(h, [header(VIRTIO_BLK_T_IN, 1)], [513]);
+    assert.equal(r.status, VIRTIO_BLK_S_OK);
+    assert.equal(r.usedLen, 513);
+    assert.deepEqual(Buffer.from(r.data), readFileSync(h.path).subarray(512, 1024));
+    const s = submit(h, [header(VIRTIO_BLK_T_IN, 2)], [256, 256, 0, 1]);
+    assert.equal(s.status, VIRTIO_BLK_S_OK);
+    assert.deepEqual(Buffer.from(s.data), readFileSync(h.path).subarray(1024, 1536));
+  } finally {
+    h.cleanup();
+  }
+});
