@@ -36,32 +36,6 @@ export class IoVecs {
   }
 
   /**
-   * Append [addr, addr+len) (a user-space address, below 2^47); a piece
-   * that continues the previous one on the host joins it. The caller
-   * reserved room with reset().
-   */
-  push(addr: number, len: number): void {
-    const w = this.w;
-    const n = this.count;
-    if (n > 0) {
-      const p = 4 * (n - 1);
-      const prevLen = w[p + 2]!;
-      if (w[p]! + w[p + 1]! * TWO_32 + prevLen === addr && prevLen + len < MAX_PIECE) {
-        w[p + 2] = prevLen + len;
-        this.bytes += len;
-        return;
-      }
-    }
-    const q = 4 * n;
-    w[q] = addr >>> 0;
-    w[q + 1] = Math.floor(addr / TWO_32);
-    w[q + 2] = len;
-    w[q + 3] = 0;
-    this.count = n + 1;
-    this.bytes += len;
-  }
-
-  /**
    * Reset and fill with bytes [start, start+len) of the stream of packed
    * (gpa, len, host address) triples `bufs`, buffers [from, to); pieces
    * that continue each other on the host join. Returns false when a piece
