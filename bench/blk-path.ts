@@ -65,12 +65,16 @@ export function runBlkPath(op: 'read' | 'write', requests: number, segments = 25
   return { op, requests, segments, usPerRequest: Number(ns) / 1000 / requests };
 }
 
+/** Reads then writes, `requests` each, after a warm-up of each that lets the JIT optimize the path. */
+export function blkPathBench(requests: number): BlkPathResult[] {
+  runBlkPath('read', 500); runBlkPath('write', 500);
+  return (['read', 'write'] as const).map((op) => runBlkPath(op, requests));
+}
+
 if (import.meta.url === `file://${process.argv[1]}`) {
   const args = process.argv.slice(2);
   const requests = Number(args[args.indexOf('--requests') + 1] ?? 0) || 4000;
-  runBlkPath('read', 500); runBlkPath('write', 500); // warm up the JIT
-  for (const op of ['read', 'write'] as const) {
-    const r = runBlkPath(op, requests);
-    process.stdout.write(`${op.padEnd(5)} ${r.requests} requests of ${r.segments} pages: ${r.usPerRequest.toFixed(1)} µs each\n`);
+  for (const r of blkPathBench(requests)) {
+    process.stdout.write(`${r.op.padEnd(5)} ${r.requests} requests of ${r.segments} pages: ${r.usPerRequest.toFixed(1)} µs each\n`);
   }
 }

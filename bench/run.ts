@@ -22,7 +22,7 @@ import {
   ROOT, CLI, GUEST_DIR, DEFAULT_RUNS, VCPU_RUNNING, stats, timedRun,
   type LabResults, type LabRun, type Stats, type Vmm,
 } from './common.js';
-import { runBlkPath } from './blk-path.js';
+import { blkPathBench } from './blk-path.js';
 
 interface Opts { runs: number; hostRuns: number; lab: boolean; host: boolean; labJson?: string }
 
@@ -268,11 +268,7 @@ async function hostBench(o: Opts): Promise<void> {
   out('  so it excludes only exec and dynamic loading; the wall time includes them. No QEMU comparison: QEMU has no firmware-free raw mode.');
   out();
   out('virtio-blk request path without I/O (bench/blk-path.ts: a 254-page indirect request, avail ring to used ring, backend stubbed):');
-  runBlkPath('read', 500); runBlkPath('write', 500); // warm up the JIT
-  for (const op of ['read', 'write'] as const) {
-    const r = runBlkPath(op, 4000);
-    out(`  ${op.padEnd(5)} ${r.usPerRequest.toFixed(1)} µs per request (${r.requests} requests)`);
-  }
+  for (const r of blkPathBench(4000)) out(`  ${r.op.padEnd(5)} ${r.usPerRequest.toFixed(1)} µs per request (${r.requests} requests)`);
 }
 
 // ---------------------------------------------------------------- main

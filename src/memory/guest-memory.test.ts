@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { GuestMemory } from './guest-memory.js';
 import { GuestMemoryError } from '../errors.js';
-test('accessors alternate between regions correctly; copyOut and hostAddress stay inside one region', () => {
+test('accessors alternate between regions correctly; copyOut and resolve stay inside one region', () => {
   const a = new Uint8Array(0x1000), b = new Uint8Array(0x1000);
   const m = new GuestMemory([{ gpa: 0x10000, bytes: b, hostAddr: 0x7f00_0000_0000n }, { gpa: 0, bytes: a }]);
   m.writeU32(0xffc, 0x11223344);
@@ -16,9 +16,9 @@ test('accessors alternate between regions correctly; copyOut and hostAddress sta
   assert.deepEqual([...dst], [0, 0, 0, 0, 0xef, 0xbe]);
   assert.throws(() => m.copyOut(0xffe, dst, 0, 4), GuestMemoryError, 'straddles the end of a region');
   assert.throws(() => m.readU32(0x1000), GuestMemoryError, 'in the hole');
-  assert.equal(m.hostAddress(0x10010, 16), 0x7f00_0000_0010);
-  assert.equal(m.hostAddress(0x10ff0, 32), undefined, 'past the region');
-  assert.equal(m.hostAddress(0x10, 16), undefined, 'a region without a host mapping');
+  assert.equal(m.resolve(0x10010, 16), 0x7f00_0000_0010);
+  assert.equal(m.resolve(0x10ff0, 32), -1, 'past the region');
+  assert.equal(m.resolve(0x10, 16), 0, 'a region without a host mapping');
 });
 
 test('resolveTrusted answers as resolve does, whichever region was found last', () => {

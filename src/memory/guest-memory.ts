@@ -102,21 +102,11 @@ export class GuestMemory {
   }
 
   /**
-   * The host address of [gpa, gpa+len) for a syscall to read or write in
-   * place (preadv/pwritev), or undefined when it is not inside one region or
-   * the region has no native mapping.
-   */
-  hostAddress(gpa: number, len: number): number | undefined {
-    const i = this.locate(gpa, len);
-    const base = i < 0 ? undefined : this.hostBases[i];
-    // user-space addresses are below 2^47: exact as numbers, and no BigInt per piece on the I/O path
-    return base === undefined ? undefined : base + this.at;
-  }
-
-  /**
-   * Check and locate in one lookup: -1 when [gpa, gpa+len) is not inside
-   * one region; else its host address, or 0 when the region has no native
-   * mapping (plain buffers in tests).
+   * Check and locate in one lookup, for syscalls that read or write guest
+   * RAM in place (preadv/pwritev): -1 when [gpa, gpa+len) is not inside
+   * one region; else its host address (user-space addresses are below 2^47:
+   * exact as numbers), or 0 when the region has no native mapping (plain
+   * buffers in tests).
    */
   resolve(gpa: number, len: number): number {
     const i = this.locate(gpa, len);
