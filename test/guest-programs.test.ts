@@ -30,6 +30,8 @@ test('protected and long mode, MMIO exits, power-off', { skip: skipReason('long'
 test('a triple fault ends tshyve with exit 3', { skip: skipReason('triple') }, async () => {
   const r = await runCli(base(guestBin('triple')!));
   assert.equal(r.code, 3, r.stderr);
+  // The message says where the vCPU stood: in protected mode, with the empty IDT the program loaded.
+  assert.match(r.stderr, /vCPU 0 triple fault \(rip 0x10[0-9a-f]{2} .* cr0 0x6000001[01] .* idt 0x0\/0x0 /);
 });
 
 test('a guest that never exits is stopped by SIGINT (vCPU kick) with exit 1', { skip: skipReason('spin') }, async () => {

@@ -438,7 +438,7 @@ export class Machine extends EventEmitter implements VmControl {
 
   private onVcpuEvent(e: VcpuEvent): void {
     switch (e.type) {
-      case 'shutdown': void this.finish(ExitCode.TRIPLE_FAULT, `vCPU ${e.index} triple fault`); break;
+      case 'shutdown': void this.finish(ExitCode.TRIPLE_FAULT, `vCPU ${e.index} triple fault (${this.describeVcpu(e.index)})`); break;
       case 'system-event':
         void this.finish(e.event === SYSTEM_EVENT.RESET ? ExitCode.REBOOT : e.event === SYSTEM_EVENT.SHUTDOWN ? ExitCode.POWEROFF : ExitCode.ERROR);
         break;
@@ -449,6 +449,23 @@ export class Machine extends EventEmitter implements VmControl {
         break;
       }
       default: break;
+    }
+  }
+
+  /**
+   * Where a vCPU stood, for the triple-fault message: its thread has left
+   * KVM_RUN, so its registers are what the guest last had.
+   */
+  private describeVcpu(i: number): string {
+    try {
+      const v = this.vcpuFds[i]!, r = v.getRegs(), s = v.getSregs();
+      const h = (x: bigint | number) => `0x${x.toString(16)}`;
+      const ev = v.getVcpuEvents();
+      return `rip ${h(r.rip)} rsp ${h(r.rsp)} rflags ${h(r.rflags)} cs ${h(s.cs.selector)} ss ${h(s.ss.selector)} cr0 ${h(s.cr0)} cr2 ${h(s.cr2)} `
+        + `cr3 ${h(s.cr3)} cr4 ${h(s.cr4)} efer ${h(s.efer)} idt ${h(s.idt.base)}/${h(s.idt.limit)} gdt ${h(s.gdt.base)}/${h(s.gdt.limit)} `
+        + `tr ${h(s.tr.selector)}@${h(s.tr.base)} events ${ev.subarray(0, 32).toString('hex')}`;
+    } catch (err) {
+      return `registers unreadable: ${(err as Error).message}`;
     }
   }
 
