@@ -14,6 +14,7 @@ import { createHash } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { connect } from 'node:net';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { ROOT, CLI } from '../helpers.js';
 import { snapshotScenarios } from './snapshot-scenarios.js';
 
@@ -298,4 +299,5 @@ async function main(): Promise<void> {
   }
 }
 
-main().catch((e) => { console.error(e); process.exit(1); });
+// Run as a program (in the lab); imported, it only lends its helpers.
+if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) main().catch((e) => { console.error(e); process.exit(1); });
