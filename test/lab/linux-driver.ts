@@ -90,6 +90,24 @@ export function guestCmd(lines: string[]): string {
   return Buffer.from(lines.join('\n') + '\n').toString('base64');
 }
 
+/** Guest lines of the ext4 round trip: mount /dev/vda, print payload.bin's md5, write `text` to from-guest.txt, sync, unmount. */
+function ext4RoundTrip(text: string): string[] {
+  return [
+    'mkdir -p /mnt && mount -t ext4 /dev/vda /mnt',
+    'echo GUEST_MD5=$(md5sum /mnt/payload.bin | cut -d" " -f1)',
+    `echo ${text} > /mnt/from-guest.txt && sync && umount /mnt && echo GUEST_WROTE=yes`,
+  ];
+}
+
+/** A file of an ext4 image, as the host reads it with debugfs ('' when it cannot). */
+export function hostReads(img: string, file: string): string {
+  try {
+    return execFileSync('debugfs', ['-R', `cat ${file}`, img], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+  } catch {
+    return '';
+  }
+}
+
 const scenarios: Record<string, () => Promise<BootResult>> = {
   async 'boot-1cpu-poweroff'() {
     return { ...(await tshyve(vmArgs(1, 'poweroff'))), name: 'boot-1cpu-poweroff' };
@@ -116,15 +134,9 @@ const scenarios: Record<string, () => Promise<BootResult>> = {
     // An ext4 image made on the host with a file in it; the guest checks the
     // file, writes another and syncs; the host reads that one back.
     const { img, md5 } = ext4WithPayload('tshyve-blk-', 100_000, 7);
-    const cmd = guestCmd([
-      'mkdir -p /mnt && mount -t ext4 /dev/vda /mnt',
-      'echo GUEST_MD5=$(md5sum /mnt/payload.bin | cut -d" " -f1)',
-      'echo written-by-the-guest > /mnt/from-guest.txt && sync && umount /mnt && echo GUEST_WROTE=yes',
-      'poweroff -f',
-    ]);
+    const cmd = guestCmd([...ext4RoundTrip('written-by-the-guest'), 'poweroff -f']);
     const r = await tshyve(vmArgs(1, `hello tshyve.cmd=${cmd}`, 'stdio', ['-s', `5,virtio-blk,${img}`, '-o', 'debug.stats=1']));
-    let hostReadBack = '';
-    try { hostReadBack = execFileSync('debugfs', ['-R', 'cat /from-guest.txt', img], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }); } catch { /* left empty */ }
+    const hostReadBack = hostReads(img, '/from-guest.txt');
     return { ...r, name: 'virtio-blk-ext4', expectedMd5: md5, hostReadBack };
   },
   async 'virtio-legacy'() {
@@ -140,9 +152,7 @@ const scenarios: Record<string, () => Promise<BootResult>> = {
       'rmmod virtio_pci && insmod /lib/modules/$(grep "/virtio_pci\\.ko" /etc/modules.order) force_legacy=1',
       'echo FORCE_LEGACY=$(cat /sys/module/virtio_pci/parameters/force_legacy)',
       'for i in $(seq 100); do [ -b /dev/vda ] && [ -e /dev/hwrng ] && break; sleep 0.1; done',
-      'mkdir -p /mnt && mount -t ext4 /dev/vda /mnt',
-      'echo GUEST_MD5=$(md5sum /mnt/payload.bin | cut -d" " -f1)',
-      'echo written-by-a-legacy-driver > /mnt/from-guest.txt && sync && umount /mnt && echo GUEST_WROTE=yes',
+      ...ext4RoundTrip('written-by-a-legacy-driver'),
       'echo HWRNG=$(dd if=/dev/hwrng bs=32 count=1 2>/dev/null | od -An -tx1 | tr -d " \\n")',
       // bit 32 of the negotiated features is VIRTIO_F_VERSION_1: 0 on the legacy interface
       'for d in /sys/bus/virtio/devices/virtio*; do echo VDEV=$(cat $d/device):v1=$(cut -c33 $d/features); done',
@@ -153,8 +163,7 @@ const scenarios: Record<string, () => Promise<BootResult>> = {
     ]);
     const r = await tshyve(vmArgs(1, `hello tshyve.cmd=${cmd}`, 'stdio',
       ['-s', `5,virtio-blk,${img},legacy`, '-s', '4,virtio-rnd,legacy', '-o', 'debug.stats=1']));
-    let hostReadBack = '';
-    try { hostReadBack = execFileSync('debugfs', ['-R', 'cat /from-guest.txt', img], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }); } catch { /* left empty */ }
+    const hostReadBack = hostReads(img, '/from-guest.txt');
     return { ...r, name: 'virtio-legacy', expectedMd5: md5, hostReadBack };
   },
   async 'virtio-blk-fstrim'() {
