@@ -86,6 +86,8 @@ export interface PciFunction {
   /** Stop taking new requests; resolves when in-flight ones are complete, disks flushed and the device state is readable (save). */
   quiesce?(): Promise<void>;
   unquiesce?(): void;
+  /** A count that grows while the device works without vCPU exits (a queue served on its own thread); the halt check reads it. */
+  activity?(): number;
 }
 
 export interface PciConfigSpace {

@@ -466,6 +466,7 @@ export class VirtioPci implements PciFunction {
     this.device.syncForSave?.();
   }
   unquiesce(): void { this.device.offload?.unquiesce(); }
+  activity(): number { const s = this.device.offload?.served; return s ? Atomics.load(s, 0) : 0; }
 
   /**
    * VM teardown: the notifiers first (nothing new comes in), then the model

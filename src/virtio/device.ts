@@ -71,6 +71,12 @@ export interface VirtioOffload {
    * unmasked, route set), else -1 and the worker asks the main thread.
    */
   readonly directIrq: Int32Array;
+  /**
+   * A counter shared with the worker (word 0, wraps): the queue
+   * notifications it has taken. It works without vCPU exits, so the halt
+   * check reads this to tell a busy VM from a halted one.
+   */
+  readonly served: Int32Array;
   /** Stop taking requests; resolves when in-flight ones are on the used ring and the main thread's queues hold the true state. */
   quiesce(): Promise<void>;
   unquiesce(): void;

@@ -191,7 +191,7 @@ export class Machine extends EventEmitter implements VmControl {
   private addIoeventfd(addr: number, len: number, onWrite: () => void,
     opts: { pio?: boolean; datamatch?: number } = {}): { remove(): void } | undefined {
     this.poller ??= new EventfdPoller();
-    const efd = this.poller.add(onWrite);
+    const efd = this.poller.add(() => { this.notifies++; onWrite(); });
     const kopts = { pio: opts.pio, datamatch: opts.datamatch === undefined ? undefined : BigInt(opts.datamatch) };
     try {
       this.vm.ioeventfd(efd.fd, BigInt(addr), len, kopts);
@@ -207,6 +207,9 @@ export class Machine extends EventEmitter implements VmControl {
       },
     };
   }
+
+  /** queue notifications that came through ioeventfds to this thread (no exit): activity for the halt check */
+  private notifies = 0;
 
   private router: MsiRouter | undefined | false;
   private irqfds = 0;
@@ -387,8 +390,12 @@ export class Machine extends EventEmitter implements VmControl {
     const check = async () => {
       if (this.ending) return;
       const s = this.exitServer?.stats;
-      const exits = s ? s.pio + s.mmio : 0;
-      // A vCPU halted with interrupts off makes no exits: only check a quiet VM.
+      // Exits, and the work devices do without them (ioeventfd notifies,
+      // queues served on their own threads): a vCPU halted with interrupts
+      // off makes none of these, so only a quiet VM is checked, and a VM
+      // busy with disk I/O is not parked every few seconds for nothing.
+      let exits = (s ? s.pio + s.mmio : 0) + this.notifies;
+      for (const d of this.pciDevs) exits += d.fn.activity?.() ?? 0;
       if (exits === lastExits && !this.checking && !this.userPaused && !this.saving) {
         this.checking = true;
         try {

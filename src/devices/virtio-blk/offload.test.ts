@@ -66,10 +66,13 @@ test('requests are served on the I/O thread; completions raise the queue interru
     assert.deepEqual(readFileSync(s.img.path).subarray(16 * 512, 16 * 512 + 8192), data);
     await until(() => s.raised.length > 0);
     assert.deepEqual(s.raised, [0]);
+    const served = Atomics.load(s.dev.offload.served, 0);
+    assert.ok(served >= 1, 'the notify it took is counted (the halt check reads this)');
     const r = drv.addChain({ readable: [header(VIRTIO_BLK_T_IN, 16)], writable: [4096, 4096, 1] });
     s.notify();
     await until(() => drv.usedIdx === 2);
     assert.deepEqual(Buffer.from(drv.written(r, 8192)), data);
+    assert.equal(Atomics.load(s.dev.offload.served, 0), served + 1);
   } finally {
     s.close();
   }

@@ -59,10 +59,11 @@ export class OffloadedVirtioBlk implements VirtioDevice {
     this.features = inner.features;
     this.configSize = inner.configSize;
     const directIrq = new Int32Array(new SharedArrayBuffer(4 * this.numQueues)).fill(-1);
+    const served = new Int32Array(new SharedArrayBuffer(4));
     const { port1, port2 } = new MessageChannel();
     this.port = port1;
     const data: BlkWorkerData = {
-      port: port2, ack: this.ack.buffer as SharedArrayBuffer, directIrq: directIrq.buffer as SharedArrayBuffer,
+      port: port2, ack: this.ack.buffer as SharedArrayBuffer, directIrq: directIrq.buffer as SharedArrayBuffer, served: served.buffer as SharedArrayBuffer,
       notifyFd: this.notifyFd, ctlFd: this.ctlFd, hostAddr: ram.hostAddr, ramSize: ram.size, regions: ram.regions, name,
       opts: {
         path: opts.path, readonly: inner.readonly, sectorSize: inner.sectorSize, physicalSectorSize: inner.physicalSectorSize,
@@ -78,6 +79,7 @@ export class OffloadedVirtioBlk implements VirtioDevice {
     this.offload = {
       notifyFd: () => this.notifyFd,
       directIrq,
+      served,
       quiesce: () => self.quiesce(),
       unquiesce: () => self.unquiesce(),
     };

@@ -30,6 +30,8 @@ export interface BlkWorkerData {
   port: MessagePort;
   ack: SharedArrayBuffer;
   directIrq: SharedArrayBuffer;
+  /** one word: queue notifications taken (VirtioOffload.served) */
+  served: SharedArrayBuffer;
   notifyFd: number;
   ctlFd: number;
   /** the main thread's mapping of guest RAM: the same pages the vCPUs use, shared or copy-on-write */
@@ -61,6 +63,7 @@ const d = workerData as BlkWorkerData;
 const port = d.port;
 const ack = new Int32Array(d.ack);
 const directIrq = new Int32Array(d.directIrq);
+const served = new Int32Array(d.served);
 
 function acknowledge(seq: number): void {
   Atomics.store(ack, 0, seq);
@@ -152,7 +155,10 @@ function main(): void {
           return;
       }
     }
-    if (kick && vq && !quiesced && !broken) dev.queueNotify(0);
+    if (kick && vq && !quiesced && !broken) {
+      Atomics.add(served, 0, 1);
+      dev.queueNotify(0);
+    }
   }
 }
 
