@@ -45,7 +45,7 @@ before(() => {
     process.stdout.write(`[lab] L1 ended after ${done.length} scenarios (${first.output.split('\n').filter((l) => l.startsWith('lab/run:')).join(' ')}); running the rest in a new lab boot\n`);
     const second = runLab(scratch, 'results-2.json', done.length ? [`--skip=${done.join(',')}`] : []);
     labOutput += second.output;
-    for (const x of second.results) results.set(x.name, { ...x, retried: x.retried ?? 'L1 ended before this scenario ran' });
+    for (const x of second.results) results.set(x.name, { ...x, retried: x.retried ?? 'L1 ended before this scenario finished' });
   }
 });
 

@@ -10,10 +10,9 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
-import { ROOT } from '../helpers.js';
+import { ROOT, CLI } from '../helpers.js';
 import { ext4WithPayload, guestCmd, hostReads, vmArgs, type BootResult } from './linux-driver.js';
 
-const CLI = join(ROOT, 'dist', 'src', 'cli', 'tshyve.js');
 const CTL = join(ROOT, 'dist', 'src', 'cli', 'tshyvectl.js');
 
 export interface Phase {
