@@ -74,6 +74,23 @@ export function stats(xs: number[]): Stats | undefined {
   return m === undefined ? undefined : { n: xs.length, median: m, min: Math.min(...xs), max: Math.max(...xs) };
 }
 
+/**
+ * tshyve/QEMU ratios of the boots that ran back to back (same run index,
+ * both ok). The lab's speed drifts by up to 2x over minutes (other work on
+ * the machine's two cores); a pair shares its conditions, so the median of
+ * the pairs' ratios is steadier than the ratio of the two medians.
+ */
+export function pairedRatios<T extends { vmm: Vmm; run: number; ok: boolean }>(runs: readonly T[], value: (r: T) => number | undefined): number[] {
+  const out: number[] = [];
+  for (const a of runs) {
+    if (a.vmm !== 'tshyve' || !a.ok) continue;
+    const b = runs.find((x) => x.vmm === 'qemu' && x.ok && x.run === a.run);
+    const va = value(a), vb = b ? value(b) : undefined;
+    if (va !== undefined && vb !== undefined && vb > 0) out.push(va / vb);
+  }
+  return out;
+}
+
 export interface Timed {
   code: number | null;
   signal: string | null;

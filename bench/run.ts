@@ -7,7 +7,7 @@
  * 2. Host start-up bench: exec to first KVM_RUN (and to exit) of a tiny raw
  *    guest on this host's own /dev/kvm.
  *
- *   node dist/bench/run.js [--runs R] [--host-runs N] [--no-lab] [--no-host] [--lab-json FILE]
+ *   node dist/bench/run.js [--runs R] [--host-runs N] [--no-lab] [--no-host] [--lab-json FILE] [--only boot|disk|snapshot|host]
  *
  * --lab-json FILE reprints the table of an earlier lab run's lab-boot.json instead of running the lab.
  *
@@ -19,12 +19,16 @@ import { existsSync, mkdtempSync, readFileSync, readdirSync, accessSync, constan
 import { tmpdir, loadavg, cpus as osCpus } from 'node:os';
 import { join } from 'node:path';
 import {
-  ROOT, CLI, GUEST_DIR, DEFAULT_RUNS, VCPU_RUNNING, stats, timedRun,
+  ROOT, CLI, GUEST_DIR, DEFAULT_RUNS, VCPU_RUNNING, stats, pairedRatios, timedRun,
   type LabResults, type LabRun, type Stats, type Vmm,
 } from './common.js';
 import { blkPathBench } from './blk-path.js';
 
-interface Opts { runs: number; hostRuns: number; lab: boolean; host: boolean; labJson?: string }
+/** The benches, in the order they run. */
+const SECTIONS = ['boot', 'disk', 'snapshot', 'host'] as const;
+type Section = typeof SECTIONS[number];
+
+interface Opts { runs: number; hostRuns: number; lab: boolean; host: boolean; labJson?: string; only?: Section }
 
 function parseArgs(argv: string[]): Opts {
   const num = (s: string | undefined, d: number) => { const n = Number(s); return Number.isInteger(n) && n > 0 ? n : d; };
@@ -40,7 +44,8 @@ function parseArgs(argv: string[]): Opts {
     else if (a === '--no-lab') o.lab = false;
     else if (a === '--no-host') o.host = false;
     else if (a === '--lab-json') o.labJson = argv[++i];
-    else { process.stderr.write(`bench: unknown argument ${a}\nusage: run.js [--runs R] [--host-runs N] [--no-lab] [--no-host] [--lab-json FILE]\n`); process.exit(2); }
+    else if (a === '--only' && (SECTIONS as readonly string[]).includes(argv[i + 1] ?? '')) o.only = argv[++i] as Section;
+    else { process.stderr.write(`bench: unknown argument ${a}\nusage: run.js [--runs R] [--host-runs N] [--no-lab] [--no-host] [--lab-json FILE] [--only ${SECTIONS.join('|')}]\n`); process.exit(2); }
   }
   if (Number.isNaN(o.runs) || Number.isNaN(o.hostRuns)) { process.stderr.write('bench: --runs/--host-runs need a positive integer\n'); process.exit(2); }
   return o;
@@ -277,13 +282,11 @@ async function main(): Promise<void> {
   const o = parseArgs(process.argv.slice(2));
   out(`tshyve bench, ${new Date().toISOString()}, node ${process.version}`);
   out();
-  if (o.lab) await labBench(o); else out('lab bench skipped: --no-lab');
-  out();
-  if (o.lab) await diskBench(o); else out('disk bench skipped: --no-lab');
-  out();
-  if (o.lab) await snapshotBench(o); else out('snapshot bench skipped: --no-lab');
-  out();
-  if (o.host) await hostBench(o); else out('host bench skipped: --no-host');
+  const want = (s: Section) => o.only === undefined || o.only === s;
+  if (want('boot')) { if (o.lab) await labBench(o); else out('lab bench skipped: --no-lab'); out(); }
+  if (want('disk')) { if (o.lab) await diskBench(o); else out('disk bench skipped: --no-lab'); out(); }
+  if (want('snapshot')) { if (o.lab) await snapshotBench(o); else out('snapshot bench skipped: --no-lab'); out(); }
+  if (want('host')) { if (o.host) await hostBench(o); else out('host bench skipped: --no-host'); }
 }
 
 /** Run dist/bench/lab-NAME.js inside one lab/run and read the JSON it writes; undefined (said why) when it cannot. */
@@ -304,16 +307,19 @@ async function diskBench(o: Opts): Promise<void> {
   if (!res) return;
   type Key = 'writeMBs' | 'readMBs' | 'coldWriteMBs' | 'coldReadMBs';
   const pick = (vmm: string, k: Key) => stats(res.runs.filter((x) => x.vmm === vmm && x.ok && x[k] !== undefined).map((x) => x[k]!));
-  const rows = [['metric', 'tshyve', 'QEMU', 'tshyve/QEMU']];
+  const rows = [['metric', 'tshyve', 'QEMU', 'tshyve/QEMU', 'paired ratios']];
   for (const [label, k] of [['write MB/s', 'writeMBs'], ['read MB/s', 'readMBs'],
     ['first pass: write MB/s', 'coldWriteMBs'], ['first pass: read MB/s', 'coldReadMBs']] as const) {
     const a = pick('tshyve', k), b = pick('qemu', k);
-    rows.push([label, fmtStats(a, 1, 1, o.runs), fmtStats(b, 1, 1, o.runs), a && b ? `${(a.median / b.median).toFixed(2)} (${a.median >= b.median ? 'ok' : '< 1'})` : '-']);
+    const p = stats(pairedRatios(res.runs, (x) => x[k]));
+    rows.push([label, fmtStats(a, 1, 1, o.runs), fmtStats(b, 1, 1, o.runs), a && b ? `${(a.median / b.median).toFixed(2)} (${a.median >= b.median ? 'ok' : '< 1'})` : '-',
+      p ? `${fmtStats(p, 1, 2, o.runs)} (${p.median >= 1 ? 'ok' : '< 1'})` : '-']);
   }
   for (const l of table(rows)) out(l);
   out(`${res.mib} MiB per pass on a raw image in L1's tmpfs; QEMU with its default writeback cache. Each boot runs two passes:`);
   out('the first rows are the second pass (steady state), the "first pass" rows the one just after boot, while tshyve\'s request');
-  out('path is still unoptimized JavaScript. Target: ratio >= 1 (at least QEMU\'s throughput).');
+  out('path is still unoptimized JavaScript. "paired ratios": median [min-max] of tshyve/QEMU over the boots that ran back to');
+  out('back, steadier than the ratio of the medians when the lab\'s speed drifts. Target: ratio >= 1 (at least QEMU\'s throughput).');
 }
 
 /** Checkpoint time and restore-to-running latency, next to dd writing as many bytes as the guest has RAM. */
