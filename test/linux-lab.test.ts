@@ -5,8 +5,8 @@
  */
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
-import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, statSync } from 'node:fs';
+import { spawn } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ROOT } from './helpers.js';
@@ -21,31 +21,63 @@ const skip = !existsSync(join(ROOT, 'lab', 'out', 'l1', 'vmlinux')) || !existsSy
 let results: Map<string, BootResult> = new Map();
 let labOutput = '';
 
+/**
+ * How long a lab boot may go without finishing a scenario. Each scenario
+ * bounds its own boots (a hung one is killed and run once more), so a run
+ * that records nothing for this long is an L1 that stalled after it
+ * started the command (seen under TCG: qemu busy, the guest kernel making
+ * no progress). TSHYVE_LAB_STALL_S overrides it.
+ */
+const STALL_MS = (Number(process.env.TSHYVE_LAB_STALL_S) || 720) * 1000;
+
+interface LabBoot { results: BootResult[]; output: string; status: number | null; stalled: boolean }
+
 /** One lab boot running the driver; returns its results (what it wrote) and output. */
-function runLab(scratch: string, file: string, driverArgs: string[]): { results: BootResult[]; output: string; status: number | null } {
+async function runLab(scratch: string, file: string, driverArgs: string[]): Promise<LabBoot> {
   const out = join(scratch, file);
-  const r = spawnSync(labRun, ['--timeout', '1500', '--scratch', scratch, '--', process.execPath,
-    join(ROOT, 'dist', 'test', 'lab', 'linux-driver.js'), out, ...driverArgs], { cwd: ROOT, encoding: 'utf8', timeout: 1_600_000 });
-  const output = `${r.stdout}\n${r.stderr}`;
+  // Its own process group: a stalled boot is ended with lab/run, its timeout and qemu.
+  const child = spawn(labRun, ['--timeout', '1500', '--scratch', scratch, '--', process.execPath,
+    join(ROOT, 'dist', 'test', 'lab', 'linux-driver.js'), out, ...driverArgs], { cwd: ROOT, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '', stderr = '', stalled = false;
+  child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
+  child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
+  let progress = Date.now(), recorded = -1;
+  const watch = setInterval(() => {
+    const n = existsSync(out) ? statSync(out).mtimeMs : -1;
+    if (n !== recorded) { recorded = n; progress = Date.now(); return; }
+    if (Date.now() - progress > STALL_MS && !stalled) {
+      stalled = true;
+      try { process.kill(-child.pid!, 'SIGKILL'); } catch { /* already gone */ }
+    }
+  }, 5000);
+  const status = await new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+  clearInterval(watch);
+  const output = `${stdout}\n${stderr}`;
   // Hung or crashed and retried scenarios stay visible in the test output (see linux-driver.ts).
   process.stdout.write(output.split('\n').filter((l) => l.startsWith('[lab]')).map((l) => `${l}\n`).join(''));
-  return { results: existsSync(out) ? JSON.parse(readFileSync(out, 'utf8')) as BootResult[] : [], output, status: r.status };
+  return { results: existsSync(out) ? JSON.parse(readFileSync(out, 'utf8')) as BootResult[] : [], output, status, stalled };
 }
 
-before(() => {
+before(async () => {
   if (skip) return;
   const scratch = mkdtempSync(join(tmpdir(), 'tshyve-lab-'));
-  const first = runLab(scratch, 'results.json', []);
+  const first = await runLab(scratch, 'results.json', []);
   labOutput = first.output;
   results = new Map(first.results.map((x) => [x.name, x]));
-  // L1 itself has been seen to end mid-run (its kernel panicked: lab/README.md).
-  // The scenarios it did not reach then run in one more lab boot, and it says so.
-  if (first.status !== 0 && /the lab failed before CMD finished/.test(first.output)) {
+  // L1 itself has been seen to end mid-run (its kernel panicked: lab/README.md),
+  // and to stall. The scenarios it did not reach then run in one more lab boot,
+  // and it says so.
+  const ended = first.status !== 0 && /the lab failed before CMD finished/.test(first.output);
+  if (ended || first.stalled) {
     const done = [...results.keys()];
-    process.stdout.write(`[lab] L1 ended after ${done.length} scenarios (${first.output.split('\n').filter((l) => l.startsWith('lab/run:')).join(' ')}); running the rest in a new lab boot\n`);
-    const second = runLab(scratch, 'results-2.json', done.length ? [`--skip=${done.join(',')}`] : []);
+    const how = first.stalled
+      ? `stalled (no scenario finished in ${STALL_MS / 1000} s; killed)`
+      : `ended (${first.output.split('\n').filter((l) => l.startsWith('lab/run:')).join(' ')})`;
+    process.stdout.write(`[lab] L1 ${how} after ${done.length} scenarios; running the rest in a new lab boot\n`);
+    const second = await runLab(scratch, 'results-2.json', done.length ? [`--skip=${done.join(',')}`] : []);
     labOutput += second.output;
-    for (const x of second.results) results.set(x.name, { ...x, retried: x.retried ?? 'L1 ended before this scenario finished' });
+    const why = first.stalled ? 'L1 stalled before this scenario finished' : 'L1 ended before this scenario finished';
+    for (const x of second.results) results.set(x.name, { ...x, retried: x.retried ?? why });
   }
 });
 
