@@ -44,7 +44,11 @@ function parseArgs(argv: string[]): Opts {
     else if (a === '--no-lab') o.lab = false;
     else if (a === '--no-host') o.host = false;
     else if (a === '--lab-json') o.labJson = argv[++i];
-    else if (a === '--only' && (SECTIONS as readonly string[]).includes(argv[i + 1] ?? '')) o.only = argv[++i] as Section;
+    else if (a === '--only') {
+      const s = argv[++i] ?? '';
+      if (!(SECTIONS as readonly string[]).includes(s)) { process.stderr.write(`bench: --only takes one of ${SECTIONS.join(', ')}, not '${s}'\n`); process.exit(2); }
+      o.only = s as Section;
+    }
     else { process.stderr.write(`bench: unknown argument ${a}\nusage: run.js [--runs R] [--host-runs N] [--no-lab] [--no-host] [--lab-json FILE] [--only ${SECTIONS.join('|')}]\n`); process.exit(2); }
   }
   if (Number.isNaN(o.runs) || Number.isNaN(o.hostRuns)) { process.stderr.write('bench: --runs/--host-runs need a positive integer\n'); process.exit(2); }

@@ -70,14 +70,14 @@ before(async () => {
   const ended = first.status !== 0 && /the lab failed before CMD finished/.test(first.output);
   if (ended || first.stalled) {
     const done = [...results.keys()];
-    const how = first.stalled
-      ? `stalled (no scenario finished in ${STALL_MS / 1000} s; killed)`
-      : `ended (${first.output.split('\n').filter((l) => l.startsWith('lab/run:')).join(' ')})`;
-    process.stdout.write(`[lab] L1 ${how} after ${done.length} scenarios; running the rest in a new lab boot\n`);
+    const what = first.stalled ? 'stalled' : 'ended';
+    const detail = first.stalled
+      ? `no scenario finished in ${STALL_MS / 1000} s; killed`
+      : first.output.split('\n').filter((l) => l.startsWith('lab/run:')).join(' ');
+    process.stdout.write(`[lab] L1 ${what} (${detail}) after ${done.length} scenarios; running the rest in a new lab boot\n`);
     const second = await runLab(scratch, 'results-2.json', done.length ? [`--skip=${done.join(',')}`] : []);
     labOutput += second.output;
-    const why = first.stalled ? 'L1 stalled before this scenario finished' : 'L1 ended before this scenario finished';
-    for (const x of second.results) results.set(x.name, { ...x, retried: x.retried ?? why });
+    for (const x of second.results) results.set(x.name, { ...x, retried: x.retried ?? `L1 ${what} before this scenario finished` });
   }
 });
 
