@@ -10,7 +10,8 @@ import { spawn } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ROOT } from './helpers.js';
-import type { BootResult } from './lab/linux-driver.js';
+import { BEAT_MS, type BootResult } from './lab/linux-driver.js';
+import { whereAreL1Cpus } from './lab/l1-monitor.js';
 
 const labRun = join(ROOT, 'lab', 'run');
 const guest = join(ROOT, 'lab', 'out', 'guest', 'vmlinuz');
@@ -23,36 +24,51 @@ let labOutput = '';
 
 /**
  * How long a lab boot may go without finishing a scenario. Each scenario
- * bounds its own boots (a hung one is killed and run once more), so a run
- * that records nothing for this long is an L1 that stalled after it
- * started the command (seen under TCG: qemu busy, the guest kernel making
- * no progress). TSHYVE_LAB_STALL_S overrides it.
+ * bounds its own boots (a hung one is killed and run once more; a process
+ * that does not die is given up on: test/lab/proc.ts), so a run that
+ * records nothing for this long has stalled. TSHYVE_LAB_STALL_S overrides it.
  */
 const STALL_MS = (Number(process.env.TSHYVE_LAB_STALL_S) || 720) * 1000;
+/** How long L1 may go without printing the driver's heartbeat (BEAT_MS) before it counts as frozen. */
+const SILENT_MS = Math.min(STALL_MS, 8 * BEAT_MS);
+/** Lab boots in all: the first, and one more each time L1 ends or stalls while the suite has time for it. */
+const MAX_BOOTS = 4;
+const LAB_BUDGET_MS = 35 * 60_000;
 
-interface LabBoot { results: BootResult[]; output: string; status: number | null; stalled: boolean }
+interface LabBoot { results: BootResult[]; output: string; status: number | null; stalled?: string }
 
 /** One lab boot running the driver; returns its results (what it wrote) and output. */
-async function runLab(scratch: string, file: string, driverArgs: string[]): Promise<LabBoot> {
-  const out = join(scratch, file);
+async function runLab(scratch: string, n: number, driverArgs: string[]): Promise<LabBoot> {
+  const out = join(scratch, `results-${n}.json`);
+  const monitor = join(scratch, `monitor-${n}.sock`);
   // Its own process group: a stalled boot is ended with lab/run, its timeout and qemu.
   const child = spawn(labRun, ['--timeout', '1500', '--scratch', scratch, '--', process.execPath,
-    join(ROOT, 'dist', 'test', 'lab', 'linux-driver.js'), out, ...driverArgs], { cwd: ROOT, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '', stderr = '', stalled = false;
-  child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
+    join(ROOT, 'dist', 'test', 'lab', 'linux-driver.js'), out, ...driverArgs],
+  { cwd: ROOT, detached: true, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TSHYVE_LAB_MONITOR: monitor } });
+  let stdout = '', stderr = '', stalled: string | undefined, checking = false;
+  const started = Date.now();
+  let heard = started;
+  child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; if (d.includes('[beat]')) heard = Date.now(); });
   child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
   let progress = Date.now(), recorded = -1;
   const watch = setInterval(() => {
-    const n = existsSync(out) ? statSync(out).mtimeMs : -1;
-    if (n !== recorded) { recorded = n; progress = Date.now(); return; }
-    if (Date.now() - progress > STALL_MS && !stalled) {
-      stalled = true;
+    const m = existsSync(out) ? statSync(out).mtimeMs : -1;
+    if (m !== recorded) { recorded = m; progress = Date.now(); }
+    const now = Date.now();
+    // Before the first beat L1 is still booting (lab/run bounds that itself).
+    const why = now - progress > STALL_MS ? `no scenario finished in ${STALL_MS / 1000} s`
+      : heard !== started && now - heard > SILENT_MS ? `no heartbeat from L1 in ${SILENT_MS / 1000} s` : undefined;
+    if (!why || stalled || checking) return;
+    checking = true;
+    // Where L1's CPUs are, for the report, then the whole boot goes.
+    void whereAreL1Cpus(monitor, `${out}.kallsyms`).then((cpus) => {
+      stalled = `${why}; L1's CPUs, sampled: ${cpus.split('\n').join(' | ')}`;
       try { process.kill(-child.pid!, 'SIGKILL'); } catch { /* already gone */ }
-    }
+    });
   }, 5000);
   const status = await new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
   clearInterval(watch);
-  const output = `${stdout}\n${stderr}`;
+  const output = `${stdout.replace(/^\[beat\]\n/gm, '')}\n${stderr}`;
   // Hung or crashed and retried scenarios stay visible in the test output (see linux-driver.ts).
   process.stdout.write(output.split('\n').filter((l) => l.startsWith('[lab]')).map((l) => `${l}\n`).join(''));
   return { results: existsSync(out) ? JSON.parse(readFileSync(out, 'utf8')) as BootResult[] : [], output, status, stalled };
@@ -61,23 +77,23 @@ async function runLab(scratch: string, file: string, driverArgs: string[]): Prom
 before(async () => {
   if (skip) return;
   const scratch = mkdtempSync(join(tmpdir(), 'tshyve-lab-'));
-  const first = await runLab(scratch, 'results.json', []);
-  labOutput = first.output;
-  results = new Map(first.results.map((x) => [x.name, x]));
+  const t0 = Date.now();
   // L1 itself has been seen to end mid-run (its kernel panicked: lab/README.md),
-  // and to stall. The scenarios it did not reach then run in one more lab boot,
+  // and to stall. The scenarios it did not reach then run in another lab boot,
   // and it says so.
-  const ended = first.status !== 0 && /the lab failed before CMD finished/.test(first.output);
-  if (ended || first.stalled) {
-    const done = [...results.keys()];
-    const what = first.stalled ? 'stalled' : 'ended';
-    const detail = first.stalled
-      ? `no scenario finished in ${STALL_MS / 1000} s; killed`
-      : first.output.split('\n').filter((l) => l.startsWith('lab/run:')).join(' ');
-    process.stdout.write(`[lab] L1 ${what} (${detail}) after ${done.length} scenarios; running the rest in a new lab boot\n`);
-    const second = await runLab(scratch, 'results-2.json', done.length ? [`--skip=${done.join(',')}`] : []);
-    labOutput += second.output;
-    for (const x of second.results) results.set(x.name, { ...x, retried: x.retried ?? `L1 ${what} before this scenario finished` });
+  for (let n = 1, why: string | undefined; ; n++) {
+    const boot = await runLab(scratch, n, results.size ? [`--skip=${[...results.keys()].join(',')}`] : []);
+    labOutput += boot.output;
+    for (const x of boot.results) results.set(x.name, why ? { ...x, retried: x.retried ?? why } : x);
+    const ended = boot.status !== 0 && /the lab failed before CMD finished/.test(boot.output);
+    if (!ended && !boot.stalled) break;
+    const what = boot.stalled ? 'stalled' : 'ended';
+    const detail = boot.stalled ?? boot.output.split('\n').filter((l) => l.startsWith('lab/run:')).join(' ');
+    const again = n < MAX_BOOTS && Date.now() - t0 < LAB_BUDGET_MS;
+    process.stdout.write(`[lab] L1 ${what} (${detail}) in lab boot ${n}, after ${boot.results.length} scenarios; ` +
+      `${again ? 'running the rest in a new lab boot' : `not booting it again (${n} boots, ${Math.round((Date.now() - t0) / 60_000)} min)`}\n`);
+    if (!again) break;
+    why = `L1 ${what} before this scenario finished`;
   }
 });
 

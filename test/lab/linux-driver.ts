@@ -7,7 +7,8 @@
  *
  *   node dist/test/lab/linux-driver.js RESULTS.json [--skip=a,b] [scenario ...]
  */
-import { spawn, execFileSync } from 'node:child_process';
+import { execFileSync, type ChildProcess } from 'node:child_process';
+import { bounded } from './proc.js';
 import { writeFileSync, mkdtempSync, mkdirSync, statSync, readFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { createHash } from 'node:crypto';
@@ -17,6 +18,9 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { ROOT, CLI } from '../helpers.js';
 import { snapshotScenarios } from './snapshot-scenarios.js';
+
+/** How often the driver says it is alive; the host's watchdog allows a few missed. */
+export const BEAT_MS = 20_000;
 
 export const GUEST = join(ROOT, 'lab', 'out', 'guest');
 export interface BootResult {
@@ -35,17 +39,10 @@ export interface BootResult {
   retried?: string;
 }
 
-export function tshyve(args: string[], timeoutMs = 120_000, onStart?: (child: ReturnType<typeof spawn>) => void): Promise<BootResult & { name: '' }> {
-  return new Promise((resolve) => {
-    const t0 = Date.now();
-    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '', stderr = '';
-    child.stdout!.on('data', (d) => { stdout += d; });
-    child.stderr!.on('data', (d) => { stderr += d; });
-    const timer = setTimeout(() => { stderr += '\n[driver: timeout, killed]'; child.kill('SIGKILL'); }, timeoutMs);
-    onStart?.(child);
-    child.on('close', (code) => { clearTimeout(timer); resolve({ name: '', code, stdout, stderr, ms: Date.now() - t0 }); });
-  });
+export function tshyve(args: string[], timeoutMs = 120_000, onStart?: (child: ChildProcess) => void): Promise<BootResult & { name: '' }> {
+  const p = bounded([process.execPath, CLI, ...args], timeoutMs);
+  onStart?.(p.child);
+  return p.done.then(({ code, stdout, stderr, ms }) => ({ name: '', code, stdout, stderr, ms }));
 }
 
 export const vmArgs = (cpus: number, run: string, com1 = 'stdio', extra: string[] = []) => [
@@ -287,6 +284,10 @@ async function main(): Promise<void> {
   const skip = new Set(args.filter((a) => a.startsWith('--skip=')).flatMap((a) => a.slice(7).split(',')));
   const names = args.filter((a) => !a.startsWith('--skip='));
   const results: BootResult[] = [];
+  // L1's kernel symbols, for the host's stall report (test/lab/l1-monitor.ts).
+  try { execFileSync('sh', ['-c', `grep ' [tT] ' /proc/kallsyms > ${JSON.stringify(`${out}.kallsyms`)}`]); } catch { /* the report says '?' */ }
+  // A line every BEAT_MS tells the host that L1 still runs (test/linux-lab.test.ts).
+  setInterval(() => process.stdout.write('[beat]\n'), BEAT_MS).unref();
   for (const n of (names.length ? names : Object.keys(scenarios)).filter((x) => !skip.has(x))) {
     const f = scenarios[n];
     if (!f) throw new Error(`unknown scenario ${n}`);

@@ -5,7 +5,8 @@
  * whose virtio-blk, virtio-rnd and virtio-console are used across a
  * suspend/restore. Each tshyve run is one phase of the result.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { bounded } from './proc.js';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { connect, type Socket } from 'node:net';
@@ -28,20 +29,17 @@ export interface Phase {
 
 /** A tshyve process whose output can be waited on. */
 class Vm {
-  stdout = '';
-  stderr = '';
-  readonly t0 = Date.now();
   readonly child: ChildProcess;
   readonly done: Promise<Phase>;
+  readonly t0 = Date.now();
+  private readonly out: { stdout: string; stderr: string };
+  get stdout(): string { return this.out.stdout; }
+  get stderr(): string { return this.out.stderr; }
   constructor(readonly what: string, args: string[], timeoutMs = 240_000) {
-    this.child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    this.child.stdout!.on('data', (d) => { this.stdout += d; });
-    this.child.stderr!.on('data', (d) => { this.stderr += d; });
-    const timer = setTimeout(() => { this.stderr += '\n[driver: timeout, killed]'; this.child.kill('SIGKILL'); }, timeoutMs);
-    this.done = new Promise((resolve) => this.child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      resolve({ what, code, signal, stdout: this.stdout, stderr: this.stderr, ms: Date.now() - this.t0 });
-    }));
+    const p = bounded([process.execPath, CLI, ...args], timeoutMs);
+    this.child = p.child;
+    this.out = p.out;
+    this.done = p.done.then((e) => ({ what, ...e }));
   }
   async until(pred: (out: string) => boolean, timeoutMs = 120_000): Promise<boolean> {
     const t0 = Date.now();
@@ -54,14 +52,8 @@ class Vm {
 }
 
 function tshyvectl(args: string[]): Promise<Phase> {
-  return new Promise((resolve) => {
-    const t0 = Date.now();
-    const c = spawn(process.execPath, [CTL, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '', stderr = '';
-    c.stdout.on('data', (d) => { stdout += d; });
-    c.stderr.on('data', (d) => { stderr += d; });
-    c.on('close', (code) => resolve({ what: `tshyvectl ${args.join(' ')}`, code, stdout, stderr, ms: Date.now() - t0 }));
-  });
+  return bounded([process.execPath, CTL, ...args], 120_000).done
+    .then(({ code, stdout, stderr, ms }) => ({ what: `tshyvectl ${args.join(' ')}`, code, stdout, stderr, ms }));
 }
 
 /** The highest count loop `n` printed in `text` (0 if none). */
