@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up this machine and boot the reference guest (Debian's cloud kernel
 # with a busybox initramfs) under tshyve. Where this host's KVM cannot run
-# Linux (no VT-x/AMD-V under it), say so and boot it inside the nested lab.
+# Linux (no /dev/kvm, or no VT-x/AMD-V under it), say so and boot it inside the nested lab.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh

@@ -72,7 +72,7 @@ test('no KVM device: one line naming it, exit 4', async () => {
 const referenceKernel = join(ROOT, 'lab', 'out', 'guest', 'vmlinuz');
 const emulatedHost = existsSync('/sys/module/kvm_pvm') && existsSync('/dev/kvm');
 test('a Linux guest on a software-emulated KVM: says why and points to the lab, exit 4, no hang',
-  { skip: !emulatedHost ? 'this host has hardware KVM' : !existsSync(referenceKernel) ? 'reference kernel not built (scripts/setup-lab.sh)' : false },
+  { skip: !existsSync('/dev/kvm') ? 'no /dev/kvm on this host' : !emulatedHost ? 'this host has hardware KVM' : !existsSync(referenceKernel) ? 'reference kernel not built (scripts/setup-lab.sh)' : false },
   async () => {
     const r = await runCli([...std, '-o', `boot.kernel=${referenceKernel}`, 'vm'], { timeoutMs: 20_000 });
     assert.equal(r.code, 4, r.stderr);
