@@ -19,6 +19,7 @@
  * Acks: ack[0] = seq, then Atomics.notify (the main thread may wait on it).
  */
 import { workerData, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
+import { setFlagsFromString } from 'node:v8';
 import { libc, errno, viewAt, setThreadName } from '../../kvm/libc.js';
 import { signalEventfd } from '../../kvm/kvm.js';
 import { GuestMemory } from '../../memory/guest-memory.js';
@@ -59,6 +60,10 @@ export type FromWorker =
   | { t: 'log'; msg: string }
   | { t: 'fatal'; msg: string };
 
+// For measuring when V8 optimizes the request path (bench/README.md): V8
+// flags set before this thread's code first runs, e.g. '--always-sparkplug
+// --interrupt-budget=8192'. Flags are process-wide; not set by default.
+if (process.env.TSHYVE_V8_FLAGS) setFlagsFromString(process.env.TSHYVE_V8_FLAGS);
 const d = workerData as BlkWorkerData;
 const port = d.port;
 const ack = new Int32Array(d.ack);
