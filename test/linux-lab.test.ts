@@ -46,8 +46,7 @@ async function runLab(scratch: string, n: number, driverArgs: string[]): Promise
     join(ROOT, 'dist', 'test', 'lab', 'linux-driver.js'), out, ...driverArgs],
   { cwd: ROOT, detached: true, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TSHYVE_LAB_MONITOR: monitor } });
   let stdout = '', stderr = '', stalled: string | undefined, checking = false;
-  const started = Date.now();
-  let heard = started;
+  let heard: number | undefined;   // the last heartbeat; none while L1 boots (lab/run bounds that itself)
   child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; if (d.includes('[beat]')) heard = Date.now(); });
   child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
   let progress = Date.now(), recorded = -1;
@@ -55,10 +54,9 @@ async function runLab(scratch: string, n: number, driverArgs: string[]): Promise
     const m = existsSync(out) ? statSync(out).mtimeMs : -1;
     if (m !== recorded) { recorded = m; progress = Date.now(); }
     const now = Date.now();
-    // Before the first beat L1 is still booting (lab/run bounds that itself).
     const why = now - progress > STALL_MS ? `no scenario finished in ${STALL_MS / 1000} s`
-      : heard !== started && now - heard > SILENT_MS ? `no heartbeat from L1 in ${SILENT_MS / 1000} s` : undefined;
-    if (!why || stalled || checking) return;
+      : heard !== undefined && now - heard > SILENT_MS ? `no heartbeat from L1 in ${SILENT_MS / 1000} s` : undefined;
+    if (!why || checking) return;
     checking = true;
     // Where L1's CPUs are, for the report, then the whole boot goes.
     void whereAreL1Cpus(monitor, `${out}.kallsyms`).then((cpus) => {

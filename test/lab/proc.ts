@@ -39,8 +39,9 @@ export function bounded(argv: string[], timeoutMs: number, { graceMs = KILL_GRAC
       out.stderr += '\n[driver: timeout, killed]';
       child.kill(signal);
       giveUp = setTimeout(() => {
-        out.stderr += `\n[driver: still there ${graceMs / 1000} s after ${signal}; given up on]\n${stuckReport(child.pid)}`;
-        process.stdout.write(`[lab] pid ${child.pid} did not end after ${signal}:\n${stuckReport(child.pid)}\n`);
+        const report = stuckReport(child.pid);
+        out.stderr += `\n[driver: still there ${graceMs / 1000} s after ${signal}; given up on]\n${report}`;
+        process.stdout.write(`[lab] pid ${child.pid} did not end after ${signal}:\n${report}\n`);
         finish(null, null);
       }, graceMs);
     }, timeoutMs);
