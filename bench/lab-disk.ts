@@ -5,9 +5,9 @@
  * the same raw image in L1's tmpfs, the guest runs sequential direct-I/O dd
  * writes then reads of the whole disk, twice in one boot, and reports the
  * seconds each took. The first pass is the cold one (just after boot: for
- * tshyve the request path still runs as unoptimized JavaScript, for both
- * the image's pages are new); the second is the steady state, what a disk
- * does after its first seconds. Both are reported.
+ * tshyve, V8 may still be compiling the request path, which its I/O thread
+ * warmed up before the guest's first request); the second is the steady
+ * state, what a disk does after its first seconds. Both are reported.
  *
  *   node dist/bench/lab-disk.js OUT.json [--runs R] [--mib N] [--only tshyve|qemu] [--disk-opts ,worker=false]
  *     [--node-args '--cpu-prof --cpu-prof-dir=DIR']   (node flags for tshyve, e.g. to profile it)

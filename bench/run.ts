@@ -321,9 +321,10 @@ async function diskBench(o: Opts): Promise<void> {
   }
   for (const l of table(rows)) out(l);
   out(`${res.mib} MiB per pass on a raw image in L1's tmpfs; QEMU with its default writeback cache. Each boot runs two passes:`);
-  out('the first rows are the second pass (steady state), the "first pass" rows the one just after boot, while tshyve\'s request');
-  out('path is still unoptimized JavaScript. "paired ratios": median [min-max] of tshyve/QEMU over the boots that ran back to');
-  out('back, steadier than the ratio of the medians when the lab\'s speed drifts. Target: ratio >= 1 (at least QEMU\'s throughput).');
+  out('the first rows are the second pass (steady state), the "first pass" rows the one just after boot, when V8 may still be');
+  out('compiling tshyve\'s request path (its I/O thread warms it up first). "paired ratios": median [min-max] of tshyve/QEMU');
+  out('over the boots that ran back to back, steadier than the ratio of the medians when the lab\'s speed drifts.');
+  out('Target: ratio >= 1 (at least QEMU\'s throughput).');
 }
 
 /** Checkpoint time and restore-to-running latency, next to dd writing as many bytes as the guest has RAM. */

@@ -157,3 +157,37 @@ test('a hostile chain on the I/O thread sets NEEDS_RESET, through the main threa
     s.close();
   }
 });
+
+// The I/O thread warms its request path up on scratch memory before it serves
+// the guest (warm-up.ts); the guest's activation may come during it or after.
+for (const when of ['during', 'after'] as const) {
+  test(`a queue activated ${when} the I/O thread's warm-up is served, and the guest's disk holds only the guest's data`, async () => {
+    const saved = process.env.TSHYVE_BLK_WARMUP_LOG;
+    process.env.TSHYVE_BLK_WARMUP_LOG = '1'; // read by the worker when it starts
+    const s = setup();
+    if (saved === undefined) delete process.env.TSHYVE_BLK_WARMUP_LOG; else process.env.TSHYVE_BLK_WARMUP_LOG = saved;
+    try {
+      if (when === 'after') await until(() => s.errors.some((e) => e.includes('warm-up:')), 30_000);
+      const drv = s.start();
+      const data = Buffer.alloc(4096, 0x5a);
+      drv.addChain({ readable: [header(VIRTIO_BLK_T_OUT, 8), data], writable: [1] });
+      s.notify();
+      await until(() => drv.usedIdx === 1, 30_000);
+      const r = drv.addChain({ readable: [header(VIRTIO_BLK_T_IN, 8)], writable: [4096, 1] });
+      s.notify();
+      await until(() => drv.usedIdx === 2);
+      assert.deepEqual(Buffer.from(drv.written(r, 4096)), data);
+      await until(() => s.errors.some((e) => e.includes('warm-up:')));
+      const log = s.errors.find((e) => e.includes('warm-up:'))!;
+      assert.match(log, /warm-up: \d+ requests in \d+ ms/);
+      if (when === 'after') assert.doesNotMatch(log, /stopped/); else assert.match(log, /stopped/);
+      const img = readFileSync(s.img.path);
+      const expected = Buffer.from(s.img.bytes);
+      data.copy(expected, 8 * 512);
+      assert.ok(img.equals(expected), 'only the guest\'s write reached the image');
+      assert.deepEqual(s.errors.filter((e) => !e.includes('warm-up:')), []);
+    } finally {
+      s.close();
+    }
+  });
+}

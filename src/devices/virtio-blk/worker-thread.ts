@@ -26,6 +26,7 @@ import { GuestMemory } from '../../memory/guest-memory.js';
 import { Virtqueue, type VirtqueueState } from '../../virtio/queue.js';
 import type { VirtioInterrupt } from '../../virtio/device.js';
 import { VirtioBlk, type VirtioBlkOptions } from './device.js';
+import { warmUpBlkRequestPath } from './warm-up.js';
 
 export interface BlkWorkerData {
   port: MessagePort;
@@ -64,6 +65,8 @@ export type FromWorker =
 // flags set before this thread's code first runs, e.g. '--always-sparkplug
 // --interrupt-budget=8192'. Flags are process-wide; not set by default.
 if (process.env.TSHYVE_V8_FLAGS) setFlagsFromString(process.env.TSHYVE_V8_FLAGS);
+/** Requests the I/O thread serves on scratch memory first (warm-up.ts); TSHYVE_BLK_WARMUP=0 turns it off. */
+const WARMUP_REQUESTS = Math.max(0, Number(process.env.TSHYVE_BLK_WARMUP ?? 512) || 0);
 const d = workerData as BlkWorkerData;
 const port = d.port;
 const ack = new Int32Array(d.ack);
@@ -98,6 +101,8 @@ function main(): void {
   let gen = 0;
   let quiesced = false;
   let broken = false;
+  /** set while the warm-up runs: its (unexpected) errors are its own */
+  let warming = false;
   const interrupt: VirtioInterrupt = {
     signalUsed: (q) => {
       if (!vq || !vq.needsNotification()) return false;
@@ -107,13 +112,32 @@ function main(): void {
     },
     signalConfig: () => port.postMessage({ t: 'config', gen } satisfies FromWorker),
     needsReset: (r) => {
+      if (warming) return; // the warm-up checks its own queue
       broken = true;
       port.postMessage({ t: 'needsReset', gen, reason: r instanceof Error ? r.message : String(r) } satisfies FromWorker);
     },
   };
 
+  // Optimize the request path before the guest's first request (warm-up.ts),
+  // with the real interrupt object, which signals nothing while vq is unset.
+  // A control message (the guest activating the queue) ends it early.
+  let pendingControl = false;
+  if (WARMUP_REQUESTS > 0) {
+    warming = true;
+    try {
+      const w = warmUpBlkRequestPath(WARMUP_REQUESTS, interrupt, () => (pendingControl = libc.read(d.ctlFd, scratch, 8) === 8));
+      if (process.env.TSHYVE_BLK_WARMUP_LOG) {
+        port.postMessage({ t: 'log', msg: `warm-up: ${w.requests} requests in ${w.ms.toFixed(0)} ms${w.stopped ? ' (stopped: the guest wants the disk)' : ''}` } satisfies FromWorker);
+      }
+    } catch (e) {
+      port.postMessage({ t: 'log', msg: `request path warm-up skipped: ${e instanceof Error ? e.message : String(e)}` } satisfies FromWorker);
+    } finally {
+      warming = false;
+    }
+  }
+
   for (;;) {
-    const n = libc.epollWait(ep, events, 2, 1000);
+    const n = libc.epollWait(ep, events, 2, pendingControl ? 0 : 1000);
     let kick = false, control = false;
     for (let i = 0; i < n; i++) {
       const idx = events.readUInt32LE(i * 12 + 4);
@@ -122,6 +146,7 @@ function main(): void {
     }
     // every control message is followed by a ctlFd write: look at the port only then
     if (n === 0) control = true; // (and on the idle timeout, to be safe)
+    if (pendingControl) { control = true; pendingControl = false; } // its ctlFd count was taken by the warm-up
     for (let m = control ? receiveMessageOnPort(port) : undefined; m; m = receiveMessageOnPort(port)) {
       const msg = m.message as ToWorker;
       switch (msg.t) {
