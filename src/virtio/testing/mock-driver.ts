@@ -3,7 +3,8 @@
  * out a split queue in a GuestMemory, builds descriptor chains (direct or
  * through an indirect table) with readable and writable parts, publishes
  * them on the avail ring and reads back used entries. Raw setters let tests
- * write anything a hostile driver could.
+ * write anything a hostile driver could. It also drives the virtio-blk I/O
+ * thread's warm-up (devices/virtio-blk/warm-up.ts), the one use outside tests.
  *
  * Layout from `base` (defaults shown):
  *   desc table  base                       16 * size bytes
