@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 
 # qemu-system-x86: L1 (TCG) and the reference VMM inside it; busybox-static:
 # both initramfs userlands; cpio/gzip: initramfs images; lz4/xz-utils: kernel
-# payloads; kmod: depmod/modprobe for module order; e2fsprogs: disk images.
-PKGS="qemu-system-x86 qemu-utils busybox-static cpio gzip lz4 xz-utils kmod e2fsprogs coreutils"
+# payloads; kmod: depmod/modprobe for module order; e2fsprogs: disk images;
+# python3-minimal: the idle VM L1 keeps for its whole run (lab/l1/init).
+PKGS="qemu-system-x86 qemu-utils busybox-static cpio gzip lz4 xz-utils kmod e2fsprogs coreutils python3-minimal"
 missing=
 for p in $PKGS; do
   dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
