@@ -15,15 +15,9 @@ import type { VirtioInterrupt } from '../src/virtio/device.js';
 import { VirtioBlk, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from '../src/devices/virtio-blk/device.js';
 import type { BlockBackend } from '../src/devices/virtio-blk/backend.js';
 import type { IoVecs } from '../src/memory/iovec.js';
+import { header } from '../src/devices/virtio-blk/testing.js';
 
 export interface BlkPathResult { op: 'read' | 'write'; requests: number; segments: number; usPerRequest: number }
-
-function header(type: number, sector: number): Buffer {
-  const b = Buffer.alloc(16);
-  b.writeUInt32LE(type, 0);
-  b.writeBigUInt64LE(BigInt(sector), 8);
-  return b;
-}
 
 /** Time `requests` requests of `segments` 4 KiB pages each, in batches of `batch` per notify. */
 export function runBlkPath(op: 'read' | 'write', requests: number, segments = 254, batch = 64): BlkPathResult {

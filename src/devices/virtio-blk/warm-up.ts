@@ -25,6 +25,7 @@ import type { VirtioInterrupt } from '../../virtio/device.js';
 import { MockSplitQueue } from '../../virtio/testing/mock-driver.js';
 import { VirtioBlk, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from './device.js';
 import { FileBlockBackend } from './backend.js';
+import { header } from './testing.js';
 
 /** Scratch "guest RAM" and "disk" sizes: room for the rings and the longest chain below. */
 const RAM_BYTES = 4 << 20;
@@ -32,13 +33,6 @@ const DISK_BYTES = 2 << 20;
 const PAGE = 4096;
 
 export interface WarmUpResult { requests: number; ms: number; stopped: boolean }
-
-function header(type: number, sector: number): Buffer {
-  const b = Buffer.alloc(16);
-  b.writeUInt32LE(type, 0);
-  b.writeBigUInt64LE(BigInt(sector), 8);
-  return b;
-}
 
 /**
  * Serve `requests` requests on scratch memory through a VirtioBlk like the

@@ -138,7 +138,8 @@ function main(): void {
 
   for (;;) {
     const n = libc.epollWait(ep, events, 2, pendingControl ? 0 : 1000);
-    let kick = false, control = false;
+    let kick = false, control = pendingControl; // a ctlFd count the warm-up took stands for a message
+    pendingControl = false;
     for (let i = 0; i < n; i++) {
       const idx = events.readUInt32LE(i * 12 + 4);
       libc.read(idx === 0 ? d.notifyFd : d.ctlFd, scratch, 8); // reset the counter (non-blocking fds)
@@ -146,7 +147,6 @@ function main(): void {
     }
     // every control message is followed by a ctlFd write: look at the port only then
     if (n === 0) control = true; // (and on the idle timeout, to be safe)
-    if (pendingControl) { control = true; pendingControl = false; } // its ctlFd count was taken by the warm-up
     for (let m = control ? receiveMessageOnPort(port) : undefined; m; m = receiveMessageOnPort(port)) {
       const msg = m.message as ToWorker;
       switch (msg.t) {
