@@ -100,6 +100,24 @@ test('seg_max: a read of 254 data buffers through an indirect table', () => {
   } finally { h.cleanup(); }
 });
 
+test('queueSize: seg_max and the chain limit follow it; a 1 MiB read is one chain of 256 pages at 1024', () => {
+  const h = harness({ size: 2 << 20, queueSize: 1024, memSize: 8 << 20 });
+  try {
+    assert.equal(h.dev.maxQueueSize, 1024);
+    assert.equal(h.dev.readConfig(12, 4), 1022); // seg_max
+    assert.equal(h.dev.queueMaxChainLen(0), 1024);
+    const r = submit(h, [header(VIRTIO_BLK_T_IN, 8)], [...Array<number>(256).fill(4096), 1], true);
+    assert.equal(r.status, VIRTIO_BLK_S_OK);
+    assert.deepEqual(Buffer.from(r.data), readFileSync(h.path).subarray(4096, 4096 + (1 << 20)));
+    // one more buffer than the queue size: a bad chain, the device needs a reset
+    submit(h, [header(VIRTIO_BLK_T_IN, 0)], [...Array<number>(1024).fill(512), 1], true);
+    assert.equal(h.resets.length, 1);
+  } finally { h.cleanup(); }
+  for (const bad of [0, 2, 100, 2048]) {
+    assert.throws(() => new VirtioBlk({ path: '/nonexistent', queueSize: bad }), (e: unknown) => e instanceof UserError && /queue size/.test(e.message));
+  }
+});
+
 test('FLUSH and GET_ID', () => {
   const h = harness({ serial: 'SER123' });
   try {

@@ -76,8 +76,11 @@ export const VIRTIO_BLK_SEGMENT_SIZE = 16;
 export const VIRTIO_BLK_ID_BYTES = 20;
 export const VIRTIO_BLK_CONFIG_SIZE = 60;
 
+/** The default queue size (QEMU's and Firecracker's); `queuesize=` sets another. */
 export const VIRTIO_BLK_QUEUE_SIZE = 256;
-/** Data segments per request: the queue size less header and status. */
+/** Largest `queuesize=`: Linux's split rings and QEMU's virtio-blk stop at 1024 too. */
+export const VIRTIO_BLK_MAX_QUEUE_SIZE = 1024;
+/** Data segments per request at the default queue size: the queue size less header and status. */
 export const VIRTIO_BLK_SEG_MAX = VIRTIO_BLK_QUEUE_SIZE - 2;
 /** Per-segment and per-request bounds for discard / write zeroes. */
 export const VIRTIO_BLK_MAX_DISCARD_SECTORS = 1 << 22; // 2 GiB
@@ -101,6 +104,11 @@ export interface VirtioBlkOptions {
   direct?: boolean;
   /** bhyve `nocache`: drop the page cache after I/O. */
   nocache?: boolean;
+  /**
+   * Queue size, a power of two in [4, 1024]; default 256. seg_max is two less,
+   * so Linux sends a request of up to (size - 2) pages in one chain.
+   */
+  queueSize?: number;
   /** Use this backend instead of opening `path` (tests, other storage). */
   backend?: BlockBackend;
   /** Told about guest mistakes and host I/O errors (the caller rate-limits). */
@@ -133,7 +141,7 @@ class RequestStatus {
 export class VirtioBlk implements VirtioDevice {
   readonly deviceType = VIRTIO_ID_BLOCK;
   readonly numQueues = 1;
-  readonly maxQueueSize = VIRTIO_BLK_QUEUE_SIZE;
+  readonly maxQueueSize: number;
   readonly features: bigint;
   readonly configSize = VIRTIO_BLK_CONFIG_SIZE;
 
@@ -159,7 +167,7 @@ export class VirtioBlk implements VirtioDevice {
   private readonly segScratch = Buffer.alloc(VIRTIO_BLK_SEGMENT_SIZE * Math.max(VIRTIO_BLK_MAX_DISCARD_SEG, VIRTIO_BLK_MAX_WRITE_ZEROES_SEG));
   private readonly statusByte = new Uint8Array(1);
   /** the current request's pieces for preadv/pwritev, reused */
-  private readonly iov = new IoVecs(VIRTIO_BLK_QUEUE_SIZE);
+  private readonly iov: IoVecs;
   /** Bytes of the writable data part already filled by the current IN request (for a failing one). */
   private partial = 0;
 
@@ -172,6 +180,12 @@ export class VirtioBlk implements VirtioDevice {
     }
     if (opts.sectorSize !== undefined) checkSectorSize('sector size', opts.sectorSize);
     if (opts.physicalSectorSize !== undefined) checkSectorSize('physical sector size', opts.physicalSectorSize);
+    const qs = opts.queueSize ?? VIRTIO_BLK_QUEUE_SIZE;
+    if (!isPow2(qs) || qs < 4 || qs > VIRTIO_BLK_MAX_QUEUE_SIZE) {
+      throw new UserError(`virtio-blk: queue size ${qs} is not a power of two between 4 and ${VIRTIO_BLK_MAX_QUEUE_SIZE}`);
+    }
+    this.maxQueueSize = qs;
+    this.iov = new IoVecs(qs);
 
     this.ownsBackend = opts.backend === undefined;
     this.backend = opts.backend ?? FileBlockBackend.open({
@@ -214,7 +228,7 @@ export class VirtioBlk implements VirtioDevice {
     const c = this.config;
     c.writeBigUInt64LE(this.capacityBig / BigInt(VIRTIO_BLK_SECTOR), 0);
     c.writeUInt32LE(0, 8); // size_max: not offered
-    c.writeUInt32LE(VIRTIO_BLK_SEG_MAX, 12);
+    c.writeUInt32LE(this.maxQueueSize - 2, 12); // seg_max
     // geometry (16..19) not offered: zeros
     c.writeUInt32LE(this.sectorSize, 20);
     c.writeUInt8(Math.log2(this.physicalSectorSize / this.sectorSize), 24);
@@ -241,7 +255,7 @@ export class VirtioBlk implements VirtioDevice {
   // ---- VirtioDevice -------------------------------------------------------------------
 
   queueMaxChainLen(q: number): number | undefined {
-    return q === 0 ? VIRTIO_BLK_SEG_MAX + 2 : undefined;
+    return q === 0 ? this.maxQueueSize : undefined;
   }
 
   readConfig(offset: number, size: number): number {

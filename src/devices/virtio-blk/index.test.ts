@@ -41,6 +41,10 @@ test('config keys are validated with one-line UserErrors', () => {
   assert.throws(() => parseVirtioBlkOptions(node({ path: '/x', sectorsize: '4096/512' })), UserError);
   assert.throws(() => parseVirtioBlkOptions(node({ path: '/x', ser: 'x'.repeat(21) })), /longer than 20 bytes/);
   assert.equal(parseVirtioBlkOptions(node({ path: '/x', sync: 'yes' })).direct, true);
+  assert.equal(parseVirtioBlkOptions(node({ path: '/x', queuesize: '1024' })).queueSize, 1024);
+  for (const q of ['1000', '2048', '2', 'big', '']) {
+    assert.throws(() => parseVirtioBlkOptions(node({ path: '/x', queuesize: q })), /pci\.0\.5\.0\.queuesize: .* is not a power of two between 4 and 1024/);
+  }
   assert.deepEqual(parseSectorSize('4096'), { logical: 4096, physical: 4096 });
   assert.throws(() => parseSectorSize('512/'), UserError);
 });

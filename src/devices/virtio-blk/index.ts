@@ -1,6 +1,7 @@
 /**
  * virtio-blk: the device model, its file/block-device backend, and bhyve's
- * configuration keys (pci.B.S.F.{path,ro,sectorsize,nocache,direct,sync,nodelete,ser}).
+ * configuration keys (pci.B.S.F.{path,ro,sectorsize,nocache,direct,sync,nodelete,ser}, and
+ * queuesize (not bhyve's: QEMU's queue-size)).
  * Wiring to a virtio-pci transport and the PCI registry happens elsewhere.
  */
 import type { ConfigNode } from '../../config/tree.js';
@@ -46,6 +47,12 @@ export function parseVirtioBlkOptions(node: ConfigNode): VirtioBlkOptions {
     const { logical, physical } = parseSectorSize(ss, where('sectorsize'));
     opts.sectorSize = logical;
     opts.physicalSectorSize = physical;
+  }
+  const qs = node.get('queuesize');
+  if (qs !== undefined) {
+    const n = /^[0-9]{1,5}$/.test(qs.trim()) ? Number(qs) : NaN;
+    if (!(n >= 4 && n <= 1024 && (n & (n - 1)) === 0)) throw new UserError(`${where('queuesize')}: '${qs}' is not a power of two between 4 and 1024`);
+    opts.queueSize = n;
   }
   const ser = node.get('ser');
   if (ser !== undefined) {

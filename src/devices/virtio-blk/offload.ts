@@ -67,7 +67,7 @@ export class OffloadedVirtioBlk implements VirtioDevice {
       notifyFd: this.notifyFd, ctlFd: this.ctlFd, hostAddr: ram.hostAddr, ramSize: ram.size, regions: ram.regions, name,
       opts: {
         path: opts.path, readonly: inner.readonly, sectorSize: inner.sectorSize, physicalSectorSize: inner.physicalSectorSize,
-        serial: inner.serial, nodelete: opts.nodelete, direct: opts.direct, nocache: opts.nocache,
+        serial: inner.serial, nodelete: opts.nodelete, direct: opts.direct, nocache: opts.nocache, queueSize: inner.maxQueueSize,
       },
     };
     this.worker = new Worker(new URL('./worker-thread.js', import.meta.url), { workerData: data, transferList: [port2] });

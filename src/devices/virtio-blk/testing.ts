@@ -48,7 +48,7 @@ export function harness(opts: Partial<VirtioBlkOptions> & { size?: number; memSi
     resets: [], signals: 0,
     restart() {
       dev.reset();
-      h.drv = new MockSplitQueue(mem, 256);
+      h.drv = new MockSplitQueue(mem, dev.maxQueueSize);
       const mcl = dev.queueMaxChainLen(0);
       h.q = h.drv.makeQueue(mcl === undefined ? {} : { maxChainLen: mcl });
       const irq: VirtioInterrupt = {
