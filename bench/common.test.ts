@@ -1,16 +1,31 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { pairedRatios, type Vmm } from './common.js';
+import { geoMean, pairedRatios, type Vmm } from './common.js';
 
-type R = { vmm: Vmm; run: number; ok: boolean; mbs?: number };
+type P = { vmm: Vmm; round: number; pair: number; mbs?: number };
 
-test('pairedRatios pairs each tshyve boot with the QEMU boot of the same run, both ok', () => {
-  const runs: R[] = [
-    { vmm: 'tshyve', run: 0, ok: true, mbs: 50 }, { vmm: 'qemu', run: 0, ok: true, mbs: 100 },
-    { vmm: 'qemu', run: 1, ok: true, mbs: 40 }, { vmm: 'tshyve', run: 1, ok: true, mbs: 60 },
-    { vmm: 'tshyve', run: 2, ok: true, mbs: 70 }, { vmm: 'qemu', run: 2, ok: false },
-    { vmm: 'tshyve', run: 3, ok: false }, { vmm: 'qemu', run: 3, ok: true, mbs: 10 },
-    { vmm: 'tshyve', run: 4, ok: true }, { vmm: 'qemu', run: 4, ok: true, mbs: 10 },
+test('pairedRatios pairs each tshyve pass with the QEMU pass of the same round and pair, skipping cold passes', () => {
+  const passes: P[] = [
+    { vmm: 'tshyve', round: 0, pair: -1, mbs: 10 }, { vmm: 'qemu', round: 0, pair: -1, mbs: 100 },
+    { vmm: 'tshyve', round: 0, pair: 0, mbs: 50 }, { vmm: 'qemu', round: 0, pair: 0, mbs: 100 },
+    { vmm: 'qemu', round: 0, pair: 1, mbs: 40 }, { vmm: 'tshyve', round: 0, pair: 1, mbs: 60 },
+    { vmm: 'tshyve', round: 1, pair: 0, mbs: 70 }, // its QEMU pass is missing (round failed)
+    { vmm: 'qemu', round: 1, pair: 1, mbs: 10 },
+    { vmm: 'tshyve', round: 2, pair: 0 }, { vmm: 'qemu', round: 2, pair: 0, mbs: 10 },
   ];
-  assert.deepEqual(pairedRatios(runs, (r) => r.mbs), [0.5, 1.5]);
+  assert.deepEqual(pairedRatios(passes, (r) => r.mbs), [0.5, 1.5]);
+});
+
+test('geoMean: the geometric mean, and a 95 % interval that holds it and narrows with more pairs', () => {
+  assert.equal(geoMean([]), undefined);
+  const one = geoMean([2])!;
+  assert.equal(one.gmean, 2);
+  assert.ok(Number.isNaN(one.lo));
+  const g = geoMean([0.5, 2])!;
+  assert.ok(Math.abs(g.gmean - 1) < 1e-12);
+  // logs +-ln2, sd = ln2*sqrt(2), half-width = 12.71 * ln2
+  assert.ok(Math.abs(Math.log(g.hi) - 12.71 * Math.LN2) < 1e-9);
+  const few = geoMean([0.9, 1.1, 0.95, 1.05])!, many = geoMean(Array.from({ length: 40 }, (_, i) => [0.9, 1.1, 0.95, 1.05][i % 4]!))!;
+  assert.ok(few.lo < few.gmean && few.gmean < few.hi);
+  assert.ok(many.hi - many.lo < (few.hi - few.lo) / 2);
 });

@@ -75,20 +75,42 @@ export function stats(xs: number[]): Stats | undefined {
 }
 
 /**
- * tshyve/QEMU ratios of the boots that ran back to back (same run index,
- * both ok). The lab's speed drifts by up to 2x over minutes (other work on
- * the machine's two cores); a pair shares its conditions, so the median of
- * the pairs' ratios is steadier than the ratio of the two medians.
+ * tshyve/QEMU ratios of the passes that ran back to back: the same round
+ * and pair index (pair >= 0; -1 marks a round's first, cold pass). The
+ * lab's speed drifts by up to 2x over minutes (other work on the machine's
+ * two cores); a pair, a second apart, shares its conditions.
  */
-export function pairedRatios<T extends { vmm: Vmm; run: number; ok: boolean }>(runs: readonly T[], value: (r: T) => number | undefined): number[] {
+export function pairedRatios<T extends { vmm: Vmm; round: number; pair: number }>(passes: readonly T[], value: (p: T) => number | undefined): number[] {
   const out: number[] = [];
-  for (const a of runs) {
-    if (a.vmm !== 'tshyve' || !a.ok) continue;
-    const b = runs.find((x) => x.vmm === 'qemu' && x.ok && x.run === a.run);
+  for (const a of passes) {
+    if (a.vmm !== 'tshyve' || a.pair < 0) continue;
+    const b = passes.find((x) => x.vmm === 'qemu' && x.round === a.round && x.pair === a.pair);
     const va = value(a), vb = b ? value(b) : undefined;
-    if (va !== undefined && vb !== undefined && vb > 0) out.push(va / vb);
+    if (va !== undefined && vb !== undefined && va > 0 && vb > 0) out.push(va / vb);
   }
   return out;
+}
+
+/** Two-sided 95 % Student t quantiles for 1..30 degrees of freedom (normal's 1.96 beyond). */
+const T95 = [12.71, 4.30, 3.18, 2.78, 2.57, 2.45, 2.36, 2.31, 2.26, 2.23, 2.20, 2.18, 2.16, 2.14, 2.13,
+  2.12, 2.11, 2.10, 2.09, 2.09, 2.08, 2.07, 2.07, 2.06, 2.06, 2.06, 2.05, 2.05, 2.05, 2.04];
+
+export interface GeoMean { n: number; gmean: number; lo: number; hi: number }
+
+/**
+ * Geometric mean of ratios with a 95 % interval (t on the logs). Pairs of
+ * one round share that round's boots, so the interval is a little narrower
+ * than the truth; the per-round means show how far rounds differ.
+ */
+export function geoMean(ratios: readonly number[]): GeoMean | undefined {
+  const logs = ratios.filter((r) => r > 0 && Number.isFinite(r)).map(Math.log);
+  const n = logs.length;
+  if (n === 0) return undefined;
+  const mean = logs.reduce((a, b) => a + b, 0) / n;
+  if (n === 1) return { n, gmean: Math.exp(mean), lo: Number.NaN, hi: Number.NaN };
+  const sd = Math.sqrt(logs.reduce((a, b) => a + (b - mean) ** 2, 0) / (n - 1));
+  const half = (T95[n - 2] ?? 1.96) * sd / Math.sqrt(n);
+  return { n, gmean: Math.exp(mean), lo: Math.exp(mean - half), hi: Math.exp(mean + half) };
 }
 
 export interface Timed {

@@ -1,94 +1,201 @@
 /**
  * virtio-blk throughput driver. Runs INSIDE the nested lab (started by
- * bench/run.ts through `lab/run`). For tshyve and for QEMU (Debian's
- * virtio-blk, default writeback cache, like tshyve's buffered file I/O) on
- * the same raw image in L1's tmpfs, the guest runs sequential direct-I/O dd
- * writes then reads of the whole disk, twice in one boot, and reports the
- * seconds each took. The first pass is the cold one (just after boot: for
- * tshyve, V8 may still be compiling the request path, which its I/O thread
- * warmed up before the guest's first request); the second is the steady
- * state, what a disk does after its first seconds. Both are reported.
+ * bench/run.ts through `lab/run`). tshyve and QEMU (Debian's virtio-blk,
+ * default writeback cache, like tshyve's buffered file I/O) each boot the
+ * reference guest with a raw image of their own in L1's tmpfs, and BOTH
+ * stay up: the guests wait on their serial consoles, and the driver asks
+ * them in turn for one pass each (a sequential 1 MiB direct-I/O dd write of
+ * the whole disk, then a read of it), timed by the guest's own clock.
  *
- *   node dist/bench/lab-disk.js OUT.json [--runs R] [--mib N] [--only tshyve|qemu] [--disk-opts ,worker=false]
- *     [--node-args '--cpu-prof --cpu-prof-dir=DIR']   (node flags for tshyve, e.g. to profile it)
+ * Why interleaved passes and not one boot per measurement: L1 runs under
+ * TCG on a shared machine and its speed drifts by up to 2x over a minute,
+ * so boots a minute apart differ by more than the VMMs do. Passes a second
+ * apart share L1's conditions. The pairs run in ABBA order (so a slow
+ * trend favours neither), and each round boots the VMMs in the other order
+ * (the VM booted second ran a few per cent faster in a tshyve-against-
+ * tshyve control).
+ *
+ *   node dist/bench/lab-disk.js OUT.json [--runs ROUNDS] [--pairs P] [--mib N] [--only tshyve|qemu]
+ *     [--disk-opts ,queuesize=1024] [--node-args '--cpu-prof --cpu-prof-dir=DIR']
  */
+import { spawn, type ChildProcess } from 'node:child_process';
 import { writeFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CLI, GUEST_DIR, stripTerminal, timedRun, type Vmm } from './common.js';
+import { CLI, GUEST_DIR, stripTerminal, type Vmm } from './common.js';
 
-export interface DiskRun {
-  vmm: Vmm; run: number; ok: boolean;
-  /** the second pass: steady state */
-  writeMBs?: number; readMBs?: number;
-  /** the first pass, just after boot */
-  coldWriteMBs?: number; coldReadMBs?: number;
-  error?: string; tail?: string;
+/** One pass of one VM: a write of the whole disk, then a read of it. */
+export interface DiskPass {
+  vmm: Vmm;
+  round: number;
+  /** index of the pair within its round; -1 for the first (cold) pass just after boot */
+  pair: number;
+  writeMBs: number;
+  readMBs: number;
 }
+
+export interface DiskRound {
+  round: number;
+  /** boot order of this round */
+  order: Vmm[];
+  ok: boolean;
+  error?: string;
+  tail?: string;
+}
+
+export interface DiskBench { mib: number; pairs: number; rounds: DiskRound[]; passes: DiskPass[] }
 
 const kernel = join(GUEST_DIR, 'vmlinuz');
 const initrd = join(GUEST_DIR, 'initrd.img');
+const BOOT_TIMEOUT_MS = 150_000;
+const PASS_TIMEOUT_MS = 90_000;
 
-/** The guest's part: time dd with the kernel's uptime (busybox dd prints no rate with status=none). */
+/** The guest's part: wait for "go" on the console, answer with the kernel's uptime around each dd. */
 function guestScript(mib: number): string {
-  const pass = (n: number) => [
-    `t${n}0=$(cut -d" " -f1 /proc/uptime)`,
-    `dd if=/dev/zero of=/dev/vda bs=1M count=${mib} oflag=direct 2>/dev/null`,
-    `t${n}1=$(cut -d" " -f1 /proc/uptime)`,
-    `dd if=/dev/vda of=/dev/null bs=1M count=${mib} iflag=direct 2>/dev/null`,
-    `t${n}2=$(cut -d" " -f1 /proc/uptime)`,
-  ];
-  return [...pass(1), ...pass(2), 'echo DISK_T="$t10 $t11 $t12 $t20 $t21 $t22"', 'poweroff -f'].join('\n');
+  const now = '$(cut -d" " -f1 /proc/uptime)';
+  return [
+    'stty -echo 2>/dev/null',
+    'echo DISK-READY',
+    'while read -r c; do case "$c" in',
+    ` go) a=${now}; dd if=/dev/zero of=/dev/vda bs=1M count=${mib} oflag=direct 2>/dev/null; b=${now};` +
+      ` dd if=/dev/vda of=/dev/null bs=1M count=${mib} iflag=direct 2>/dev/null; c=${now}; echo "DISK-PASS $a $b $c";;`,
+    ' q) poweroff -f;;',
+    'esac; done',
+  ].join('\n');
 }
 
-function command(vmm: Vmm, img: string, mib: number, diskOpts = '', nodeArgs: string[] = []): [string, string[]] {
+function command(vmm: Vmm, img: string, mib: number, name: string, diskOpts = '', nodeArgs: string[] = []): [string, string[]] {
   const cmdline = `console=ttyS0 quiet tshyve.cmd=${Buffer.from(guestScript(mib)).toString('base64')}`;
   if (vmm === 'tshyve') {
     return [process.execPath, [...nodeArgs, CLI, '-c', '1', '-m', '512M', '-s', '0,hostbridge', '-s', '31,lpc', '-l', 'com1,stdio',
-      '-s', `4,virtio-blk,${img}${diskOpts}`, '-o', `boot.kernel=${kernel}`, '-o', `boot.initrd=${initrd}`, '-o', `boot.cmdline=${cmdline}`, 'benchdisk']];
+      '-s', `4,virtio-blk,${img}${diskOpts}`, '-o', `boot.kernel=${kernel}`, '-o', `boot.initrd=${initrd}`, '-o', `boot.cmdline=${cmdline}`, name]];
   }
   return ['qemu-system-x86_64', ['-enable-kvm', '-cpu', 'host', '-m', '512M', '-smp', '1', '-nographic', '-no-reboot',
     '-drive', `file=${img},format=raw,if=virtio`, '-kernel', kernel, '-initrd', initrd, '-append', cmdline]];
 }
 
+/** A guest whose console we talk to: send a line, wait for a line that matches. */
+class Guest {
+  private readonly child: ChildProcess;
+  private buf = '';
+  private output = '';
+  private lines: string[] = [];
+  private waiter: { re: RegExp; resolve: (m: RegExpExecArray) => void; reject: (e: Error) => void; timer: NodeJS.Timeout } | undefined;
+  private exited: string | undefined;
+
+  constructor(readonly vmm: Vmm, cmd: string, argv: string[]) {
+    this.child = spawn(cmd, argv, { stdio: ['pipe', 'pipe', 'pipe'] });
+    const onData = (d: Buffer): void => {
+      const s = d.toString('latin1');
+      this.output = (this.output + s).slice(-4000);
+      this.buf += s;
+      for (let i = this.buf.indexOf('\n'); i >= 0; i = this.buf.indexOf('\n')) {
+        this.lines.push(stripTerminal(this.buf.slice(0, i)));
+        this.buf = this.buf.slice(i + 1);
+      }
+      this.check();
+    };
+    this.child.stdout!.on('data', onData);
+    this.child.stderr!.on('data', onData);
+    this.child.stdin!.on('error', () => { /* the guest is gone: its exit says so */ });
+    this.child.on('error', (e) => this.fail(`could not start: ${e.message}`));
+    this.child.on('exit', (code, sig) => this.fail(`exited (${sig ?? code})`));
+  }
+
+  private fail(why: string): void {
+    this.exited ??= why;
+    const w = this.waiter;
+    if (w) { this.waiter = undefined; clearTimeout(w.timer); w.reject(new Error(`${this.vmm} ${why}`)); }
+  }
+
+  private check(): void {
+    const w = this.waiter;
+    if (!w) return;
+    while (this.lines.length > 0) {
+      const m = w.re.exec(this.lines.shift()!);
+      if (m) { this.waiter = undefined; clearTimeout(w.timer); w.resolve(m); return; }
+    }
+  }
+
+  /** The next console line matching `re` (earlier lines are dropped). */
+  waitFor(re: RegExp, timeoutMs: number): Promise<RegExpExecArray> {
+    return new Promise((resolve, reject) => {
+      if (this.exited) { reject(new Error(`${this.vmm} ${this.exited}`)); return; }
+      const timer = setTimeout(() => { this.waiter = undefined; reject(new Error(`${this.vmm}: no ${re.source} within ${timeoutMs / 1000} s`)); }, timeoutMs);
+      this.waiter = { re, resolve, reject, timer };
+      this.check();
+    });
+  }
+
+  send(line: string): void { if (!this.exited) this.child.stdin!.write(`${line}\n`); }
+
+  get tail(): string { return this.output.slice(-1200); }
+
+  /** Ask the guest to power off; kill it if it has not within a few seconds. */
+  async close(): Promise<void> {
+    if (this.exited) return;
+    const gone = new Promise<void>((r) => this.child.once('exit', () => r()));
+    this.send('q');
+    const t = setTimeout(() => this.child.kill('SIGKILL'), 10_000);
+    await gone;
+    clearTimeout(t);
+  }
+}
+
+/** One pass: MB/s written and read, from the guest's uptime stamps. */
+async function pass(g: Guest, mib: number): Promise<{ writeMBs: number; readMBs: number }> {
+  g.send('go');
+  const m = await g.waitFor(/DISK-PASS ([\d.]+) ([\d.]+) ([\d.]+)/, PASS_TIMEOUT_MS);
+  const [a, b, c] = m.slice(1, 4).map(Number) as [number, number, number];
+  const rate = (x: number, y: number): number => mib / Math.max(y - x, 0.01);
+  return { writeMBs: rate(a, b), readMBs: rate(b, c) };
+}
+
 async function main(): Promise<void> {
   const args = process.argv.slice(2);
   const out = args[0];
-  if (!out) throw new Error('usage: lab-disk OUT.json [--runs R] [--mib N]');
-  const runs = Number(args[args.indexOf('--runs') + 1] ?? 0) || 3;
-  const mib = Number(args[args.indexOf('--mib') + 1] ?? 0) || 128;
-  const only = args.includes('--only') ? args[args.indexOf('--only') + 1] as Vmm : undefined;
-  const diskOpts = args.includes('--disk-opts') ? args[args.indexOf('--disk-opts') + 1] ?? '' : '';
-  const nodeArgs = args.includes('--node-args') ? (args[args.indexOf('--node-args') + 1] ?? '').split(' ').filter(Boolean) : [];
+  if (!out) throw new Error('usage: lab-disk OUT.json [--runs ROUNDS] [--pairs P] [--mib N]');
+  const opt = (name: string): string | undefined => (args.includes(name) ? args[args.indexOf(name) + 1] : undefined);
+  const rounds = Number(opt('--runs') ?? 0) || 2;
+  const pairs = Number(opt('--pairs') ?? 0) || 12;
+  const mib = Number(opt('--mib') ?? 0) || 64;
+  const only = opt('--only') as Vmm | undefined;
+  const diskOpts = opt('--disk-opts') ?? '';
+  const nodeArgs = (opt('--node-args') ?? '').split(' ').filter(Boolean);
   const dir = mkdtempSync(join(tmpdir(), 'tshyve-benchdisk-'));
-  const img = join(dir, 'disk.img');
-  writeFileSync(img, Buffer.alloc(0));
-  const results: DiskRun[] = [];
+  const res: DiskBench = { mib, pairs, rounds: [], passes: [] };
+  const save = (): void => writeFileSync(out, JSON.stringify(res, null, 1));
   try {
-    for (let i = 0; i < runs; i++) {
-      for (const vmm of (i % 2 ? ['qemu', 'tshyve'] : ['tshyve', 'qemu']) as Vmm[]) {
-        if (only && vmm !== only) continue;
-        writeFileSync(img, Buffer.alloc(mib << 20)); // same fresh image for each
-        const [cmd, argv] = command(vmm, img, mib, diskOpts, nodeArgs);
-        const t = await timedRun(cmd, argv, 180_000);
-        const o = stripTerminal(t.output);
-        const m = /DISK_T="?([\d.]+) ([\d.]+) ([\d.]+) ([\d.]+) ([\d.]+) ([\d.]+)/.exec(o);
-        const r: DiskRun = { vmm, run: i, ok: false };
-        if (m) {
-          const t = m.slice(1, 7).map(Number) as [number, number, number, number, number, number];
-          const rate = (a: number, b: number) => mib / Math.max(b - a, 0.01);
-          r.coldWriteMBs = rate(t[0], t[1]);
-          r.coldReadMBs = rate(t[1], t[2]);
-          r.writeMBs = rate(t[3], t[4]);
-          r.readMBs = rate(t[4], t[5]);
-          r.ok = true;
-        } else {
-          r.error = t.timedOut ? 'timeout' : 'no DISK_T line';
-          r.tail = o.slice(-1200);
+    for (let r = 0; r < rounds; r++) {
+      const order = ((r % 2 ? ['qemu', 'tshyve'] : ['tshyve', 'qemu']) as Vmm[]).filter((v) => !only || v === only);
+      const round: DiskRound = { round: r, order, ok: false };
+      res.rounds.push(round);
+      const guests: Guest[] = [];
+      try {
+        for (const vmm of order) { // one at a time: a boot is the busiest part
+          const img = join(dir, `${vmm}.img`);
+          writeFileSync(img, Buffer.alloc(mib << 20));
+          const [cmd, argv] = command(vmm, img, mib, `benchdisk${r}`, diskOpts, nodeArgs);
+          const g = new Guest(vmm, cmd, argv);
+          guests.push(g);
+          await g.waitFor(/DISK-READY/, BOOT_TIMEOUT_MS);
         }
-        results.push(r);
-        writeFileSync(out, JSON.stringify({ mib, runs: results }, null, 1));
-        process.stdout.write(`[bench] disk ${vmm.padEnd(6)} #${i + 1}: ${r.ok ? `write ${r.writeMBs!.toFixed(1)} MB/s, read ${r.readMBs!.toFixed(1)} MB/s (first pass ${r.coldWriteMBs!.toFixed(1)} / ${r.coldReadMBs!.toFixed(1)})` : `FAILED (${r.error})`}\n`);
+        const log = (p: DiskPass): void => {
+          res.passes.push(p); save();
+          process.stdout.write(`[bench] disk round ${r + 1} ${p.pair < 0 ? 'first' : `pair ${p.pair + 1}`} ${p.vmm.padEnd(6)} write ${p.writeMBs.toFixed(1)} MB/s, read ${p.readMBs.toFixed(1)} MB/s\n`);
+        };
+        for (const g of guests) log({ vmm: g.vmm, round: r, pair: -1, ...await pass(g, mib) });
+        for (let j = 0; j < pairs; j++) {
+          for (const g of j % 2 ? [...guests].reverse() : guests) log({ vmm: g.vmm, round: r, pair: j, ...await pass(g, mib) });
+        }
+        round.ok = true;
+      } catch (e) {
+        round.error = e instanceof Error ? e.message : String(e);
+        round.tail = guests.map((g) => `--- ${g.vmm}:\n${g.tail}`).join('\n');
+        process.stdout.write(`[bench] disk round ${r + 1} FAILED: ${round.error}\n`);
+      } finally {
+        await Promise.all(guests.map((g) => g.close()));
+        save();
       }
     }
   } finally {

@@ -19,7 +19,7 @@ import { existsSync, mkdtempSync, readFileSync, readdirSync, accessSync, constan
 import { tmpdir, loadavg, cpus as osCpus } from 'node:os';
 import { join } from 'node:path';
 import {
-  ROOT, CLI, GUEST_DIR, DEFAULT_RUNS, VCPU_RUNNING, stats, pairedRatios, timedRun,
+  ROOT, CLI, GUEST_DIR, DEFAULT_RUNS, VCPU_RUNNING, stats, pairedRatios, geoMean, type GeoMean, timedRun,
   type LabResults, type LabRun, type Stats, type Vmm,
 } from './common.js';
 import { blkPathBench } from './blk-path.js';
@@ -294,37 +294,46 @@ async function main(): Promise<void> {
 }
 
 /** Run dist/bench/lab-NAME.js inside one lab/run and read the JSON it writes; undefined (said why) when it cannot. */
-async function labDriver<T>(name: string, o: Opts): Promise<T | undefined> {
+async function labDriver<T>(name: string, o: Opts, driverArgs: string[] = ['--runs', String(o.runs)]): Promise<T | undefined> {
   const why = labUnavailable();
   if (why) { out(`${name} bench skipped: ${why}`); return undefined; }
   const scratch = mkdtempSync(join(tmpdir(), `tshyve-bench${name}-`));
   const file = join(scratch, `lab-${name}.json`);
-  const r = await runLab(['--timeout', '900', '--scratch', scratch, '--', process.execPath, join(ROOT, 'dist', 'bench', `lab-${name}.js`), file, '--runs', String(o.runs)], 960_000);
+  const r = await runLab(['--timeout', '900', '--scratch', scratch, '--', process.execPath, join(ROOT, 'dist', 'bench', `lab-${name}.js`), file, ...driverArgs], 960_000);
   if (!existsSync(file)) { out(`${name} bench failed (lab exit ${r.code}): ${r.output.slice(-800)}`); return undefined; }
   return JSON.parse(readFileSync(file, 'utf8')) as T;
 }
 
-/** Sequential direct-I/O dd in the guest on a virtio-blk disk: tshyve vs QEMU, same image, same run. */
+/** Sequential direct-I/O dd in the guest on a virtio-blk disk: tshyve vs QEMU, both up, passes interleaved. */
 async function diskBench(o: Opts): Promise<void> {
   out('== 2. Lab disk bench: virtio-blk sequential throughput in the guest (dd, 1 MiB, O_DIRECT), tshyve vs QEMU ==');
-  const res = await labDriver<{ mib: number; runs: import('./lab-disk.js').DiskRun[] }>('disk', o);
+  // Rounds alternate the boot order, so an even count weighs both orders alike.
+  const rounds = Math.max(2, o.runs + (o.runs % 2));
+  const res = await labDriver<import('./lab-disk.js').DiskBench>('disk', o, ['--runs', String(rounds)]);
   if (!res) return;
-  type Key = 'writeMBs' | 'readMBs' | 'coldWriteMBs' | 'coldReadMBs';
-  const pick = (vmm: string, k: Key) => stats(res.runs.filter((x) => x.vmm === vmm && x.ok && x[k] !== undefined).map((x) => x[k]!));
-  const rows = [['metric', 'tshyve', 'QEMU', 'tshyve/QEMU', 'paired ratios']];
-  for (const [label, k] of [['write MB/s', 'writeMBs'], ['read MB/s', 'readMBs'],
-    ['first pass: write MB/s', 'coldWriteMBs'], ['first pass: read MB/s', 'coldReadMBs']] as const) {
-    const a = pick('tshyve', k), b = pick('qemu', k);
-    const p = stats(pairedRatios(res.runs, (x) => x[k]));
-    rows.push([label, fmtStats(a, 1, 1, o.runs), fmtStats(b, 1, 1, o.runs), a && b ? `${(a.median / b.median).toFixed(2)} (${a.median >= b.median ? 'ok' : '< 1'})` : '-',
-      p ? `${fmtStats(p, 1, 2, o.runs)} (${p.median >= 1 ? 'ok' : '< 1'})` : '-']);
+  const steady = res.passes.filter((p) => p.pair >= 0);
+  const cold = res.passes.filter((p) => p.pair < 0);
+  const pick = (ps: typeof steady, vmm: string, k: 'writeMBs' | 'readMBs') => stats(ps.filter((x) => x.vmm === vmm).map((x) => x[k]));
+  const fmtG = (g: GeoMean | undefined) => (g ? `${g.gmean.toFixed(3)} [${g.lo.toFixed(3)}-${g.hi.toFixed(3)}] (${g.gmean >= 1 ? 'ok' : '< 1'})` : '-');
+  const rows = [['metric', 'tshyve MB/s', 'QEMU MB/s', 'tshyve/QEMU, paired', 'per round', 'pairs tshyve >= QEMU']];
+  for (const [label, k] of [['write', 'writeMBs'], ['read', 'readMBs']] as const) {
+    const pr = pairedRatios(steady, (x) => x[k]);
+    const perRound = res.rounds.map((r) => geoMean(pairedRatios(steady.filter((p) => p.round === r.round), (x) => x[k]))?.gmean.toFixed(2) ?? '-');
+    rows.push([label, fmtStats(pick(steady, 'tshyve', k), 1, 1, pr.length || 1), fmtStats(pick(steady, 'qemu', k), 1, 1, pr.length || 1),
+      fmtG(geoMean(pr)), perRound.join(' '), `${pr.filter((x) => x >= 1).length}/${pr.length}`]);
+  }
+  for (const [label, k] of [['first pass: write', 'writeMBs'], ['first pass: read', 'readMBs']] as const) {
+    const a = pick(cold, 'tshyve', k), b = pick(cold, 'qemu', k);
+    rows.push([label, fmtStats(a, 1, 1, a?.n ?? 1), fmtStats(b, 1, 1, b?.n ?? 1), a && b ? `${(a.median / b.median).toFixed(2)} (medians)` : '-', '', '']);
   }
   for (const l of table(rows)) out(l);
-  out(`${res.mib} MiB per pass on a raw image in L1's tmpfs; QEMU with its default writeback cache. Each boot runs two passes:`);
-  out('the first rows are the second pass (steady state), the "first pass" rows the one just after boot, when V8 may still be');
-  out('compiling tshyve\'s request path (its I/O thread warms it up first). "paired ratios": median [min-max] of tshyve/QEMU');
-  out('over the boots that ran back to back, steadier than the ratio of the medians when the lab\'s speed drifts.');
-  out('Target: ratio >= 1 (at least QEMU\'s throughput).');
+  const failed = res.rounds.filter((r) => !r.ok);
+  out(`${res.rounds.length} rounds (${res.rounds.map((r) => r.order.map((v) => (v === 'tshyve' ? 'T' : 'Q')).join('')).join(' ')}: boot order), ` +
+    `each: both VMMs boot and stay up, one first pass each, then ${res.pairs} pairs of passes in ABBA order;`);
+  out(`a pass is dd of ${res.mib} MiB written then read on a raw image in L1's tmpfs (QEMU: default writeback cache), timed by the guest.`);
+  out('"paired": geometric mean of tshyve/QEMU over the pairs, [95 % interval]; "per round": the same per round.');
+  out('Target: paired ratio >= 1 (at least QEMU\'s throughput).');
+  for (const r of failed) out(`round ${r.round + 1} failed: ${r.error}`);
 }
 
 /** Checkpoint time and restore-to-running latency, next to dd writing as many bytes as the guest has RAM. */
