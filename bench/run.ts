@@ -114,12 +114,25 @@ function qemuVersion(): string {
   return /version ([^\s(]+)/.exec(r.stdout ?? '')?.[1] ?? '?';
 }
 
-/** Run lab/run, forwarding the driver's progress lines as they come. */
-function runLab(args: string[], timeoutMs: number): Promise<{ code: number | null; output: string }> {
+/**
+ * Run lab/run, forwarding the driver's progress lines as they come. With
+ * quietMs, a run that prints nothing for that long is stopped (L1 has
+ * stalled: its CPUs stop answering now and then under TCG), so that the
+ * results written so far are reported instead of waiting for the timeout.
+ */
+function runLab(args: string[], timeoutMs: number, quietMs?: number): Promise<{ code: number | null; output: string; quiet?: boolean }> {
   return new Promise((resolve) => {
     const child = spawn(join(ROOT, 'lab', 'run'), args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-    let output = '', line = '';
+    let output = '', line = '', quiet = false;
+    let idle: NodeJS.Timeout | undefined;
+    const arm = () => {
+      if (quietMs === undefined) return;
+      clearTimeout(idle);
+      idle = setTimeout(() => { quiet = true; child.kill('SIGTERM'); }, quietMs);
+    };
+    arm();
     const onData = (d: Buffer) => {
+      arm();
       const s = d.toString();
       output += s;
       line += s;
@@ -130,7 +143,7 @@ function runLab(args: string[], timeoutMs: number): Promise<{ code: number | nul
     child.stdout.on('data', onData);
     child.stderr.on('data', onData);
     const timer = setTimeout(() => child.kill('SIGTERM'), timeoutMs);
-    child.on('close', (code) => { clearTimeout(timer); resolve({ code, output }); });
+    child.on('close', (code) => { clearTimeout(timer); clearTimeout(idle); resolve({ code, output, ...(quiet ? { quiet } : {}) }); });
   });
 }
 
@@ -294,14 +307,20 @@ async function main(): Promise<void> {
 }
 
 /** Run dist/bench/lab-NAME.js inside one lab/run and read the JSON it writes; undefined (said why) when it cannot. */
-async function labDriver<T>(name: string, o: Opts, driverArgs: string[] = ['--runs', String(o.runs)]): Promise<T | undefined> {
+async function labDriver<T>(name: string, o: Opts, driverArgs: string[] = ['--runs', String(o.runs)], quietMs?: number): Promise<T | undefined> {
   const why = labUnavailable();
   if (why) { out(`${name} bench skipped: ${why}`); return undefined; }
   const scratch = mkdtempSync(join(tmpdir(), `tshyve-bench${name}-`));
   const file = join(scratch, `lab-${name}.json`);
-  const r = await runLab(['--timeout', '900', '--scratch', scratch, '--', process.execPath, join(ROOT, 'dist', 'bench', `lab-${name}.js`), file, ...driverArgs], 960_000);
+  const r = await runLab(['--timeout', '900', '--scratch', scratch, '--', process.execPath, join(ROOT, 'dist', 'bench', `lab-${name}.js`), file, ...driverArgs], 960_000, quietMs);
+  if (r.quiet) out(`${name} bench: no output from the lab for ${quietMs! / 1000} s (L1 stalled?): stopped it; the results so far follow`);
   if (!existsSync(file)) { out(`${name} bench failed (lab exit ${r.code}): ${r.output.slice(-800)}`); return undefined; }
-  return JSON.parse(readFileSync(file, 'utf8')) as T;
+  try {
+    return JSON.parse(readFileSync(file, 'utf8')) as T;
+  } catch (e) {
+    out(`${name} bench: its results file is unreadable (${e instanceof Error ? e.message : String(e)})`);
+    return undefined;
+  }
 }
 
 /** Sequential direct-I/O dd in the guest on a virtio-blk disk: tshyve vs QEMU, both up, passes interleaved. */
@@ -309,7 +328,8 @@ async function diskBench(o: Opts): Promise<void> {
   out('== 2. Lab disk bench: virtio-blk sequential throughput in the guest (dd, 1 MiB, O_DIRECT), tshyve vs QEMU ==');
   // Rounds alternate the boot order, so an even count weighs both orders alike.
   const rounds = Math.max(2, o.runs + (o.runs % 2));
-  const res = await labDriver<import('./lab-disk.js').DiskBench>('disk', o, ['--runs', String(rounds)]);
+  // a pass prints every few seconds and a boot within a minute or two: 240 s of silence is a stall
+  const res = await labDriver<import('./lab-disk.js').DiskBench>('disk', o, ['--runs', String(rounds)], 1000 * (Number(process.env.TSHYVE_BENCH_QUIET_S) || 240));
   if (!res) return;
   const steady = res.passes.filter((p) => p.pair >= 0);
   const cold = res.passes.filter((p) => p.pair < 0);
@@ -333,7 +353,7 @@ async function diskBench(o: Opts): Promise<void> {
   out(`a pass is dd of ${res.mib} MiB written then read on a raw image in L1's tmpfs (QEMU: default writeback cache), timed by the guest.`);
   out('"paired": geometric mean of tshyve/QEMU over the pairs, [95 % interval]; "per round": the same per round.');
   out('Target: paired ratio >= 1 (at least QEMU\'s throughput).');
-  for (const r of failed) out(`round ${r.round + 1} failed: ${r.error}`);
+  for (const r of failed) out(`round ${r.round + 1} failed: ${r.error ?? 'did not finish'}`);
 }
 
 /** Checkpoint time and restore-to-running latency, next to dd writing as many bytes as the guest has RAM. */
