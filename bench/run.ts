@@ -339,7 +339,8 @@ async function diskBench(o: Opts): Promise<void> {
   for (const [label, k] of [['write', 'writeMBs'], ['read', 'readMBs']] as const) {
     const pr = pairedRatios(steady, (x) => x[k]);
     const perRound = res.rounds.map((r) => geoMean(pairedRatios(steady.filter((p) => p.round === r.round), (x) => x[k]))?.gmean.toFixed(2) ?? '-');
-    rows.push([label, fmtStats(pick(steady, 'tshyve', k), 1, 1, pr.length || 1), fmtStats(pick(steady, 'qemu', k), 1, 1, pr.length || 1),
+    const a = pick(steady, 'tshyve', k), b = pick(steady, 'qemu', k);
+    rows.push([label, fmtStats(a, 1, 1, a?.n ?? 1), fmtStats(b, 1, 1, b?.n ?? 1),
       fmtG(geoMean(pr)), perRound.join(' '), `${pr.filter((x) => x >= 1).length}/${pr.length}`]);
   }
   for (const [label, k] of [['first pass: write', 'writeMBs'], ['first pass: read', 'readMBs']] as const) {
