@@ -80,8 +80,6 @@ export const VIRTIO_BLK_CONFIG_SIZE = 60;
 export const VIRTIO_BLK_QUEUE_SIZE = 256;
 /** Largest `queuesize=`: Linux's split rings and QEMU's virtio-blk stop at 1024 too. */
 export const VIRTIO_BLK_MAX_QUEUE_SIZE = 1024;
-/** Data segments per request at the default queue size: the queue size less header and status. */
-export const VIRTIO_BLK_SEG_MAX = VIRTIO_BLK_QUEUE_SIZE - 2;
 /** Per-segment and per-request bounds for discard / write zeroes. */
 export const VIRTIO_BLK_MAX_DISCARD_SECTORS = 1 << 22; // 2 GiB
 export const VIRTIO_BLK_MAX_DISCARD_SEG = 32;
@@ -133,6 +131,11 @@ function isPow2(n: number): boolean {
   return Number.isSafeInteger(n) && n > 0 && (n & (n - 1)) === 0;
 }
 
+/** A queue size `queuesize=` accepts: a power of two from 4 to VIRTIO_BLK_MAX_QUEUE_SIZE. */
+export function isValidQueueSize(n: number): boolean {
+  return isPow2(n) && n >= 4 && n <= VIRTIO_BLK_MAX_QUEUE_SIZE;
+}
+
 /** Thrown inside request handling: ends the request with this status. */
 class RequestStatus {
   constructor(readonly status: number, readonly why?: string) {}
@@ -181,7 +184,7 @@ export class VirtioBlk implements VirtioDevice {
     if (opts.sectorSize !== undefined) checkSectorSize('sector size', opts.sectorSize);
     if (opts.physicalSectorSize !== undefined) checkSectorSize('physical sector size', opts.physicalSectorSize);
     const qs = opts.queueSize ?? VIRTIO_BLK_QUEUE_SIZE;
-    if (!isPow2(qs) || qs < 4 || qs > VIRTIO_BLK_MAX_QUEUE_SIZE) {
+    if (!isValidQueueSize(qs)) {
       throw new UserError(`virtio-blk: queue size ${qs} is not a power of two between 4 and ${VIRTIO_BLK_MAX_QUEUE_SIZE}`);
     }
     this.maxQueueSize = qs;

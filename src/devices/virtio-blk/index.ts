@@ -8,7 +8,7 @@ import type { ConfigNode } from '../../config/tree.js';
 import { parsePciLegacyConfig } from '../../config/options.js';
 import { UserError } from '../../errors.js';
 import type { ConfigTreeWriter } from '../../pci/device.js';
-import type { VirtioBlkOptions } from './device.js';
+import { isValidQueueSize, VIRTIO_BLK_MAX_QUEUE_SIZE, type VirtioBlkOptions } from './device.js';
 
 export * from './device.js';
 export { BlockIoError, FileBlockBackend, type BlockBackend, type FileBackendOptions } from './backend.js';
@@ -51,7 +51,7 @@ export function parseVirtioBlkOptions(node: ConfigNode): VirtioBlkOptions {
   const qs = node.get('queuesize');
   if (qs !== undefined) {
     const n = /^[0-9]{1,5}$/.test(qs.trim()) ? Number(qs) : NaN;
-    if (!(n >= 4 && n <= 1024 && (n & (n - 1)) === 0)) throw new UserError(`${where('queuesize')}: '${qs}' is not a power of two between 4 and 1024`);
+    if (!isValidQueueSize(n)) throw new UserError(`${where('queuesize')}: '${qs}' is not a power of two between 4 and ${VIRTIO_BLK_MAX_QUEUE_SIZE}`);
     opts.queueSize = n;
   }
   const ser = node.get('ser');
