@@ -101,6 +101,15 @@ export class GuestMemory {
     else for (let k = 0; k < len; k++) dst[dstOff + k] = src[off + k]!;
   }
 
+  /** Copy `len` bytes of `src` from `srcOff` to guest memory at `gpa` (throws GuestMemoryError outside RAM). */
+  copyIn(gpa: number, src: Uint8Array, srcOff: number, len: number): void {
+    const i = this.locate(gpa, len);
+    if (i < 0) throw new GuestMemoryError(gpa, len);
+    const dst = this.regions[i]!.bytes, off = this.at;
+    if (len > 64) dst.set(src.subarray(srcOff, srcOff + len), off);
+    else for (let k = 0; k < len; k++) dst[off + k] = src[srcOff + k]!;
+  }
+
   /**
    * Check and locate in one lookup, for syscalls that read or write guest
    * RAM in place (preadv/pwritev): -1 when [gpa, gpa+len) is not inside

@@ -20,6 +20,7 @@ class CountingMemory extends GuestMemory {
   }
   override slice(gpa: number, len: number): Uint8Array { this.count(gpa); return super.slice(gpa, len); }
   override copyOut(gpa: number, dst: Uint8Array, o: number, len: number): void { this.count(gpa); super.copyOut(gpa, dst, o, len); }
+  override copyIn(gpa: number, src: Uint8Array, o: number, len: number): void { this.count(gpa); super.copyIn(gpa, src, o, len); }
   override readU8(gpa: number): number { this.count(gpa); return super.readU8(gpa); }
   override readU16(gpa: number): number { this.count(gpa); return super.readU16(gpa); }
   override readU32(gpa: number): number { this.count(gpa); return super.readU32(gpa); }
@@ -83,6 +84,51 @@ test('a direct chain: readable then writable buffers, read, write, used entry', 
   assert.deepEqual(drv.popUsed(), { id: head, len: 12 });
   assert.equal(new TextDecoder().decode(drv.written(head, 12)), '012!!56789ab');
   assert.equal(q.inFlight, 0);
+});
+
+test('readInto copies readable bytes into a buffer of its own, across buffers, and no further than the readable part', () => {
+  const { drv, q } = setup();
+  drv.addChain({ readable: [bytes('head'), bytes('er-and'), bytes('-more')], writable: [2] });
+  const c = q.popChain()!;
+  const dst = Buffer.alloc(8, 0x2e);
+  assert.equal(c.readInto(dst, 0), 8);
+  assert.equal(dst.toString(), 'header-a');
+  assert.equal(c.readInto(dst, 10), 5, 'the readable part ends after 5 more bytes');
+  assert.equal(dst.subarray(0, 5).toString(), '-more');
+  assert.equal(c.readInto(dst, 15), 0);
+  assert.equal(c.readInto(dst, -3), 8, 'a negative offset reads from the start');
+  assert.equal(dst.toString(), 'header-a');
+});
+
+test('popChain(true) hands out one reusable chain: each pop re-points it, and what it describes is the new chain', () => {
+  const { drv, q } = setup(8, { indirectDesc: true });
+  const h1 = drv.addChain({ readable: [bytes('one')], writable: [4] });
+  const h2 = drv.addChain({ readable: [bytes('second'), bytes('!')], writable: [1, 1] }, { indirect: true });
+  const c1 = q.popChain(true)!;
+  assert.equal(c1.head, h1);
+  assert.equal(c1.readAll(64).toString(), 'one');
+  assert.equal(c1.bufferCount, 2);
+  assert.equal(c1.write(bytes('abcd')), 4);
+  q.pushUsed(c1.head, 4);
+  const c2 = q.popChain(true)!;
+  assert.equal(c2, c1, 'the same object');
+  assert.equal(c2.head, h2);
+  assert.equal(c2.bufferCount, 4);
+  assert.equal(c2.readableCount, 2);
+  assert.equal(c2.readableLen, 7);
+  assert.equal(c2.writableLen, 2);
+  assert.equal(c2.readAll(64).toString(), 'second!');
+  assert.equal(c2.write(bytes('xy')), 2);
+  q.pushUsed(c2.head, 2);
+  assert.equal(new TextDecoder().decode(drv.written(h1, 4)), 'abcd');
+  assert.equal(new TextDecoder().decode(drv.written(h2, 2)), 'xy');
+  // an owning chain is not touched by later transient pops
+  const h3 = drv.addChain({ readable: [bytes('kept')], writable: [1] });
+  drv.addChain({ readable: [bytes('other')], writable: [1] });
+  const owned = q.popChain()!;
+  q.popChain(true);
+  assert.equal(owned.head, h3);
+  assert.equal(owned.readAll(64).toString(), 'kept');
 });
 
 test('indirect chains, and direct descriptors followed by an indirect one', () => {

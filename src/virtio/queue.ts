@@ -114,22 +114,47 @@ function asQueueError(e: unknown): VirtqueueError {
  * Float64Array): a chain of 256 pages is one allocation, not 256 objects.
  */
 export class DescriptorChain {
+  private _head: number;
+  private bufs: Float64Array;
+  private count: number;
+  private _readableCount: number;
+  private _readableLen: number;
+  private _writableLen: number;
+
   constructor(
     private readonly mem: GuestMemory,
-    readonly head: number,
+    head: number,
     /**
      * gpa, len, host address (0: no native mapping here) of each buffer in
      * chain order: the readable ones, then the writable ones
      */
-    private readonly bufs: Float64Array,
+    bufs: Float64Array,
     /** how many of the buffers are device-readable (they come first) */
-    readonly readableCount: number,
-    readonly readableLen: number,
-    readonly writableLen: number,
-  ) {}
+    readableCount: number,
+    readableLen: number,
+    writableLen: number,
+    /** buffers in `bufs` (default: all of it) */
+    count = bufs.length / 3,
+  ) {
+    this._head = head; this.bufs = bufs; this.count = count;
+    this._readableCount = readableCount; this._readableLen = readableLen; this._writableLen = writableLen;
+  }
+
+  /** Point this (transient) chain at a new walk's buffers: see Virtqueue.popChain(true). */
+  reuse(head: number, bufs: Float64Array, count: number, readableCount: number, readableLen: number, writableLen: number): this {
+    this._head = head; this.bufs = bufs; this.count = count;
+    this._readableCount = readableCount; this._readableLen = readableLen; this._writableLen = writableLen;
+    return this;
+  }
+
+  get head(): number { return this._head; }
+  /** how many of the buffers are device-readable (they come first) */
+  get readableCount(): number { return this._readableCount; }
+  get readableLen(): number { return this._readableLen; }
+  get writableLen(): number { return this._writableLen; }
 
   /** Number of buffers, readable and writable. */
-  get bufferCount(): number { return this.bufs.length / 3; }
+  get bufferCount(): number { return this.count; }
   get readable(): GuestBuffer[] { return this.list(0, this.readableCount); }
   get writable(): GuestBuffer[] { return this.list(this.readableCount, this.bufferCount); }
 
@@ -137,6 +162,31 @@ export class DescriptorChain {
     const out: GuestBuffer[] = [];
     for (let i = from; i < to; i++) out.push({ gpa: this.bufs[3 * i]!, len: this.bufs[3 * i + 1]! });
     return out;
+  }
+
+  /**
+   * Copy readable bytes [offset, offset + dst.length) into `dst` (fewer if
+   * the readable part ends first); returns how many. No allocation: for
+   * fixed-size headers read once into the device's own buffer.
+   */
+  readInto(dst: Uint8Array, offset: number): number {
+    const start = clamp(offset, this._readableLen);
+    const n = clamp(dst.length, this._readableLen - start);
+    const mem = this.mem, bufs = this.bufs;
+    try {
+      let skip = start, done = 0;
+      for (let i = 0; i < this._readableCount && done < n; i++) {
+        const len = bufs[3 * i + 1]!;
+        if (skip >= len) { skip -= len; continue; }
+        const k = Math.min(len - skip, n - done);
+        mem.copyOut(bufs[3 * i]! + skip, dst, done, k);
+        done += k;
+        skip = 0;
+      }
+    } catch (e) {
+      throw asQueueError(e);
+    }
+    return n;
   }
 
   /**
@@ -175,7 +225,7 @@ export class DescriptorChain {
       const lastStart = this.writableLen - (last >= this.readableCount ? this.bufs[3 * last + 1]! : 0);
       if (n > 0 && start >= lastStart) {
         // all of it in the last buffer (a status byte after a read's pages): no walk over the others
-        this.mem.slice(this.bufs[3 * last]! + (start - lastStart), n).set(n === data.length ? data : data.subarray(0, n));
+        this.mem.copyIn(this.bufs[3 * last]! + (start - lastStart), data, 0, n);
         return n;
       }
       copyStream(this.bufs, this.readableCount, this.bufferCount, start, n,
@@ -292,6 +342,8 @@ export class Virtqueue {
   private indirectWords = new Uint32Array(this.indirectCopy.buffer);
   /** the chain being walked: gpa, len, host address triples (grown to 3 * maxChainLen as needed) */
   private bufScratch = new Float64Array(3 * 16);
+  /** the chain popChain(true) hands out again and again */
+  private transientChain: DescriptorChain | undefined;
 
   constructor(readonly mem: GuestMemory, maxSize: number, opts: VirtqueueOptions = {}) {
     if (!isPow2(maxSize) || maxSize > VIRTQ_MAX_SIZE) throw new RangeError(`virtqueue max size ${maxSize} is not a power of two <= 32768`);
@@ -378,8 +430,13 @@ export class Virtqueue {
    * The next available chain, or undefined when the driver has published
    * nothing new. Throws VirtqueueError (and the queue stays broken) on any
    * driver violation.
+   *
+   * `transient`: the chain is this queue's one reusable chain over its
+   * walk buffers, valid only until the next popChain: for a device that
+   * finishes each request before taking the next (virtio-blk), so that a
+   * request allocates nothing. Otherwise the chain owns a copy.
    */
-  popChain(): DescriptorChain | undefined {
+  popChain(transient = false): DescriptorChain | undefined {
     this.usable();
     try {
       const size = this._size;
@@ -393,7 +450,7 @@ export class Virtqueue {
       }
       const head = this.mem.readU16(this.availGpa + 4 + 2 * (this.nextAvail & (size - 1)));
       if (head >= size) fail('EVQ_DESC_INDEX', `avail ring head ${head} >= size ${size}`);
-      const chain = this.walk(head);
+      const chain = this.walk(head, transient);
       this.nextAvail = (this.nextAvail + 1) & 0xffff;
       if (this.eventIdx && this.notificationsEnabled) this.mem.writeU16(this.usedGpa + 4 + 8 * size, this.nextAvail);
       return chain;
@@ -408,7 +465,7 @@ export class Virtqueue {
     this.mem.copyOut(table + VIRTQ_DESC_SIZE * i, this.scratch, 0, VIRTQ_DESC_SIZE);
   }
 
-  private walk(head: number): DescriptorChain {
+  private walk(head: number, transient: boolean): DescriptorChain {
     const size = this._size;
     const maxBufs = this.maxChainLen;
     const mem = this.mem;
@@ -471,6 +528,10 @@ export class Virtqueue {
       if (!(flags & VIRTQ_DESC_F_NEXT)) break;
       if (next >= tableLen) fail('EVQ_DESC_INDEX', `next ${next} >= ${inIndirect ? 'indirect table length' : 'size'} ${tableLen}`);
       idx = next;
+    }
+    if (transient) {
+      this.transientChain ??= new DescriptorChain(mem, 0, bufs, 0, 0, 0, 0);
+      return this.transientChain.reuse(head, bufs, n, nReadable, rlen, wlen);
     }
     return new DescriptorChain(mem, head, bufs.slice(0, 3 * n), nReadable, rlen, wlen);
   }

@@ -176,6 +176,13 @@ test('hostile requests get IOERR / UNSUPP, never a throw', () => {
     assert.equal(io([header(VIRTIO_BLK_T_IN, 0xffff_ffff_ffff_ffffn)], [512, 1]), VIRTIO_BLK_S_IOERR);
     assert.equal(io([header(VIRTIO_BLK_T_IN, 1n << 55n)], [512, 1]), VIRTIO_BLK_S_IOERR);
     assert.equal(io([header(VIRTIO_BLK_T_OUT, 0x0080_0000_0000_0000n), 512], [1]), VIRTIO_BLK_S_IOERR);
+    // a high word that is small (sector 2^32) or just at the 2^44-sector (2^53-byte) bound
+    assert.equal(io([header(VIRTIO_BLK_T_IN, 1n << 32n)], [512, 1]), VIRTIO_BLK_S_IOERR);
+    assert.equal(io([header(VIRTIO_BLK_T_OUT, (1n << 44n) - 1n), 512], [1]), VIRTIO_BLK_S_IOERR);
+    assert.equal(io([header(VIRTIO_BLK_T_OUT, 1n << 44n), 512], [1]), VIRTIO_BLK_S_IOERR);
+    assert.equal(io([header(VIRTIO_BLK_T_WRITE_ZEROES, 0), segment(1n << 32n, 1)], [1]), VIRTIO_BLK_S_IOERR);
+    // the last sector is in range, one past it is not
+    assert.equal(io([header(VIRTIO_BLK_T_IN, 127)], [512, 1]), VIRTIO_BLK_S_OK);
     // length not a multiple of 512
     assert.equal(io([header(VIRTIO_BLK_T_IN, 0)], [100, 1]), VIRTIO_BLK_S_IOERR);
     assert.equal(io([header(VIRTIO_BLK_T_OUT, 0), 513], [1]), VIRTIO_BLK_S_IOERR);

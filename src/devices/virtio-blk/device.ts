@@ -169,6 +169,8 @@ export class VirtioBlk implements VirtioDevice {
   private negotiated = 0n;
   private readonly segScratch = Buffer.alloc(VIRTIO_BLK_SEGMENT_SIZE * Math.max(VIRTIO_BLK_MAX_DISCARD_SEG, VIRTIO_BLK_MAX_WRITE_ZEROES_SEG));
   private readonly statusByte = new Uint8Array(1);
+  /** the request header, copied here once per request */
+  private readonly header = Buffer.alloc(VIRTIO_BLK_HEADER_SIZE);
   /** the current request's pieces for preadv/pwritev, reused */
   private readonly iov: IoVecs;
   /** Bytes of the writable data part already filled by the current IN request (for a failing one). */
@@ -303,7 +305,7 @@ export class VirtioBlk implements VirtioDevice {
     try {
       for (;;) {
         vq.disableNotifications();
-        for (let chain = vq.popChain(); chain !== undefined; chain = vq.popChain()) {
+        for (let chain = vq.popChain(true); chain !== undefined; chain = vq.popChain(true)) { // each done before the next
           const used = this.handle(chain);
           vq.pushUsed(chain.head, used);
           pushed = true;
@@ -357,8 +359,7 @@ export class VirtioBlk implements VirtioDevice {
     let written = 0;
     let status: number;
     try {
-      const r = this.execute(chain, dataCap);
-      written = r.written;
+      written = this.execute(chain, dataCap);
       status = VIRTIO_BLK_S_OK;
     } catch (e) {
       if (e instanceof VirtqueueError) throw e;
@@ -382,53 +383,62 @@ export class VirtioBlk implements VirtioDevice {
     return Math.min(written, dataCap) + 1;
   }
 
-  private execute(chain: DescriptorChain, dataCap: number): { written: number } {
+  /** Serve the request; returns the data bytes written for the guest (or throws RequestStatus). */
+  private execute(chain: DescriptorChain, dataCap: number): number {
     if (chain.readableLen < VIRTIO_BLK_HEADER_SIZE) {
       throw new RequestStatus(VIRTIO_BLK_S_IOERR, `request header of ${chain.readableLen} bytes (need ${VIRTIO_BLK_HEADER_SIZE})`);
     }
-    const hdr = chain.readAt(0, VIRTIO_BLK_HEADER_SIZE); // a private copy: read once
+    const hdr = this.header;
+    chain.readInto(hdr, 0); // a private copy: read once
     const type = hdr.readUInt32LE(0);
-    const sector = hdr.readBigUInt64LE(8);
+    // the sector as two words: no BigInt on the request path
+    const sectorLo = hdr.readUInt32LE(8), sectorHi = hdr.readUInt32LE(12);
     const dataIn = chain.readableLen - VIRTIO_BLK_HEADER_SIZE; // readable bytes after the header
 
     switch (type) {
       case VIRTIO_BLK_T_IN: {
         this.checkData('read', dataCap);
-        const off = this.checkRange('read', sector, dataCap);
+        const off = this.checkRange('read', sectorLo, sectorHi, dataCap);
         if (this.backend.readv && dataCap > 0 && chain.hostIovec(true, 0, dataCap, this.iov)) {
-          this.io(() => this.backend.readv!(this.iov, off));
-          return { written: dataCap };
+          try {
+            this.backend.readv(this.iov, off);
+          } catch (e) {
+            throw hostIoError(e);
+          }
+          return dataCap;
         }
         this.forEachPiece(chain.writable, 0, dataCap, (view, at) => {
           this.io(() => this.backend.read(view, off + at));
           this.partial = at + view.length;
         });
-        return { written: dataCap };
+        return dataCap;
       }
       case VIRTIO_BLK_T_OUT: {
         if (this.readonly) throw new RequestStatus(VIRTIO_BLK_S_IOERR, 'write to a read-only disk');
         this.checkData('write', dataIn);
-        const off = this.checkRange('write', sector, dataIn);
+        const off = this.checkRange('write', sectorLo, sectorHi, dataIn);
         if (this.backend.writev && dataIn > 0 && chain.hostIovec(false, VIRTIO_BLK_HEADER_SIZE, dataIn, this.iov)) {
-          this.io(() => this.backend.writev!(this.iov, off));
-          return { written: 0 };
+          try {
+            this.backend.writev(this.iov, off);
+          } catch (e) {
+            throw hostIoError(e);
+          }
+          return 0;
         }
         this.forEachPiece(chain.readable, VIRTIO_BLK_HEADER_SIZE, dataIn, (view, at) => {
           this.io(() => this.backend.write(view, off + at));
         });
-        return { written: 0 };
+        return 0;
       }
       case VIRTIO_BLK_T_FLUSH:
         if (!this.readonly) this.io(() => this.backend.flush());
-        return { written: 0 };
-      case VIRTIO_BLK_T_GET_ID: {
-        const n = chain.write(this.ident.subarray(0, Math.min(VIRTIO_BLK_ID_BYTES, dataCap)), 0);
-        return { written: n };
-      }
+        return 0;
+      case VIRTIO_BLK_T_GET_ID:
+        return chain.write(this.ident.subarray(0, Math.min(VIRTIO_BLK_ID_BYTES, dataCap)), 0);
       case VIRTIO_BLK_T_DISCARD:
       case VIRTIO_BLK_T_WRITE_ZEROES:
         this.discardOrZero(chain, type, dataIn);
-        return { written: 0 };
+        return 0;
       default:
         throw new RequestStatus(VIRTIO_BLK_S_UNSUPP);
     }
@@ -440,14 +450,20 @@ export class VirtioBlk implements VirtioDevice {
     }
   }
 
-  /** Byte offset of `sector` when [sector*512, +len) lies within the capacity; IOERR otherwise. */
-  private checkRange(what: string, sector: bigint, len: number): number {
-    const start = sector * BigInt(VIRTIO_BLK_SECTOR);
-    if (start + BigInt(len) > this.capacityBig) {
+  /**
+   * Byte offset of the sector (hi * 2^32 + lo) when [sector*512, +len) lies
+   * within the capacity; IOERR otherwise. In plain numbers: the capacity is
+   * below 2^53 bytes, so a sector that could be in range has hi < 2^12, and
+   * then sector * 512 and capacity - len are exact.
+   */
+  private checkRange(what: string, lo: number, hi: number, len: number): number {
+    const start = (hi * TWO_32 + lo) * VIRTIO_BLK_SECTOR;
+    if (hi >= 0x1000 || start > this.capacityBytes - len) {
+      const sector = (BigInt(hi) << 32n) | BigInt(lo);
       throw new RequestStatus(VIRTIO_BLK_S_IOERR,
         `${what} of ${len} bytes at sector ${sector} beyond the capacity of ${this.capacitySectors} sectors`);
     }
-    return Number(start);
+    return start;
   }
 
   /** Run a backend call; any failure becomes IOERR. */
@@ -455,7 +471,7 @@ export class VirtioBlk implements VirtioDevice {
     try {
       fn();
     } catch (e) {
-      throw new RequestStatus(VIRTIO_BLK_S_IOERR, `host I/O error: ${e instanceof Error ? e.message : String(e)}`);
+      throw hostIoError(e);
     }
   }
 
@@ -499,7 +515,7 @@ export class VirtioBlk implements VirtioDevice {
     // Validate every segment before touching the disk.
     for (let i = 0; i < n; i++) {
       const p = i * VIRTIO_BLK_SEGMENT_SIZE;
-      const sector = this.segScratch.readBigUInt64LE(p);
+      const sectorLo = this.segScratch.readUInt32LE(p), sectorHi = this.segScratch.readUInt32LE(p + 4);
       const num = this.segScratch.readUInt32LE(p + 8);
       const flags = this.segScratch.readUInt32LE(p + 12);
       if (discard ? flags !== 0 : (flags & ~VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP) !== 0) {
@@ -507,7 +523,7 @@ export class VirtioBlk implements VirtioDevice {
       }
       if (num > maxSectors) throw new RequestStatus(VIRTIO_BLK_S_IOERR, `${what} of ${num} sectors (max ${maxSectors})`);
       const len = num * VIRTIO_BLK_SECTOR;
-      const off = this.checkRange(what, sector, len);
+      const off = this.checkRange(what, sectorLo, sectorHi, len);
       segs.push({ off, len, unmap: (flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP) !== 0 });
     }
     for (const s of segs) {
@@ -516,6 +532,13 @@ export class VirtioBlk implements VirtioDevice {
     }
   }
 }
+
+/** A backend failure, as the IOERR the guest gets. */
+function hostIoError(e: unknown): RequestStatus {
+  return new RequestStatus(VIRTIO_BLK_S_IOERR, `host I/O error: ${e instanceof Error ? e.message : String(e)}`);
+}
+
+const TWO_32 = 0x1_0000_0000;
 
 function checkSectorSize(what: string, n: number): void {
   if (!isPow2(n) || n < VIRTIO_BLK_SECTOR || n > 65536) {
