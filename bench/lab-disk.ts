@@ -16,10 +16,16 @@
  * tshyve control).
  *
  *   node dist/bench/lab-disk.js OUT.json [--runs ROUNDS] [--pairs P] [--mib N] [--only tshyve|qemu]
- *     [--disk-opts ,queuesize=1024] [--node-args '--cpu-prof --cpu-prof-dir=DIR']
+ *     [--disk-opts ,queuesize=1024] [--node-args '--cpu-prof --cpu-prof-dir=DIR'] [--kvm-stats]
+ *
+ * --kvm-stats records, per pass, the growth of each of KVM's debugfs
+ * counters for that VM (exits, halt_exits, mmio_exits, irq_injections...)
+ * and the VMM's guest RAM mapping (Rss and huge pages, from smaps), to
+ * compare what the two guests cost L1. Reading them costs the driver some
+ * CPU, so leave it off for the figures.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { writeFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { writeFileSync, mkdtempSync, rmSync, readdirSync, readFileSync, existsSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CLI, GUEST_DIR, stripTerminal, type Vmm } from './common.js';
@@ -32,6 +38,10 @@ export interface DiskPass {
   pair: number;
   writeMBs: number;
   readMBs: number;
+  /** with --kvm-stats: how much each of L1 KVM's counters for this VM (debugfs) grew over the pass */
+  kvm?: Record<string, number>;
+  /** with --kvm-stats: the VMM's guest RAM mapping after the pass (smaps kB) */
+  ram?: Record<string, number>;
 }
 
 export interface DiskRound {
@@ -127,6 +137,8 @@ class Guest {
     });
   }
 
+  get pid(): number | undefined { return this.child.pid; }
+
   send(line: string): void { if (!this.exited) this.child.stdin!.write(`${line}\n`); }
 
   get tail(): string { return this.output.slice(-1200); }
@@ -140,6 +152,47 @@ class Guest {
     await gone;
     clearTimeout(t);
   }
+}
+
+const KVM_DEBUGFS = '/sys/kernel/debug/kvm';
+
+/** KVM's debugfs counters for the VM that process `pid` made (vCPU ones summed), or undefined. */
+function kvmCounters(pid: number | undefined): Record<string, number> | undefined {
+  if (pid === undefined || !existsSync(KVM_DEBUGFS)) return undefined;
+  const vm = readdirSync(KVM_DEBUGFS).find((d) => d.startsWith(`${pid}-`));
+  if (!vm) return undefined;
+  const out: Record<string, number> = {};
+  const readDir = (dir: string, prefix: string): void => {
+    for (const f of readdirSync(dir)) {
+      const path = join(dir, f);
+      if (statSync(path).isDirectory()) {
+        if (f.startsWith('vcpu')) readDir(path, 'vcpu.');
+        continue;
+      }
+      const v = Number(readFileSync(path, 'utf8').trim());
+      if (Number.isFinite(v)) out[prefix + f] = (out[prefix + f] ?? 0) + v;
+    }
+  };
+  try { readDir(join(KVM_DEBUGFS, vm), ''); } catch { return undefined; }
+  return out;
+}
+
+/** The process's largest mapping (guest RAM): its Rss and huge-page kB, from smaps. */
+function ramMapping(pid: number | undefined): Record<string, number> | undefined {
+  if (pid === undefined) return undefined;
+  let best: Record<string, number> | undefined;
+  let cur: Record<string, number> | undefined;
+  try {
+    for (const line of readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n')) {
+      const m = /^(\w+):\s+(\d+) kB/.exec(line);
+      if (!m) { cur = {}; continue; }
+      if (cur) cur[m[1]!] = Number(m[2]);
+      if (cur && m[1] === 'Size' && (!best || cur.Size! > best.Size!)) best = cur;
+    }
+  } catch { return undefined; }
+  if (!best) return undefined;
+  const { Size, Rss, AnonHugePages, ShmemPmdMapped, FilePmdMapped } = best;
+  return { Size: Size!, Rss: Rss!, AnonHugePages: AnonHugePages ?? 0, ShmemPmdMapped: ShmemPmdMapped ?? 0, FilePmdMapped: FilePmdMapped ?? 0 };
 }
 
 /** One pass: MB/s written and read, from the guest's uptime stamps. */
@@ -162,6 +215,20 @@ async function main(): Promise<void> {
   const only = opt('--only') as Vmm | undefined;
   const diskOpts = opt('--disk-opts') ?? '';
   const nodeArgs = (opt('--node-args') ?? '').split(' ').filter(Boolean);
+  const kvmStats = args.includes('--kvm-stats');
+  if (kvmStats && !existsSync(KVM_DEBUGFS)) {
+    try { execFileSync('mount', ['-t', 'debugfs', 'debugfs', '/sys/kernel/debug']); } catch { /* reported below */ }
+    if (!existsSync(KVM_DEBUGFS)) process.stdout.write(`[bench] --kvm-stats: no ${KVM_DEBUGFS}\n`);
+  }
+  const measure = async (g: Guest): Promise<Omit<DiskPass, 'vmm' | 'round' | 'pair'>> => {
+    const before = kvmStats ? kvmCounters(g.pid) : undefined;
+    const p = await pass(g, mib);
+    const after = before && kvmCounters(g.pid);
+    if (!before || !after) return p;
+    const kvm: Record<string, number> = {};
+    for (const [k, v] of Object.entries(after)) if (v !== before[k]) kvm[k] = v - (before[k] ?? 0);
+    return { ...p, kvm, ram: ramMapping(g.pid) };
+  };
   const dir = mkdtempSync(join(tmpdir(), 'tshyve-benchdisk-'));
   const res: DiskBench = { mib, pairs, rounds: [], passes: [] };
   const save = (): void => writeFileSync(out, JSON.stringify(res, null, 1));
@@ -184,9 +251,9 @@ async function main(): Promise<void> {
           res.passes.push(p); save();
           process.stdout.write(`[bench] disk round ${r + 1} ${p.pair < 0 ? 'first' : `pair ${p.pair + 1}`} ${p.vmm.padEnd(6)} write ${p.writeMBs.toFixed(1)} MB/s, read ${p.readMBs.toFixed(1)} MB/s\n`);
         };
-        for (const g of guests) log({ vmm: g.vmm, round: r, pair: -1, ...await pass(g, mib) });
+        for (const g of guests) log({ vmm: g.vmm, round: r, pair: -1, ...await measure(g) });
         for (let j = 0; j < pairs; j++) {
-          for (const g of j % 2 ? [...guests].reverse() : guests) log({ vmm: g.vmm, round: r, pair: j, ...await pass(g, mib) });
+          for (const g of j % 2 ? [...guests].reverse() : guests) log({ vmm: g.vmm, round: r, pair: j, ...await measure(g) });
         }
         round.ok = true;
       } catch (e) {
