@@ -113,13 +113,16 @@ function asQueueError(e: unknown): VirtqueueError {
  * The buffers are kept packed (gpa, len and host address in one
  * Float64Array): a chain of 256 pages is one allocation, not 256 objects.
  */
+const NO_BUFS = new Float64Array(0);
+
 export class DescriptorChain {
-  private _head: number;
-  private bufs: Float64Array;
-  private count: number;
-  private _readableCount: number;
-  private _readableLen: number;
-  private _writableLen: number;
+  // set by reuse(), which the constructor calls too
+  private _head = 0;
+  private bufs: Float64Array = NO_BUFS;
+  private count = 0;
+  private _readableCount = 0;
+  private _readableLen = 0;
+  private _writableLen = 0;
 
   constructor(
     private readonly mem: GuestMemory,
@@ -136,8 +139,7 @@ export class DescriptorChain {
     /** buffers in `bufs` (default: all of it) */
     count = bufs.length / 3,
   ) {
-    this._head = head; this.bufs = bufs; this.count = count;
-    this._readableCount = readableCount; this._readableLen = readableLen; this._writableLen = writableLen;
+    this.reuse(head, bufs, count, readableCount, readableLen, writableLen);
   }
 
   /** Point this (transient) chain at a new walk's buffers: see Virtqueue.popChain(true). */
@@ -172,21 +174,31 @@ export class DescriptorChain {
   readInto(dst: Uint8Array, offset: number): number {
     const start = clamp(offset, this._readableLen);
     const n = clamp(dst.length, this._readableLen - start);
-    const mem = this.mem, bufs = this.bufs;
     try {
-      let skip = start, done = 0;
-      for (let i = 0; i < this._readableCount && done < n; i++) {
-        const len = bufs[3 * i + 1]!;
-        if (skip >= len) { skip -= len; continue; }
-        const k = Math.min(len - skip, n - done);
-        mem.copyOut(bufs[3 * i]! + skip, dst, done, k);
-        done += k;
-        skip = 0;
-      }
+      this.copy(0, this._readableCount, start, n, dst, false);
     } catch (e) {
       throw asQueueError(e);
     }
     return n;
+  }
+
+  /**
+   * Buffers [from, to) as one byte stream: copy its bytes [start, start+n)
+   * to guest memory from buf[0..n) (`toGuest`), or from it into buf.
+   * A loop of its own, no callback: this is on every request's path.
+   */
+  private copy(from: number, to: number, start: number, n: number, buf: Uint8Array, toGuest: boolean): void {
+    const mem = this.mem, bufs = this.bufs;
+    let skip = start, done = 0;
+    for (let i = from; i < to && done < n; i++) {
+      const len = bufs[3 * i + 1]!;
+      if (skip >= len) { skip -= len; continue; }
+      const k = Math.min(len - skip, n - done);
+      if (toGuest) mem.copyIn(bufs[3 * i]! + skip, buf, done, k);
+      else mem.copyOut(bufs[3 * i]! + skip, buf, done, k);
+      done += k;
+      skip = 0;
+    }
   }
 
   /**
@@ -202,14 +214,8 @@ export class DescriptorChain {
    * shortened to what the chain holds.
    */
   readAt(offset: number, len: number): Buffer {
-    const start = clamp(offset, this.readableLen);
-    const n = clamp(len, this.readableLen - start);
-    const out = Buffer.alloc(n);
-    try {
-      copyStream(this.bufs, 0, this.readableCount, start, out.length, (gpa, at, k) => out.set(this.mem.slice(gpa, k), at));
-    } catch (e) {
-      throw asQueueError(e);
-    }
+    const out = Buffer.alloc(clamp(len, this._readableLen - clamp(offset, this._readableLen)));
+    this.readInto(out, offset);
     return out;
   }
 
@@ -228,8 +234,7 @@ export class DescriptorChain {
         this.mem.copyIn(this.bufs[3 * last]! + (start - lastStart), data, 0, n);
         return n;
       }
-      copyStream(this.bufs, this.readableCount, this.bufferCount, start, n,
-        (gpa, at, k) => this.mem.slice(gpa, k).set(data.subarray(at, at + k)));
+      this.copy(this._readableCount, this.count, start, n, data, true);
     } catch (e) {
       throw asQueueError(e);
     }
@@ -257,20 +262,6 @@ function hex64(hi: number, lo: number): string {
 function clamp(v: number, max: number): number {
   if (!(v > 0)) return 0;
   return v >= max ? max : Math.floor(v);
-}
-
-/** Walk buffers [from, to) of packed `bufs` (gpa, len, host) as one byte stream from `start` for `n` bytes, calling fn(gpa, streamPos - start, k) per piece. */
-function copyStream(bufs: Float64Array, from: number, to: number, start: number, n: number,
-  fn: (gpa: number, at: number, k: number) => void): void {
-  let skip = start, done = 0;
-  for (let i = from; i < to && done < n; i++) {
-    const len = bufs[3 * i + 1]!;
-    if (skip >= len) { skip -= len; continue; }
-    const k = Math.min(len - skip, n - done);
-    fn(bufs[3 * i]! + skip, done, k);
-    done += k;
-    skip = 0;
-  }
 }
 
 /** Saved queue state. Addresses are "0x..." strings (64-bit, JSON-safe). Untrusted until fromState accepts it. */
@@ -530,8 +521,8 @@ export class Virtqueue {
       idx = next;
     }
     if (transient) {
-      this.transientChain ??= new DescriptorChain(mem, 0, bufs, 0, 0, 0, 0);
-      return this.transientChain.reuse(head, bufs, n, nReadable, rlen, wlen);
+      return this.transientChain?.reuse(head, bufs, n, nReadable, rlen, wlen) ??
+        (this.transientChain = new DescriptorChain(mem, head, bufs, nReadable, rlen, wlen, n));
     }
     return new DescriptorChain(mem, head, bufs.slice(0, 3 * n), nReadable, rlen, wlen);
   }
