@@ -34,7 +34,7 @@ function parseArgs(argv: string[]): Opts {
     else if (a === '--warmup') o.warmup = Number(v());
     else if (a === '--timeout') o.timeoutS = Number(v());
     else if (a === '--budget') o.budgetS = Number(v());
-    else if (!o.out) o.out = a;
+    else if (!o.out && a !== undefined) o.out = a;
     else throw new Error(`unexpected argument ${a}`);
   }
   if (!o.out) throw new Error('usage: lab-boot OUT.json [--runs R] [--cpus 1,2] [--warmup 0|1] [--timeout S] [--budget S]');
@@ -99,7 +99,7 @@ async function main(): Promise<void> {
   // the files over 9p are cold), then per vCPU count R pairs, alternating
   // which VMM goes first so neither always follows the other.
   const plan: Array<[Vmm, number, number]> = [];
-  if (o.warmup > 0) plan.push(['tshyve', o.cpus[0], -1], ['qemu', o.cpus[0], -1]);
+  if (o.warmup > 0) plan.push(['tshyve', o.cpus[0]!, -1], ['qemu', o.cpus[0]!, -1]);
   for (const c of o.cpus) {
     for (let i = 0; i < o.runs; i++) {
       const pair: Vmm[] = i % 2 === 0 ? ['tshyve', 'qemu'] : ['qemu', 'tshyve'];

@@ -48,8 +48,7 @@ function parseArgs(argv: string[]): Opts {
       const s = argv[++i] ?? '';
       if (!(SECTIONS as readonly string[]).includes(s)) { process.stderr.write(`bench: --only takes one of ${SECTIONS.join(', ')}, not '${s}'\n`); process.exit(2); }
       o.only = s as Section;
-    }
-    else { process.stderr.write(`bench: unknown argument ${a}\nusage: run.js [--runs R] [--host-runs N] [--no-lab] [--no-host] [--lab-json FILE] [--only ${SECTIONS.join('|')}]\n`); process.exit(2); }
+    } else { process.stderr.write(`bench: unknown argument ${a}\nusage: run.js [--runs R] [--host-runs N] [--no-lab] [--no-host] [--lab-json FILE] [--only ${SECTIONS.join('|')}]\n`); process.exit(2); }
   }
   if (Number.isNaN(o.runs) || Number.isNaN(o.hostRuns)) { process.stderr.write('bench: --runs/--host-runs need a positive integer\n'); process.exit(2); }
   return o;
@@ -60,8 +59,8 @@ const out = (s = '') => process.stdout.write(`${s}\n`);
 // ---------------------------------------------------------------- formatting
 
 function table(rows: string[][], leftCols = 1): string[] {
-  const w = rows[0].map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
-  return rows.map((r) => r.map((c, i) => (i < leftCols ? c.padEnd(w[i]) : c.padStart(w[i]))).join('   ').trimEnd());
+  const w = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
+  return rows.map((r) => r.map((c, i) => (i < leftCols ? c.padEnd(w[i]!) : c.padStart(w[i]!))).join('   ').trimEnd());
 }
 
 function fmtStats(s: Stats | undefined, scale: number, digits: number, total: number): string {
@@ -82,7 +81,7 @@ function ratio(a: Stats | undefined, b: Stats | undefined): string {
 /** Why the lab bench cannot run here, or undefined. */
 function labUnavailable(): string | undefined {
   if (process.env.TSHYVE_LAB) return 'already inside the lab';
-  const need = [
+  const need: [string, string][] = [
     [join(ROOT, 'lab', 'run'), 'lab/run'],
     [join(ROOT, 'lab', 'out', 'l1', 'vmlinux'), 'the lab is not built (scripts/setup-lab.sh)'],
     [join(ROOT, 'lab', 'out', 'l1', 'initramfs.img'), 'the lab is not built (scripts/setup-lab.sh)'],
@@ -188,7 +187,7 @@ async function labBench(o: Opts): Promise<void> {
     for (const l of r.output.trimEnd().split('\n').slice(-15)) out(`  | ${l}`);
   }
   if (!res) { out(`lab bench skipped: no results came back (lab/run exited ${r.code})`); return; }
-  out(`lab run took ${labS.toFixed(0)} s; host 1-min load average ${loadBefore.toFixed(2)} before, ${loadavg()[0].toFixed(2)} after` +
+  out(`lab run took ${labS.toFixed(0)} s; host 1-min load average ${loadBefore!.toFixed(2)} before, ${loadavg()[0]!.toFixed(2)} after` +
     (others > 0 || otherLabVms() > 0 ? `; other lab VMs running: ${others} at start, ${otherLabVms()} at end` : ''));
   if (res.note) out(`note: ${res.note}`);
   out();
@@ -245,7 +244,7 @@ function printLabTable(res: LabResults): void {
   out('  start-up under TCG (node + tshyve module loading; QEMU start-up + SeaBIOS/option ROM), which dominate;');
   out('  guest uptime at init measures the guest kernel boot under nested KVM. The host has 2 cores shared with');
   out('  anything else running (other engineers\' lab VMs, builds), so expect noise of tens of percent.');
-  out(`  L1 load average at driver start ${res.l1.loadavgStart[0].toFixed(2)}, at end ${res.l1.loadavgEnd?.[0].toFixed(2) ?? '?'}.`);
+  out(`  L1 load average at driver start ${res.l1.loadavgStart[0]!.toFixed(2)}, at end ${res.l1.loadavgEnd?.[0]?.toFixed(2) ?? '?'}.`);
 }
 
 // ---------------------------------------------------------------- 2: host
@@ -285,7 +284,7 @@ async function hostBench(o: Opts): Promise<void> {
   ];
   for (const l of table(rows)) out(l);
   for (const f of fails) out(`FAILED ${f}`);
-  out(`conditions: ${osCpus().length} cores, load average ${loadavg()[0].toFixed(2)}; /dev/kvm here is software-emulated (kvm_pvm),`);
+  out(`conditions: ${osCpus().length} cores, load average ${loadavg()[0]!.toFixed(2)}; /dev/kvm here is software-emulated (kvm_pvm),`);
   out('  which slows guest instructions, not the VMM start-up measured here. "process start" is node\'s time origin (set at its very start),');
   out('  so it excludes only exec and dynamic loading; the wall time includes them. No QEMU comparison: QEMU has no firmware-free raw mode.');
   out();

@@ -7,9 +7,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { kvmUnavailable } from './helpers.js';
-import { Kvm, CAP, createEventfd, signalEventfd } from '../src/kvm/kvm.js';
+import { Kvm, CAP } from '../src/kvm/kvm.js';
+import { createEventfd, signalEventfd } from '../src/host/eventfd.js';
 import { defaultIrqchipRoutes } from '../src/kvm/abi.js';
-import { libc } from '../src/kvm/libc.js';
+import { libc } from '../src/host/libc.js';
 import { MsiRouter } from '../src/vm/msi-router.js';
 
 function skipReason(): string | undefined {

@@ -19,7 +19,7 @@ const skip = !existsSync(join(ROOT, 'lab', 'out', 'l1', 'vmlinux')) || !existsSy
   ? 'the nested lab is not built (scripts/setup-lab.sh)'
   : process.env.TSHYVE_LAB ? 'already inside the lab' : false;
 
-let results: Map<string, BootResult> = new Map();
+const results: Map<string, BootResult> = new Map();
 let labOutput = '';
 
 /**

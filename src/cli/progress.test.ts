@@ -4,9 +4,9 @@ import { ProgressBar, renderBar } from './progress.js';
 
 test('renderBar fits the terminal and says how far', () => {
   const s = renderBar('checkpoint', 8 << 20, 16 << 20, 1234, 80);
-  assert.match(s, /^checkpoint \[#+-+\]  50% 8\.0\/16\.0 MiB 1\.2 s$/);
+  assert.match(s, /^checkpoint \[#+-+\] {2}50% 8\.0\/16\.0 MiB 1\.2 s$/);
   assert.ok(s.length <= 79, s);
-  assert.match(renderBar('x', 5, 0, 0, 80), /  0%/);
+  assert.match(renderBar('x', 5, 0, 0, 80), / {2}0%/);
 });
 
 test('ProgressBar draws on a terminal only, and clears itself', () => {

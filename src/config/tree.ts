@@ -12,6 +12,7 @@ export class ConfigNode {
 
   /** Child node by relative dotted path, or undefined. */
   node(rel: string): ConfigNode | undefined {
+    // eslint-disable-next-line @typescript-eslint/no-this-alias -- the walk starts here
     let n: ConfigNode | undefined = this;
     for (const part of rel.split('.')) {
       if (!n) return undefined;

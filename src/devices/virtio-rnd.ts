@@ -5,7 +5,7 @@
 import { randomFillSync } from 'node:crypto';
 import { VIRTIO_ID_RNG, VIRTIO_COMMON_FEATURES } from '../virtio/constants.js';
 import type { VirtioDevice, VirtioInterrupt } from '../virtio/device.js';
-import { Virtqueue, VirtqueueError } from '../virtio/queue.js';
+import { type Virtqueue, VirtqueueError } from '../virtio/queue.js';
 import { registerPciDevice } from '../pci/device.js';
 import { VirtioPci, virtioPciOptions } from '../pci/virtio-pci.js';
 

@@ -75,11 +75,6 @@ export class GuestMemory {
     return -1;
   }
 
-  private find(gpa: number, len: number): { r: MemoryRegion; off: number } | undefined {
-    const i = this.locate(gpa, len);
-    return i < 0 ? undefined : { r: this.regions[i]!, off: this.at };
-  }
-
   /**
    * A live view of guest memory (no copy). Use for bulk device I/O; the
    * guest can change it underneath, so read any field you act on once.

@@ -91,7 +91,7 @@ export class PciConfig implements PciConfigSpace {
     this.bytes.set(body, off + 2);
     if (writable) this.wmask.set(writable, off + 2);
     if (this.lastCap) this.bytes[this.lastCap + 1] = off; else this.bytes[PciReg.CAP_PTR] = off;
-    this.bytes[PciReg.STATUS] |= 0x10; // capabilities list
+    this.bytes[PciReg.STATUS]! |= 0x10; // capabilities list
     this.lastCap = off;
     this.nextCap = (off + len + 3) & ~3;
     return off;

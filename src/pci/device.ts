@@ -6,7 +6,7 @@ import type { ConfigNode, ConfigTree } from '../config/tree.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
 import type { Bus, IrqLine } from '../bus/bus.js';
 import type { StateReader, StateWriter } from '../snapshot/state.js';
-import type { MsiVector } from '../vm/msi-router.js';
+import type { MsiVector } from './msi.js';
 
 /** A bump allocator over [base, end): naturally aligned blocks, in order. */
 export function mmioAllocator(base: number, end: number): (size: number) => number {

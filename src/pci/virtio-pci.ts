@@ -30,7 +30,7 @@ import type { DeviceContext, PciFunction } from './device.js';
 import { PciConfig } from './config-space.js';
 import { VirtioCore, type VirtioDevice } from '../virtio/device.js';
 import type { StateReader, StateWriter } from '../snapshot/state.js';
-import type { MsiVector } from '../vm/msi-router.js';
+import type { MsiVector } from './msi.js';
 import type { ConfigNode } from '../config/tree.js';
 
 const COMMON = 0x0000, ISR = 0x1000, DEVCFG = 0x2000, NOTIFY = 0x3000;
@@ -77,7 +77,6 @@ export class VirtioPci implements PciFunction {
   private readonly intx: IrqLine;
   private readonly bar0: BusDevice;
   private readonly bar1: BusDevice;
-  private readonly legacyBar: BusDevice | undefined;
   private readonly legacyBarSize: number;
   readonly transitional: boolean;
   /** per vector: its irqfd, or undefined (KVM_SIGNAL_MSI) */
@@ -140,7 +139,6 @@ export class VirtioPci implements PciFunction {
     this.legacyBarSize = 1 << Math.max(5, Math.ceil(Math.log2(0x18 + device.configSize)));
     if (this.transitional) {
       const bar: BusDevice = { read: (o, s) => this.legacyRead(o, s), write: (o, s, v) => this.legacyWrite(o, s, v) };
-      this.legacyBar = bar;
       this.config.addBar({ index: 0, size: this.legacyBarSize, kind: 'io', onMap: (a) => { this.map(bar, a, this.legacyBarSize, 'legacy', 'pio'); this.mapLegacyNotify(a); } });
     }
     // Placed and decoding from the start, as firmware would leave them.

@@ -12,7 +12,12 @@ import { basename, dirname, join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { setImmediate as yieldNow } from 'node:timers/promises';
 import { SnapshotError, StateReader, StateWriter } from './state.js';
-import type { SnapshotProgress } from '../vm/control.js';
+
+/** How far a save has got: bytes of guest RAM written so far, of `total`. */
+export interface SnapshotProgress {
+  done: number;
+  total: number;
+}
 
 export const SNAPSHOT_MAGIC = 'tshyve-snapshot';
 export const SNAPSHOT_VERSION = 1;

@@ -57,7 +57,7 @@ test('a restore must be of the same machine: guest-visible keys match, host path
 });
 
 test('RAM ranges merge into a sorted union', async () => {
-  const { mergeRanges } = await import('../kvm/kvm.js');
+  const { mergeRanges } = await import('../memory/ram.js');
   assert.deepEqual(mergeRanges([[8192, 12288], [0, 4096], [4096, 8192], [20480, 24576], [22000, 30000]]), [[0, 12288], [20480, 30000]]);
   assert.deepEqual(mergeRanges([]), []);
 });

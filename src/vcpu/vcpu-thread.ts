@@ -4,7 +4,7 @@
  * lands just before KVM_RUN is not lost), pauses, resumes and stops it.
  */
 import { Worker } from 'node:worker_threads';
-import { libc, SIG_KICK } from '../kvm/libc.js';
+import { libc, SIG_KICK } from '../host/libc.js';
 import { RUN } from '../kvm/abi.js';
 import { mapKvmRun } from '../kvm/kvm.js';
 import { MB, CtlReq, CtlState, newMailbox, type Mailbox, type VcpuEvent, type VcpuWorkerData } from './mailbox.js';
@@ -19,7 +19,6 @@ function installKickHandler(): void {
 
 export class VcpuThread {
   readonly mailbox: Mailbox = newMailbox();
-  private worker: Worker | undefined;
   private readonly run: DataView;
   private exited: Promise<void> | undefined;
 
@@ -43,7 +42,6 @@ export class VcpuThread {
       shadow: this.shadow, postWrites: this.postWrites,
     };
     const worker = new Worker(new URL('./worker.js', import.meta.url), { workerData: wd, stdout: false, stderr: false });
-    this.worker = worker;
     let started!: () => void;
     const ready = new Promise<void>((res) => { started = res; });
     worker.on('message', (e: VcpuEvent) => {

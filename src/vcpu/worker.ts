@@ -5,7 +5,7 @@
  * return so the thread can pause or stop.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { libc, errno, setThreadName, EINTR, EAGAIN } from '../kvm/libc.js';
+import { libc, errno, setThreadName, EINTR, EAGAIN } from '../host/libc.js';
 import { KVM, EXIT, EXIT_NAMES, RUN } from '../kvm/abi.js';
 import { mapKvmRun } from '../kvm/kvm.js';
 import { ShadowRegisters } from './shadow.js';

@@ -102,10 +102,15 @@ test('fuzz: 10^6 random descriptors give chains inside guest RAM or VirtqueueErr
     function randomDesc(off: number, tableLen: number): void {
       const k = r() & 15;
       let lo: number, hi = 0, len: number;
-      if (k < 10) { lo = r() % TOP; len = r() & 0x3ff; }
-      else if (k < 12) { lo = (k === 10 ? HOLE : TOP) - (r() & 0xff); len = r() & 0x1ff; }
-      else if (k < 14) { lo = r(); hi = r(); len = r(); }
-      else { lo = r(); hi = r() & 0x3f_ffff; len = r() & 0xffff; }
+      if (k < 10) {
+        lo = r() % TOP; len = r() & 0x3ff;
+      } else if (k < 12) {
+        lo = (k === 10 ? HOLE : TOP) - (r() & 0xff); len = r() & 0x1ff;
+      } else if (k < 14) {
+        lo = r(); hi = r(); len = r();
+      } else {
+        lo = r(); hi = r() & 0x3f_ffff; len = r() & 0xffff;
+      }
       let flags = r() & 3;
       if ((r() & 7) === 0) flags |= VIRTQ_DESC_F_INDIRECT;
       if ((r() & 15) === 0) flags = r() & 0xffff;

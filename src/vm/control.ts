@@ -2,11 +2,9 @@
  * What a running VM offers its controllers (the control socket, tshyvectl,
  * library users): bhyvectl's operations. Machine implements it.
  */
-export interface SnapshotProgress {
-  /** bytes of guest RAM written so far, of `total` */
-  done: number;
-  total: number;
-}
+import type { SnapshotProgress } from '../snapshot/file.js';
+
+export type { SnapshotProgress };
 
 export interface SnapshotResult {
   /** the JSON state document */

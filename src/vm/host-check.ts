@@ -4,7 +4,7 @@
  * a software-emulated KVM that cannot run an unmodified Linux kernel.
  */
 import { existsSync, readFileSync } from 'node:fs';
-import { Kvm, CAP } from '../kvm/kvm.js';
+import { type Kvm, CAP } from '../kvm/kvm.js';
 import { HostError } from '../errors.js';
 
 export interface HostReport {

@@ -11,17 +11,9 @@
  */
 import { defaultIrqchipRoutes, IOAPIC_PINS, type GsiRoute } from '../kvm/abi.js';
 
-/** One MSI-X vector's irqfd. */
-export interface MsiVector {
-  readonly gsi: number;
-  /** the eventfd bound to the GSI (a worker may write it directly) */
-  readonly fd: number;
-  /** Point the GSI at this MSI message (sets the routing table only if it changed). */
-  route(address: bigint, data: number): void;
-  /** Inject the routed MSI. */
-  signal(): void;
-  close(): void;
-}
+import type { MsiVector } from '../pci/msi.js';
+
+export type { MsiVector };
 
 export class MsiRouter {
   private readonly routes = new Map<number, { address: bigint; data: number }>();

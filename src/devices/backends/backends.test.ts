@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { once } from 'node:events';
 import { UserError } from '../../errors.js';
 import {
-  openSerialBackend, parseSerialSpec, TcpSerialBackend, UnixSerialBackend, type SerialBackend,
+  openSerialBackend, parseSerialSpec, TcpSerialBackend, type UnixSerialBackend, type SerialBackend,
 } from './index.js';
 
 /** Collects what a socket receives until `want` bytes arrived. */

@@ -38,7 +38,7 @@ export function parseSerialSpec(spec: string): SerialSpec {
   if (spec.startsWith('tcp=')) {
     const a = spec.slice(4);
     if (/^\d+$/.test(a)) return { kind: 'tcp', host: '127.0.0.1', port: parsePort(a, spec) };
-    const m = /^\[([^\]]+)\]:([^:]*)$/.exec(a) ?? /^([^:\[\]]+):([^:]*)$/.exec(a);
+    const m = /^\[([^\]]+)\]:([^:]*)$/.exec(a) ?? /^([^:[\]]+):([^:]*)$/.exec(a);
     if (!m) throw new UserError(`serial backend '${spec}': expected tcp=IP:PORT`);
     const host = m[1]!;
     if (net.isIP(host) === 0 && host !== 'localhost') {

@@ -15,7 +15,7 @@
  */
 import * as fs from 'node:fs';
 import { TshyveError, UserError } from '../../errors.js';
-import { libc, errno } from '../../kvm/libc.js';
+import { libc, errno } from '../../host/libc.js';
 import type { IoVecs } from '../../memory/iovec.js';
 import {
   EOPNOTSUPP, ENOSYS, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, POSIX_FADV_DONTNEED,

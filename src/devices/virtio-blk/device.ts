@@ -356,7 +356,7 @@ export class VirtioBlk implements VirtioDevice {
       return 0;
     }
     const dataCap = wlen - 1; // writable bytes before the status byte
-    let written = 0;
+    let written: number;
     let status: number;
     try {
       written = this.execute(chain, dataCap);

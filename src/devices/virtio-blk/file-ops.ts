@@ -3,7 +3,7 @@
  * fallocate (hole punching, zero ranges), ioctl on block devices (size,
  * sector sizes) and posix_fadvise, over the project's one FFI layer.
  */
-import { libc, errno } from '../../kvm/libc.js';
+import { libc, errno } from '../../host/libc.js';
 
 const fallocateFn = libc.fallocate;
 const ioctlPtr = libc.ioctlPtr;

@@ -12,8 +12,8 @@
  * save/restore.
  */
 import { Worker, MessageChannel } from 'node:worker_threads';
-import { createEventfd, signalEventfd } from '../../kvm/kvm.js';
-import { libc } from '../../kvm/libc.js';
+import { createEventfd, signalEventfd } from '../../host/eventfd.js';
+import { libc } from '../../host/libc.js';
 import type { GuestMemory } from '../../memory/guest-memory.js';
 import type { VirtioDevice, VirtioInterrupt, VirtioOffload } from '../../virtio/device.js';
 import type { Virtqueue } from '../../virtio/queue.js';
@@ -75,13 +75,12 @@ export class OffloadedVirtioBlk implements VirtioDevice {
     this.worker.on('error', (e) => { this.dead = e.message; onError(`virtio-blk I/O thread failed: ${e.message}`); });
     port1.on('message', (m: FromWorker) => this.onMessage(m, onError));
     port1.unref();
-    const self = this;
     this.offload = {
       notifyFd: () => this.notifyFd,
       directIrq,
       served,
-      quiesce: () => self.quiesce(),
-      unquiesce: () => self.unquiesce(),
+      quiesce: () => this.quiesce(),
+      unquiesce: () => this.unquiesce(),
     };
   }
 

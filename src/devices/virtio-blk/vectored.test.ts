@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync, truncateSync } from 'node:fs';
 import { GuestMemory } from '../../memory/guest-memory.js';
-import { createGuestRam } from '../../kvm/kvm.js';
+import { createGuestRam } from '../../memory/ram.js';
 import { harness, header, makeImage, submit } from './testing.js';
 import { FileBlockBackend, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from './index.js';
 
@@ -53,7 +53,7 @@ test('a short file under a vectored read gives IOERR', () => {
   const h = harness({ image: img, mem: nativeMem(4 << 20) });
   try {
     // shrink the file under the device: the capacity check passes, the read comes up short
-    
+
     truncateSync(img.path, 1024);
     const r = submit(h, [header(VIRTIO_BLK_T_IN, 4)], [2048, 1]);
     assert.equal(r.status, VIRTIO_BLK_S_IOERR);

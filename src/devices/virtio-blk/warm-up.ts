@@ -18,8 +18,8 @@
  * optimization counts its own runs, not the size of the I/O.
  */
 import { setFlagsFromString } from 'node:v8';
-import { createGuestRam } from '../../kvm/kvm.js';
-import { libc, MFD_CLOEXEC } from '../../kvm/libc.js';
+import { createGuestRam } from '../../memory/ram.js';
+import { libc, MFD_CLOEXEC } from '../../host/libc.js';
 import { GuestMemory } from '../../memory/guest-memory.js';
 import type { VirtioInterrupt } from '../../virtio/device.js';
 import { MockSplitQueue } from '../../virtio/testing/mock-driver.js';

@@ -20,8 +20,8 @@
  */
 import { workerData, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { setFlagsFromString } from 'node:v8';
-import { libc, errno, viewAt, setThreadName } from '../../kvm/libc.js';
-import { signalEventfd } from '../../kvm/kvm.js';
+import { libc, errno, viewAt, setThreadName } from '../../host/libc.js';
+import { signalEventfd } from '../../host/eventfd.js';
 import { GuestMemory } from '../../memory/guest-memory.js';
 import { Virtqueue, type VirtqueueState } from '../../virtio/queue.js';
 import type { VirtioInterrupt } from '../../virtio/device.js';

@@ -207,7 +207,11 @@ test('host input is bounded: backend paused when full, resumed when drained', ()
 
 test('control messages to the driver are bounded', () => {
   const h = harness([{ name: 'p0' }]);
-  for (let i = 0; i < CONTROL_PENDING_MAX + 10; i++) h.drv[3]!.addChain({ readable: [controlMessage(0, VIRTIO_CONSOLE_DEVICE_READY, 1)] }), h.dev.queueNotify(3), h.drv[3]!.drainUsed();
+  for (let i = 0; i < CONTROL_PENDING_MAX + 10; i++) {
+    h.drv[3]!.addChain({ readable: [controlMessage(0, VIRTIO_CONSOLE_DEVICE_READY, 1)] });
+    h.dev.queueNotify(3);
+    h.drv[3]!.drainUsed();
+  }
   assert.equal(h.dev.controlPendingCount, CONTROL_PENDING_MAX);
   assert.equal(h.dev.controlDropped, 10);
   assert.deepEqual(h.resets, []);

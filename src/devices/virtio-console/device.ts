@@ -22,7 +22,7 @@ import { UserError } from '../../errors.js';
 import type { StateReader, StateWriter } from '../../snapshot/state.js';
 import { VIRTIO_COMMON_FEATURES, VIRTIO_ID_CONSOLE, featureBit, hasFeature } from '../../virtio/constants.js';
 import type { VirtioDevice, VirtioInterrupt } from '../../virtio/device.js';
-import { Virtqueue, VirtqueueError } from '../../virtio/queue.js';
+import { type Virtqueue, VirtqueueError } from '../../virtio/queue.js';
 import type { SerialBackend } from '../backends/types.js';
 
 export const VIRTIO_CONSOLE_F_SIZE = 0;
@@ -176,7 +176,7 @@ export class VirtioConsole implements VirtioDevice {
   // wire, it was never the guest's.
   saveState(w: StateWriter): void {
     w.arr('controlPending', this.controlPending, (cw, m) => { cw.b64('msg', m); });
-    w.arr('ports', this.ports, (pw, p) => { pw.str('name', p.name, ).bool('ready', p.ready).bool('guestOpen', p.guestOpen); });
+    w.arr('ports', this.ports, (pw, p) => { pw.str('name', p.name ).bool('ready', p.ready).bool('guestOpen', p.guestOpen); });
   }
 
   restoreState(r: StateReader): void {

@@ -48,8 +48,7 @@ export class LazySerialBackend implements SerialBackend {
     while (this.holdLen > HOLD_MAX) {
       const first = this.hold[0]!;
       const excess = this.holdLen - HOLD_MAX;
-      if (first.length <= excess) { this.hold.shift(); this.holdLen -= first.length; }
-      else { this.hold[0] = first.subarray(excess); this.holdLen -= excess; }
+      if (first.length <= excess) { this.hold.shift(); this.holdLen -= first.length; } else { this.hold[0] = first.subarray(excess); this.holdLen -= excess; }
     }
   }
 

@@ -206,7 +206,7 @@ export function buildRsdp(oemId: string, rsdt: number, xsdt: number): Uint8Array
 /** Bump allocator over the ACPI region. */
 class Placer {
   private next: number;
-  constructor(private readonly mem: GuestMemory, private readonly base: number, private readonly end: number) {
+  constructor(private readonly mem: GuestMemory, base: number, private readonly end: number) {
     this.next = base;
   }
   put(bytes: Uint8Array, align = 16): number {

@@ -7,7 +7,7 @@
  * Shared words: [0] doorbell counter, [1] stop flag, [2..] pending bitmap.
  */
 import { workerData } from 'node:worker_threads';
-import { libc } from '../kvm/libc.js';
+import { libc } from './libc.js';
 
 const { epollWait, read } = libc;
 

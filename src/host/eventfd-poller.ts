@@ -5,8 +5,8 @@
  * doorbell with Atomics.waitAsync, so its event loop stays free.
  */
 import { Worker } from 'node:worker_threads';
-import { createEventfd } from '../kvm/kvm.js';
-import { libc, errno } from '../kvm/libc.js';
+import { createEventfd } from './eventfd.js';
+import { libc, errno } from './libc.js';
 
 const { epollCreate1, epollCtl } = libc;
 const EPOLL_CTL_ADD = 1, EPOLL_CTL_DEL = 2, EPOLLIN = 1, EPOLL_CLOEXEC = 0o2000000;
