@@ -19,7 +19,8 @@
 export { Machine, COM_PORTS } from './vm/machine.js';
 export { ExitCode } from './vm/exit-codes.js';
 export { ConfigTree, ConfigNode } from './config/tree.js';
-export { parseBhyveArgs, usage, resolveCpus, resolveMemBytes } from './config/options.js';
+export { parseBhyveArgs, usage } from './cli/args.js';
+export { resolveCpus, resolveMemBytes } from './config/options.js';
 export { parseMemSize, formatSize } from './config/size.js';
 export { GuestMemory } from './memory/guest-memory.js';
 export { Bus, type BusDevice, type IrqLine } from './bus/bus.js';

@@ -2,6 +2,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { SnapshotError, StateReader, StateWriter } from './state.js';
 import { checkConfigMatches } from './config-match.js';
+import { configKeyRules } from '../vm/snapshot.js';
+import '../devices/all.js';
 
 test('typed keys round-trip, u64 as hex, binary as base64', () => {
   const w = new StateWriter().u8('a', 255).u16('b', 65535).u32('c', 0xffffffff).u64('d', 2n ** 64n - 1n)
@@ -47,8 +49,10 @@ test('a restore must be of the same machine: guest-visible keys match, host path
     ['pci.0.5.0.device', 'virtio-blk'], ['pci.0.5.0.path', '/old/disk.img'], ['boot.kernel', '/k']]);
   const same: [string, string][] = [['cpus', '2'], ['memory.size', '512M'], ['name', 'b'], ['lpc.com1.path', 'tcp=127.0.0.1:4000'],
     ['pci.0.5.0.device', 'virtio-blk'], ['pci.0.5.0.path', '/new/disk.img']];
-  checkConfigMatches(snap, same);
-  const bad = (cur: [string, string][], re: RegExp) => assert.throws(() => checkConfigMatches(snap, cur),
+  // The rules come from the VM's list and the device registries (vm/snapshot.ts).
+  const match = (cur: [string, string][]) => checkConfigMatches(snap, cur, configKeyRules([...snap, ...cur]));
+  match(same);
+  const bad = (cur: [string, string][], re: RegExp) => assert.throws(() => match(cur),
     (e: unknown) => e instanceof SnapshotError && re.test((e as Error).message));
   bad(same.map(([k, v]) => [k, k === 'cpus' ? '1' : v]), /taken with cpus=2, this command line has cpus=1/);
   bad(same.filter(([k]) => !k.startsWith('pci.')), /pci\.0\.5\.0\.device/);
