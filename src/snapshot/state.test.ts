@@ -65,3 +65,19 @@ test('RAM ranges merge into a sorted union', async () => {
   assert.deepEqual(mergeRanges([[8192, 12288], [0, 4096], [4096, 8192], [20480, 24576], [22000, 30000]]), [[0, 12288], [20480, 30000]]);
   assert.deepEqual(mergeRanges([]), []);
 });
+
+test('config keys: host-only ones are ignored, a host path\'s value is not compared but its presence is', () => {
+  const rules = { hostOnly: ['name', 'boot.*', 'lpc.probe.note'], hostPaths: ['pci.N.N.N.port.N.path', 'lpc.probe.file'] };
+  const snap = new Map([['name', 'a'], ['boot.raw.address', '0x1000'], ['lpc.probe.note', 'x'], ['lpc.probe.file', '/a'],
+    ['pci.0.5.0.port.3.path', '/a.sock'], ['pci.0.5.0.port.3.name', 'p']]);
+  const match = (cur: [string, string][]) => checkConfigMatches(snap, cur, rules);
+  const base: [string, string][] = [['lpc.probe.file', '/b'], ['pci.0.5.0.port.3.path', '/b.sock'], ['pci.0.5.0.port.3.name', 'p']];
+  match(base);
+  match([...base, ['lpc.probe.note', 'other'], ['boot.kernel', '/k']]);
+  const bad = (cur: [string, string][], re: RegExp) => assert.throws(() => match(cur),
+    (e: unknown) => e instanceof SnapshotError && re.test((e as Error).message));
+  bad(base.filter(([k]) => k !== 'lpc.probe.file'), /^the snapshot's VM had lpc\.probe\.file, this command line has no lpc\.probe\.file$/);
+  bad(base.map(([k, v]) => [k, k.endsWith('name') ? 'q' : v]), /pci\.0\.5\.0\.port\.3\.name=p, this command line has pci\.0\.5\.0\.port\.3\.name=q/);
+  bad([...base, ['lpc.probe.note2', 'x']], /lpc\.probe\.note2=x/);
+  bad([...base, ['bootx', '1']], /bootx=1/); // `boot.*` is the keys under boot, not every key starting with it
+});

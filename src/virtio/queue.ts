@@ -290,20 +290,11 @@ export interface QueueFields {
  * A queue handed to or from a worker thread (postMessage: plain data,
  * addresses as "0x..." strings). Untrusted until fromState accepts it.
  */
-export interface VirtqueueState {
+export interface VirtqueueState extends Omit<QueueFields, 'desc' | 'avail' | 'used' | 'maxChainLen'> {
   readonly v: 1;
-  maxSize: number;
-  size: number;
-  ready: boolean;
   descTable: string;
   availRing: string;
   usedRing: string;
-  nextAvail: number;
-  nextUsed: number;
-  signalledUsed: number;
-  eventIdx: boolean;
-  indirectDesc: boolean;
-  notificationsEnabled: boolean;
   /** the VirtqueueOptions.maxChainLen given, or null to follow the queue size */
   maxChainLen: number | null;
 }

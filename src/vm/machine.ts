@@ -27,7 +27,7 @@ import { Uart16550 } from '../devices/uart16550.js';
 import { openSerialBackend, type SerialBackend } from '../devices/backends/index.js';
 import { buildPlatformDevices, type BuiltPlatformDevice } from '../devices/platform.js';
 import { PciHost, PCI_CONFIG_ADDR, PCI_CONFIG_DATA } from '../pci/host.js';
-import { findPciDevice, mmioAllocator, persistentPciFunction, type DeviceContext, type PciFunction } from '../pci/device.js';
+import { findPciDevice, mmioAllocator, persistentPciFunction, type DeviceContext } from '../pci/device.js';
 import { resolveCpus, resolveMemBytes } from '../config/options.js';
 import { ExitServer } from '../vcpu/exit-server.js';
 import { VcpuThread } from '../vcpu/vcpu-thread.js';
@@ -54,7 +54,6 @@ export class Machine extends EventEmitter implements VmControl {
   readonly shadow = new ShadowRegisters();
   /** every device under the device contract: the PCI host, PCI functions, platform devices */
   private readonly devices: PersistentDevice[] = [this.pci.persistent];
-  private readonly pciFunctions: PciFunction[] = [];
   private platform: BuiltPlatformDevice[] = [];
   private readonly vcpus: VcpuHolds;
   private readonly irqs: IrqRouting;
@@ -188,7 +187,6 @@ export class Machine extends EventEmitter implements VmControl {
           const bdf = { bus: Number(bus), slot: Number(slot), func: Number(func) };
           const fn = emu.create(ctx, fnode, bdf);
           this.pci.add(bdf.bus, bdf.slot, bdf.func, fn);
-          this.pciFunctions.push(fn);
           this.devices.push(persistentPciFunction(bdf, name, fn));
         }
       }
@@ -237,7 +235,7 @@ export class Machine extends EventEmitter implements VmControl {
   private activity(): number {
     const s = this.exitServer?.stats;
     let n = (s ? s.pio + s.mmio : 0) + this.irqs.notifies;
-    for (const f of this.pciFunctions) n += f.activity?.() ?? 0;
+    for (const f of this.pci.functions()) n += f.activity?.() ?? 0;
     return n;
   }
 
@@ -342,7 +340,7 @@ export class Machine extends EventEmitter implements VmControl {
     if (clean.includes(false)) log('debug', 'a vCPU did not leave KVM_RUN when kicked (halted with interrupts off?)');
     this.exitServer?.stop();
     this.irqs.stop();
-    for (const f of this.pciFunctions) {
+    for (const f of this.pci.functions()) {
       try { f.destroy?.(); } catch (e) { log('warn', `closing a device: ${(e as Error).message}`); }
     }
     await this.closeBackends();
