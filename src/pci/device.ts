@@ -75,7 +75,7 @@ export interface PciFunction {
   /** Called on reset and teardown. */
   reset?(): void;
   destroy?(): void;
-  /** Device state for snapshots (the config space is saved by the host). */
+  /** Device state for snapshots (the config space is saved beside it: persistentPciFunction). */
   saveState?(w: StateWriter): void;
   restoreState?(r: StateReader): void;
   /** After the whole VM is restored, before the vCPUs run (e.g. re-kick queues). */
