@@ -225,9 +225,12 @@ export class Machine extends EventEmitter implements VmControl {
     await Promise.all(threads.map((t) => t.start()));
     this.firstRunMs = performance.now();
     this.emit('running');
-    watchForHalt(this.vcpus, Number(this.config.get('x86.halt_check_ms') ?? 2000),
-      () => this.activity(), () => !this.userPaused && !this.saving, () => this.ending,
-      () => void this.finish(ExitCode.HALT, 'all vCPUs halted with interrupts disabled'));
+    watchForHalt(this.vcpus, Number(this.config.get('x86.halt_check_ms') ?? 2000), {
+      activity: () => this.activity(),
+      mayCheck: () => !this.userPaused && !this.saving,
+      ending: () => this.ending,
+      onHalted: () => void this.finish(ExitCode.HALT, 'all vCPUs halted with interrupts disabled'),
+    });
     return this.finished;
   }
 

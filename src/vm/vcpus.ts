@@ -99,30 +99,38 @@ export class VcpuHolds {
   }
 }
 
+/** What the halt check asks of the VM. */
+export interface HaltWatch {
+  /** exits, and the work devices do without them (ioeventfd notifies, queues served on their own threads) */
+  activity(): number;
+  /** false while the user has paused the VM or a save runs */
+  mayCheck(): boolean;
+  ending(): boolean;
+  onHalted(): void;
+}
+
 /**
  * bhyve exits 2 when every vCPU has halted with interrupts off (Linux's
  * `halt`). KVM halts in the kernel, so look while the guest is quiet: every
- * `everyMs`, when `activity()` (exits, and the work devices do without them:
- * ioeventfd notifies, queues served on their own threads) has not moved and
- * `mayCheck()`, park the vCPUs, read their MP state and IF, and go on. A
- * vCPU halted with interrupts off makes no activity, and a VM busy with
- * disk I/O is not parked every few seconds for nothing.
+ * `everyMs`, when its activity has not moved, park the vCPUs, read their MP
+ * state and IF, and go on. A vCPU halted with interrupts off makes no
+ * activity, and a VM busy with disk I/O is not parked every few seconds for
+ * nothing.
  */
-export function watchForHalt(vcpus: VcpuHolds, everyMs: number, activity: () => number, mayCheck: () => boolean, ending: () => boolean,
-  onHalted: () => void): void {
+export function watchForHalt(vcpus: VcpuHolds, everyMs: number, w: HaltWatch): void {
   if (!(everyMs > 0)) return;
   let last = -1, checking = false;
   const check = async () => {
-    if (ending()) return;
-    const now = activity();
-    if (now === last && !checking && mayCheck()) {
+    if (w.ending()) return;
+    const now = w.activity();
+    if (now === last && !checking && w.mayCheck()) {
       checking = true;
       try {
-        if (await vcpus.allHaltedWithInterruptsOff()) { onHalted(); return; }
+        if (await vcpus.allHaltedWithInterruptsOff()) { w.onHalted(); return; }
       } finally { checking = false; }
     }
     last = now;
-    if (!ending()) setTimeout(() => void check(), everyMs).unref();
+    if (!w.ending()) setTimeout(() => void check(), everyMs).unref();
   };
   setTimeout(() => void check(), everyMs).unref();
 }
