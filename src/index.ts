@@ -19,11 +19,13 @@
 export { Machine, COM_PORTS } from './vm/machine.js';
 export { ExitCode } from './vm/exit-codes.js';
 export { ConfigTree, ConfigNode } from './config/tree.js';
-export { parseBhyveArgs, usage, resolveCpus, resolveMemBytes } from './config/options.js';
+export { parseBhyveArgs, usage } from './cli/args.js';
+export { resolveCpus, resolveMemBytes } from './config/options.js';
 export { parseMemSize, formatSize } from './config/size.js';
 export { GuestMemory } from './memory/guest-memory.js';
 export { Bus, type BusDevice, type IrqLine } from './bus/bus.js';
 export { registerPciDevice, findPciDevice, pciDeviceNames, type PciDeviceEmulation, type DeviceContext } from './pci/device.js';
+export { registerPlatformDevice, type PlatformDeviceEmulation, type PlatformContext } from './devices/platform.js';
 export { TshyveError, UserError, HostError, GuestMemoryError, KvmError } from './errors.js';
 export { inspectHost, type HostReport } from './vm/host-check.js';
 export type { VmControl, SnapshotOptions, SnapshotResult, SnapshotProgress } from './vm/control.js';

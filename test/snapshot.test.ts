@@ -140,6 +140,13 @@ function editJson(doc: string, f: (o: Record<string, any>) => void, resign = fal
   writeFileSync(doc, JSON.stringify(o));
 }
 
+/** The snapshot's entry for device `id` (the devices part is one list: the PCI host, com1, rtc, pm, post). */
+function device(o: Record<string, any>, id: string): Record<string, any> {
+  const d = (o['devices'] as Record<string, any>[]).find((x) => x['id$str'] === id);
+  assert.ok(d, `the snapshot has ${id}`);
+  return d;
+}
+
 const badInputs: [string, () => string, RegExp][] = [
   ['a truncated document', () => damaged('trunc', (d) => { truncateSync(d, Math.floor(statSync(d).size / 2)); }), /not valid JSON/],
   ['a flipped bit in a part', () => damaged('flip', (d) => {
@@ -153,11 +160,21 @@ const badInputs: [string, () => string, RegExp][] = [
   ['a missing RAM image', () => damaged('ramgone', (_d, r) => { unlinkSync(r); }), /RAM image .* cannot be read \(ENOENT\)/],
   ['a changed part without its checksum', () => damaged('ramname', (d) => editJson(d, (o) => { o['ram']['file$str'] = 'other.ram'; })), /checksum of part 'ram' does not match/],
   ['a UART FIFO longer than the FIFO', () => damaged('fifo', (d) => editJson(d, (o) => {
-    o['devices']['uarts'][0]['state']['rxFifo$b64'] = Buffer.alloc(17).toString('base64');
-  }, true)), /snapshot field snapshot\.devices\.uarts\[0\]\.state\.rxFifo: 17 bytes, expected 0-16/],
+    device(o, 'com1')['state']['rxFifo$b64'] = Buffer.alloc(17).toString('base64');
+  }, true)), /snapshot field snapshot\.devices\[1\]\.state\.rxFifo: 17 bytes, expected 0-16/],
   ['an MP state out of range', () => damaged('mp', (d) => editJson(d, (o) => { o['vcpus'][0]['mpState$u32'] = 99; }, true)), /vcpus\[0\]\.mpState: 99 is not an integer in \[0, 8\]/],
   ['a missing field', () => damaged('nofield', (d) => editJson(d, (o) => { delete o['vcpus'][0]['lapic$b64']; }, true)), /vcpus\[0\]\.lapic: missing/],
-  ['a device the VM does not have', () => damaged('nodev', (d) => editJson(d, (o) => { o['devices']['uarts'][0]['name$str'] = 'com3'; }, true)), /com3 is not in this VM/],
+  ['a device the VM does not have', () => damaged('nodev', (d) => editJson(d, (o) => { device(o, 'com1')['id$str'] = 'com3'; }, true)), /com3 is not in this VM/],
+  ['a device twice', () => damaged('twice', (d) => editJson(d, (o) => {
+    const devs = o['devices'] as unknown[];
+    devs[devs.indexOf(device(o, 'rtc'))] = structuredClone(device(o, 'com1'));
+  }, true)), /devices\[2\]\.id: com1 is in the snapshot twice/],
+  ['a device of another kind', () => damaged('kind', (d) => editJson(d, (o) => { device(o, 'com1')['kind$str'] = 'rtc'; }, true)), /rtc com1 is not in this VM/],
+  ['a device missing', () => damaged('fewer', (d) => editJson(d, (o) => { o['devices'].pop(); }, true)), /the snapshot has 4 devices, this VM has 5/],
+  ['a version 1 snapshot (before the one device list)', () => damaged('v1', (d) => editJson(d, (o) => {
+    o['version$u32'] = 1;
+    o['devices'] = { 'pciAddress$u32': 0, pci: [], uarts: [{ 'name$str': 'com1', state: device(o, 'com1')['state'] }], rtc: device(o, 'rtc')['state'], pm: device(o, 'pm')['state'] };
+  }, true)), /is a version 1 snapshot; this tshyve reads version 2/],
 ];
 
 for (const [what, make, re] of badInputs) {

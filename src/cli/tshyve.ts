@@ -5,7 +5,7 @@
  *     -o boot.kernel=vmlinuz -o boot.initrd=initrd.img -o boot.cmdline=console=ttyS0 NAME
  * Exit status as bhyve: 0 reboot, 1 power-off, 2 halt, 3 triple fault, 4 error.
  */
-import { parseBhyveArgs, usage, supportedLpcDevices } from '../config/options.js';
+import { parseBhyveArgs, usage, supportedLpcDevices } from './args.js';
 import { pciDeviceNames } from '../pci/device.js';
 import '../devices/all.js';
 import { TshyveError } from '../errors.js';

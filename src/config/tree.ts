@@ -40,6 +40,11 @@ export function parseBool(v: string, what: string): boolean {
   }
 }
 
+/** Writes keys relative to one device's node (`pci.B.S.F.`). */
+export interface ConfigTreeWriter {
+  set(rel: string, value: string): void;
+}
+
 const KEY_PART = /^[A-Za-z0-9_-]+$/;
 
 export class ConfigTree {

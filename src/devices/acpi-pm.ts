@@ -10,6 +10,7 @@ import {
   DEFAULT_PM_PORTS, KBD_STATUS_PORT, PM1_CNT_LEN, PM1_EVT_LEN, PM_TIMER_32BIT, PM_TIMER_HZ, PM_TMR_LEN,
   SLP_TYP_S5, type PmPorts,
 } from '../x86/acpi/pm-ports.js';
+import { registerPlatformDevice } from './platform.js';
 
 export interface AcpiPmCallbacks {
   onPowerOff(): void;
@@ -159,3 +160,8 @@ export function attachAcpiPm(pio: Bus, callbacks: AcpiPmCallbacks, opts: AcpiPmO
   if (opts.keyboardReset ?? true) pio.register(KBD_STATUS_PORT, 1, pm.keyboard, 'kbd-reset');
   return pm;
 }
+
+registerPlatformDevice({
+  name: 'pm', kind: 'acpi-pm', node: 'pm',
+  create: (ctx) => attachAcpiPm(ctx.pio, { onPowerOff: () => ctx.powerOff(), onReset: () => ctx.reset() }, { sci: ctx.irq(9) }),
+});

@@ -16,7 +16,7 @@
  */
 import { ByteRegisterDevice, type IrqLine } from '../bus/bus.js';
 import type { Snapshottable, StateWriter, StateReader } from '../snapshot/state.js';
-import type { ConfigNode } from '../config/tree.js';
+import { registerPlatformDevice } from './platform.js';
 import { LOW_RAM_MAX } from '../x86/layout.js';
 
 const SEC = 0x00, SEC_ALARM = 0x01, MIN = 0x02, MIN_ALARM = 0x03, HOUR = 0x04, HOUR_ALARM = 0x05;
@@ -49,11 +49,6 @@ export interface RtcOptions {
   irq?: IrqLine | null;
   /** Host clock in ms since the epoch (may be fractional). Tests inject one. */
   clock?: () => number;
-}
-
-/** bhyve config: `rtc.use_localtime` (default true; `-u` sets it false). */
-export function rtcUtcFromConfig(root: ConfigNode): boolean {
-  return !root.getBool('rtc.use_localtime', true);
 }
 
 interface Fields { sec: number; min: number; hour: number; dow: number; day: number; mon: number; year: number }
@@ -291,3 +286,15 @@ function decHour(v: number, bcd: boolean, h24: boolean): number {
 
 export const RTC_PORT_BASE = 0x70;
 export const RTC_PORT_COUNT = 2;
+
+registerPlatformDevice({
+  name: 'rtc', kind: 'rtc', node: 'rtc',
+  // bhyve's rtc.use_localtime (default true; `-u` sets it false). A restored
+  // guest keeps its offset from host time, so it does not describe the guest.
+  hostOnlyKeys: ['use_localtime'],
+  create: (ctx, node) => {
+    const rtc = new Rtc({ utc: !node.getBool('use_localtime', true), memBytes: ctx.memBytes, irq: ctx.irq(8) });
+    ctx.pio.register(RTC_PORT_BASE, RTC_PORT_COUNT, rtc, 'rtc');
+    return rtc;
+  },
+});

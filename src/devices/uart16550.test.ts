@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Uart16550, UartStateError, UART_BACKLOG_MAX, validateUartState } from './uart16550.js';
+import { Uart16550, UART_BACKLOG_MAX } from './uart16550.js';
+import { SnapshotError, StateReader, StateWriter } from '../snapshot/state.js';
 import type { SerialBackend } from './backends/types.js';
 import type { IrqLine } from '../bus/bus.js';
 
@@ -179,21 +180,29 @@ test('snapshot/restore round trip and validation', () => {
   const { be, r, w, u } = setup();
   w(FCR, 0x01); w(MCR, 0x0b); w(IER, 0x01); w(SCR, 0x77);
   be.send('xyz');
-  const s = u.snapshot();
+  const saved = new StateWriter();
+  u.saveState(saved);
+  const s = JSON.parse(JSON.stringify(saved.obj)) as Record<string, unknown>;
+  const restored = (irq: IrqLine, state: unknown) => { const x = new Uart16550(irq, null); x.restoreState(new StateReader(state, 'uart')); return x; };
   const irq2 = new FakeIrq();
-  const u2 = Uart16550.restore(irq2, null, JSON.parse(JSON.stringify(s)));
+  const u2 = restored(irq2, s);
   assert.deepEqual(irq2.levels, [true]);
+  const again = new StateWriter();
+  restored(new FakeIrq(), s).saveState(again);
+  assert.deepEqual(again.obj, s);
   assert.equal(u2.read(SCR, 1), 0x77);
   assert.equal(String.fromCharCode(u2.read(RBR, 1), u2.read(RBR, 1), u2.read(RBR, 1)), 'xyz');
   assert.equal(r(RBR), 0x78);
-  assert.throws(() => validateUartState({ ...s, rxFifo: new Array(17).fill(0) }), UartStateError);
-  assert.throws(() => validateUartState({ ...s, fcr: 0, rxFifo: [1, 2] }), UartStateError);
-  assert.throws(() => validateUartState({ ...s, ier: 0x10 }), TypeError);
-  assert.throws(() => validateUartState({ ...s, dll: 1.5 }), UartStateError);
-  assert.throws(() => validateUartState({ ...s, rxFifo: [256] }), UartStateError);
-  assert.throws(() => validateUartState({ ...s, v: 2 }), UartStateError);
-  assert.throws(() => validateUartState(null), UartStateError);
-  assert.deepEqual(validateUartState(s), s);
+  const b64 = (bytes: number[]) => Buffer.from(bytes).toString('base64');
+  const bad = (state: unknown, re: RegExp) => assert.throws(() => restored(new FakeIrq(), state),
+    (e: unknown) => e instanceof SnapshotError && re.test((e as Error).message));
+  bad({ ...s, 'rxFifo$b64': b64(new Array(17).fill(0)) }, /uart\.rxFifo: 17 bytes/);
+  bad({ ...s, 'fcr$u8': 0, 'rxFifo$b64': b64([1, 2]) }, /uart\.rxFifo: 2 bytes, but the FIFO is off/);
+  bad({ ...s, 'ier$u8': 0x10 }, /uart\.ier: 16 is not an integer in \[0, 15\]/);
+  bad({ ...s, 'mcr$u8': 0x20 }, /uart\.mcr/);
+  bad({ ...s, 'dll$u8': 1.5 }, /uart\.dll/);
+  bad({ ...s, 'fcr$u8': 0x03 }, /uart\.fcr: unsupported bits 0x3/);
+  bad(null, /not an object/);
 });
 
 test('hostile guest: 1e5 random accesses never throw, IRQ only toggles', () => {

@@ -13,6 +13,8 @@
 import { ByteRegisterDevice, type IrqLine } from '../bus/bus.js';
 import type { SerialBackend } from './backends/types.js';
 import { type Snapshottable, type StateWriter, type StateReader } from '../snapshot/state.js';
+import { UserError } from '../errors.js';
+import { registerPlatformDevice } from './platform.js';
 
 const REG_DATA = 0, REG_IER = 1, REG_IIR = 2, REG_LCR = 3, REG_MCR = 4, REG_LSR = 5, REG_MSR = 6, REG_SCR = 7;
 
@@ -31,25 +33,6 @@ const MSR_CTS = 0x10, MSR_DSR = 0x20, MSR_RI = 0x40, MSR_DCD = 0x80;
 export const UART_FIFO_SIZE = 16;
 /** Host bytes held beyond the FIFO. Above one socket read (64 KiB) so a chunk that races pause() fits. */
 export const UART_BACKLOG_MAX = 128 * 1024;
-
-/** Saved device state (host-side backlog is not part of it: it is input not yet "on the wire"). */
-export interface UartState {
-  readonly v: 1;
-  dll: number; dlh: number;
-  ier: number; lcr: number; mcr: number; msr: number; scr: number; fcr: number;
-  overrun: boolean;
-  threPending: boolean;
-  rxFifo: number[];
-}
-
-/** Rejected saved state (a TypeError so generic restore code can treat it as malformed input). */
-export class UartStateError extends TypeError {
-  readonly code = 'EBADSTATE';
-  constructor(message: string) {
-    super(`uart state: ${message}`);
-    this.name = 'UartStateError';
-  }
-}
 
 /** MSR value (without deltas) for a given MCR. */
 function modemStatus(mcr: number): number {
@@ -286,80 +269,60 @@ export class Uart16550 extends ByteRegisterDevice implements Snapshottable {
   }
 
   // ---- save/restore ----
-
-  snapshot(): UartState {
-    const rxFifo: number[] = [];
-    for (let i = 0; i < this.fifoCount; i++) rxFifo.push(this.fifo[(this.fifoHead + i) % UART_FIFO_SIZE]!);
-    return {
-      v: 1, dll: this.dll, dlh: this.dlh, ier: this.ier, lcr: this.lcr, mcr: this.mcr, msr: this.msr,
-      scr: this.scr, fcr: this.fcr, overrun: this.overrun, threPending: this.threPending, rxFifo,
-    };
-  }
-
-  static restore(irq: IrqLine, backend: SerialBackend | null, state: unknown): Uart16550 {
-    const u = new Uart16550(irq, backend);
-    u.load(validateUartState(state));
-    return u;
-  }
-
-  private load(s: UartState): void {
-    this.dll = s.dll; this.dlh = s.dlh; this.ier = s.ier; this.lcr = s.lcr; this.mcr = s.mcr; this.msr = s.msr;
-    this.scr = s.scr; this.fcr = s.fcr; this.overrun = s.overrun; this.threPending = s.threPending;
-    this.fifoHead = 0; this.fifoCount = 0;
-    for (const b of s.rxFifo) this.pushFifo(b);
-    this.updateIrq();
-    this.onChange?.();
-  }
+  // The host-side backlog is not saved: it is input not yet "on the wire".
 
   saveState(w: StateWriter): void {
-    const s = this.snapshot();
-    for (const k of ['dll', 'dlh', 'ier', 'lcr', 'mcr', 'msr', 'scr', 'fcr'] as const) w.u8(k, s[k]);
-    w.bool('overrun', s.overrun).bool('threPending', s.threPending).b64('rxFifo', Uint8Array.from(s.rxFifo));
+    const rxFifo = new Uint8Array(this.fifoCount);
+    for (let i = 0; i < this.fifoCount; i++) rxFifo[i] = this.fifo[(this.fifoHead + i) % UART_FIFO_SIZE]!;
+    w.u8('dll', this.dll).u8('dlh', this.dlh).u8('ier', this.ier).u8('lcr', this.lcr).u8('mcr', this.mcr)
+      .u8('msr', this.msr).u8('scr', this.scr).u8('fcr', this.fcr)
+      .bool('overrun', this.overrun).bool('threPending', this.threPending).b64('rxFifo', rxFifo);
   }
 
+  /** Every field range-checked (SnapshotError naming it) before any is taken. */
   restoreState(r: StateReader): void {
-    const n = (k: string) => r.u8(k);
-    const state = {
-      v: 1, dll: n('dll'), dlh: n('dlh'), ier: n('ier'), lcr: n('lcr'), mcr: n('mcr'), msr: n('msr'), scr: n('scr'), fcr: n('fcr'),
-      overrun: r.bool('overrun'), threPending: r.bool('threPending'), rxFifo: [...r.b64('rxFifo', [0, UART_FIFO_SIZE])],
-    };
-    try {
-      this.load(validateUartState(state));
-    } catch (e) {
-      r.fail('', (e as Error).message);
-    }
+    const dll = r.u8('dll'), dlh = r.u8('dlh'), ier = r.u8('ier', 0x0f), lcr = r.u8('lcr'), mcr = r.u8('mcr', MCR_MASK);
+    const msr = r.u8('msr'), scr = r.u8('scr'), fcr = r.u8('fcr');
+    if (fcr & ~FCR_KEPT) r.fail('fcr', `unsupported bits 0x${fcr.toString(16)}`);
+    const overrun = r.bool('overrun'), threPending = r.bool('threPending');
+    const rxFifo = r.b64('rxFifo', [0, UART_FIFO_SIZE]);
+    if (!(fcr & FCR_ENABLE) && rxFifo.length > 1) r.fail('rxFifo', `${rxFifo.length} bytes, but the FIFO is off (1 byte)`);
+    this.dll = dll; this.dlh = dlh; this.ier = ier; this.lcr = lcr; this.mcr = mcr; this.msr = msr;
+    this.scr = scr; this.fcr = fcr; this.overrun = overrun; this.threPending = threPending;
+    this.resetFifo();
+    for (const b of rxFifo) this.pushFifo(b);
+    this.updateIrq();
   }
 }
 
-/** Checks a deserialized UartState; throws UartStateError on anything out of range. */
-export function validateUartState(x: unknown): UartState {
-  if (typeof x !== 'object' || x === null || Array.isArray(x)) throw new UartStateError('not an object');
-  const o = x as Record<string, unknown>;
-  if (o['v'] !== 1) throw new UartStateError(`unsupported version ${String(o['v'])}`);
-  const int = (k: string, max: number): number => {
-    const v = o[k];
-    if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > max) {
-      throw new UartStateError(`${k} must be an integer in [0, ${max}]`);
-    }
-    return v;
-  };
-  const bool = (k: string): boolean => {
-    const v = o[k];
-    if (typeof v !== 'boolean') throw new UartStateError(`${k} must be a boolean`);
-    return v;
-  };
-  const fcr = int('fcr', 0xff);
-  if (fcr & ~FCR_KEPT) throw new UartStateError(`fcr has unsupported bits 0x${fcr.toString(16)}`);
-  const rx = o['rxFifo'];
-  const depth = fcr & FCR_ENABLE ? UART_FIFO_SIZE : 1;
-  if (!Array.isArray(rx) || rx.length > depth) throw new UartStateError(`rxFifo must be an array of at most ${depth} bytes`);
-  const rxFifo = rx.map((b, i) => {
-    if (typeof b !== 'number' || !Number.isInteger(b) || b < 0 || b > 0xff) throw new UartStateError(`rxFifo[${i}] is not a byte`);
-    return b;
+/** ISA serial ports: base port and IRQ, as on a PC (bhyve's lpc_uart_names). */
+export const COM_PORTS: Record<string, { port: number; irq: number }> = {
+  com1: { port: 0x3f8, irq: 4 },
+  com2: { port: 0x2f8, irq: 3 },
+  com3: { port: 0x3e8, irq: 4 },
+  com4: { port: 0x2e8, irq: 3 },
+};
+
+for (const [name, { port, irq }] of Object.entries(COM_PORTS)) {
+  registerPlatformDevice({
+    name, kind: 'uart', node: `lpc.${name}`,
+    hostPathKeys: ['path'],
+    lpcConfig: (node, conf) => {
+      if (conf === undefined || conf === '') throw new UserError(`needs a backend (e.g. -l ${name},stdio)`);
+      node.set('path', conf);
+    },
+    create: async (ctx, node) => {
+      const spec = node.get('path');
+      if (spec === undefined) return undefined;
+      const uart = new Uart16550(ctx.irq(irq), await ctx.openSerial(spec));
+      // LSR polls (one per byte a guest prints) are answered on the vCPU thread.
+      const setLsr = ctx.shadowRegister?.(port + 5, port);
+      if (setLsr) {
+        uart.onChange = () => setLsr(uart.lsrShadow());
+        setLsr(uart.lsrShadow());
+      }
+      ctx.pio.register(port, 8, uart, name);
+      return uart;
+    },
   });
-  return {
-    v: 1, dll: int('dll', 0xff), dlh: int('dlh', 0xff), ier: int('ier', 0x0f), lcr: int('lcr', 0xff),
-    mcr: int('mcr', MCR_MASK), msr: int('msr', 0xff), scr: int('scr', 0xff), fcr,
-    overrun: bool('overrun'), threPending: bool('threPending'), rxFifo,
-  };
 }

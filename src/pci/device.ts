@@ -2,10 +2,11 @@
  * The PCI device model interface and the registry that `-s N,NAME,...` and
  * `pci.B.S.F.device=NAME` resolve through (bhyve's struct pci_devemu).
  */
-import type { ConfigNode, ConfigTree } from '../config/tree.js';
+import type { ConfigNode, ConfigTree, ConfigTreeWriter } from '../config/tree.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
 import type { Bus, IrqLine } from '../bus/bus.js';
 import type { StateReader, StateWriter } from '../snapshot/state.js';
+import type { DeviceConfigKeys, PersistentDevice } from '../snapshot/persist.js';
 import type { MsiVector } from './msi.js';
 
 /** A bump allocator over [base, end): naturally aligned blocks, in order. */
@@ -54,7 +55,8 @@ export interface DeviceContext {
   readonly guestRam?: { hostAddr: bigint; size: number; regions: { gpa: number; offset: number; size: number }[] };
 }
 
-export interface PciDeviceEmulation {
+/** A PCI device emulation; its config keys (hostOnlyKeys, hostPathKeys) are relative to `pci.B.S.F`. */
+export interface PciDeviceEmulation extends DeviceConfigKeys {
   readonly name: string;
   /**
    * Parse bhyve's legacy option string (what follows `NAME,` in `-s`) into
@@ -66,11 +68,6 @@ export interface PciDeviceEmulation {
   create(ctx: DeviceContext, node: ConfigNode, bdf: { bus: number; slot: number; func: number }): PciFunction;
 }
 
-/** Writes keys relative to one device's node (`pci.B.S.F.`). */
-export interface ConfigTreeWriter {
-  set(rel: string, value: string): void;
-}
-
 /** One PCI function as the config space and BAR logic see it. */
 export interface PciFunction {
   /** 256 bytes of config space (first 64 standard, rest capabilities). */
@@ -78,7 +75,7 @@ export interface PciFunction {
   /** Called on reset and teardown. */
   reset?(): void;
   destroy?(): void;
-  /** Device state for snapshots (the config space is saved by the host). */
+  /** Device state for snapshots (the config space is saved beside it: persistentPciFunction). */
   saveState?(w: StateWriter): void;
   restoreState?(r: StateReader): void;
   /** After the whole VM is restored, before the vCPUs run (e.g. re-kick queues). */
@@ -112,4 +109,26 @@ export function pciDeviceNames(): string[] {
   return [...registry.keys()].sort();
 }
 
-export type { ConfigTree };
+/**
+ * A PCI function under the device contract: `pci.B.S.F`, its config space
+ * (saved here, not by each device) and its own state in one object.
+ */
+export function persistentPciFunction(bdf: { bus: number; slot: number; func: number }, kind: string, fn: PciFunction): PersistentDevice {
+  return {
+    id: `pci.${bdf.bus}.${bdf.slot}.${bdf.func}`,
+    kind,
+    saveState: (w) => {
+      w.obj_('config', (cw) => fn.config.saveState!(cw));
+      fn.saveState?.(w);
+    },
+    restoreState: (r) => {
+      fn.config.restoreState!(r.obj('config'));
+      fn.restoreState?.(r);
+    },
+    afterRestore: fn.afterRestore && (() => fn.afterRestore!()),
+    quiesce: fn.quiesce && (() => fn.quiesce!()),
+    unquiesce: fn.unquiesce && (() => fn.unquiesce!()),
+  };
+}
+
+export type { ConfigTree, ConfigTreeWriter };

@@ -5,6 +5,7 @@
  */
 import type { BusDevice } from '../bus/bus.js';
 import type { PciFunction } from './device.js';
+import type { PersistentDevice } from '../snapshot/persist.js';
 
 export const PCI_CONFIG_ADDR = 0xcf8;
 export const PCI_CONFIG_DATA = 0xcfc;
@@ -34,6 +35,13 @@ export class PciHost implements BusDevice {
   /** The config address latch (0xCF8): part of a snapshot. */
   get address(): number { return this.addr >>> 0; }
   set address(v: number) { this.addr = (v & 0x80fffffc) >>> 0; }
+
+  /** The latch under the device contract (a snapshot's first device). */
+  readonly persistent: PersistentDevice = {
+    id: 'pci', kind: 'pci-host',
+    saveState: (w) => { w.u32('address', this.address); },
+    restoreState: (r) => { this.address = r.u32('address'); },
+  };
 
   private target(): { fn: PciFunction; reg: number } | undefined {
     if (!(this.addr & 0x80000000)) return undefined;

@@ -213,7 +213,7 @@ test('random traffic on the legacy registers never throws; a read-only disk stay
 test('`legacy` in -s and pci.B.S.F.virtio.transitional both make a device transitional', async () => {
   await import('../devices/all.js');
   const { ConfigTree } = await import('../config/tree.js');
-  const { parsePciSlotOption } = await import('../config/options.js');
+  const { parsePciSlotOption } = await import('../cli/args.js');
   const { virtioPciOptions } = await import('./virtio-pci.js');
   const c = new ConfigTree();
   parsePciSlotOption(c, '5,virtio-blk,/tmp/x.img,ro,legacy');

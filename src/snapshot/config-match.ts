@@ -2,35 +2,49 @@
  * Is this command line the VM the snapshot was taken of? What the guest
  * can see must match (vCPUs, RAM, devices and their guest-visible options);
  * where things are on the host may differ (backend paths, the VM's name,
- * the kernel, which a restore does not load, tshyve's tuning knobs).
+ * the kernel, which a restore does not load, tshyve's tuning knobs). Which
+ * keys are which is the VM's and its devices' to say (ConfigKeyRules).
  */
 import { SnapshotError } from './state.js';
 
-/** Keys that do not describe the guest's machine. */
-const IGNORED: RegExp[] = [
-  /^name$/, /^boot\./, /^control\./, /^debug\./, /^config\./, /^snapshot\./, /^kvm\.device$/,
-  /^x86\.(halt_check_ms|posted_writes|shadow_regs|allow_emulated_kvm)$/, /^virtio\.(ioeventfd|irqfd|workers)$/,
-  /^rtc\.use_localtime$/,
-];
-/** Keys whose presence matters but whose value is a host path. */
-const PATHS: RegExp[] = [/^lpc\.com\d\.path$/, /^pci\.\d+\.\d+\.\d+\.path$/, /^pci\.\d+\.\d+\.\d+\.port\.\d+\.path$/];
+/**
+ * Whole-key patterns (dotted; a part `N` matches a decimal number, a last
+ * part `*` the rest of the key).
+ */
+export interface ConfigKeyRules {
+  /** Keys that do not describe the guest's machine: ignored. */
+  readonly hostOnly: readonly string[];
+  /** Keys whose presence matters but whose value is a host path. */
+  readonly hostPaths: readonly string[];
+}
 
-export function guestVisibleConfig(entries: Iterable<[string, string]>): Map<string, string> {
+const PATH_VALUE = '(a path)';
+
+/** A key pattern as a regular expression. */
+export function keyPattern(pattern: string): RegExp {
+  const parts = pattern.split('.');
+  const re = parts.map((p, i) => (p === 'N' ? '[0-9]+' : p === '*' && i === parts.length - 1 ? '.+' : p.replace(/[^A-Za-z0-9_]/g, '\\$&')));
+  return new RegExp(`^${re.join('\\.')}$`);
+}
+
+/** The keys and values a restore compares; host paths read as `(a path)`. */
+export function guestVisibleConfig(entries: Iterable<[string, string]>, rules: ConfigKeyRules): Map<string, string> {
+  const ignored = rules.hostOnly.map(keyPattern), paths = rules.hostPaths.map(keyPattern);
   const out = new Map<string, string>();
   for (const [k, v] of entries) {
-    if (IGNORED.some((re) => re.test(k))) continue;
-    out.set(k, PATHS.some((re) => re.test(k)) ? '(a path)' : v);
+    if (ignored.some((re) => re.test(k))) continue;
+    out.set(k, paths.some((re) => re.test(k)) ? PATH_VALUE : v);
   }
   return out;
 }
 
 /** Throws SnapshotError naming the first difference. */
-export function checkConfigMatches(snapshot: Map<string, string>, current: Iterable<[string, string]>): void {
-  const a = guestVisibleConfig(snapshot), b = guestVisibleConfig(current);
+export function checkConfigMatches(snapshot: Map<string, string>, current: Iterable<[string, string]>, rules: ConfigKeyRules): void {
+  const a = guestVisibleConfig(snapshot, rules), b = guestVisibleConfig(current, rules);
   for (const k of [...new Set([...a.keys(), ...b.keys()])].sort()) {
     const x = a.get(k), y = b.get(k);
     if (x === y) continue;
-    const show = (v: string) => (v === '(a path)' ? k : `${k}=${v}`);
+    const show = (v: string) => (v === PATH_VALUE ? k : `${k}=${v}`);
     throw new SnapshotError(x === undefined
       ? `this command line has ${show(y!)}, the snapshot's VM had no ${k}`
       : y === undefined

@@ -12,6 +12,7 @@ import { basename, dirname, join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { setImmediate as yieldNow } from 'node:timers/promises';
 import { SnapshotError, StateReader, StateWriter } from './state.js';
+import { MAX_DEVICES } from './persist.js';
 
 /** How far a save has got: bytes of guest RAM written so far, of `total`. */
 export interface SnapshotProgress {
@@ -20,7 +21,8 @@ export interface SnapshotProgress {
 }
 
 export const SNAPSHOT_MAGIC = 'tshyve-snapshot';
-export const SNAPSHOT_VERSION = 1;
+/** 2: `devices` is one list of `{ id, kind, state }` (version 1 had pci/uarts/rtc/pm parts). */
+export const SNAPSHOT_VERSION = 2;
 /** RAM is checked and skipped (when zero) in chunks of this size. */
 export const RAM_CHUNK = 256 * 1024;
 /** The parts of the document that carry a checksum, in order. */
@@ -100,7 +102,7 @@ export interface SnapshotParts {
   config: Record<string, string>;
   vm: StateWriter;
   vcpus: StateWriter[];
-  devices: StateWriter;
+  devices: StateWriter[];
 }
 
 /** Save a whole snapshot: RAM first, then the document that names it. */
@@ -114,7 +116,7 @@ export async function writeSnapshot(file: string, ram: Uint8Array, ranges: [numb
     const cfg = new StateWriter();
     for (const [k, v] of Object.entries(parts.config)) cfg.str(k, v);
     const body: Record<PartName, unknown> = {
-      config: cfg.obj, ram: ramPart, vm: parts.vm.obj, vcpus: parts.vcpus.map((w) => w.obj), devices: parts.devices.obj,
+      config: cfg.obj, ram: ramPart, vm: parts.vm.obj, vcpus: parts.vcpus.map((w) => w.obj), devices: parts.devices.map((w) => w.obj),
     };
     const doc = {
       'magic$str': SNAPSHOT_MAGIC,
@@ -141,7 +143,8 @@ export interface LoadedSnapshot {
   ram: { file: string; size: number; chunk: number; crcs: Buffer };
   vm: StateReader;
   vcpus: StateReader[];
-  devices: StateReader;
+  /** one entry per device, `{ id, kind, state }` (persist.ts) */
+  devices: StateReader[];
 }
 
 /**
@@ -199,7 +202,7 @@ export function readSnapshot(file: string, maxVcpus = 1024): LoadedSnapshot {
   }
   if (ramSize !== size) throw new SnapshotError(`snapshot ${file}: RAM image ${ramFile} is ${ramSize} bytes, expected ${size} (truncated or replaced)`);
   const vcpus = r.arr('vcpus', maxVcpus);
-  return { file, created: r.str('created', 64), config, ram: { file: ramFile, size, chunk, crcs }, vm: r.obj('vm'), vcpus, devices: r.obj('devices') };
+  return { file, created: r.str('created', 64), config, ram: { file: ramFile, size, chunk, crcs }, vm: r.obj('vm'), vcpus, devices: r.arr('devices', MAX_DEVICES) };
 }
 
 /** Read the whole RAM image and compare each chunk's CRC (snapshot.verify_ram; restore does not need it). */

@@ -2,6 +2,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { SnapshotError, StateReader, StateWriter } from './state.js';
 import { checkConfigMatches } from './config-match.js';
+import { configKeyRules } from '../vm/snapshot.js';
+import '../devices/all.js';
 
 test('typed keys round-trip, u64 as hex, binary as base64', () => {
   const w = new StateWriter().u8('a', 255).u16('b', 65535).u32('c', 0xffffffff).u64('d', 2n ** 64n - 1n)
@@ -47,8 +49,10 @@ test('a restore must be of the same machine: guest-visible keys match, host path
     ['pci.0.5.0.device', 'virtio-blk'], ['pci.0.5.0.path', '/old/disk.img'], ['boot.kernel', '/k']]);
   const same: [string, string][] = [['cpus', '2'], ['memory.size', '512M'], ['name', 'b'], ['lpc.com1.path', 'tcp=127.0.0.1:4000'],
     ['pci.0.5.0.device', 'virtio-blk'], ['pci.0.5.0.path', '/new/disk.img']];
-  checkConfigMatches(snap, same);
-  const bad = (cur: [string, string][], re: RegExp) => assert.throws(() => checkConfigMatches(snap, cur),
+  // The rules come from the VM's list and the device registries (vm/snapshot.ts).
+  const match = (cur: [string, string][]) => checkConfigMatches(snap, cur, configKeyRules([...snap, ...cur]));
+  match(same);
+  const bad = (cur: [string, string][], re: RegExp) => assert.throws(() => match(cur),
     (e: unknown) => e instanceof SnapshotError && re.test((e as Error).message));
   bad(same.map(([k, v]) => [k, k === 'cpus' ? '1' : v]), /taken with cpus=2, this command line has cpus=1/);
   bad(same.filter(([k]) => !k.startsWith('pci.')), /pci\.0\.5\.0\.device/);
@@ -60,4 +64,20 @@ test('RAM ranges merge into a sorted union', async () => {
   const { mergeRanges } = await import('../memory/ram.js');
   assert.deepEqual(mergeRanges([[8192, 12288], [0, 4096], [4096, 8192], [20480, 24576], [22000, 30000]]), [[0, 12288], [20480, 30000]]);
   assert.deepEqual(mergeRanges([]), []);
+});
+
+test('config keys: host-only ones are ignored, a host path\'s value is not compared but its presence is', () => {
+  const rules = { hostOnly: ['name', 'boot.*', 'lpc.probe.note'], hostPaths: ['pci.N.N.N.port.N.path', 'lpc.probe.file'] };
+  const snap = new Map([['name', 'a'], ['boot.raw.address', '0x1000'], ['lpc.probe.note', 'x'], ['lpc.probe.file', '/a'],
+    ['pci.0.5.0.port.3.path', '/a.sock'], ['pci.0.5.0.port.3.name', 'p']]);
+  const match = (cur: [string, string][]) => checkConfigMatches(snap, cur, rules);
+  const base: [string, string][] = [['lpc.probe.file', '/b'], ['pci.0.5.0.port.3.path', '/b.sock'], ['pci.0.5.0.port.3.name', 'p']];
+  match(base);
+  match([...base, ['lpc.probe.note', 'other'], ['boot.kernel', '/k']]);
+  const bad = (cur: [string, string][], re: RegExp) => assert.throws(() => match(cur),
+    (e: unknown) => e instanceof SnapshotError && re.test((e as Error).message));
+  bad(base.filter(([k]) => k !== 'lpc.probe.file'), /^the snapshot's VM had lpc\.probe\.file, this command line has no lpc\.probe\.file$/);
+  bad(base.map(([k, v]) => [k, k.endsWith('name') ? 'q' : v]), /pci\.0\.5\.0\.port\.3\.name=p, this command line has pci\.0\.5\.0\.port\.3\.name=q/);
+  bad([...base, ['lpc.probe.note2', 'x']], /lpc\.probe\.note2=x/);
+  bad([...base, ['bootx', '1']], /bootx=1/); // `boot.*` is the keys under boot, not every key starting with it
 });

@@ -35,7 +35,7 @@ import {
   VIRTIO_STATUS_ACKNOWLEDGE, VIRTIO_STATUS_DRIVER, VIRTIO_STATUS_DRIVER_OK, VIRTIO_STATUS_FAILED,
   VIRTIO_STATUS_FEATURES_OK, VIRTIO_STATUS_NEEDS_RESET, featureBit, hasFeature,
 } from './constants.js';
-import { Virtqueue, VirtqueueError, type VirtqueueState } from './queue.js';
+import { Virtqueue, VirtqueueError } from './queue.js';
 import { SnapshotError, type StateReader, type StateWriter } from '../snapshot/state.js';
 
 /** What a device uses to talk back to the driver. */
@@ -460,7 +460,7 @@ export class VirtioCore {
   saveState(w: StateWriter): void {
     w.u8('status', this._status).u64('driverFeatures', this._driverFeatures).u64('negotiated', this._negotiated)
       .u8('generation', this._generation).bool('active', this._active);
-    w.arr('queues', this.queues, (qw, q) => writeQueueState(qw, q.getState()));
+    w.arr('queues', this.queues, (qw, q) => q.saveState(qw));
     const dev = this.device;
     if (dev.saveState) w.obj_('device', (dw) => dev.saveState!(dw));
   }
@@ -475,14 +475,14 @@ export class VirtioCore {
     if (neg & ~this.offeredFeatures) r.fail('negotiated', `0x${neg.toString(16)} has features this device does not offer`);
     const qs = r.arr('queues', this.queues.length);
     if (qs.length !== this.queues.length) r.fail('queues', `${qs.length} queues, this device has ${this.queues.length}`);
-    const states = qs.map(readQueueState);
+    const states = qs.map((q) => Virtqueue.readState(q));
     if (active && (status & (VIRTIO_STATUS_DRIVER_OK | VIRTIO_STATUS_NEEDS_RESET)) !== VIRTIO_STATUS_DRIVER_OK) {
       r.fail('active', `an active device must have status DRIVER_OK without NEEDS_RESET, not 0x${status.toString(16)}`);
     }
     this.reset();
     states.forEach((st, i) => {
       try {
-        this.queues[i]!.loadState(st);
+        this.queues[i]!.restoreState(st);
       } catch (e) {
         if (e instanceof VirtqueueError) throw new SnapshotError(`snapshot field ${qs[i]!.path}: ${e.message}`);
         throw e;
@@ -517,25 +517,4 @@ export class VirtioCore {
 
 function validConfigAccess(offset: number, size: number, configSize: number): boolean {
   return (size === 1 || size === 2 || size === 4) && Number.isInteger(offset) && offset >= 0 && offset + size <= configSize;
-}
-
-function writeQueueState(w: StateWriter, s: VirtqueueState): void {
-  w.u16('maxSize', s.maxSize).u16('size', s.size).bool('ready', s.ready)
-    .u64('desc', BigInt(s.descTable)).u64('avail', BigInt(s.availRing)).u64('used', BigInt(s.usedRing))
-    .u16('nextAvail', s.nextAvail).u16('nextUsed', s.nextUsed).u16('signalledUsed', s.signalledUsed)
-    .bool('eventIdx', s.eventIdx).bool('indirectDesc', s.indirectDesc).bool('notificationsEnabled', s.notificationsEnabled)
-    .u32('maxChainLen', s.maxChainLen ?? 0);
-}
-
-/** Typed fields to the VirtqueueState that Virtqueue.fromState checks. */
-function readQueueState(r: StateReader): VirtqueueState {
-  const hex = (k: string) => `0x${r.u64(k).toString(16)}`;
-  const mcl = r.u32('maxChainLen', 65536);
-  return {
-    v: 1, maxSize: r.u16('maxSize'), size: r.u16('size'), ready: r.bool('ready'),
-    descTable: hex('desc'), availRing: hex('avail'), usedRing: hex('used'),
-    nextAvail: r.u16('nextAvail'), nextUsed: r.u16('nextUsed'), signalledUsed: r.u16('signalledUsed'),
-    eventIdx: r.bool('eventIdx'), indirectDesc: r.bool('indirectDesc'), notificationsEnabled: r.bool('notificationsEnabled'),
-    maxChainLen: mcl === 0 ? null : mcl,
-  };
 }

@@ -23,6 +23,7 @@
  */
 import { TshyveError } from '../errors.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
+import type { StateReader, StateWriter } from '../snapshot/state.js';
 import type { IoVecs } from '../memory/iovec.js';
 import {
   VIRTQ_AVAIL_ALIGN, VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_ALIGN, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT,
@@ -264,21 +265,36 @@ function clamp(v: number, max: number): number {
   return v >= max ? max : Math.floor(v);
 }
 
-/** Saved queue state. Addresses are "0x..." strings (64-bit, JSON-safe). Untrusted until fromState accepts it. */
-export interface VirtqueueState {
-  readonly v: 1;
+/**
+ * A queue's configuration and progress as typed fields: what a snapshot
+ * holds (saveState/readState) and what a restore checks (restoreState).
+ */
+export interface QueueFields {
   maxSize: number;
   size: number;
   ready: boolean;
-  descTable: string;
-  availRing: string;
-  usedRing: string;
+  desc: bigint;
+  avail: bigint;
+  used: bigint;
   nextAvail: number;
   nextUsed: number;
   signalledUsed: number;
   eventIdx: boolean;
   indirectDesc: boolean;
   notificationsEnabled: boolean;
+  /** the VirtqueueOptions.maxChainLen given, or undefined to follow the queue size */
+  maxChainLen: number | undefined;
+}
+
+/**
+ * A queue handed to or from a worker thread (postMessage: plain data,
+ * addresses as "0x..." strings). Untrusted until fromState accepts it.
+ */
+export interface VirtqueueState extends Omit<QueueFields, 'desc' | 'avail' | 'used' | 'maxChainLen'> {
+  readonly v: 1;
+  descTable: string;
+  availRing: string;
+  usedRing: string;
   /** the VirtqueueOptions.maxChainLen given, or null to follow the queue size */
   maxChainLen: number | null;
 }
@@ -613,29 +629,53 @@ export class Virtqueue {
 
   // ---- save / restore -------------------------------------------------------
 
-  getState(): VirtqueueState {
-    const hex = (v: bigint): string => `0x${v.toString(16)}`;
+  /** The queue's configuration and progress (a snapshot, or a worker thread's copy). */
+  private fields(): QueueFields {
     return {
-      v: 1,
-      maxSize: this.maxSize,
-      size: this._size,
-      ready: this._ready,
-      descTable: hex(this._desc),
-      availRing: hex(this._avail),
-      usedRing: hex(this._used),
-      nextAvail: this.nextAvail,
-      nextUsed: this.nextUsed,
-      signalledUsed: this.signalledUsed,
-      eventIdx: this.eventIdx,
-      indirectDesc: this.indirectDesc,
-      notificationsEnabled: this.notificationsEnabled,
-      maxChainLen: this.maxChainOpt ?? null,
+      maxSize: this.maxSize, size: this._size, ready: this._ready, desc: this._desc, avail: this._avail, used: this._used,
+      nextAvail: this.nextAvail, nextUsed: this.nextUsed, signalledUsed: this.signalledUsed,
+      eventIdx: this.eventIdx, indirectDesc: this.indirectDesc, notificationsEnabled: this.notificationsEnabled,
+      maxChainLen: this.maxChainOpt,
     };
   }
 
-  /** Take a saved state into this queue (checked as fromState checks it; this queue is untouched on error). */
-  loadState(state: unknown): void {
-    const q = Virtqueue.fromState(this.mem, state);
+  /** Plain data for a worker thread (postMessage): addresses as "0x..." strings. */
+  getState(): VirtqueueState {
+    const f = this.fields();
+    const hex = (v: bigint): string => `0x${v.toString(16)}`;
+    return {
+      v: 1, maxSize: f.maxSize, size: f.size, ready: f.ready, descTable: hex(f.desc), availRing: hex(f.avail), usedRing: hex(f.used),
+      nextAvail: f.nextAvail, nextUsed: f.nextUsed, signalledUsed: f.signalledUsed,
+      eventIdx: f.eventIdx, indirectDesc: f.indirectDesc, notificationsEnabled: f.notificationsEnabled,
+      maxChainLen: f.maxChainLen ?? null,
+    };
+  }
+
+  /** The queue in a snapshot: typed fields (maxChainLen 0: it follows the queue size). */
+  saveState(w: StateWriter): void {
+    const f = this.fields();
+    w.u16('maxSize', f.maxSize).u16('size', f.size).bool('ready', f.ready)
+      .u64('desc', f.desc).u64('avail', f.avail).u64('used', f.used)
+      .u16('nextAvail', f.nextAvail).u16('nextUsed', f.nextUsed).u16('signalledUsed', f.signalledUsed)
+      .bool('eventIdx', f.eventIdx).bool('indirectDesc', f.indirectDesc).bool('notificationsEnabled', f.notificationsEnabled)
+      .u32('maxChainLen', f.maxChainLen ?? 0);
+  }
+
+  /** A snapshot's queue fields, type- and range-checked (SnapshotError naming the field); restoreState checks the rest. */
+  static readState(r: StateReader): QueueFields {
+    const mcl = r.u32('maxChainLen', 65536);
+    return {
+      maxSize: r.u16('maxSize'), size: r.u16('size'), ready: r.bool('ready'),
+      desc: r.u64('desc'), avail: r.u64('avail'), used: r.u64('used'),
+      nextAvail: r.u16('nextAvail'), nextUsed: r.u16('nextUsed'), signalledUsed: r.u16('signalledUsed'),
+      eventIdx: r.bool('eventIdx'), indirectDesc: r.bool('indirectDesc'), notificationsEnabled: r.bool('notificationsEnabled'),
+      maxChainLen: mcl === 0 ? undefined : mcl,
+    };
+  }
+
+  /** Take saved fields into this queue (checked as fromState checks them; this queue is untouched on error). */
+  restoreState(f: QueueFields): void {
+    const q = Virtqueue.fromFields(this.mem, f);
     if (q.maxSize !== this.maxSize) fail('EVQ_BADSTATE', `bad saved state: maxSize ${q.maxSize}, this queue's is ${this.maxSize}`);
     if (q.maxChainOpt !== this.maxChainOpt) fail('EVQ_BADSTATE', 'bad saved state: maxChainLen differs from this device\'s');
     this.reset();
@@ -665,18 +705,18 @@ export class Virtqueue {
   }
 
   /**
-   * Rebuild a queue from saved state, treating it as untrusted: every field
-   * is type- and range-checked and a ready queue must pass validate() against
-   * `mem`. Throws VirtqueueError('EVQ_BADSTATE') (or the validate() error).
+   * Rebuild a queue from a worker thread's plain data, treating it as
+   * untrusted: every field is type-checked here and range-checked as a
+   * snapshot's is. Throws VirtqueueError('EVQ_BADSTATE') (or the validate() error).
    */
   static fromState(mem: GuestMemory, state: unknown): Virtqueue {
     const bad = (why: string): never => fail('EVQ_BADSTATE', `bad saved state: ${why}`);
     if (typeof state !== 'object' || state === null) bad('not an object');
     const s = state as Record<string, unknown>;
     if (s['v'] !== 1) bad('unknown version');
-    const int = (k: string, min: number, max: number): number => {
+    const int = (k: string, max: number): number => {
       const v = s[k];
-      if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) bad(`${k} not an integer in [${min}, ${max}]`);
+      if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > max) bad(`${k} not an integer in [0, ${max}]`);
       return v as number;
     };
     const bool = (k: string): boolean => {
@@ -689,32 +729,44 @@ export class Virtqueue {
       if (typeof v !== 'string' || !/^0x[0-9a-f]{1,16}$/.test(v)) bad(`${k} not a 64-bit hex address`);
       return BigInt(v as string);
     };
-    const maxSize = int('maxSize', 1, VIRTQ_MAX_SIZE);
-    if (!isPow2(maxSize)) bad('maxSize not a power of two');
-    const size = int('size', 0, 0xffff);
-    const ready = bool('ready');
-    const maxChainLen = s['maxChainLen'] === null ? undefined : int('maxChainLen', 1, 65536);
-    const nextAvail = int('nextAvail', 0, 0xffff);
-    const nextUsed = int('nextUsed', 0, 0xffff);
-    const signalledUsed = int('signalledUsed', 0, 0xffff);
-    const q = new Virtqueue(mem, maxSize, maxChainLen === undefined ? {} : { maxChainLen });
-    q._size = size;
-    q._desc = addr('descTable');
-    q._avail = addr('availRing');
-    q._used = addr('usedRing');
-    q.eventIdx = bool('eventIdx');
-    q.indirectDesc = bool('indirectDesc');
-    q.notificationsEnabled = bool('notificationsEnabled');
-    q._ready = ready;
-    if (ready) {
+    const mcl = s['maxChainLen'] === null ? undefined : int('maxChainLen', 65536);
+    if (mcl === 0) bad('maxChainLen 0');
+    return Virtqueue.fromFields(mem, {
+      maxSize: int('maxSize', 0xffff), size: int('size', 0xffff), ready: bool('ready'),
+      desc: addr('descTable'), avail: addr('availRing'), used: addr('usedRing'),
+      nextAvail: int('nextAvail', 0xffff), nextUsed: int('nextUsed', 0xffff), signalledUsed: int('signalledUsed', 0xffff),
+      eventIdx: bool('eventIdx'), indirectDesc: bool('indirectDesc'), notificationsEnabled: bool('notificationsEnabled'),
+      maxChainLen: mcl,
+    });
+  }
+
+  /**
+   * A queue from typed fields, checked against each other and `mem`: a
+   * power-of-two maxSize, a ready queue's rings (validate()) and chains in
+   * flight, no progress on a queue that is not ready.
+   */
+  private static fromFields(mem: GuestMemory, f: QueueFields): Virtqueue {
+    const bad = (why: string): never => fail('EVQ_BADSTATE', `bad saved state: ${why}`);
+    if (f.maxSize < 1 || f.maxSize > VIRTQ_MAX_SIZE || !isPow2(f.maxSize)) bad(`maxSize ${f.maxSize} not a power of two in [1, ${VIRTQ_MAX_SIZE}]`);
+    if (f.maxChainLen !== undefined && (f.maxChainLen < 1 || f.maxChainLen > 65536)) bad(`maxChainLen ${f.maxChainLen} not in [1, 65536]`);
+    const q = new Virtqueue(mem, f.maxSize, f.maxChainLen === undefined ? {} : { maxChainLen: f.maxChainLen });
+    q._size = f.size;
+    q._desc = f.desc;
+    q._avail = f.avail;
+    q._used = f.used;
+    q.eventIdx = f.eventIdx;
+    q.indirectDesc = f.indirectDesc;
+    q.notificationsEnabled = f.notificationsEnabled;
+    q._ready = f.ready;
+    if (f.ready) {
       q.validate();
-      if (((nextAvail - nextUsed) & 0xffff) > size) bad(`${(nextAvail - nextUsed) & 0xffff} chains in flight exceed size ${size}`);
-    } else if (nextAvail !== 0 || nextUsed !== 0 || signalledUsed !== 0) {
+      if (((f.nextAvail - f.nextUsed) & 0xffff) > f.size) bad(`${(f.nextAvail - f.nextUsed) & 0xffff} chains in flight exceed size ${f.size}`);
+    } else if (f.nextAvail !== 0 || f.nextUsed !== 0 || f.signalledUsed !== 0) {
       bad('indices set on a queue that is not ready');
     }
-    q.nextAvail = q.cachedAvailIdx = nextAvail;
-    q.nextUsed = nextUsed;
-    q.signalledUsed = signalledUsed;
+    q.nextAvail = q.cachedAvailIdx = f.nextAvail;
+    q.nextUsed = f.nextUsed;
+    q.signalledUsed = f.signalledUsed;
     return q;
   }
 }

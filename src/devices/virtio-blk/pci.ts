@@ -13,6 +13,7 @@ import { OffloadedVirtioBlk } from './offload.js';
 registerPciDevice({
   name: 'virtio-blk',
   legacyConfig: virtioBlkLegacyConfig,
+  hostPathKeys: ['path'],
   create: (ctx, node, bdf) => {
     const onError = (m: string) => ctx.guestError('virtio-blk', m);
     const opts = parseVirtioBlkOptions(node);

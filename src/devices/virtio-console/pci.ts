@@ -18,6 +18,7 @@ import { LazySerialBackend } from './lazy-backend.js';
 registerPciDevice({
   name: 'virtio-console',
   legacyConfig: virtioConsoleLegacyConfig,
+  hostPathKeys: ['port.N.path'],
   create: (ctx, node, bdf) => {
     const cfg = parseVirtioConsolePorts(node);
     for (const p of cfg) checkSocketPath(p.path);

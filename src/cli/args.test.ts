@@ -5,11 +5,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { UserError } from '../errors.js';
 import { findPciDevice, registerPciDevice, type ConfigTreeWriter, type PciDeviceEmulation } from '../pci/device.js';
-import {
-  parseBhyveArgs, parsePciLegacyConfig, parsePciSlot, resolveCpus, resolveMemBytes, supportedLpcDevices, usage,
-  MAX_VCPUS,
-} from './options.js';
-import { ConfigTree } from './tree.js';
+import { parseBhyveArgs, parsePciSlot, supportedLpcDevices, usage } from './args.js';
+import { parsePciLegacyConfig, resolveCpus, resolveMemBytes, MAX_VCPUS } from '../config/options.js';
+import { ConfigTree } from '../config/tree.js';
 
 // Fake emulations with names no real device uses.
 const notBuilt = (): never => { throw new Error('not built in option tests'); };

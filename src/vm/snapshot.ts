@@ -1,0 +1,107 @@
+/**
+ * Saving a VM and restoring one: KVM's state (irqchip, PIT, clock, every
+ * vCPU) and one loop over the VM's device list, each device saving and
+ * restoring its own state under the device contract (snapshot/persist.ts);
+ * and which config keys a restore compares, from the VM's own list and the
+ * device registries.
+ */
+import type { Kvm, Vm, VcpuFd } from '../kvm/kvm.js';
+import { ramDataRanges, type RamMapping } from '../memory/ram.js';
+import type { ConfigTree } from '../config/tree.js';
+import { SnapshotError, StateWriter } from '../snapshot/state.js';
+import { writeSnapshot, type LoadedSnapshot, type SnapshotProgress } from '../snapshot/file.js';
+import { readableMsrs, readVcpu, readVmState, saveVcpu, saveVmState } from '../snapshot/kvm-state.js';
+import { checkConfigMatches, type ConfigKeyRules } from '../snapshot/config-match.js';
+import { matchDevices, saveDevices, type DeviceConfigKeys, type PersistentDevice } from '../snapshot/persist.js';
+import { findPciDevice } from '../pci/device.js';
+import { platformDevices } from '../devices/platform.js';
+
+/** The VM's own keys that do not describe the guest's machine (the devices declare theirs). */
+const VM_HOST_ONLY_KEYS = [
+  'name', 'boot.*', 'control.*', 'debug.*', 'config.*', 'snapshot.*', 'kvm.device',
+  'x86.halt_check_ms', 'x86.posted_writes', 'x86.shadow_regs', 'x86.allow_emulated_kvm',
+  'virtio.ioeventfd', 'virtio.irqfd', 'virtio.workers',
+];
+
+/**
+ * Which keys a restore ignores and which are host paths: the VM's list, every
+ * platform device's keys, and the keys of the PCI device at each
+ * `pci.B.S.F.device` of `entries`.
+ */
+export function configKeyRules(entries: Iterable<[string, string]>): ConfigKeyRules {
+  const hostOnly = [...VM_HOST_ONLY_KEYS], hostPaths: string[] = [];
+  const add = (node: string, keys: DeviceConfigKeys) => {
+    for (const k of keys.hostOnlyKeys ?? []) hostOnly.push(`${node}.${k}`);
+    for (const k of keys.hostPathKeys ?? []) hostPaths.push(`${node}.${k}`);
+  };
+  for (const d of platformDevices()) add(d.node, d);
+  for (const [k, v] of entries) {
+    const m = /^(pci\.[0-9]+\.[0-9]+\.[0-9]+)\.device$/.exec(k);
+    const emu = m && findPciDevice(v);
+    if (emu) add(m[1]!, emu);
+  }
+  return { hostOnly, hostPaths };
+}
+
+/** Throws SnapshotError when `config` does not describe the machine the snapshot was taken of. */
+export function checkSnapshotConfig(snap: LoadedSnapshot, config: ConfigTree): void {
+  const current = config.entries();
+  checkConfigMatches(snap.config, current, configKeyRules([...snap.config, ...current]));
+}
+
+/** What a save reads and a restore writes. */
+export interface SnapshotTarget {
+  readonly kvm: Kvm;
+  readonly vm: Vm;
+  readonly vcpuFds: readonly VcpuFd[];
+  readonly ram: RamMapping;
+  readonly config: ConfigTree;
+  /** PCI functions and platform devices, in the order they are saved and restored */
+  readonly devices: readonly PersistentDevice[];
+}
+
+export class VmSnapshots {
+  private msrList: number[] | undefined;
+
+  constructor(private readonly t: SnapshotTarget) {}
+
+  /**
+   * Save the VM, its vCPUs parked: let devices finish in-flight work and
+   * flush disks, take the KVM and device state, write RAM and the document.
+   */
+  async save(file: string, onProgress?: (p: SnapshotProgress) => void): Promise<{ ramFile: string }> {
+    const t = this.t;
+    for (const v of t.vcpuFds) v.kvmclockCtrl();
+    try {
+      for (const d of t.devices) await d.quiesce?.();
+      this.msrList ??= readableMsrs(t.vcpuFds[0]!, t.kvm.msrIndexList());
+      const msrs = this.msrList;
+      const vm = new StateWriter();
+      saveVmState(vm, t.vm);
+      const vcpus = t.vcpuFds.map((v) => { const w = new StateWriter(); saveVcpu(w, v, msrs); return w; });
+      const parts = { config: Object.fromEntries(t.config.entries()), vm, vcpus, devices: saveDevices(t.devices) };
+      return await writeSnapshot(file, t.ram.bytes, ramDataRanges(t.ram), parts, onProgress);
+    } finally {
+      for (const d of t.devices) d.unquiesce?.();
+    }
+  }
+
+  /**
+   * Put the snapshot's state into this freshly built VM (every field
+   * checked; SnapshotError on bad input): KVM first (irqchip, then vCPUs),
+   * then the devices, which re-assert their interrupt lines, then each
+   * device's afterRestore.
+   */
+  restore(s: LoadedSnapshot): void {
+    const t = this.t;
+    const applyVm = readVmState(s.vm, t.vm);
+    const applyVcpus = s.vcpus.map((r, i) => readVcpu(r, t.vcpuFds[i]!));
+    const devices = matchDevices(s.devices, t.devices);
+    applyVm();
+    applyVcpus.forEach((apply, i) => {
+      try { apply(); } catch (e) { throw new SnapshotError(`vCPU ${i}: ${(e as Error).message}`); }
+    });
+    for (const { dev, state } of devices) dev.restoreState(state);
+    for (const { dev } of devices) dev.afterRestore?.();
+  }
+}
