@@ -13,7 +13,7 @@ import { GuestMemory } from '../src/memory/guest-memory.js';
 import { MockSplitQueue } from '../src/virtio/testing/mock-driver.js';
 import type { VirtioInterrupt } from '../src/virtio/device.js';
 import { VirtioBlk, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from '../src/devices/virtio-blk/device.js';
-import type { BlockBackend } from '../src/devices/virtio-blk/backend.js';
+import type { BlockBackend } from '../src/devices/block/index.js';
 import type { IoVecs } from '../src/memory/iovec.js';
 import { header } from '../src/devices/virtio-blk/testing.js';
 

@@ -24,7 +24,7 @@ import { GuestMemory } from '../../memory/guest-memory.js';
 import type { VirtioInterrupt } from '../../virtio/device.js';
 import { MockSplitQueue } from '../../virtio/testing/mock-driver.js';
 import { VirtioBlk, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from './device.js';
-import { FileBlockBackend } from './backend.js';
+import { FileBlockBackend } from '../block/index.js';
 import { header } from './testing.js';
 
 /** Scratch "guest RAM" and "disk" sizes: room for the rings and the longest chain below. */
