@@ -10,7 +10,8 @@ import {
   VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES, VirtioBlk, defaultSerial,
 } from './device.js';
 import { FileBlockBackend, type BlockBackend } from '../block/index.js';
-import { harness, header, makeImage, segment, submit } from './testing.js';
+import { harness, makeImage, segment, submit } from './testing.js';
+import { requestHeader as header } from './request.js';
 
 const sha = (p: string): string => createHash('sha256').update(readFileSync(p)).digest('hex');
 

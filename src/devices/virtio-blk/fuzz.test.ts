@@ -6,7 +6,8 @@ import {
   VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
   VIRTIO_BLK_T_WRITE_ZEROES,
 } from './device.js';
-import { harness, header, makeImage, segment } from './testing.js';
+import { harness, makeImage, segment } from './testing.js';
+import { requestHeader as header } from './request.js';
 
 /** xorshift32: deterministic. */
 function rng(seed: number): () => number {

@@ -14,7 +14,8 @@ import { libc } from '../../host/libc.js';
 import { VirtioCore } from '../../virtio/device.js';
 import { MockSplitQueue } from '../../virtio/testing/mock-driver.js';
 import { VIRTIO_F_VERSION_1, featureBit } from '../../virtio/constants.js';
-import { header, makeImage } from './testing.js';
+import { makeImage } from './testing.js';
+import { requestHeader as header } from './request.js';
 import { VirtioBlk, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from './index.js';
 import { OffloadedVirtioBlk } from './offload.js';
 
