@@ -86,7 +86,7 @@ function serve(requests: number, interrupt: VirtioInterrupt, stop: () => boolean
   try {
     if (diskFd < 0 || libc.ftruncate(diskFd, DISK_BYTES) < 0) throw new Error('no scratch memfd for the warm-up');
     const mem = new GuestMemory([{ gpa: 0, bytes: ram.bytes, hostAddr: ram.hostAddr }]);
-    backend = FileBlockBackend.open({ path: `/proc/self/fd/${diskFd}` });
+    backend = FileBlockBackend.open({ path: `/proc/self/fd/${diskFd}`, label: 'virtio-blk warm-up' });
     dev = new VirtioBlk({ path: 'warm-up', backend });
     const drv = new SplitQueueDriver(mem, 256);
     const q = drv.makeQueue({ maxChainLen: dev.queueMaxChainLen(0) ?? 256, eventIdx: true, indirectDesc: true });
