@@ -10,12 +10,12 @@
  *   node dist/bench/blk-path.js [--requests N]
  */
 import { GuestMemory } from '../src/memory/guest-memory.js';
-import { MockSplitQueue } from '../src/virtio/testing/mock-driver.js';
+import { SplitQueueDriver } from '../src/virtio/driver-queue.js';
 import type { VirtioInterrupt } from '../src/virtio/device.js';
 import { VirtioBlk, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from '../src/devices/virtio-blk/device.js';
-import type { BlockBackend } from '../src/devices/virtio-blk/backend.js';
+import type { BlockBackend } from '../src/devices/block/index.js';
 import type { IoVecs } from '../src/memory/iovec.js';
-import { header } from '../src/devices/virtio-blk/testing.js';
+import { requestHeader } from '../src/devices/virtio-blk/request.js';
 
 export interface BlkPathResult { op: 'read' | 'write'; requests: number; segments: number; usPerRequest: number }
 
@@ -34,7 +34,7 @@ export function runBlkPath(op: 'read' | 'write', requests: number, segments = 25
     flush: () => {}, discard: () => true, writeZeroes: () => {}, close: () => {},
   };
   const dev = new VirtioBlk({ path: 'bench', backend });
-  const drv = new MockSplitQueue(mem, 256);
+  const drv = new SplitQueueDriver(mem, 256);
   const q = drv.makeQueue({ maxChainLen: dev.queueMaxChainLen(0) ?? 256 });
   const irq: VirtioInterrupt = { signalUsed: () => true, signalConfig: () => {}, needsReset: (r) => { throw r; } };
   dev.activate([q], mem, irq, dev.features);
@@ -44,8 +44,8 @@ export function runBlkPath(op: 'read' | 'write', requests: number, segments = 25
     const n = Math.min(batch, requests - done);
     for (let i = 0; i < n; i++) {
       const sector = ((done + i) * segments * 8) % ((1 << 30) / 512 - segments * 8);
-      if (op === 'read') drv.addChain({ readable: [header(VIRTIO_BLK_T_IN, sector)], writable: [...pages, 1] }, { indirect: true, gap: 64 });
-      else drv.addChain({ readable: [header(VIRTIO_BLK_T_OUT, sector), ...pages], writable: [1] }, { indirect: true, gap: 64 });
+      if (op === 'read') drv.addChain({ readable: [requestHeader(VIRTIO_BLK_T_IN, sector)], writable: [...pages, 1] }, { indirect: true, gap: 64 });
+      else drv.addChain({ readable: [requestHeader(VIRTIO_BLK_T_OUT, sector), ...pages], writable: [1] }, { indirect: true, gap: 64 });
     }
     const t0 = process.hrtime.bigint();
     dev.queueNotify(0);

@@ -9,8 +9,9 @@ import {
   VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
   VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES, VirtioBlk, defaultSerial,
 } from './device.js';
-import { FileBlockBackend, type BlockBackend } from './backend.js';
-import { harness, header, makeImage, segment, submit } from './testing.js';
+import { FileBlockBackend, type BlockBackend } from '../block/index.js';
+import { harness, makeImage, segment, submit } from './testing.js';
+import { requestHeader as header } from './request.js';
 
 const sha = (p: string): string => createHash('sha256').update(readFileSync(p)).digest('hex');
 

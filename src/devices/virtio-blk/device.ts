@@ -39,7 +39,7 @@ import { VIRTIO_COMMON_FEATURES, VIRTIO_ID_BLOCK, featureBit, hasFeature } from 
 import type { VirtioDevice, VirtioInterrupt } from '../../virtio/device.js';
 import { VirtqueueError, type DescriptorChain, type GuestBuffer, type Virtqueue } from '../../virtio/queue.js';
 import { IoVecs } from '../../memory/iovec.js';
-import { FileBlockBackend, type BlockBackend } from './backend.js';
+import { FileBlockBackend, type BlockBackend } from '../block/index.js';
 
 // ---- protocol constants (5.2) ---------------------------------------------------
 
@@ -194,7 +194,7 @@ export class VirtioBlk implements VirtioDevice {
 
     this.ownsBackend = opts.backend === undefined;
     this.backend = opts.backend ?? FileBlockBackend.open({
-      path: opts.path, readonly: opts.readonly ?? false, direct: opts.direct ?? false, nocache: opts.nocache ?? false,
+      path: opts.path, readonly: opts.readonly ?? false, direct: opts.direct ?? false, nocache: opts.nocache ?? false, label: 'virtio-blk',
     });
     try {
       const host = this.backend.hostSectorSizes;

@@ -1,12 +1,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync, statSync } from 'node:fs';
-import { FileBlockBackend, type BlockBackend } from './backend.js';
+import { FileBlockBackend, type BlockBackend } from '../block/index.js';
 import {
   VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
   VIRTIO_BLK_T_WRITE_ZEROES,
 } from './device.js';
-import { harness, header, makeImage, segment } from './testing.js';
+import { harness, makeImage, segment } from './testing.js';
+import { requestHeader as header } from './request.js';
 
 /** xorshift32: deterministic. */
 function rng(seed: number): () => number {

@@ -5,7 +5,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ConfigTree } from '../../config/tree.js';
 import { UserError } from '../../errors.js';
-import { BlockIoError, FileBlockBackend, parseSectorSize, parseVirtioBlkOptions, virtioBlkLegacyConfig } from './index.js';
+import { BlockIoError, FileBlockBackend } from '../block/index.js';
+import { parseSectorSize, parseVirtioBlkOptions, virtioBlkLegacyConfig } from './index.js';
 import { makeImage } from './testing.js';
 
 function legacy(opts: string): ConfigTree {

@@ -1,5 +1,5 @@
 /**
- * virtio-blk: the device model, its file/block-device backend, and bhyve's
+ * virtio-blk: the device model (its storage is a devices/block backend), and bhyve's
  * configuration keys (pci.B.S.F.{path,ro,sectorsize,nocache,direct,sync,nodelete,ser}, and
  * queuesize (not bhyve's: QEMU's queue-size)).
  * Wiring to a virtio-pci transport and the PCI registry happens elsewhere.
@@ -11,7 +11,6 @@ import type { ConfigTreeWriter } from '../../pci/device.js';
 import { isValidQueueSize, VIRTIO_BLK_MAX_QUEUE_SIZE, type VirtioBlkOptions } from './device.js';
 
 export * from './device.js';
-export { BlockIoError, FileBlockBackend, type BlockBackend, type FileBackendOptions } from './backend.js';
 
 /** Parse bhyve's `sectorsize=L[/P]` value. */
 export function parseSectorSize(v: string, what = 'sectorsize'): { logical: number; physical: number } {

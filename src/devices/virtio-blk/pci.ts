@@ -1,14 +1,14 @@
 /**
  * `-s N,virtio-blk,PATH[,ro][,sectorsize=L/P][,nocache][,direct][,nodelete][,ser=ID][,legacy][,worker=false]`
  * on virtio-pci. In a VM the queue is served by an I/O thread per disk
- * (offload.ts); `worker=false` (or `-o virtio.workers=false`) keeps it on
+ * (offload.ts, io-thread.ts); `worker=false` (or `-o virtio.workers=false`) keeps it on
  * the main thread.
  */
 import { registerPciDevice } from '../../pci/device.js';
 import { VirtioPci, virtioPciOptions } from '../../pci/virtio-pci.js';
 import { VirtioBlk } from './device.js';
 import { parseVirtioBlkOptions, virtioBlkLegacyConfig } from './index.js';
-import { OffloadedVirtioBlk } from './offload.js';
+import { offloadVirtioBlk } from './offload.js';
 
 registerPciDevice({
   name: 'virtio-blk',
@@ -19,7 +19,7 @@ registerPciDevice({
     const opts = parseVirtioBlkOptions(node);
     const dev = new VirtioBlk({ ...opts, onError });
     const useWorker = ctx.guestRam !== undefined && ctx.bindIoeventfd !== undefined && node.getBool('worker', true);
-    const model = useWorker ? new OffloadedVirtioBlk(dev, opts, ctx.guestRam!, onError, `blk-io@${bdf.slot}`) : dev;
+    const model = useWorker ? offloadVirtioBlk(dev, opts, ctx.guestRam!, onError, `blk-io@${bdf.slot}`) : dev;
     const fn = new VirtioPci(ctx, model, bdf, `virtio-blk@${bdf.slot}`, virtioPciOptions(node));
     fn.onDestroy = () => model.destroy();
     return fn;

@@ -67,14 +67,6 @@ export function harness(opts: Partial<VirtioBlkOptions> & { size?: number; memSi
   return h;
 }
 
-export function header(type: number, sector: bigint | number, reserved = 0): Buffer {
-  const b = Buffer.alloc(16);
-  b.writeUInt32LE(type, 0);
-  b.writeUInt32LE(reserved, 4);
-  b.writeBigUInt64LE(BigInt.asUintN(64, BigInt(sector)), 8);
-  return b;
-}
-
 export function segment(sector: bigint | number, num: number, flags = 0): Buffer {
   const b = Buffer.alloc(16);
   b.writeBigUInt64LE(BigInt.asUintN(64, BigInt(sector)), 0);

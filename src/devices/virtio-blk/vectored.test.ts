@@ -8,8 +8,10 @@ import assert from 'node:assert/strict';
 import { readFileSync, truncateSync } from 'node:fs';
 import { GuestMemory } from '../../memory/guest-memory.js';
 import { createGuestRam } from '../../memory/ram.js';
-import { harness, header, makeImage, submit } from './testing.js';
-import { FileBlockBackend, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from './index.js';
+import { harness, makeImage, submit } from './testing.js';
+import { requestHeader as header } from './request.js';
+import { FileBlockBackend } from '../block/index.js';
+import { VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from './index.js';
 
 function nativeMem(size: number): GuestMemory {
   const ram = createGuestRam(size, 'tshyve-test');

@@ -22,10 +22,10 @@ import { createGuestRam } from '../../memory/ram.js';
 import { libc, MFD_CLOEXEC } from '../../host/libc.js';
 import { GuestMemory } from '../../memory/guest-memory.js';
 import type { VirtioInterrupt } from '../../virtio/device.js';
-import { MockSplitQueue } from '../../virtio/testing/mock-driver.js';
+import { SplitQueueDriver } from '../../virtio/driver-queue.js';
 import { VirtioBlk, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from './device.js';
-import { FileBlockBackend } from './backend.js';
-import { header } from './testing.js';
+import { FileBlockBackend } from '../block/index.js';
+import { requestHeader } from './request.js';
 
 /** Scratch "guest RAM" and "disk" sizes: room for the rings and the longest chain below. */
 const RAM_BYTES = 4 << 20;
@@ -86,9 +86,9 @@ function serve(requests: number, interrupt: VirtioInterrupt, stop: () => boolean
   try {
     if (diskFd < 0 || libc.ftruncate(diskFd, DISK_BYTES) < 0) throw new Error('no scratch memfd for the warm-up');
     const mem = new GuestMemory([{ gpa: 0, bytes: ram.bytes, hostAddr: ram.hostAddr }]);
-    backend = FileBlockBackend.open({ path: `/proc/self/fd/${diskFd}` });
+    backend = FileBlockBackend.open({ path: `/proc/self/fd/${diskFd}`, label: 'virtio-blk warm-up' });
     dev = new VirtioBlk({ path: 'warm-up', backend });
-    const drv = new MockSplitQueue(mem, 256);
+    const drv = new SplitQueueDriver(mem, 256);
     const q = drv.makeQueue({ maxChainLen: dev.queueMaxChainLen(0) ?? 256, eventIdx: true, indirectDesc: true });
     dev.activate([q], mem, interrupt, dev.features);
     // The chains, built once and published again and again: 2 and 8 scattered
@@ -96,8 +96,8 @@ function serve(requests: number, interrupt: VirtioInterrupt, stop: () => boolean
     const chain = (type: number, pages: number, sector: number): number => {
       const data = new Array<number>(pages).fill(PAGE);
       return drv.addChain(type === VIRTIO_BLK_T_IN
-        ? { readable: [header(type, sector)], writable: [...data, 1] }
-        : { readable: [header(type, sector), ...data], writable: [1] }, { indirect: true, gap: 64, publish: false });
+        ? { readable: [requestHeader(type, sector)], writable: [...data, 1] }
+        : { readable: [requestHeader(type, sector), ...data], writable: [1] }, { indirect: true, gap: 64, publish: false });
     };
     const small = [chain(VIRTIO_BLK_T_IN, 2, 0), chain(VIRTIO_BLK_T_OUT, 2, 16), chain(VIRTIO_BLK_T_IN, 8, 64), chain(VIRTIO_BLK_T_OUT, 8, 128)];
     const large = [chain(VIRTIO_BLK_T_IN, 254, 1024), chain(VIRTIO_BLK_T_OUT, 254, 1024)];

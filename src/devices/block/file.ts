@@ -1,12 +1,14 @@
 /**
- * Block backend over a host file or block device (bhyve's block_if, minus
- * the worker threads): synchronous pread/pwrite at byte offsets, flush,
- * discard and write-zeroes.
+ * The raw backend: a disk image that is a host file or block device, byte
+ * for byte (bhyve's block_if, minus the worker threads): synchronous
+ * pread/pwrite and preadv/pwritev at byte offsets, flush, discard and
+ * write-zeroes.
  *
  * Opening errors (missing path, permission, not a file or block device)
  * are UserErrors naming the path. I/O errors (EIO, ENOSPC, a file that
  * shrank underneath us) are BlockIoErrors, which the device turns into
- * VIRTIO_BLK_S_IOERR for the guest.
+ * an I/O error status for the guest (VIRTIO_BLK_S_IOERR for virtio-blk).
+ * Error lines start with the owning device's label (FileBackendOptions.label).
  *
  * bhyve's options: `ro` opens O_RDONLY; `direct` (and its alias `sync`)
  * opens O_SYNC as bhyve does; `nocache` is O_DIRECT in bhyve, but guest
@@ -14,45 +16,14 @@
  * posix_fadvise(DONTNEED) over each range after I/O (page cache dropped).
  */
 import * as fs from 'node:fs';
-import { TshyveError, UserError } from '../../errors.js';
+import { UserError } from '../../errors.js';
 import { libc, errno } from '../../host/libc.js';
 import type { IoVecs } from '../../memory/iovec.js';
+import { BlockIoError, type BlockBackend } from './backend.js';
 import {
   EOPNOTSUPP, ENOSYS, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, POSIX_FADV_DONTNEED,
   blockDeviceSectorSizes, blockDeviceSize, fadvise, fallocate,
 } from './file-ops.js';
-
-/** A host I/O failure: reported to the guest as IOERR, never fatal. */
-export class BlockIoError extends TshyveError {
-  constructor(readonly op: string, readonly errnoCode: string, detail?: string) {
-    super('EBLKIO', `${op} failed: ${errnoCode}${detail ? ` (${detail})` : ''}`);
-  }
-}
-
-
-/** What the virtio-blk device needs from storage. Offsets and lengths are bytes. */
-export interface BlockBackend {
-  /** Size in bytes (fixed at open). */
-  readonly size: number;
-  readonly readonly: boolean;
-  /** Sector sizes the host storage reports (block devices), if any. */
-  readonly hostSectorSizes: { logical?: number; physical?: number };
-  /** Fill `buf` from `offset` (all of it, or throw BlockIoError). */
-  read(buf: Uint8Array, offset: number): void;
-  /** Write all of `buf` at `offset` (or throw BlockIoError). */
-  write(buf: Uint8Array, offset: number): void;
-  /** Optional: fill the pieces (host memory), in order, from `offset` in one vectored call (preadv); may change `iov`. */
-  readv?(iov: IoVecs, offset: number): void;
-  /** Optional: write the pieces, in order, at `offset` in one vectored call (pwritev); may change `iov`. */
-  writev?(iov: IoVecs, offset: number): void;
-  /** Make written data durable (fdatasync). */
-  flush(): void;
-  /** Deallocate a range; returns false when the host cannot (a no-op then, which discard allows). */
-  discard(offset: number, len: number): boolean;
-  /** Make a range read as zeros, deallocating it when `unmap` and possible. */
-  writeZeroes(offset: number, len: number, unmap: boolean): void;
-  close(): void;
-}
 
 export interface FileBackendOptions {
   path: string;
@@ -61,6 +32,8 @@ export interface FileBackendOptions {
   direct?: boolean;
   /** bhyve `nocache`: drop the page cache for each range after I/O. */
   nocache?: boolean;
+  /** The device that opens it, first on every error line (default 'disk'). */
+  label?: string;
 }
 
 /** Largest single read/write syscall we issue. */
@@ -85,7 +58,7 @@ function errnoName(n: number): string {
   return known[n] ?? `errno ${n}`;
 }
 
-function openError(path: string, e: unknown, ro: boolean): UserError {
+function openError(label: string, path: string, e: unknown, ro: boolean): UserError {
   const code = errCode(e);
   const why: Record<string, string> = {
     ENOENT: 'no such file or directory',
@@ -99,7 +72,7 @@ function openError(path: string, e: unknown, ro: boolean): UserError {
     ENXIO: 'no such device',
     ETXTBSY: 'text file busy',
   };
-  return new UserError(`virtio-blk: cannot open '${path}': ${why[code] ?? code}`, 'EBLKOPEN');
+  return new UserError(`${label}: cannot open '${path}': ${why[code] ?? code}`, 'EBLKOPEN');
 }
 
 export class FileBlockBackend implements BlockBackend {
@@ -123,15 +96,16 @@ export class FileBlockBackend implements BlockBackend {
   static open(opts: FileBackendOptions): FileBlockBackend {
     const { path } = opts;
     const ro = opts.readonly ?? false;
-    if (typeof path !== 'string' || path === '') throw new UserError('virtio-blk: no backing path given', 'EBLKOPEN');
-    if (path.includes('\0')) throw new UserError(`virtio-blk: invalid path '${path.replace(/\0/g, '\\0')}'`, 'EBLKOPEN');
+    const label = opts.label ?? 'disk';
+    if (typeof path !== 'string' || path === '') throw new UserError(`${label}: no backing path given`, 'EBLKOPEN');
+    if (path.includes('\0')) throw new UserError(`${label}: invalid path '${path.replace(/\0/g, '\\0')}'`, 'EBLKOPEN');
     const c = fs.constants;
     const flags = (ro ? c.O_RDONLY : c.O_RDWR) | (opts.direct ? c.O_SYNC : 0); // libuv adds O_CLOEXEC
     let fd: number;
     try {
       fd = fs.openSync(path, flags);
     } catch (e) {
-      throw openError(path, e, ro);
+      throw openError(label, path, e, ro);
     }
     try {
       const st = fs.fstatSync(fd);
@@ -141,17 +115,17 @@ export class FileBlockBackend implements BlockBackend {
         size = st.size;
       } else if (st.isBlockDevice()) {
         const s = blockDeviceSize(fd) ?? sysfsBlockSize(st.rdev);
-        if (s === undefined) throw new UserError(`virtio-blk: cannot get the size of block device '${path}'`, 'EBLKOPEN');
+        if (s === undefined) throw new UserError(`${label}: cannot get the size of block device '${path}'`, 'EBLKOPEN');
         size = s;
         sectors = blockDeviceSectorSizes(fd);
       } else {
-        throw new UserError(`virtio-blk: '${path}' is not a regular file or block device`, 'EBLKOPEN');
+        throw new UserError(`${label}: '${path}' is not a regular file or block device`, 'EBLKOPEN');
       }
       return new FileBlockBackend(fd, path, size, ro, st.isBlockDevice(), sectors, opts.nocache ?? false);
     } catch (e) {
       fs.closeSync(fd);
       if (e instanceof UserError) throw e;
-      throw new UserError(`virtio-blk: cannot use '${path}': ${errCode(e)}`, 'EBLKOPEN');
+      throw new UserError(`${label}: cannot use '${path}': ${errCode(e)}`, 'EBLKOPEN');
     }
   }
 

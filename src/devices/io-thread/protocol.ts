@@ -1,0 +1,59 @@
+/**
+ * What the main thread (host.ts) and a device's I/O thread (runtime.ts) share:
+ * the worker's start-up data and the control messages both ways.
+ *
+ * Control (messages on `port`, each followed by a write to ctlFd):
+ *   activate {gen, states, features}  serve these queues (one state per queue, by number)
+ *   reset {seq}                       stop serving; ack
+ *   quiesce {gen}                     stop taking requests; reply quiesced {gen, states}
+ *   unquiesce                         go on
+ *   stop {seq}                        destroy the model; ack; end the thread
+ * Acks: ack[0] = seq, then Atomics.notify (the main thread may wait on it).
+ */
+import type { MessagePort } from 'node:worker_threads';
+import type { VirtioDevice } from '../../virtio/device.js';
+import type { VirtqueueState } from '../../virtio/queue.js';
+
+/** Guest RAM as an I/O thread sees it: the process's own mapping (host address) and where each region lives in it. */
+export interface SharedGuestRam {
+  hostAddr: bigint;
+  size: number;
+  regions: { gpa: number; offset: number; size: number }[];
+}
+
+/** A device model as the I/O thread runs it; destroy() (if any) runs at VM teardown. */
+export type IoThreadModel = VirtioDevice & { destroy?(): void };
+
+export interface IoThreadData<I> {
+  port: MessagePort;
+  ack: SharedArrayBuffer;
+  /** one word per queue: VirtioOffload.directIrq */
+  directIrq: SharedArrayBuffer;
+  /** one word: queue notifications taken (VirtioOffload.served) */
+  served: SharedArrayBuffer;
+  /** one eventfd per queue (KVM ioeventfds once the transport binds them) */
+  notifyFds: number[];
+  ctlFd: number;
+  /** the main thread's mapping of guest RAM: the same pages the vCPUs use, shared or copy-on-write */
+  ram: SharedGuestRam;
+  /** the thread's name, for people looking at the process's threads */
+  name: string;
+  /** the device's own start-up data, for its factory */
+  init: I;
+}
+
+export type ToIoThread =
+  | { t: 'activate'; gen: number; states: VirtqueueState[]; features: string }
+  | { t: 'reset'; seq: number }
+  | { t: 'quiesce'; gen: number }
+  | { t: 'unquiesce' }
+  | { t: 'stop'; seq: number };
+
+export type FromIoThread =
+  | { t: 'irq'; gen: number; q: number }
+  | { t: 'config'; gen: number }
+  | { t: 'needsReset'; gen: number; reason: string }
+  /** the ready queues' states, by queue number (undefined: not served) */
+  | { t: 'quiesced'; gen: number; states: (VirtqueueState | undefined)[] }
+  | { t: 'log'; msg: string }
+  | { t: 'fatal'; msg: string };
