@@ -10,12 +10,12 @@ import { mkdtempSync, writeFileSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
-import { GuestMemory } from '../memory/guest-memory.js';
-import { Bus } from '../bus/bus.js';
-import { mmioAllocator, type DeviceContext } from './device.js';
-import { VirtioPci } from './virtio-pci.js';
-import { VirtioRnd } from '../devices/virtio-rnd.js';
-import { VirtioBlk } from '../devices/virtio-blk/device.js';
+import { GuestMemory } from '../../memory/guest-memory.js';
+import { Bus } from '../../bus/bus.js';
+import { mmioAllocator, type DeviceContext } from '../../pci/device.js';
+import { VirtioPci } from './transport.js';
+import { VirtioRnd } from '../../devices/virtio-rnd.js';
+import { VirtioBlk } from '../../devices/virtio-blk/device.js';
 
 function rng(seed: number) {
   let x = seed >>> 0 || 1;

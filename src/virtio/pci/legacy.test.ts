@@ -9,14 +9,14 @@ import { readFileSync, writeFileSync, mkdtempSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { GuestMemory } from '../memory/guest-memory.js';
-import { Bus } from '../bus/bus.js';
-import { mmioAllocator, type DeviceContext } from './device.js';
-import { VirtioPci } from './virtio-pci.js';
-import { VirtioRnd } from '../devices/virtio-rnd.js';
-import { VirtioBlk } from '../devices/virtio-blk/device.js';
-import { MockSplitQueue } from '../virtio/testing/mock-driver.js';
-import { VIRTIO_F_VERSION_1, featureBit } from '../virtio/constants.js';
+import { GuestMemory } from '../../memory/guest-memory.js';
+import { Bus } from '../../bus/bus.js';
+import { mmioAllocator, type DeviceContext } from '../../pci/device.js';
+import { VirtioPci } from './transport.js';
+import { VirtioRnd } from '../../devices/virtio-rnd.js';
+import { VirtioBlk } from '../../devices/virtio-blk/device.js';
+import { MockSplitQueue } from '../testing/mock-driver.js';
+import { VIRTIO_F_VERSION_1, featureBit } from '../constants.js';
 
 const IO = 0x6000, MSIX = 0xc0004000, MODERN = 0xc0000000;
 const ACK = 1, DRIVER = 2, DRIVER_OK = 4, FEATURES_OK = 8;
@@ -211,10 +211,10 @@ test('random traffic on the legacy registers never throws; a read-only disk stay
 });
 
 test('`legacy` in -s and pci.B.S.F.virtio.transitional both make a device transitional', async () => {
-  await import('../devices/all.js');
-  const { ConfigTree } = await import('../config/tree.js');
-  const { parsePciSlotOption } = await import('../config/options.js');
-  const { virtioPciOptions } = await import('./virtio-pci.js');
+  await import('../../devices/all.js');
+  const { ConfigTree } = await import('../../config/tree.js');
+  const { parsePciSlotOption } = await import('../../config/options.js');
+  const { virtioPciOptions } = await import('./transport.js');
   const c = new ConfigTree();
   parsePciSlotOption(c, '5,virtio-blk,/tmp/x.img,ro,legacy');
   parsePciSlotOption(c, '4,virtio-rnd,legacy');
