@@ -162,7 +162,7 @@ export class Msix implements BusDevice {
 
   write(off: number, size: number, value: number): void {
     const t = off - this.layout.table;
-    if (size !== 4 || off & 3 || t < 0 || t >= this.table.byteLength) return; // the PBA is read-only
+    if (size !== 4 || off & 3 || !(t >= 0 && t < this.table.byteLength)) return; // the PBA is read-only
     const i = t >> 2;
     if ((i & 3) === CTRL) {
       this.table[i] = value & 1;
