@@ -16,6 +16,8 @@
  * while MSI-X is off.
  */
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
 import { GuestMemory } from '../../memory/guest-memory.js';
 import { Bus } from '../../bus/bus.js';
 import { mmioAllocator, type DeviceContext } from '../../pci/device.js';
@@ -23,8 +25,10 @@ import type { MsiVector } from '../../pci/msi.js';
 import { VirtioPci } from './transport.js';
 import type { VirtioDevice } from '../device.js';
 import { MockSplitQueue, type ChainSpec, type UsedElem } from '../testing/mock-driver.js';
-import { VIRTIO_BLK_S_OK, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from '../../devices/virtio-blk/device.js';
-import { header, segment } from '../../devices/virtio-blk/testing.js';
+import {
+  VIRTIO_BLK_S_OK, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VirtioBlk,
+} from '../../devices/virtio-blk/device.js';
+import { header, makeImage, segment } from '../../devices/virtio-blk/testing.js';
 import {
   VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VIRTIO_STATUS_DRIVER_OK, VIRTIO_STATUS_FAILED,
   VIRTIO_STATUS_FEATURES_OK, VIRTIO_STATUS_NEEDS_RESET, featureBit, hasFeature,
@@ -53,10 +57,18 @@ export const rndWork: Workload = {
 };
 
 /**
- * virtio-blk on a read-only `image`: reads come back with the image's bytes,
- * GET_ID and FLUSH succeed, writes and discards are refused.
+ * virtio-blk on a read-only 1 MiB image, and its workload: reads come back
+ * with the image's bytes, GET_ID and FLUSH succeed, writes and discards are
+ * refused. sha256() hashes the image file as it is now.
  */
-export function blkReadOnlyWork(image: Uint8Array): Workload {
+export function readOnlyDisk(): { dev: VirtioBlk; work: Workload; sha256(): string } {
+  const { path, bytes: image } = makeImage(1 << 20);
+  const dev = new VirtioBlk({ path, readonly: true });
+  const sha256 = () => createHash('sha256').update(readFileSync(path)).digest('hex');
+  return { dev, work: blkWork(image), sha256 };
+}
+
+function blkWork(image: Uint8Array): Workload {
   const sectors = image.length / 512;
   return {
     request(r) {
