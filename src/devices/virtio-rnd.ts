@@ -7,7 +7,7 @@ import { VIRTIO_ID_RNG, VIRTIO_COMMON_FEATURES } from '../virtio/constants.js';
 import type { VirtioDevice, VirtioInterrupt } from '../virtio/device.js';
 import { type Virtqueue, VirtqueueError } from '../virtio/queue.js';
 import { registerPciDevice } from '../pci/device.js';
-import { VirtioPci, virtioPciOptions } from '../pci/virtio-pci.js';
+import { VirtioPci, virtioPciOptions } from '../virtio/pci/transport.js';
 
 /** Bound on bytes served per notify, so a guest cannot hold the device thread. */
 const MAX_BYTES_PER_NOTIFY = 1 << 20;

@@ -35,6 +35,8 @@ export class PciConfig implements PciConfigSpace {
   private readonly bars: (Bar | undefined)[] = [];
   private nextCap = 0x40;
   private lastCap = 0;
+  /** capability registers with side effects: called after a write that touches [offset, end) */
+  private readonly hooks: { offset: number; end: number; onWrite: (offset: number, size: number, value: number) => void }[] = [];
 
   constructor(id: PciIdentity) {
     const dv = this.dv();
@@ -81,8 +83,11 @@ export class PciConfig implements PciConfigSpace {
     return a;
   }
 
-  /** Append a capability; returns its offset. body excludes the id/next bytes. */
-  addCapability(id: number, body: Uint8Array, writable?: Uint8Array): number {
+  /**
+   * Append a capability; returns its offset. body excludes the id/next bytes.
+   * onWrite is called after each write that touches the capability.
+   */
+  addCapability(id: number, body: Uint8Array, writable?: Uint8Array, onWrite?: (offset: number, size: number, value: number) => void): number {
     const off = this.nextCap;
     const len = 2 + body.length;
     if (off + len > 256) throw new Error('PCI capability space full');
@@ -90,6 +95,7 @@ export class PciConfig implements PciConfigSpace {
     this.bytes[off + 1] = 0;
     this.bytes.set(body, off + 2);
     if (writable) this.wmask.set(writable, off + 2);
+    if (onWrite) this.hooks.push({ offset: off, end: off + len, onWrite });
     if (this.lastCap) this.bytes[this.lastCap + 1] = off; else this.bytes[PciReg.CAP_PTR] = off;
     this.bytes[PciReg.STATUS]! |= 0x10; // capabilities list
     this.lastCap = off;
@@ -111,7 +117,7 @@ export class PciConfig implements PciConfigSpace {
       const m = this.wmask[o]!;
       this.bytes[o] = (this.bytes[o]! & ~m) | (((value >>> (i * 8)) & 0xff) & m);
     }
-    this.onWrite?.(offset, size, value);
+    for (const h of this.hooks) if (offset < h.end && offset + size > h.offset) h.onWrite(offset, size, value);
     const after = this.mappings();
     this.bars.forEach((bar, i) => {
       if (bar && before[i] !== after[i]) bar.onMap?.(after[i]);
@@ -137,9 +143,6 @@ export class PciConfig implements PciConfigSpace {
     const after = this.mappings();
     this.bars.forEach((bar, i) => { if (bar && before[i] !== after[i]) bar.onMap?.(after[i]); });
   }
-
-  /** Hook for capability registers with side effects. */
-  onWrite?: (offset: number, size: number, value: number) => void;
 
   /** Current decoded address of each BAR, undefined when decoding is off or unassigned. */
   private mappings(): (number | undefined)[] {

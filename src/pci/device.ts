@@ -20,6 +20,9 @@ export function mmioAllocator(base: number, end: number): (size: number) => numb
   };
 }
 
+/** The IOAPIC input of slot `slot`'s INTA: 16-23, round robin (the DSDT's _PRT says the same). */
+export function intxGsi(slot: number): number { return 16 + (slot % 8); }
+
 /** What a device gets from the VM when it is built. */
 export interface DeviceContext {
   readonly mem: GuestMemory;

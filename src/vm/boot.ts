@@ -13,7 +13,7 @@ import { IOAPIC_ADDR, LAPIC_ADDR } from '../x86/layout.js';
 import type { BootCpuState, Segment as BootSegment } from '../x86/boot/cpu-state.js';
 import { loadLinux } from '../x86/boot/linux.js';
 import { buildAcpiTables } from '../x86/acpi/index.js';
-import { intxGsi } from '../pci/virtio-pci.js';
+import { intxGsi } from '../pci/device.js';
 
 export type BootSource =
   | { kind: 'linux'; kernel: Buffer; initrd?: Buffer; cmdline: string }

@@ -5,7 +5,7 @@
  * the main thread.
  */
 import { registerPciDevice } from '../../pci/device.js';
-import { VirtioPci, virtioPciOptions } from '../../pci/virtio-pci.js';
+import { VirtioPci, virtioPciOptions } from '../../virtio/pci/transport.js';
 import { VirtioBlk } from './device.js';
 import { parseVirtioBlkOptions, virtioBlkLegacyConfig } from './index.js';
 import { offloadVirtioBlk } from './offload.js';

@@ -9,7 +9,7 @@
  * the socket is live in another process) is reported through guestError.
  */
 import { registerPciDevice } from '../../pci/device.js';
-import { VirtioPci, virtioPciOptions } from '../../pci/virtio-pci.js';
+import { VirtioPci, virtioPciOptions } from '../../virtio/pci/transport.js';
 import { openSerialBackend } from '../backends/index.js';
 import { VirtioConsole } from './device.js';
 import { checkSocketPath, parseVirtioConsolePorts, virtioConsoleLegacyConfig } from './config.js';

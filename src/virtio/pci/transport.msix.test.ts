@@ -5,13 +5,13 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { GuestMemory } from '../memory/guest-memory.js';
-import { Bus } from '../bus/bus.js';
-import { mmioAllocator, type DeviceContext } from './device.js';
-import { VirtioPci } from './virtio-pci.js';
-import { VirtioRnd } from '../devices/virtio-rnd.js';
-import { MsiRouter, type MsiVector } from '../vm/msi-router.js';
-import type { GsiRoute } from '../kvm/abi.js';
+import { GuestMemory } from '../../memory/guest-memory.js';
+import { Bus } from '../../bus/bus.js';
+import { mmioAllocator, type DeviceContext } from '../../pci/device.js';
+import { VirtioPci } from './transport.js';
+import { VirtioRnd } from '../../devices/virtio-rnd.js';
+import { MsiRouter, type MsiVector } from '../../vm/msi-router.js';
+import type { GsiRoute } from '../../kvm/abi.js';
 
 const B0 = 0xc0000000, B1 = 0xc0004000;
 
