@@ -25,13 +25,16 @@ export interface ConnectionLimits {
 /** How long a refused client has to read its one error line before it is closed. */
 const REFUSE_LINGER_MS = 1000;
 
-/** Send one error line (id null) and close, without reading what the client sends. */
+/**
+ * Send one error line (id null), then close after REFUSE_LINGER_MS without
+ * reading anything more: closing at once would make a client whose request
+ * crosses our close see EPIPE instead of the reason.
+ */
 export function refuse(c: Socket, error: string): void {
   c.on('error', () => { /* it went away first */ });
-  c.pause();
-  const t = setTimeout(() => c.destroy(), REFUSE_LINGER_MS);
-  t.unref();
-  c.end(encode({ id: null, ok: false, error }), () => { clearTimeout(t); c.destroy(); });
+  c.pause(); // what it sends is left unread
+  c.end(encode({ id: null, ok: false, error }));
+  setTimeout(() => c.destroy(), REFUSE_LINGER_MS).unref();
 }
 
 export class Connection {

@@ -50,6 +50,7 @@ const LIMITS: Omit<ConnectionLimits, 'replyTimeoutMs'> = {
 export class ControlServer {
   private server: Server | undefined;
   private readonly conns = new Set<Socket>();
+  private refusing = 0; // refused clients still reading their error line
   private readonly inflight = new Set<Promise<void>>();
   private socketPath: string | undefined;
   /** the inode we bound, so we never remove a socket someone else made since */
@@ -60,6 +61,9 @@ export class ControlServer {
 
   /** The socket path while listening. */
   get path(): string | undefined { return this.socketPath; }
+
+  /** Clients being served now (refused ones not counted). */
+  get clients(): number { return this.conns.size; }
 
   async listen(path: string): Promise<void> {
     if (this.server) throw new Error('ControlServer is already listening');
@@ -148,7 +152,14 @@ export class ControlServer {
   private accept(c: Socket): void {
     if (this.closing) { c.destroy(); return; }
     const why = this.refusal(c);
-    if (why) { refuse(c, why); return; }
+    if (why) {
+      // Each refused client holds a descriptor while it reads its line: a flood of them is just closed.
+      if (this.refusing >= MAX_CONNECTIONS * 4) { c.destroy(); return; }
+      this.refusing++;
+      c.once('close', () => { this.refusing--; });
+      refuse(c, why);
+      return;
+    }
     this.conns.add(c);
     c.on('close', () => this.conns.delete(c));
     new Connection(c, { ...LIMITS, replyTimeoutMs: this.opts.replyTimeoutMs ?? 10_000 }, (conn, line) => this.onLine(conn, line));
