@@ -40,7 +40,8 @@ export class ByteQueue {
         this.tail = 0;
       }
       const n = Math.min(bytes.length - off, this.chunkBytes - this.tail);
-      last.set(bytes.subarray(off, off + n), this.tail);
+      // Whole-input copies (the UART's one byte) make no view to collect.
+      last.set(n === bytes.length ? bytes : bytes.subarray(off, off + n), this.tail);
       this.tail += n;
       off += n;
     }

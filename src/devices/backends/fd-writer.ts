@@ -79,8 +79,8 @@ export class FdWriter {
   flush(timeoutMs = 1000): Promise<void> {
     if (!this.inFlight) return Promise.resolve();
     return new Promise((resolve) => {
+      // Not unref'd: a close awaiting this must not find the loop empty and the process gone.
       const t = setTimeout(resolve, timeoutMs);
-      t.unref();
       this.idleWaiters.push(() => { clearTimeout(t); resolve(); });
     });
   }
