@@ -49,3 +49,15 @@ test('ByteQueue: trimTo keeps the newest bytes, dropping and counting the oldest
   assert.equal(q.dropped, 16);
   assert.equal(q.take(), undefined);
 });
+
+test('ByteQueue: pushLatest keeps the newest bytes within the cap, however the writes fall', () => {
+  const q = new ByteQueue(10 + 2 * 4, 4);
+  for (const ch of 'abcdefghijklmnopqrstuvwxyz') q.pushLatest(bytes(ch), 10);
+  assert.equal(q.length, 10);
+  assert.equal(q.dropped, 16);
+  q.pushLatest(bytes('0123456789ABCDEF'), 10); // longer than what is kept
+  assert.equal(q.dropped, 32);
+  let out = '';
+  for (let b = q.take(); b; b = q.take()) { out += b.toString('latin1'); q.release(b); }
+  assert.equal(out, '6789ABCDEF');
+});

@@ -71,6 +71,18 @@ export class ByteQueue {
     if (view.buffer.byteLength === this.chunkBytes) this.spare = Buffer.from(view.buffer, 0, this.chunkBytes);
   }
 
+  /**
+   * Queue `bytes` keeping only the newest `keep` bytes in all, older ones
+   * dropped and counted (a console's recent history). The queue's cap must
+   * allow `keep` plus two chunks, for the partly filled first and last ones.
+   */
+  pushLatest(bytes: Uint8Array, keep: number): void {
+    const tail = bytes.length > keep ? bytes.subarray(bytes.length - keep) : bytes;
+    this.dropped += bytes.length - tail.length;
+    this.trimTo(keep - tail.length);
+    this.push(tail);
+  }
+
   /** Drop the oldest bytes so that at most `keep` stay queued (counted in `dropped`). */
   trimTo(keep: number): void {
     while (this.length > keep) {

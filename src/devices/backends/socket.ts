@@ -13,7 +13,7 @@ import { ByteQueue } from './byte-queue.js';
 import type { SerialBackend } from './types.js';
 
 const HOLD_MAX = 64 * 1024;
-const HOLD_CHUNK = 16 * 1024; // the hold keeps HOLD_MAX bytes in at most 5 such chunks
+const HOLD_CHUNK = 16 * 1024;
 const CLIENT_BACKLOG_MAX = 1024 * 1024;
 
 function describeListenError(err: NodeJS.ErrnoException): string {
@@ -102,9 +102,7 @@ abstract class ListeningBackend implements SerialBackend {
       if (c && !c.destroyed) {
         c.write(chunk, () => this.pending.release(chunk));
       } else {
-        // chunk.length <= HOLD_MAX: make room for it, oldest bytes first.
-        this.hold.trimTo(HOLD_MAX - chunk.length);
-        this.hold.push(chunk);
+        this.hold.pushLatest(chunk, HOLD_MAX);
         this.pending.release(chunk);
       }
     }
