@@ -72,31 +72,31 @@ export class ControlServer {
       throw new UserError(`control socket path ${path} is too long (${Buffer.byteLength(path)} bytes; a unix socket path holds ${MAX_SOCKET_PATH_BYTES})`);
     }
     const dir = dirname(path);
+    // The socket is first bound at DIR/.XXXXXX/s, which must fit too.
+    const dirMax = MAX_SOCKET_PATH_BYTES - '/.XXXXXX/s'.length;
+    if (Buffer.byteLength(dir) > dirMax) {
+      throw new UserError(`control socket directory ${dir} is too long (at most ${dirMax} bytes: the socket is bound at a temporary name there first)`);
+    }
     makeDir(dir);
     checkDir(dir);
     await clearStale(path);
-    const server = createServer((c) => this.accept(c));
     // Bound where only we can reach it, made 0600, then linked into place:
     // link() fails if the name exists (two VMs starting at once).
-    const tmp = mkdtempSync(join(dir, '.'));
+    let tmp: string;
+    try { tmp = mkdtempSync(join(dir, '.')); } catch (e) { throw cannotCreate(path, e); }
+    const server = createServer((c) => this.accept(c));
     try {
       const tmpPath = join(tmp, 's');
-      if (Buffer.byteLength(tmpPath) > MAX_SOCKET_PATH_BYTES) {
-        throw new UserError(`control socket path ${path} is too long (its directory leaves no room for the temporary name; keep the path under ${MAX_SOCKET_PATH_BYTES - 9} bytes)`);
-      }
       await new Promise<void>((resolve, reject) => {
         server.once('error', reject);
         server.listen(tmpPath, () => { server.off('error', reject); resolve(); });
-      }).catch((e: NodeJS.ErrnoException) => {
-        throw new UserError(`cannot create control socket ${path}: ${e.code ?? e.message}`);
-      });
+      }).catch((e: unknown) => { throw cannotCreate(path, e); });
       try {
         chmodSync(tmpPath, 0o600);
         linkSync(tmpPath, path);
       } catch (e) {
         server.close();
-        if ((e as NodeJS.ErrnoException).code === 'EEXIST') throw inUse(path);
-        throw new UserError(`cannot create control socket ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+        throw (e as NodeJS.ErrnoException).code === 'EEXIST' ? inUse(path) : cannotCreate(path, e);
       }
       this.ino = statSync(path).ino;
     } finally {
@@ -267,6 +267,10 @@ function checkDir(dir: string): void {
   if (st.mode & 0o022) {
     throw new UserError(`control socket directory ${dir} is writable by others (mode ${(st.mode & 0o7777).toString(8).padStart(4, '0')}); use a directory only its owner can write`);
   }
+}
+
+function cannotCreate(path: string, e: unknown): UserError {
+  return new UserError(`cannot create control socket ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
 }
 
 function inUse(path: string): UserError {
