@@ -7,7 +7,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CLI, CTL, kvmUnavailable, guestBin, type RunResult } from './helpers.js';
@@ -17,12 +17,12 @@ const dir = mkdtempSync(join(tmpdir(), 'tshyve-ctl-l2-'));
 const env = { ...process.env, TSHYVE_CONTROL_DIR: dir };
 const skip = kvmUnavailable() ?? (guestBin('ticker') ? undefined : 'guest program ticker.bin not built (nasm missing: run scripts/setup.sh)');
 
-interface Vm { child: ChildProcess; out(): string; exited: Promise<RunResult>; sock: string }
+interface Vm { child: ChildProcess; out(): string; err(): string; exited: Promise<RunResult>; sock: string }
 
 /** Start tshyve on the ticker guest; resolves once the guest has printed. */
-async function startVm(name: string, extra: string[] = []): Promise<Vm> {
+async function startVm(name: string, extra: string[] = [], envOver: Record<string, string> = {}): Promise<Vm> {
   const args = ['-c', '1', '-m', '16M', '-s', '0,hostbridge', '-s', '31,lpc', '-l', 'com1,stdio', '-o', `boot.raw=${guestBin('ticker')}`, ...extra, name];
-  const child = spawn(process.execPath, [CLI, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [CLI, ...args], { env: { ...env, ...envOver }, stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '', stderr = '';
   child.stdout!.on('data', (d) => { stdout += d; });
   child.stderr!.on('data', (d) => { stderr += d; });
@@ -32,7 +32,7 @@ async function startVm(name: string, extra: string[] = []): Promise<Vm> {
     clearTimeout(timer);
     resolve({ code, signal, stdout, stderr, ms: Date.now() - t0 });
   }));
-  const vm = { child, out: () => stdout, exited, sock: join(dir, `${name}.sock`) };
+  const vm = { child, out: () => stdout, err: () => stderr, exited, sock: join(envOver.TSHYVE_CONTROL_DIR ?? dir, `${name}.sock`) };
   await until(() => stdout.includes('T\n') || child.exitCode !== null, 10_000);
   assert.ok(stdout.includes('T\n'), `guest printed (stderr: ${stderr})`);
   return vm;
@@ -74,6 +74,7 @@ test('tshyvectl: stats grow, pause stops the guest, resume restarts it, --list, 
       assert.equal(s1.name, 'ctl1');
       assert.equal(s1.state, 'running');
       assert.match(s1.exits_pio!, /^\d+$/);
+      assert.equal(s1.com1_dropped_bytes, '0', 'stdout is read: no console output dropped');
       await sleep(300);
       const s2 = stats(await ctl([`--socket=${vm.sock}`, '--get-stats']));
       assert.ok(Number(s2.exits_pio) > Number(s1.exits_pio), `exits grow: ${s1.exits_pio} -> ${s2.exits_pio}`);
@@ -186,6 +187,28 @@ test('-o control.enable=false serves no socket; -o control.path chooses it', { s
       await vm.exited;
     }
   }
+});
+
+test('a socket directory others can write: the default socket is skipped with a warning, a chosen control.path is an error', { skip }, async () => {
+  const loose = join(dir, 'loose');
+  mkdirSync(loose);
+  chmodSync(loose, 0o777);
+  const vm = await startVm('ctl5', [], { TSHYVE_CONTROL_DIR: loose });
+  try {
+    assert.match(vm.err(), new RegExp(`warn: no control socket: control socket directory ${loose} is writable by others \\(mode 0777\\)`));
+    assert.ok(!existsSync(vm.sock), 'no socket made there');
+  } finally {
+    vm.child.kill('SIGKILL');
+    await vm.exited;
+  }
+  const r = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
+    const c = spawn(process.execPath, [CLI, '-m', '16M', '-l', 'com1,stdio', '-o', `boot.raw=${guestBin('ticker')}`, '-o', `control.path=${join(loose, 'x.sock')}`, 'ctl6'], { env, stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    c.stderr.on('data', (d) => { stderr += d; });
+    c.on('close', (code) => resolve({ code, stderr }));
+  });
+  assert.equal(r.code, 4);
+  assert.equal(r.stderr, `tshyve: control socket directory ${loose} is writable by others (mode 0777); use a directory only its owner can write\n`);
 });
 
 test('tshyvectl: bad usage and unknown VMs are one line and a non-zero exit', async () => {

@@ -113,6 +113,8 @@ export class ControlClient {
 
   private onLine(line: string): void {
     const m = parseServerMessage(line);
+    // An error for no request: the server turned us away (too many clients, not our uid...).
+    if (m && m.id === null && 'ok' in m && !m.ok) { this.fail(`VM ${this.name}: ${m.error}`); return; }
     if (!m || typeof m.id !== 'number') return;
     const p = this.pending.get(m.id);
     if (!p) return;

@@ -8,10 +8,9 @@ import { join } from 'node:path';
 
 export const SOCKET_SUFFIX = '.sock';
 
-export function defaultControlDir(env: NodeJS.ProcessEnv = process.env): string {
+export function defaultControlDir(env: NodeJS.ProcessEnv = process.env, uid = process.getuid?.()): string {
   if (env.TSHYVE_CONTROL_DIR) return env.TSHYVE_CONTROL_DIR;
-  const root = process.getuid?.() === 0;
-  if (!root && env.XDG_RUNTIME_DIR) return join(env.XDG_RUNTIME_DIR, 'tshyve');
+  if (uid !== 0 && env.XDG_RUNTIME_DIR) return join(env.XDG_RUNTIME_DIR, 'tshyve');
   return '/run/tshyve';
 }
 

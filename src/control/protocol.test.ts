@@ -19,6 +19,13 @@ test('LineDecoder: a line longer than the limit sets overflow', () => {
   assert.equal(d.overflow, false);
   d.push(Buffer.from('x'.repeat(10)));
   assert.equal(d.overflow, true);
+  // A line completed in the chunk that makes it too long is refused too, not returned.
+  const e = new LineDecoder(16);
+  assert.deepEqual(e.push(Buffer.from('x'.repeat(10))), []);
+  assert.deepEqual(e.push(Buffer.from('x'.repeat(10) + '\n{"id":1}\n')), []);
+  assert.equal(e.overflow, true);
+  const f = new LineDecoder(16);
+  assert.deepEqual(f.push(Buffer.from('x'.repeat(16) + '\n')), ['x'.repeat(16)], 'exactly the limit is fine');
 });
 
 test('parseRequest accepts requests and says what is wrong with the rest', () => {

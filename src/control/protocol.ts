@@ -52,6 +52,8 @@ export class LineDecoder {
     for (;;) {
       const nl = chunk.indexOf(0x0a, start);
       if (nl < 0) break;
+      // A line ending in this chunk counts too, not only a line still open.
+      if (this.pending + nl - start > this.maxBytes) { this.overflow = true; this.parts = []; this.pending = 0; return lines; }
       this.parts.push(chunk.subarray(start, nl));
       lines.push(Buffer.concat(this.parts).toString('utf8'));
       this.parts = []; this.pending = 0;

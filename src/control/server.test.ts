@@ -4,12 +4,14 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, existsSync, statSync, writeFileSync, rmSync } from 'node:fs';
+import { chmodSync, chownSync, mkdirSync, mkdtempSync, existsSync, readdirSync, statSync, writeFileSync, rmSync } from 'node:fs';
 import { createConnection } from 'node:net';
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
+import { promisify } from 'node:util';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ControlServer } from './server.js';
+import { ControlServer, MAX_CONNECTIONS, MAX_REQUEST_BYTES } from './server.js';
+import { defaultControlDir } from './paths.js';
 import { ControlClient, ControlError, connectVm, listVms } from './client.js';
 import { controlSocketPath } from './config.js';
 import { UserError } from '../errors.js';
@@ -28,7 +30,7 @@ class FakeVm implements VmControl {
   constructor(readonly name = 'fake') {}
   async pause() { this.calls.push('pause'); this.paused = true; }
   resume() { this.calls.push('resume'); this.paused = false; }
-  stats() { this.calls.push('stats'); return { name: this.name, exits_pio: 42, state: 'running' }; }
+  stats(): Record<string, number | string> { this.calls.push('stats'); return { name: this.name, exits_pio: 42, state: 'running' }; }
   async checkpoint(file: string, opts?: SnapshotOptions): Promise<SnapshotResult> {
     this.calls.push(`checkpoint ${file}`);
     if (file.endsWith('fail')) throw new UserError(`cannot write ${file}: no space`);
@@ -155,10 +157,15 @@ test('raw framing: split and merged request lines, a garbage line gets an error 
   await server.close();
 });
 
-test('a line longer than 1 MiB is refused and the peer dropped; the server lives on', async () => {
+test('a line longer than 64 KiB (or 1 MiB) is refused and the peer dropped; a long line within the limit is served; the server lives on', async () => {
   const { server, path } = await serve();
-  const out = await rawExchange(path, ['{"id":1,"op":"info","pad":"' + 'x'.repeat((1 << 20) + 10)], 1);
-  assert.deepEqual(out[0], { id: null, ok: false, error: 'bad request: line too long' });
+  for (const len of [(1 << 20) + 10, MAX_REQUEST_BYTES + 1]) {
+    const out = await rawExchange(path, ['{"id":1,"op":"info","pad":"' + 'x'.repeat(len)], 1);
+    assert.deepEqual(out[0], { id: null, ok: false, error: 'bad request: line too long' });
+  }
+  const long = '{"id":1,"op":"info","args":{"pad":"' + 'x'.repeat(MAX_REQUEST_BYTES - 64) + '"}}';
+  assert.ok(Buffer.byteLength(long) <= MAX_REQUEST_BYTES);
+  assert.deepEqual((await rawExchange(path, [long + '\n'], 1))[0], { id: 1, ok: true, result: { name: 'fake', pid: process.pid, paused: false } });
   const c = await ControlClient.connect(path);
   assert.equal((await c.info()).name, 'fake');
   c.close();
@@ -186,7 +193,6 @@ test('close() removes the socket file; a stale socket is replaced; a live one is
 
 test('a path that is not a socket, or too long, is refused with one line', async () => {
   const dir = freshDir();
-  const { mkdirSync } = await import('node:fs');
   mkdirSync(dir);
   const f = join(dir, 'file.sock');
   writeFileSync(f, 'precious');
@@ -232,11 +238,200 @@ test('controlSocketPath: default DIR/NAME.sock, control.path, empty or control.e
   const c = (kv: Record<string, string>) => { const t = new ConfigTree(); for (const [k, v] of Object.entries(kv)) t.set(k, v); return t; };
   const env = { TSHYVE_CONTROL_DIR: '/x/ctl' };
   assert.equal(controlSocketPath(c({ name: 'vm1' }), env), '/x/ctl/vm1.sock');
-  assert.equal(controlSocketPath(c({ name: 'vm1' }), {}), process.getuid?.() === 0 ? '/run/tshyve/vm1.sock' : controlSocketPath(c({ name: 'vm1' }), {}));
+  // Without XDG_RUNTIME_DIR everyone gets /run/tshyve; with it, only root does.
+  assert.equal(controlSocketPath(c({ name: 'vm1' }), {}), '/run/tshyve/vm1.sock');
+  const xdg = { XDG_RUNTIME_DIR: '/run/user/1000' };
+  assert.equal(defaultControlDir(xdg, 1000), '/run/user/1000/tshyve');
+  assert.equal(defaultControlDir(xdg, 0), '/run/tshyve');
+  assert.equal(controlSocketPath(c({ name: 'vm1' }), xdg), process.getuid?.() === 0 ? '/run/tshyve/vm1.sock' : '/run/user/1000/tshyve/vm1.sock');
   assert.equal(controlSocketPath(c({ name: 'vm1', 'control.path': '/tmp/a.sock' }), env), '/tmp/a.sock');
   assert.equal(controlSocketPath(c({ name: 'vm1', 'control.path': '' }), env), undefined);
   assert.equal(controlSocketPath(c({ name: 'vm1', 'control.enable': 'false' }), env), undefined);
   assert.throws(() => controlSocketPath(c({ name: 'vm1', 'control.enable': 'maybe' }), env), /not a boolean/);
+});
+
+test('at most 16 clients at once: the next one gets one error line and is closed; a freed slot is used again', async () => {
+  const { server, path } = await serve();
+  const clients = await Promise.all(Array.from({ length: MAX_CONNECTIONS }, () => ControlClient.connect(path)));
+  for (const c of clients) assert.equal((await c.info()).name, 'fake');
+  assert.deepEqual(await rawExchange(path, [], 1), [{ id: null, ok: false, error: `too many connections (at most ${MAX_CONNECTIONS})` }]);
+  const extra = await ControlClient.connect(path);
+  await assert.rejects(extra.info(), (e: unknown) => e instanceof ControlError && e.message === `VM fake: too many connections (at most ${MAX_CONNECTIONS})`);
+  clients.pop()!.close();
+  const again = await until(async () => { try { const c = await ControlClient.connect(path); await c.info(); return c; } catch { return undefined; } });
+  assert.equal((await again.info()).name, 'fake');
+  for (const c of [...clients, again]) c.close();
+  await server.close();
+});
+
+test('the directory: made 0700; one others can write, or another user owns, is refused; the socket is 0600 even under umask 0', async () => {
+  const old = process.umask(0);
+  try {
+    const { server, path, dir } = await serve();
+    assert.equal(statSync(dir).mode & 0o777, 0o700);
+    assert.equal(statSync(path).mode & 0o777, 0o600);
+    assert.deepEqual(readdirSync(dir), ['fake.sock'], 'the private directory it was bound in is gone');
+    await server.close();
+  } finally {
+    process.umask(old);
+  }
+  const d = freshDir();
+  mkdirSync(d);
+  for (const [mode, shown] of [[0o770, '0770'], [0o1777, '1777'], [0o702, '0702']] as const) {
+    chmodSync(d, mode);
+    await assert.rejects(new ControlServer(new FakeVm()).listen(join(d, 'a.sock')), (e: unknown) => e instanceof UserError && e.message === `control socket directory ${d} is writable by others (mode ${shown}); use a directory only its owner can write`);
+  }
+  chmodSync(d, 0o755); // readable by others is fine: the socket itself is 0600
+  const ok = new ControlServer(new FakeVm());
+  await ok.listen(join(d, 'a.sock'));
+  await ok.close();
+  if (process.getuid?.() === 0) {
+    chownSync(d, 65534, 65534);
+    await assert.rejects(new ControlServer(new FakeVm()).listen(join(d, 'a.sock')), (e: unknown) => e instanceof UserError && e.message === `control socket directory ${d} belongs to uid 65534, not to us (uid 0) or root`);
+  }
+  assert.deepEqual(readdirSync(d), [], 'nothing left behind by a refusal');
+  const f = join(base, 'plain-file');
+  writeFileSync(f, '');
+  await assert.rejects(new ControlServer(new FakeVm()).listen(join(f, 'a.sock')), UserError);
+});
+
+test('a client of another uid is refused with one line (SO_PEERCRED) even when the socket lets it connect', { skip: process.getuid?.() === 0 ? undefined : 'needs root to run a client as another uid' }, async () => {
+  const { vm, server, path, dir } = await serve();
+  // A mistake, or permissions loosened on purpose: the kernel lets uid 65534 connect.
+  chmodSync(base, 0o711); chmodSync(dir, 0o711); chmodSync(path, 0o666);
+  const script = `const s = require('net').connect(${JSON.stringify(path)}, () => s.write('{"id":1,"op":"destroy"}\\n'));
+    let got = ''; s.on('data', (d) => { got += d; }); s.on('error', () => {}); s.on('close', () => { process.stdout.write(got); });`;
+  const { stdout } = await promisify(execFile)(process.execPath, ['-e', script], { uid: 65534, gid: 65534, timeout: 10_000 });
+  assert.equal(stdout, '{"id":null,"ok":false,"error":"permission denied"}\n');
+  assert.deepEqual(vm.calls, [], 'nothing it asked for was done');
+  const c = await ControlClient.connect(path); // our own uid still gets in
+  assert.equal((await c.info()).name, 'fake');
+  c.close();
+  await server.close();
+});
+
+test('a client that pipelines many requests and reads slowly gets every answer, in bounded memory', async () => {
+  const { server, path } = await serve(new CountingVm());
+  const n = 20_000;
+  const got = await new Promise<number>((resolve, reject) => {
+    const s = createConnection(path, () => s.write(Buffer.from('{"id":1,"op":"stats"}\n'.repeat(n))));
+    let lines = 0;
+    s.pause();
+    const t = setInterval(() => { // reads in bursts, 20 ms apart
+      for (let d = s.read() as Buffer | null; d; d = s.read() as Buffer | null) lines += d.toString().split('\n').length - 1;
+      if (lines >= n) { clearInterval(t); s.destroy(); resolve(lines); }
+    }, 20);
+    s.on('error', reject);
+    s.on('close', () => { clearInterval(t); resolve(lines); });
+  });
+  assert.equal(got, n);
+  await server.close();
+});
+
+/** stats() answers as long as a real VM's (about 40 keys), counted rather than recorded. */
+class CountingVm extends FakeVm {
+  served = 0;
+  private readonly keys = Object.fromEntries(Array.from({ length: 40 }, (_, i) => [`exits_counter_${i}`, 1_234_567 + i]));
+  override stats() { this.served++; return { name: this.name, ...this.keys }; }
+}
+
+/** Run `body` while sampling this process's RSS and heap; before and peak values in MiB. */
+async function memoryPeak<T>(body: () => Promise<T>): Promise<{ result: T; rss: [number, number]; heap: [number, number] }> {
+  const mib = (b: number) => Math.round(b / 1048576);
+  const m0 = process.memoryUsage();
+  let rss = m0.rss, heap = m0.heapUsed + m0.arrayBuffers;
+  const t = setInterval(() => { const m = process.memoryUsage(); rss = Math.max(rss, m.rss); heap = Math.max(heap, m.heapUsed + m.arrayBuffers); }, 5);
+  try {
+    const result = await body();
+    return { result, rss: [mib(m0.rss), mib(rss)], heap: [mib(m0.heapUsed + m0.arrayBuffers), mib(heap)] };
+  } finally {
+    clearInterval(t);
+  }
+}
+
+/** Run an attacking client in a process of its own (so its buffers are not ours); its stdout. */
+async function attacker(script: string): Promise<string> {
+  const { stdout } = await promisify(execFile)(process.execPath, ['-e', script], { timeout: 60_000, maxBuffer: 1 << 20 });
+  return stdout;
+}
+
+async function until<T>(f: () => Promise<T | undefined>, ms = 5000): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await f();
+    if (v !== undefined) return v;
+    if (Date.now() > end) throw new Error('timed out');
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+test('attack: 990 000 pipelined stats requests, replies never read: memory stays bounded, the client is dropped, others are served', { timeout: 60_000 }, async (t) => {
+  const lines: string[] = [];
+  setLogSink((l) => lines.push(l));
+  const vm = new CountingVm();
+  const { server, path } = await serve(vm, { replyTimeoutMs: 1000 });
+  const other = await ControlClient.connect(path);
+  try {
+    const { result, rss, heap } = await memoryPeak(async () => {
+      const attack = attacker(`const s = require('net').connect(${JSON.stringify(path)}, () => {
+          s.pause(); s.write(Buffer.from('{"id":1,"op":"stats"}\\n'.repeat(990000)));
+        });
+        s.on('error', () => {}); s.on('close', () => process.stdout.write('closed'));`);
+      let answered = 0;
+      let slowest = 0;
+      let done = false;
+      void attack.finally(() => { done = true; });
+      while (!done) {
+        const t0 = performance.now();
+        assert.equal((await other.stats()).name, 'fake');
+        slowest = Math.max(slowest, performance.now() - t0);
+        answered++;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      return { out: await attack, answered, slowest };
+    });
+    t.diagnostic(`990k stats, unread: RSS ${rss[0]} -> ${rss[1]} MiB peak, heap+buffers ${heap[0]} -> ${heap[1]} MiB peak; ${vm.served} served; another client answered ${result.answered} times, slowest ${result.slowest.toFixed(0)} ms`);
+    assert.equal(result.out, 'closed', 'the attacker was dropped');
+    assert.ok(lines.some((l) => /dropped a client: replies unread for 1000 ms/.test(l)), lines.join('\n'));
+    assert.ok(vm.served < 990_000 / 10, `stopped reading: ${vm.served} requests served`);
+    assert.ok(result.answered >= 5 && result.slowest < 1000, `others served: ${result.answered} answers, slowest ${result.slowest} ms`);
+    assert.ok(rss[1] - rss[0] < 64, `RSS grew ${rss[1] - rss[0]} MiB`);
+    assert.ok(heap[1] - heap[0] < 64, `heap grew ${heap[1] - heap[0]} MiB`);
+  } finally {
+    setLogSink((l) => process.stderr.write(l + '\n'));
+    other.close();
+    await server.close();
+  }
+});
+
+test('attack: 150 clients each sending 1 MiB without a newline: 16 at a time, each dropped at 64 KiB; memory stays bounded', { timeout: 60_000 }, async (t) => {
+  const { server, path } = await serve();
+  let peak = 0;
+  const sampler = setInterval(() => { peak = Math.max(peak, server.clients); }, 1);
+  const { result, rss, heap } = await memoryPeak(() => attacker(`
+    const res = { tooMany: 0, tooLong: 0, noLine: 0, other: [] }; let closed = 0;
+    for (let i = 0; i < 150; i++) {
+      const s = require('net').connect(${JSON.stringify(path)}, () => s.write(Buffer.alloc(1 << 20, 0x78)));
+      let got = ''; s.on('data', (d) => { got += d; }); s.on('error', () => {});
+      s.on('close', () => {
+        const line = got.split('\\n')[0];
+        if (line === '') res.noLine++; else if (/too many connections/.test(line)) res.tooMany++; else if (/line too long/.test(line)) res.tooLong++; else res.other.push(line);
+        if (++closed === 150) process.stdout.write(JSON.stringify(res));
+      });
+    }`));
+  clearInterval(sampler);
+  const res = JSON.parse(result) as { tooMany: number; tooLong: number; noLine: number; other: string[] };
+  t.diagnostic(`150 x 1 MiB partial lines: RSS ${rss[0]} -> ${rss[1]} MiB peak, heap+buffers ${heap[0]} -> ${heap[1]} MiB peak; at most ${peak} served at once; ${JSON.stringify(res)}`);
+  // Every one closed; each told why, unless refused while 64 others were still reading their line.
+  assert.deepEqual(res.other, []);
+  assert.equal(res.tooMany + res.tooLong + res.noLine, 150);
+  assert.ok(res.tooMany > 0 && res.tooLong >= MAX_CONNECTIONS, JSON.stringify(res));
+  assert.ok(peak > 0 && peak <= MAX_CONNECTIONS, `${peak} clients at once`);
+  assert.ok(rss[1] - rss[0] < 64, `RSS grew ${rss[1] - rss[0]} MiB`);
+  assert.ok(heap[1] - heap[0] < 64, `heap grew ${heap[1] - heap[0]} MiB`);
+  const c = await until(async () => { try { const x = await ControlClient.connect(path); await x.info(); return x; } catch { return undefined; } });
+  c.close();
+  await server.close();
 });
 
 test.after(async () => {

@@ -1,34 +1,56 @@
 /**
  * Serves a VmControl on a unix socket (protocol.ts). One per VM.
  *
- * listen() makes the socket's directory (mode 0700) if needed, replaces a
+ * listen() makes the socket's directory (mode 0700) if needed and refuses
+ * one that others could write to or that someone else owns; replaces a
  * stale socket file nobody answers on, and refuses a path a live VM owns.
+ * The socket is bound in a private directory and linked into place with
+ * mode 0600, so it is never reachable with looser permissions.
+ * Clients are checked (SO_PEERCRED: our uid or root) and limited in number;
+ * each one is held to bounded memory (connection.ts).
  * close() stops accepting, lets the requests in flight finish (so the
  * answer to a --suspend reaches its client before tshyve exits), flushes
  * every reply, and removes the socket file. A failing operation is an
  * error reply, never a crash of the VM.
  */
 import { createServer, createConnection, type Server, type Socket } from 'node:net';
-import { chmodSync, lstatSync, mkdirSync, statSync, unlinkSync } from 'node:fs';
-import { dirname, isAbsolute } from 'node:path';
+import { chmodSync, linkSync, lstatSync, mkdirSync, mkdtempSync, rmSync, statSync, unlinkSync } from 'node:fs';
+import { dirname, isAbsolute, join } from 'node:path';
 import type { VmControl, SnapshotProgress } from '../vm/control.js';
 import { TshyveError, UserError } from '../errors.js';
 import { log } from '../log.js';
-import { LineDecoder, encode, parseRequest, salvageId, type Request, type ServerMessage, type VmInfo } from './protocol.js';
+import { peerCredentials } from '../host/libc.js';
+import { parseRequest, salvageId, type Request, type VmInfo } from './protocol.js';
+import { Connection, refuse, type ConnectionLimits } from './connection.js';
 
 /** Linux's sun_path holds 108 bytes with the terminating NUL. */
 export const MAX_SOCKET_PATH_BYTES = 107;
+
+/** Clients served at once; more are told so and closed. */
+export const MAX_CONNECTIONS = 16;
+/** Longest request line; a client sending longer is dropped. */
+export const MAX_REQUEST_BYTES = 64 * 1024;
 
 export interface ControlServerOptions {
   /** how long close() waits for operations in flight (default 10 s) */
   drainMs?: number;
   /** at most this many progress events a second per request (default 20) */
   progressPerSecond?: number;
+  /** a client leaving more than 64 KiB of replies unread this long is dropped (default 10 s) */
+  replyTimeoutMs?: number;
 }
+
+const LIMITS: Omit<ConnectionLimits, 'replyTimeoutMs'> = {
+  maxRequestBytes: MAX_REQUEST_BYTES,
+  replyHighWater: 64 * 1024, // stop reading requests above this much unread
+  replyHardMax: 1024 * 1024, // answers to requests already running, beyond that
+  maxActive: 16, // requests served at once per client
+};
 
 export class ControlServer {
   private server: Server | undefined;
   private readonly conns = new Set<Socket>();
+  private refusing = 0; // refused clients still reading their error line
   private readonly inflight = new Set<Promise<void>>();
   private socketPath: string | undefined;
   /** the inode we bound, so we never remove a socket someone else made since */
@@ -40,28 +62,47 @@ export class ControlServer {
   /** The socket path while listening. */
   get path(): string | undefined { return this.socketPath; }
 
+  /** Clients being served now (refused ones not counted). */
+  get clients(): number { return this.conns.size; }
+
   async listen(path: string): Promise<void> {
     if (this.server) throw new Error('ControlServer is already listening');
     if (path === '') throw new UserError('control socket path is empty');
     if (Buffer.byteLength(path) > MAX_SOCKET_PATH_BYTES) {
       throw new UserError(`control socket path ${path} is too long (${Buffer.byteLength(path)} bytes; a unix socket path holds ${MAX_SOCKET_PATH_BYTES})`);
     }
-    makeDir(dirname(path));
+    const dir = dirname(path);
+    // The socket is first bound at DIR/.XXXXXX/s, which must fit too.
+    const dirMax = MAX_SOCKET_PATH_BYTES - '/.XXXXXX/s'.length;
+    if (Buffer.byteLength(dir) > dirMax) {
+      throw new UserError(`control socket directory ${dir} is too long (at most ${dirMax} bytes: the socket is bound at a temporary name there first)`);
+    }
+    makeDir(dir);
+    checkDir(dir);
     await clearStale(path);
+    // Bound where only we can reach it, made 0600, then linked into place:
+    // link() fails if the name exists (two VMs starting at once).
+    let tmp: string;
+    try { tmp = mkdtempSync(join(dir, '.')); } catch (e) { throw cannotCreate(path, e); }
     const server = createServer((c) => this.accept(c));
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(path, () => { server.off('error', reject); resolve(); });
-    }).catch((e: NodeJS.ErrnoException) => {
-      // Two VMs starting at once: the other one bound it between our check and our bind.
-      if (e.code === 'EADDRINUSE') throw inUse(path);
-      throw new UserError(`cannot create control socket ${path}: ${e.code ?? e.message}`);
-    });
-    server.on('error', (e) => log('warn', `control socket ${path}: ${e.message}`));
     try {
-      chmodSync(path, 0o600);
+      const tmpPath = join(tmp, 's');
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(tmpPath, () => { server.off('error', reject); resolve(); });
+      }).catch((e: unknown) => { throw cannotCreate(path, e); });
+      try {
+        chmodSync(tmpPath, 0o600);
+        linkSync(tmpPath, path);
+      } catch (e) {
+        server.close();
+        throw (e as NodeJS.ErrnoException).code === 'EEXIST' ? inUse(path) : cannotCreate(path, e);
+      }
       this.ino = statSync(path).ino;
-    } catch { /* removed under us: close() copes */ }
+    } finally {
+      rmSync(tmp, { recursive: true, force: true });
+    }
+    server.on('error', (e) => log('warn', `control socket ${path}: ${e.message}`));
     this.server = server;
     this.socketPath = path;
   }
@@ -110,44 +151,61 @@ export class ControlServer {
 
   private accept(c: Socket): void {
     if (this.closing) { c.destroy(); return; }
+    const why = this.refusal(c);
+    if (why) {
+      // Each refused client holds a descriptor while it reads its line: a flood of them is just closed.
+      if (this.refusing >= MAX_CONNECTIONS * 4) { c.destroy(); return; }
+      this.refusing++;
+      c.once('close', () => { this.refusing--; });
+      refuse(c, why);
+      return;
+    }
     this.conns.add(c);
-    const dec = new LineDecoder();
     c.on('close', () => this.conns.delete(c));
-    c.on('error', () => { /* the client went away; its replies are dropped */ });
-    c.on('data', (chunk: Buffer) => {
-      if (dec.overflow) return; // dropped: ignore the rest of what it sends
-      for (const line of dec.push(chunk)) {
-        if (line.trim() === '') continue;
-        this.onLine(c, line);
-      }
-      if (dec.overflow) {
-        send(c, { id: null, ok: false, error: 'bad request: line too long' });
-        c.end();
-      }
-    });
+    new Connection(c, { ...LIMITS, replyTimeoutMs: this.opts.replyTimeoutMs ?? 10_000 }, (conn, line) => this.onLine(conn, line));
   }
 
-  private onLine(c: Socket, line: string): void {
+  /** Why this client is turned away, if it is: not our uid nor root, or one too many. */
+  private refusal(c: Socket): string | undefined {
+    // Node keeps a unix socket's descriptor on its handle; SO_PEERCRED needs it.
+    const fd = (c as unknown as { _handle?: { fd?: number } })._handle?.fd;
+    const cred = fd === undefined || fd < 0 ? undefined : peerCredentials(fd);
+    const euid = process.geteuid?.() ?? 0;
+    if (!cred) return 'permission denied: cannot check the client';
+    if (cred.uid !== euid && cred.uid !== 0) {
+      log('warn', `control socket: refused a client of uid ${cred.uid} (pid ${cred.pid})`);
+      return 'permission denied';
+    }
+    if (this.conns.size >= MAX_CONNECTIONS) return `too many connections (at most ${MAX_CONNECTIONS})`;
+    return undefined;
+  }
+
+  /** Serve one request line; resolves once it is answered. */
+  private onLine(conn: Connection, line: string): Promise<void> {
     let req: Request;
     try {
       req = parseRequest(line);
     } catch (e) {
-      send(c, { id: salvageId(line), ok: false, error: (e as Error).message });
-      return;
+      conn.send({ id: salvageId(line), ok: false, error: (e as Error).message });
+      return Promise.resolve();
     }
-    if (this.closing) { send(c, { id: req.id, ok: false, error: `VM ${this.control.name} is shutting down` }); return; }
-    const p = this.serve(c, req).finally(() => this.inflight.delete(p));
+    if (this.closing) {
+      conn.send({ id: req.id, ok: false, error: `VM ${this.control.name} is shutting down` });
+      return Promise.resolve();
+    }
+    const p = this.serve(conn, req).finally(() => this.inflight.delete(p));
     this.inflight.add(p);
+    return p;
   }
 
-  private async serve(c: Socket, req: Request): Promise<void> {
+  private async serve(conn: Connection, req: Request): Promise<void> {
     try {
-      const result = await this.run(req, progressSender(c, req, this.opts.progressPerSecond ?? 20));
-      send(c, { id: req.id, ok: true, result: result ?? null });
+      const result = await this.run(req, progressSender(conn, req, this.opts.progressPerSecond ?? 20));
+      conn.send({ id: req.id, ok: true, result: result ?? null });
     } catch (e) {
       if (!(e instanceof TshyveError)) log('warn', `control socket: ${req.op}: ${(e as Error)?.stack ?? String(e)}`);
       const msg = e instanceof Error ? e.message : String(e);
-      send(c, { id: req.id, ok: false, error: msg.split('\n')[0] || 'failed' });
+      conn.send({ id: req.id, ok: false, error: msg.split('\n')[0] || 'failed' });
     }
   }
 
@@ -167,19 +225,15 @@ export class ControlServer {
   }
 }
 
-function send(c: Socket, msg: ServerMessage): void {
-  if (!c.destroyed && c.writable) c.write(encode(msg));
-}
-
 /** Progress events, at most `perSecond`, but always the first and the last. */
-function progressSender(c: Socket, req: Request, perSecond: number): (p: SnapshotProgress) => void {
+function progressSender(conn: Connection, req: Request, perSecond: number): (p: SnapshotProgress) => void {
   let last = 0;
   const gap = 1000 / perSecond;
   return (p) => {
     const now = performance.now();
     if (last !== 0 && now - last < gap && p.done < p.total) return;
     last = now;
-    if (Number.isFinite(p.done) && Number.isFinite(p.total)) send(c, { id: req.id, progress: { done: p.done, total: p.total } });
+    if (Number.isFinite(p.done) && Number.isFinite(p.total)) conn.send({ id: req.id, progress: { done: p.done, total: p.total } });
   };
 }
 
@@ -199,6 +253,24 @@ function makeDir(dir: string): void {
   } catch (e) {
     throw new UserError(`cannot create control socket directory ${dir}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
   }
+}
+
+/**
+ * A directory others could write to could have our socket swapped under
+ * us; one owned by another user is theirs. Either is refused.
+ */
+function checkDir(dir: string): void {
+  const st = statSync(dir);
+  const euid = process.geteuid?.() ?? 0;
+  if (!st.isDirectory()) throw new UserError(`control socket directory ${dir} is not a directory`);
+  if (st.uid !== euid && st.uid !== 0) throw new UserError(`control socket directory ${dir} belongs to uid ${st.uid}, not to us (uid ${euid}) or root`);
+  if (st.mode & 0o022) {
+    throw new UserError(`control socket directory ${dir} is writable by others (mode ${(st.mode & 0o7777).toString(8).padStart(4, '0')}); use a directory only its owner can write`);
+  }
+}
+
+function cannotCreate(path: string, e: unknown): UserError {
+  return new UserError(`cannot create control socket ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
 }
 
 function inUse(path: string): UserError {

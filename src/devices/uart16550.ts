@@ -1,6 +1,6 @@
 /**
  * 16550A UART, modelled on bhyve's uart_emul.c: TX goes straight to the
- * backend (THRE/TEMT always set), RX goes through a 16-byte FIFO (1 byte in
+ * backend (THRE/TEMT always set; the backend coalesces and bounds it), RX goes through a 16-byte FIFO (1 byte in
  * 16450 mode) fed from a bounded backlog; while the backlog holds anything
  * the backend is paused, so a guest that does not read stops host input
  * instead of growing memory.
@@ -69,6 +69,7 @@ export class Uart16550 extends ByteRegisterDevice implements Snapshottable {
   private backlogLen = 0;
   private paused = false;
   private irqLevel = false;
+  private readonly txByte = new Uint8Array(1);
 
   /** Host bytes dropped because the backlog was full. */
   droppedRx = 0;
@@ -147,8 +148,12 @@ export class Uart16550 extends ByteRegisterDevice implements Snapshottable {
       if (!this.pushFifo(byte)) this.overrun = true;
       return;
     }
-    this.backend?.write(Uint8Array.of(byte));
+    this.txByte[0] = byte;
+    this.backend?.write(this.txByte); // backends copy what they keep
   }
+
+  /** Output bytes the backend dropped (its reader not keeping up, a size cap). */
+  get droppedTx(): number { return this.backend?.droppedOutput ?? 0; }
 
   private writeFcr(v: number): void {
     // Switching FIFO mode on/off resets the RX FIFO (and changes its depth).

@@ -7,6 +7,7 @@ import { writeFileSync } from 'node:fs';
 import koffi from 'koffi';
 
 const lib = koffi.load('libc.so.6');
+const fcntl = lib.func('int fcntl(int fd, int cmd, ...)') as (fd: number, cmd: number, type: 'int', arg: number) => number;
 
 export const libc = {
   open: lib.func('int open(const char *path, int flags)') as (path: string, flags: number) => number,
@@ -38,6 +39,9 @@ export const libc = {
   // turns an address this process already maps into a pointer koffi can view.
   memsetAddr: lib.func('void *memset(uintptr_t s, int c, size_t n)') as (addr: bigint, c: number, n: number) => unknown,
   lseek: lib.func('int64_t lseek(int fd, int64_t off, int whence)') as (fd: number, off: number, whence: number) => number,
+  /** fcntl with an int argument (F_GETFL takes 0). */
+  fcntlInt: (fd: number, cmd: number, arg: number): number => fcntl(fd, cmd, 'int', arg),
+  getsockopt: lib.func('int getsockopt(int fd, int level, int name, void *val, void *len)') as (fd: number, level: number, name: number, val: Buffer, len: Buffer) => number,
   posixFadvise: lib.func('int posix_fadvise(int fd, int64_t offset, int64_t len, int advice)') as (fd: number, offset: number, len: number, advice: number) => number,
 };
 
@@ -63,6 +67,9 @@ export const MADV_HUGEPAGE = 14;
 export const EFD_CLOEXEC = 0o2000000;
 export const EFD_NONBLOCK = 0o4000;
 export const EINTR = 4;
+export const F_GETFL = 3;
+export const F_SETFL = 4;
+export const O_NONBLOCK = 0o4000;
 export const EAGAIN = 11;
 /** The signal used to kick a vCPU thread out of KVM_RUN. */
 export const SIG_KICK = 12; // SIGUSR2
@@ -78,6 +85,21 @@ export function setThreadName(name: string): void {
   } catch {
     // not Linux, or /proc is not mounted: names are only for people
   }
+}
+
+const SOL_SOCKET = 1;
+const SO_PEERCRED = 17;
+
+/** The process at the other end of a connected unix socket, as the kernel saw it at connect(). */
+export interface PeerCredentials { pid: number; uid: number; gid: number }
+
+/** SO_PEERCRED of a unix socket; undefined when the kernel will not say (not a unix socket, bad fd). */
+export function peerCredentials(fd: number): PeerCredentials | undefined {
+  const ucred = Buffer.alloc(12); // struct ucred { pid_t pid; uid_t uid; gid_t gid; }
+  const len = Buffer.alloc(4);
+  len.writeUInt32LE(ucred.length);
+  if (libc.getsockopt(fd, SOL_SOCKET, SO_PEERCRED, ucred, len) !== 0 || len.readUInt32LE() !== ucred.length) return undefined;
+  return { pid: ucred.readInt32LE(0), uid: ucred.readUInt32LE(4), gid: ucred.readUInt32LE(8) };
 }
 
 export function isMapFailed(p: unknown): boolean {

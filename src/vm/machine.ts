@@ -285,6 +285,7 @@ export class Machine extends EventEmitter implements VmControl {
       state: this.ending ? 'ending' : this.userPaused ? 'paused' : 'running',
     };
     if (s) for (const [k, v] of Object.entries(s)) if (typeof v === 'number') out[`exits_${k}`] = v;
+    for (const [name, u] of this.uarts) out[`${name}_dropped_bytes`] = u.droppedTx;
     return out;
   }
 

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { once } from 'node:events';
 import { UserError } from '../../errors.js';
 import {
-  openSerialBackend, parseSerialSpec, TcpSerialBackend, type UnixSerialBackend, type SerialBackend,
+  openSerialBackend, parseSerialSpec, TcpSerialBackend, FILE_MAX_BYTES_DEFAULT, type UnixSerialBackend, type SerialBackend,
 } from './index.js';
 
 /** Collects what a socket receives until `want` bytes arrived. */
@@ -39,8 +39,11 @@ test('spec parsing and bad specs', { timeout: 15_000 }, async () => {
   assert.deepEqual(parseSerialSpec('tcp=[::1]:5'), { kind: 'tcp', host: '::1', port: 5 });
   assert.deepEqual(parseSerialSpec('unix=/tmp/x.sock'), { kind: 'unix', path: '/tmp/x.sock' });
   assert.deepEqual(parseSerialSpec('/dev/null'), { kind: 'file', path: '/dev/null' });
+  assert.deepEqual(parseSerialSpec('/var/log/vm,1.log,maxsize=64M'), { kind: 'file', path: '/var/log/vm,1.log', maxBytes: 64 << 20 });
+  assert.deepEqual(parseSerialSpec('./c.log,maxsize=0'), { kind: 'file', path: './c.log', maxBytes: 0 });
+  assert.throws(() => parseSerialSpec('/c.log,maxsize=lots'), (e: unknown) => e instanceof UserError && e.message === "serial backend '/c.log,maxsize=lots': bad maxsize 'lots' (expected a size such as 64M, or 0 for no limit)");
   for (const bad of ['', 'stdout', 'tcp=', 'tcp=1.2.3.4', 'tcp=1.2.3.4:99999', 'tcp=1.2.3.4:-1', 'tcp=host.example:1',
-    'tcp=1.2.3.4:80x', 'unix=', 'nmdm0A', 'tcp=::1:80']) {
+    'tcp=1.2.3.4:80x', 'unix=', 'nmdm0A', 'tcp=::1:80', '/c.log,maxsize=', '/c.log,maxsize=-1', '/dir/,maxsize=1M']) {
     assert.throws(() => parseSerialSpec(bad), UserError, bad);
     await assert.rejects(openSerialBackend(bad), UserError, bad);
   }
@@ -173,6 +176,35 @@ test('file: output-only path appends', { timeout: 15_000 }, async () => {
     assert.equal(readFileSync(path, 'utf8'), 'hello file');
     await assert.rejects(openSerialBackend(dir), UserError);
     await assert.rejects(openSerialBackend(join(dir, 'no', 'such')), UserError);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('file: a regular file stops growing at maxsize (64 MiB unless set); the rest is dropped and counted; a device has no cap', { timeout: 15_000 }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'tshyve-uart-'));
+  try {
+    const path = join(dir, 'console.log');
+    writeFileSync(path, Buffer.alloc(512 * 1024, 0x2e)); // an earlier run's output
+    const b = await openSerialBackend(`${path},maxsize=1M`);
+    for (let i = 0; i < 3 * 1024; i++) b.write(Buffer.alloc(1024, 0x41));
+    await b.close();
+    assert.equal(statSync(path).size, 1 << 20);
+    assert.equal(b.droppedOutput, 3 * (1 << 20) - (512 << 10));
+    // The default cap, without writing 64 MiB: a sparse file just under it.
+    const big = join(dir, 'big.log');
+    writeFileSync(big, '');
+    truncateSync(big, FILE_MAX_BYTES_DEFAULT - 10);
+    const d = await openSerialBackend(big);
+    d.write(Buffer.alloc(100, 0x42));
+    await d.close();
+    assert.equal(FILE_MAX_BYTES_DEFAULT, 64 << 20);
+    assert.equal(statSync(big).size, FILE_MAX_BYTES_DEFAULT);
+    assert.equal(d.droppedOutput, 90);
+    const n = await openSerialBackend('/dev/null,maxsize=1M');
+    n.write(Buffer.alloc(2 << 20));
+    await n.close();
+    assert.equal(n.droppedOutput, 0);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

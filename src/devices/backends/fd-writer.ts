@@ -2,63 +2,70 @@
  * Output queue for a file descriptor that must never block the event loop.
  * Node writes to pipes and TTYs synchronously on Linux (process.stdout), so
  * a stalled reader would freeze every vCPU; instead we issue one async
- * fs.write at a time (on the libuv pool), coalescing whatever queued up
- * meanwhile. The queue is bounded: bytes beyond `cap` are dropped and counted.
+ * fs.write at a time (on the libuv pool), one chunk of whatever queued up
+ * meanwhile. The queue (a ByteQueue) is bounded in real memory: bytes beyond
+ * `cap` are dropped and counted.
  */
 import { write as fsWrite } from 'node:fs';
+import { ByteQueue } from './byte-queue.js';
 
 const RETRY_MS = 10; // O_NONBLOCK descriptors answer EAGAIN when full
 
+/** Default bound on output held for a descriptor that does not keep up. */
+export const FD_QUEUE_CAP = 4 * 1024 * 1024;
+
 export class FdWriter {
-  private queue: Buffer[] = [];
-  private queued = 0; // bytes in queue (not counting the one in flight)
+  private readonly queue: ByteQueue;
   private inFlight = false;
   private dead = false; // descriptor failed
   private closed = false; // no new output accepted
+  private lost = 0; // bytes dropped because the descriptor failed or was closed
   private idleWaiters: Array<() => void> = [];
+
+  constructor(private readonly fd: number, cap = FD_QUEUE_CAP) {
+    this.queue = new ByteQueue(cap);
+  }
+
   /** Bytes dropped because the queue was full or the descriptor failed. */
-  dropped = 0;
+  get dropped(): number { return this.queue.dropped + this.lost; }
 
-  constructor(private readonly fd: number, private readonly cap = 4 * 1024 * 1024) {}
+  /** Memory held for output not written yet (for tests and stats). */
+  get held(): number { return this.queue.held; }
 
-  write(bytes: Uint8Array): void {
-    if (this.dead || this.closed || bytes.length === 0) { this.dropped += bytes.length; return; }
-    const room = this.cap - this.queued;
-    if (room <= 0) { this.dropped += bytes.length; return; }
-    const take = Math.min(room, bytes.length);
-    this.dropped += bytes.length - take;
-    this.queue.push(Buffer.from(bytes.subarray(0, take))); // copy
-    this.queued += take;
-    this.kick();
+  /** Queue a copy of `bytes`; returns how many were kept (the rest is dropped and counted). */
+  write(bytes: Uint8Array): number {
+    if (this.dead || this.closed) { this.lost += bytes.length; return 0; }
+    const kept = this.queue.push(bytes);
+    if (kept > 0) this.kick();
+    return kept;
   }
 
   private kick(): void {
-    if (this.inFlight || this.queued === 0 || this.dead) return;
-    const buf = this.queue.length === 1 ? this.queue[0]! : Buffer.concat(this.queue, this.queued);
-    this.queue = [];
-    this.queued = 0;
+    if (this.inFlight || this.dead) return;
+    const buf = this.queue.take();
+    if (buf === undefined) return;
     this.inFlight = true;
-    this.writeOut(buf);
+    this.writeOut(buf, 0);
   }
 
-  private writeOut(buf: Buffer): void {
-    fsWrite(this.fd, buf, 0, buf.length, null, (err, n) => {
+  private writeOut(buf: Buffer, off: number): void {
+    fsWrite(this.fd, buf, off, buf.length - off, null, (err, n) => {
       if (err) {
-        if (err.code === 'EAGAIN') { setTimeout(() => this.writeOut(buf), RETRY_MS).unref(); return; }
+        if (err.code === 'EAGAIN') { setTimeout(() => this.writeOut(buf, off), RETRY_MS).unref(); return; }
         // EPIPE, EBADF...: the reader is gone; drop from now on.
         this.dead = true;
-        this.dropped += buf.length + this.queued;
-        this.queue = [];
-        this.queued = 0;
-        this.finish();
+        this.lost += buf.length - off;
+        this.queue.clear();
+        this.finish(buf);
         return;
       }
-      if (n < buf.length) { this.writeOut(buf.subarray(n)); return; }
-      this.finish();
+      if (off + n < buf.length) { this.writeOut(buf, off + n); return; }
+      this.finish(buf);
     });
   }
 
-  private finish(): void {
+  private finish(buf: Buffer): void {
+    this.queue.release(buf);
     this.inFlight = false;
     this.kick();
     if (!this.inFlight) {
@@ -72,8 +79,8 @@ export class FdWriter {
   flush(timeoutMs = 1000): Promise<void> {
     if (!this.inFlight) return Promise.resolve();
     return new Promise((resolve) => {
+      // Not unref'd: a close awaiting this must not find the loop empty and the process gone.
       const t = setTimeout(resolve, timeoutMs);
-      t.unref();
       this.idleWaiters.push(() => { clearTimeout(t); resolve(); });
     });
   }

@@ -3,14 +3,17 @@
  * time as in bhyve's uart tcp backend: a second client is closed at once.
  * Output with no client attached keeps only the latest 64 KiB, so a client
  * connecting late sees the recent console; a client that stops reading
- * makes us drop output beyond 1 MiB rather than buffer without limit.
+ * makes us drop output beyond 1 MiB held (counted in real memory, queued
+ * or in the socket's buffer) rather than buffer without limit.
  */
 import net from 'node:net';
 import { lstat, unlink } from 'node:fs/promises';
 import { UserError } from '../../errors.js';
+import { ByteQueue } from './byte-queue.js';
 import type { SerialBackend } from './types.js';
 
 const HOLD_MAX = 64 * 1024;
+const HOLD_CHUNK = 16 * 1024;
 const CLIENT_BACKLOG_MAX = 1024 * 1024;
 
 function describeListenError(err: NodeJS.ErrnoException): string {
@@ -31,14 +34,16 @@ abstract class ListeningBackend implements SerialBackend {
   private cb: ((b: Uint8Array) => void) | null = null;
   private paused = false;
   private closed = false;
-  private pending: Buffer[] = []; // output coalesced until the next turn of the loop
+  /** output for the client: coalesced until the next turn of the loop, then lent to the socket until written */
+  private readonly pending = new ByteQueue(CLIENT_BACKLOG_MAX);
   private flushScheduled = false;
-  private hold: Buffer[] = []; // output while no client is connected
-  private holdLen = 0;
-  /** Output bytes dropped (no client and over 64 KiB, or client not reading). */
-  droppedOutput = 0;
+  /** output while no client is connected: the latest HOLD_MAX bytes */
+  private readonly hold = new ByteQueue(HOLD_MAX + 2 * HOLD_CHUNK, HOLD_CHUNK);
   /** Extra clients turned away. */
   refused = 0;
+
+  /** Output bytes dropped (no client and over 64 KiB, or client not reading). */
+  get droppedOutput(): number { return this.pending.dropped + this.hold.dropped; }
 
   protected async listen(opts: net.ListenOptions, what: string): Promise<void> {
     await new Promise<void>((resolve, reject) => {
@@ -66,46 +71,39 @@ abstract class ListeningBackend implements SerialBackend {
     s.on('close', () => { if (this.client === s) this.client = null; });
     s.on('data', (b: Buffer) => { this.cb?.(b); });
     if (this.paused || !this.cb) s.pause();
-    if (this.holdLen > 0) {
-      s.write(Buffer.concat(this.hold, this.holdLen));
-      this.hold = [];
-      this.holdLen = 0;
+    for (let b = this.hold.take(); b; b = this.hold.take()) {
+      const chunk = b;
+      s.write(chunk, () => this.hold.release(chunk));
     }
   }
 
   write(bytes: Uint8Array): void {
     if (this.closed || bytes.length === 0) return;
-    this.pending.push(Buffer.from(bytes));
-    if (!this.flushScheduled) {
-      this.flushScheduled = true;
-      setImmediate(() => this.flush());
-    }
+    this.pending.push(bytes);
+    this.scheduleFlush();
   }
 
+  private scheduleFlush(): void {
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    setImmediate(() => this.flush());
+  }
+
+  /**
+   * Hand the pending output to the client; its chunks stay counted in
+   * `pending` until written, so a client that does not read makes us drop
+   * new output beyond CLIENT_BACKLOG_MAX. With no client, keep the latest.
+   */
   private flush(): void {
     this.flushScheduled = false;
-    if (this.pending.length === 0) return;
-    const buf = this.pending.length === 1 ? this.pending[0]! : Buffer.concat(this.pending);
-    this.pending = [];
     const c = this.client;
-    if (c && !c.destroyed) {
-      if (c.writableLength > CLIENT_BACKLOG_MAX) { this.droppedOutput += buf.length; return; }
-      c.write(buf);
-      return;
-    }
-    this.hold.push(buf);
-    this.holdLen += buf.length;
-    while (this.holdLen > HOLD_MAX) {
-      const first = this.hold[0]!;
-      const excess = this.holdLen - HOLD_MAX;
-      if (first.length <= excess) {
-        this.hold.shift();
-        this.holdLen -= first.length;
-        this.droppedOutput += first.length;
+    for (let b = this.pending.take(); b; b = this.pending.take()) {
+      const chunk = b;
+      if (c && !c.destroyed) {
+        c.write(chunk, () => this.pending.release(chunk));
       } else {
-        this.hold[0] = first.subarray(excess);
-        this.holdLen -= excess;
-        this.droppedOutput += excess;
+        this.hold.pushLatest(chunk, HOLD_MAX);
+        this.pending.release(chunk);
       }
     }
   }

@@ -4,7 +4,9 @@
  * the guest) and is restored on close, on exit and on fatal signals.
  * Output goes through FdWriter so a slow stdout never stalls the vCPUs.
  */
+import { closeSync, constants, fstatSync, openSync } from 'node:fs';
 import type { ReadStream } from 'node:tty';
+import { libc, F_GETFL, F_SETFL, O_NONBLOCK } from '../../host/libc.js';
 import { UserError } from '../../errors.js';
 import { FdWriter } from './fd-writer.js';
 import type { SerialBackend } from './types.js';
@@ -41,8 +43,32 @@ function installHooks(): void {
 
 let inUse = false;
 
+/**
+ * A descriptor for stdout that never blocks a thread (a blocking write to a
+ * reader that stopped would hold a libuv pool thread, and process exit
+ * waits for those). A pipe or terminal is opened again, non-blocking,
+ * through /proc: its own open file, so the shell's stays as it was. A
+ * socket cannot be reopened: it is made non-blocking (as Node's own
+ * process.stdout does) and put back on close. A regular file, where
+ * reopening would lose the offset, is fd 1 as it is.
+ */
+function openStdout(): { fd: number; restore?: () => void } {
+  try {
+    const st = fstatSync(1);
+    if (st.isFIFO() || st.isCharacterDevice()) return { fd: openSync('/proc/self/fd/1', constants.O_WRONLY | constants.O_NONBLOCK | constants.O_NOCTTY) };
+    if (st.isSocket()) {
+      const flags = libc.fcntlInt(1, F_GETFL, 0);
+      if (flags >= 0 && !(flags & O_NONBLOCK) && libc.fcntlInt(1, F_SETFL, flags | O_NONBLOCK) === 0) {
+        return { fd: 1, restore: () => { libc.fcntlInt(1, F_SETFL, flags); } };
+      }
+    }
+  } catch { /* no /proc, or not reopenable: the descriptor as it is */ }
+  return { fd: 1 };
+}
+
 export class StdioBackend implements SerialBackend {
-  private readonly out = new FdWriter(1);
+  private readonly stdout = openStdout();
+  private readonly out = new FdWriter(this.stdout.fd);
   private readonly stdin = process.stdin;
   private cb: ((b: Uint8Array) => void) | null = null;
   private closed = false;
@@ -62,7 +88,7 @@ export class StdioBackend implements SerialBackend {
     this.stdin.on('end', this.ignore);
   }
 
-  /** Bytes of output dropped (stdout gone or more than 4 MiB backed up). */
+  /** Bytes of output dropped (stdout gone or more than 4 MiB held). */
   get droppedOutput(): number { return this.out.dropped; }
 
   write(bytes: Uint8Array): void {
@@ -90,6 +116,8 @@ export class StdioBackend implements SerialBackend {
     }
     this.out.stop();
     await this.out.flush(1000);
+    if (this.stdout.fd !== 1) closeSync(this.stdout.fd);
+    this.stdout.restore?.();
     inUse = false;
   }
 }

@@ -5,16 +5,17 @@
  * data callback and pause state are remembered and applied when it opens.
  * If opening fails, `onError` is told and the backend discards everything.
  */
+import { ByteQueue } from '../backends/byte-queue.js';
 import type { SerialBackend } from '../backends/types.js';
 
 const HOLD_MAX = 64 * 1024;
+const HOLD_CHUNK = 16 * 1024;
 
 export class LazySerialBackend implements SerialBackend {
   private real: SerialBackend | undefined;
   private failed = false;
   private closed = false;
-  private hold: Buffer[] = [];
-  private holdLen = 0;
+  private readonly hold = new ByteQueue(HOLD_MAX + 2 * HOLD_CHUNK, HOLD_CHUNK);
   private cb: ((b: Uint8Array) => void) | undefined;
   private paused = false;
   /** Resolves once opening finished (successfully or not). */
@@ -26,13 +27,13 @@ export class LazySerialBackend implements SerialBackend {
       this.real = b;
       if (this.cb) b.onData(this.cb);
       if (this.paused) b.pause();
-      if (this.holdLen > 0) b.write(Buffer.concat(this.hold, this.holdLen));
-      this.hold = [];
-      this.holdLen = 0;
+      for (let held = this.hold.take(); held; held = this.hold.take()) {
+        b.write(held); // copied by the backend
+        this.hold.release(held);
+      }
     }, (e: unknown) => {
       this.failed = true;
-      this.hold = [];
-      this.holdLen = 0;
+      this.hold.clear();
       onError(e);
     });
   }
@@ -43,13 +44,7 @@ export class LazySerialBackend implements SerialBackend {
   write(bytes: Uint8Array): void {
     if (this.real) { this.real.write(bytes); return; }
     if (this.failed || this.closed || bytes.length === 0) return;
-    this.hold.push(Buffer.from(bytes));
-    this.holdLen += bytes.length;
-    while (this.holdLen > HOLD_MAX) {
-      const first = this.hold[0]!;
-      const excess = this.holdLen - HOLD_MAX;
-      if (first.length <= excess) { this.hold.shift(); this.holdLen -= first.length; } else { this.hold[0] = first.subarray(excess); this.holdLen -= excess; }
-    }
+    this.hold.pushLatest(bytes, HOLD_MAX);
   }
 
   onData(cb: (bytes: Uint8Array) => void): void {
