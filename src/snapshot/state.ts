@@ -2,6 +2,7 @@
  * The typed-key JSON that snapshot state is written in (after bhyve's JSON
  * save format): every scalar key carries its type, `name$u32`, `name$u64`
  * (a hex string: JSON numbers stop at 2^53), `name$b64` (binary), and
+ * `name$int` (a signed integer JS numbers hold exactly), and
  * reading checks the type and the range of every field, since a snapshot
  * is untrusted input. Objects and arrays nest without a suffix.
  *
@@ -41,6 +42,10 @@ export class StateWriter {
     const b = BigInt(v);
     if (b < 0n || b >= 1n << 64n) throw new RangeError(`state ${name}: ${b} is not a u64`);
     return this.put(`${name}$u64`, b.toString(16));
+  }
+  int(name: string, v: number): this {
+    if (!Number.isSafeInteger(v)) throw new RangeError(`state ${name}: ${v} is not a safe integer`);
+    return this.put(`${name}$int`, v);
   }
   bool(name: string, v: boolean): this { return this.put(`${name}$bool`, v); }
   str(name: string, v: string): this { return this.put(`${name}$str`, v); }
@@ -97,6 +102,12 @@ export class StateReader {
   }
   /** A u64 that must fit a JS number (sizes, offsets). */
   safe(name: string, max = Number.MAX_SAFE_INTEGER): number { return Number(this.u64(name, BigInt(max))); }
+  /** A signed integer in [min, max] (at most the safe-integer range). */
+  int(name: string, min = Number.MIN_SAFE_INTEGER, max = Number.MAX_SAFE_INTEGER): number {
+    const v = this.take(`${name}$int`, name);
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min || v > max) this.fail(name, `${JSON.stringify(v)} is not an integer in [${min}, ${max}]`);
+    return v;
+  }
   bool(name: string): boolean {
     const v = this.take(`${name}$bool`, name);
     if (typeof v !== 'boolean') this.fail(name, 'not a boolean');
