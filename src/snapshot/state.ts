@@ -10,12 +10,20 @@
  */
 import { TshyveError } from '../errors.js';
 
-/** A snapshot that cannot be used: malformed, out of range, or not matching this VM. */
+/**
+ * A snapshot that cannot be used: malformed, out of range, or not matching
+ * this VM. The message is one line even when it quotes the snapshot.
+ */
 export class SnapshotError extends TshyveError {
   constructor(message: string, code = 'ESNAPSHOT') {
-    super(code, message);
+    super(code, message.replace(/[\0-\x1f\x7f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`));
   }
 }
+
+/** At most `n` characters of a string taken from a snapshot, for a message. */
+export function clip(s: string, n = 64): string { return s.length > n ? `${s.slice(0, n)}...` : s; }
+/** A snapshot value for a message: its JSON, clipped. */
+const show = (v: unknown): string => clip(typeof v === 'string' ? JSON.stringify(clip(v)) : JSON.stringify(v) ?? String(v));
 
 type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
 
@@ -73,7 +81,7 @@ export class StateReader {
   private get rec(): Record<string, unknown> { return this.o as Record<string, unknown>; }
 
   fail(field: string, why: string): never {
-    throw new SnapshotError(`snapshot field ${this.path}.${field}: ${why}`);
+    throw new SnapshotError(`snapshot field ${this.path}.${clip(field)}: ${why}`);
   }
 
   private take(key: string, field: string): unknown {
@@ -89,13 +97,13 @@ export class StateReader {
   private uint(name: string, t: keyof typeof UINT, max: number): number {
     const v = this.take(`${name}$${t}`, name);
     if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > Math.min(max, UINT[t])) {
-      this.fail(name, `${JSON.stringify(v)} is not an integer in [0, ${Math.min(max, UINT[t])}]`);
+      this.fail(name, `${show(v)} is not an integer in [0, ${Math.min(max, UINT[t])}]`);
     }
     return v;
   }
   u64(name: string, max?: bigint): bigint {
     const v = this.take(`${name}$u64`, name);
-    if (typeof v !== 'string' || !/^[0-9a-f]{1,16}$/.test(v)) this.fail(name, `${JSON.stringify(v)} is not a 64-bit hex number`);
+    if (typeof v !== 'string' || !/^[0-9a-f]{1,16}$/.test(v)) this.fail(name, `${show(v)} is not a 64-bit hex number`);
     const b = BigInt(`0x${v}`);
     if (max !== undefined && b > max) this.fail(name, `0x${v} is above 0x${max.toString(16)}`);
     return b;
@@ -105,7 +113,7 @@ export class StateReader {
   /** A signed integer in [min, max] (at most the safe-integer range). */
   int(name: string, min = Number.MIN_SAFE_INTEGER, max = Number.MAX_SAFE_INTEGER): number {
     const v = this.take(`${name}$int`, name);
-    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min || v > max) this.fail(name, `${JSON.stringify(v)} is not an integer in [${min}, ${max}]`);
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min || v > max) this.fail(name, `${show(v)} is not an integer in [${min}, ${max}]`);
     return v;
   }
   bool(name: string): boolean {
