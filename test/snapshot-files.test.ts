@@ -26,7 +26,7 @@ const fresh = () => { const d = join(dir, `t${n++}`); mkdirSync(d); return d; };
 
 const RAM = Buffer.alloc(1 << 20);
 RAM.write('guest memory', 0x1000);
-const parts = () => ({ config: { 'memory.size': '1M' }, vm: new StateWriter(), vcpus: [new StateWriter()], devices: new StateWriter() });
+const parts = () => ({ config: { 'memory.size': '1M' }, vm: new StateWriter(), vcpus: [new StateWriter()], devices: [] });
 const save = (file: string, opts: SaveOptions = {}) => writeSnapshot(file, RAM, [[0, RAM.length]], parts(), opts);
 
 /** Asserts `p` rejects with one line matching `re`. */

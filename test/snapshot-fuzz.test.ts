@@ -158,7 +158,7 @@ function documentCases(): Case[] {
     ['NUL bytes', '\0'.repeat(1000)], ['invalid UTF-8', Buffer.from([0xff, 0xfe, 0x7b, 0x7d]).toString('latin1')],
   ] as const) put(name, text);
   const deep = structuredClone(b.doc);
-  let o = deep.devices;
+  let o = deep.vm;
   for (let i = 0; i < 40; i++) o = o[`n${i}`] = {};
   resign(deep);
   put('a part nested 40 deep (checksums recomputed)', JSON.stringify(deep));
