@@ -62,44 +62,42 @@ async function writeRam(fd: number, ram: Uint8Array, ranges: [number, number][],
   const chunks = Math.ceil(ram.length / RAM_CHUNK);
   const crcs = Buffer.alloc(chunks * 4);
   let written = 0;
-  {
-    ftruncateSync(fd, ram.length);
-    let runStart = 0, runEnd = 0;
-    const flush = () => {
-      for (let off = runStart; off < runEnd;) off += writeSync(fd, ram, off, runEnd - off, off);
-      written += runEnd - runStart;
-      runStart = runEnd = 0;
-    };
-    const queue = (a: number, b: number) => {
-      if (runEnd === a && b - runStart <= 8 * 2 ** 20) { runEnd = b; return; }
-      flush();
-      runStart = a; runEnd = b;
-    };
-    let r = 0, lastYield = 0;
-    for (let c = 0; c < chunks; c++) {
-      const lo = c * RAM_CHUNK, hi = Math.min(lo + RAM_CHUNK, ram.length);
-      while (r < ranges.length && ranges[r]![1] <= lo) r++;
-      let crc = 0, at = lo;
-      for (let i = r; i < ranges.length && ranges[i]![0] < hi; i++) {
-        const a = Math.max(lo, ranges[i]![0]), b = Math.min(hi, ranges[i]![1]);
-        if (a > at) crc = crc32(ZERO.subarray(0, a - at), crc);
-        const piece = ram.subarray(a, b);
-        crc = crc32(piece, crc);
-        if (Buffer.compare(piece, ZERO.subarray(0, b - a)) !== 0) queue(a, b);
-        at = b;
-      }
-      if (at === lo) crc = hi - lo === RAM_CHUNK ? ZERO_CRC : crc32(ZERO.subarray(0, hi - lo));
-      else if (at < hi) crc = crc32(ZERO.subarray(0, hi - at), crc);
-      crcs.writeUInt32LE(crc >>> 0, c * 4);
-      if (lo - lastYield >= 32 * 2 ** 20) {
-        lastYield = lo;
-        onProgress?.({ done: lo, total: ram.length });
-        await yieldNow();
-      }
-    }
+  ftruncateSync(fd, ram.length);
+  let runStart = 0, runEnd = 0;
+  const flush = () => {
+    for (let off = runStart; off < runEnd;) off += writeSync(fd, ram, off, runEnd - off, off);
+    written += runEnd - runStart;
+    runStart = runEnd = 0;
+  };
+  const queue = (a: number, b: number) => {
+    if (runEnd === a && b - runStart <= 8 * 2 ** 20) { runEnd = b; return; }
     flush();
-    fsyncSync(fd);
+    runStart = a; runEnd = b;
+  };
+  let r = 0, lastYield = 0;
+  for (let c = 0; c < chunks; c++) {
+    const lo = c * RAM_CHUNK, hi = Math.min(lo + RAM_CHUNK, ram.length);
+    while (r < ranges.length && ranges[r]![1] <= lo) r++;
+    let crc = 0, at = lo;
+    for (let i = r; i < ranges.length && ranges[i]![0] < hi; i++) {
+      const a = Math.max(lo, ranges[i]![0]), b = Math.min(hi, ranges[i]![1]);
+      if (a > at) crc = crc32(ZERO.subarray(0, a - at), crc);
+      const piece = ram.subarray(a, b);
+      crc = crc32(piece, crc);
+      if (Buffer.compare(piece, ZERO.subarray(0, b - a)) !== 0) queue(a, b);
+      at = b;
+    }
+    if (at === lo) crc = hi - lo === RAM_CHUNK ? ZERO_CRC : crc32(ZERO.subarray(0, hi - lo));
+    else if (at < hi) crc = crc32(ZERO.subarray(0, hi - at), crc);
+    crcs.writeUInt32LE(crc >>> 0, c * 4);
+    if (lo - lastYield >= 32 * 2 ** 20) {
+      lastYield = lo;
+      onProgress?.({ done: lo, total: ram.length });
+      await yieldNow();
+    }
   }
+  flush();
+  fsyncSync(fd);
   onProgress?.({ done: ram.length, total: ram.length });
   return { bytesWritten: written, crcs };
 }
