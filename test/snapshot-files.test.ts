@@ -14,7 +14,8 @@ import { execFileSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Machine, ExitCode, ControlServer, connectVm, parseBhyveArgs, UserError, type ConfigTree } from '../src/index.js';
-import { readSnapshot, writeSnapshot, partChecksum, PARTS, type SaveOptions } from '../src/snapshot/file.js';
+import { loadRamImage, readSnapshot, writeSnapshot, partChecksum, PARTS, type SaveOptions } from '../src/snapshot/file.js';
+import { createGuestRam } from '../src/memory/ram.js';
 import { SnapshotError, StateWriter } from '../src/snapshot/state.js';
 import { readKeyFile } from '../src/snapshot/secure-files.js';
 import { kvmUnavailable, guestBin, runCli } from './helpers.js';
@@ -106,7 +107,7 @@ test('snapshot.dir confines saves: .., a symlinked directory leading out, a path
   assert.ok(existsSync(join(inside, 'sub', 'ok.ckp.ram')) && existsSync(join(inside, 'ok2.ckp')));
 });
 
-test('snapshot.key: an HMAC that a recomputed checksum cannot forge; the key file must be private', async () => {
+test('snapshot.key: an HMAC that a recomputed checksum cannot forge, SHA-256 over RAM that a kept CRC cannot; the key file must be private', async () => {
   const d = fresh();
   const keyFile = join(d, 'key'), key2File = join(d, 'key2');
   writeFileSync(keyFile, 'k'.repeat(32), { mode: 0o600 });
@@ -127,6 +128,18 @@ test('snapshot.key: an HMAC that a recomputed checksum cannot forge; the key fil
   delete o['hmac$sha256'];
   writeFileSync(file, JSON.stringify(o));
   assert.throws(() => readSnapshot(file, { key }), /carries no HMAC, and snapshot\.key asks for one/);
+  // RAM: XOR-ing the CRC-32 polynomial into a chunk keeps its CRC; the keyed SHA-256 still finds it.
+  const signed = join(d, 'ram.ckp');
+  await save(signed, { key });
+  const fd = openSync(`${signed}.ram`, 'r+');
+  const b = Buffer.alloc(5);
+  readSync(fd, b, 0, 5, 0x1000);
+  [0x41, 0x06, 0x71, 0xdb, 0x01].forEach((x, i) => { b[i]! ^= x; });
+  writeSync(fd, b, 0, 5, 0x1000);
+  closeSync(fd);
+  const restore = (opts: { key?: Buffer }, verify: boolean) => loadRamImage(readSnapshot(signed, opts), createGuestRam(RAM.length), verify);
+  assert.doesNotThrow(() => restore({}, true), 'every CRC still matches');
+  assert.throws(() => restore({ key }, false), /RAM image .* is damaged at offset 0x0 \(SHA-256 mismatch\)/);
   // The key file itself.
   chmodSync(keyFile, 0o640);
   assert.throws(() => readKeyFile(keyFile), /is open to group or others \(mode 640\)/);

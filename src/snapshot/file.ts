@@ -41,6 +41,8 @@ const HMAC_KEY = 'hmac$sha256';
 
 const ZERO = Buffer.alloc(RAM_CHUNK);
 const ZERO_CRC = crc32(ZERO);
+const sha256 = (b: Uint8Array): Buffer => createHash('sha256').update(b).digest();
+const ZERO_SHA = sha256(ZERO);
 
 export function ramFileFor(file: string): string { return `${file}.ram`; }
 
@@ -49,7 +51,8 @@ export function partChecksum(x: unknown): string {
   return createHash('sha256').update(JSON.stringify(x)).digest('hex');
 }
 
-export interface RamWriteResult { bytesWritten: number; crcs: Buffer }
+/** CRC-32 per chunk; with `withSha`, SHA-256 per chunk too (what a key authenticates RAM with) */
+export interface RamWriteResult { bytesWritten: number; crcs: Buffer; sha?: Buffer }
 
 /**
  * Write guest RAM to `fd`: only what the guest ever touched (`ranges`)
@@ -57,10 +60,11 @@ export interface RamWriteResult { bytesWritten: number; crcs: Buffer }
  * straight from guest memory in runs of up to 8 MiB, and the event loop gets
  * a turn now and then so progress reaches a controller.
  */
-async function writeRam(fd: number, ram: Uint8Array, ranges: [number, number][],
+async function writeRam(fd: number, ram: Uint8Array, ranges: [number, number][], withSha: boolean,
   onProgress?: (p: SnapshotProgress) => void): Promise<RamWriteResult> {
   const chunks = Math.ceil(ram.length / RAM_CHUNK);
   const crcs = Buffer.alloc(chunks * 4);
+  const sha = withSha ? Buffer.alloc(chunks * 32) : undefined;
   let written = 0;
   ftruncateSync(fd, ram.length);
   let runStart = 0, runEnd = 0;
@@ -79,17 +83,20 @@ async function writeRam(fd: number, ram: Uint8Array, ranges: [number, number][],
     const lo = c * RAM_CHUNK, hi = Math.min(lo + RAM_CHUNK, ram.length);
     while (r < ranges.length && ranges[r]![1] <= lo) r++;
     let crc = 0, at = lo;
+    const h = sha && createHash('sha256');
+    const feed = (b: Uint8Array) => { crc = crc32(b, crc); h?.update(b); };
     for (let i = r; i < ranges.length && ranges[i]![0] < hi; i++) {
       const a = Math.max(lo, ranges[i]![0]), b = Math.min(hi, ranges[i]![1]);
-      if (a > at) crc = crc32(ZERO.subarray(0, a - at), crc);
+      if (a > at) feed(ZERO.subarray(0, a - at));
       const piece = ram.subarray(a, b);
-      crc = crc32(piece, crc);
+      feed(piece);
       if (Buffer.compare(piece, ZERO.subarray(0, b - a)) !== 0) queue(a, b);
       at = b;
     }
-    if (at === lo) crc = hi - lo === RAM_CHUNK ? ZERO_CRC : crc32(ZERO.subarray(0, hi - lo));
-    else if (at < hi) crc = crc32(ZERO.subarray(0, hi - at), crc);
-    crcs.writeUInt32LE(crc >>> 0, c * 4);
+    const zeroChunk = at === lo && hi - lo === RAM_CHUNK;
+    if (!zeroChunk && at < hi) feed(ZERO.subarray(0, hi - at));
+    crcs.writeUInt32LE(zeroChunk ? ZERO_CRC : crc >>> 0, c * 4);
+    if (sha) (zeroChunk ? ZERO_SHA : h!.digest()).copy(sha, c * 32);
     if (lo - lastYield >= 32 * 2 ** 20) {
       lastYield = lo;
       onProgress?.({ done: lo, total: ram.length });
@@ -99,7 +106,7 @@ async function writeRam(fd: number, ram: Uint8Array, ranges: [number, number][],
   flush();
   fsyncSync(fd);
   onProgress?.({ done: ram.length, total: ram.length });
-  return { bytesWritten: written, crcs };
+  return { bytesWritten: written, crcs, sha };
 }
 
 export interface SnapshotParts {
@@ -148,12 +155,14 @@ export async function writeSnapshot(file: string, ram: Uint8Array, ranges: [numb
     const tmpRam = dir.createTemp(ramName);
     temps.push(tmpRam.name);
     let result: RamWriteResult;
-    try { result = await writeRam(tmpRam.fd, ram, ranges, opts.onProgress); } finally { closeSync(tmpRam.fd); }
-    const ramPart = new StateWriter().str('file', ramName).u64('size', ram.length).u32('chunk', RAM_CHUNK).b64('crc32', result.crcs).obj;
+    try { result = await writeRam(tmpRam.fd, ram, ranges, opts.key !== undefined, opts.onProgress); } finally { closeSync(tmpRam.fd); }
+    const ramPart = new StateWriter().str('file', ramName).u64('size', ram.length).u32('chunk', RAM_CHUNK).b64('crc32', result.crcs);
+    // CRC-32 finds damage but is easily forged: a keyed snapshot authenticates RAM by SHA-256.
+    if (result.sha) ramPart.b64('sha256', result.sha);
     const cfg = new StateWriter();
     for (const [k, v] of Object.entries(parts.config)) cfg.str(k, v);
     const body: Record<PartName, unknown> = {
-      config: cfg.obj, ram: ramPart, vm: parts.vm.obj, vcpus: parts.vcpus.map((w) => w.obj), devices: parts.devices.map((w) => w.obj),
+      config: cfg.obj, ram: ramPart.obj, vm: parts.vm.obj, vcpus: parts.vcpus.map((w) => w.obj), devices: parts.devices.map((w) => w.obj),
     };
     const doc: Record<string, unknown> = {
       'magic$str': SNAPSHOT_MAGIC,
@@ -183,7 +192,7 @@ export interface LoadedSnapshot {
   created: string;
   config: Map<string, string>;
   /** the RAM image, and which file it was when checked (loadRamImage reads only that file) */
-  ram: { file: string; size: number; chunk: number; crcs: Buffer; dev: number; ino: number };
+  ram: { file: string; size: number; chunk: number; crcs: Buffer; sha?: Buffer; dev: number; ino: number };
   /** the document's HMAC was checked against a key */
   authenticated: boolean;
   vm: StateReader;
@@ -247,13 +256,14 @@ export function readSnapshot(file: string, opts: LoadOptions = {}): LoadedSnapsh
   const chunk = rr.u32('chunk');
   if (chunk !== RAM_CHUNK) rr.fail('chunk', `${chunk}, this tshyve uses ${RAM_CHUNK}`);
   const crcs = rr.b64('crc32', Math.ceil(size / chunk) * 4);
+  const sha = opts.key ? rr.b64('sha256', Math.ceil(size / chunk) * 32) : undefined;
   const ramFile = join(dirname(file), ramName);
   const { fd: ramFd, st } = openRamImage(file, ramFile);
   closeSync(ramFd);
   if (st.size !== size) throw new SnapshotError(`snapshot ${file}: RAM image ${ramFile} is ${st.size} bytes, expected ${size} (truncated or replaced)`);
   const vcpus = r.arr('vcpus', opts.maxVcpus ?? 1024);
   return {
-    file, created: r.str('created', 64), config, ram: { file: ramFile, size, chunk, crcs, dev: st.dev, ino: st.ino },
+    file, created: r.str('created', 64), config, ram: { file: ramFile, size, chunk, crcs, sha, dev: st.dev, ino: st.ino },
     authenticated: opts.key !== undefined, vm: r.obj('vm'), vcpus, devices: r.arr('devices', MAX_DEVICES),
   };
 }
@@ -289,8 +299,8 @@ function checkHmac(file: string, doc: Record<string, unknown>, key: Buffer): voi
 /**
  * Copy the RAM image into the VM's fresh RAM (its data ranges only), from
  * the very file readSnapshot checked. Checks each chunk's CRC-32 when asked
- * (snapshot.verify_ram) or when the document was authenticated by a key,
- * in memory: what is checked is what the guest gets.
+ * (snapshot.verify_ram), and CRC-32 and SHA-256 when the document was
+ * authenticated by a key, in memory: what is checked is what the guest gets.
  */
 export function loadRamImage(s: LoadedSnapshot, ram: RamMapping, verify: boolean): void {
   const { fd, st } = openRamImage(s.file, s.ram.file);
@@ -305,16 +315,19 @@ export function loadRamImage(s: LoadedSnapshot, ram: RamMapping, verify: boolean
   }
 }
 
-/** Compare each chunk's CRC: chunks the image had no data in are zero and are not read. */
+/** Compare each chunk's CRC (and SHA-256): whole chunks the image had no data in are zero and are not read. */
 function verifyRam(s: LoadedSnapshot, bytes: Uint8Array, ranges: [number, number][]): void {
   let r = 0;
   for (let c = 0, off = 0; off < s.ram.size; c++, off += s.ram.chunk) {
     const end = Math.min(off + s.ram.chunk, s.ram.size);
     while (r < ranges.length && ranges[r]![1] <= off) r++;
     const hasData = r < ranges.length && ranges[r]![0] < end;
-    const crc = hasData ? crc32(bytes.subarray(off, end)) : end - off === RAM_CHUNK ? ZERO_CRC : crc32(ZERO.subarray(0, end - off));
-    if (crc !== s.ram.crcs.readUInt32LE(c * 4)) {
-      throw new SnapshotError(`snapshot ${s.file}: RAM image ${s.ram.file} is damaged at offset 0x${off.toString(16)} (CRC mismatch)`);
+    const full = end - off === RAM_CHUNK, chunk = hasData || !full ? bytes.subarray(off, end) : undefined;
+    const crc = chunk ? crc32(chunk) : ZERO_CRC;
+    const sha = s.ram.sha && (chunk ? sha256(chunk) : ZERO_SHA);
+    const bad = crc !== s.ram.crcs.readUInt32LE(c * 4) ? 'CRC' : sha && !sha.equals(s.ram.sha!.subarray(c * 32, c * 32 + 32)) ? 'SHA-256' : undefined;
+    if (bad) {
+      throw new SnapshotError(`snapshot ${s.file}: RAM image ${s.ram.file} is damaged at offset 0x${off.toString(16)} (${bad} mismatch)`);
     }
   }
 }
