@@ -14,12 +14,13 @@
  */
 import { randomBytes } from 'node:crypto';
 import { closeSync, constants as C, fstatSync, fsyncSync, openSync, readlinkSync, readSync, realpathSync, statSync, type Stats } from 'node:fs';
+import { constants as osConstants } from 'node:os';
 import { basename, dirname } from 'node:path';
 import { UserError } from '../errors.js';
 import { libc, errno, O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW, O_PATH, O_CLOEXEC, ENOENT, EEXIST } from '../host/libc.js';
 import { SnapshotError } from './state.js';
 
-const errName = (e: number): string => ({ 1: 'EPERM', 2: 'ENOENT', 13: 'EACCES', 17: 'EEXIST', 20: 'ENOTDIR', 28: 'ENOSPC', 30: 'EROFS' } as Record<number, string>)[e] ?? `errno ${e}`;
+const errName = (e: number): string => Object.entries(osConstants.errno).find(([, v]) => v === e)?.[0] ?? `errno ${e}`;
 
 /** The directory a snapshot is written into, held open. */
 export class SnapshotDir {
