@@ -11,6 +11,7 @@
  * Reading (openInput): O_NOFOLLOW|O_NONBLOCK, then fstat: only a regular
  * file is read (a FIFO cannot hang the open, /dev/zero or a directory is
  * refused), and never more than its cap, whatever st_size says.
+ * (Files Node opens are O_CLOEXEC already; openat() here asks for it.)
  */
 import { randomBytes } from 'node:crypto';
 import { closeSync, constants as C, fstatSync, fsyncSync, openSync, readlinkSync, readSync, realpathSync, statSync, type Stats } from 'node:fs';
