@@ -27,6 +27,10 @@ const cases: [string, string[], RegExp][] = [
   ['an option tshyve lacks yet', ['-G', '1234', 'vm'], /not supported/],
   ['a missing -k file', ['-k', join(dir, 'missing.conf'), 'vm'], /missing\.conf/],
   ['no VM name', [...std], /name/i],
+  ['a snapshot.dir that is not there', [...std, '-o', `snapshot.dir=${join(dir, 'nodir')}`, 'vm'], /snapshot\.dir .*nodir cannot be used: ENOENT/],
+  ['a snapshot.dir that is a file', [...std, '-o', `snapshot.dir=${notKernel}`, 'vm'], /snapshot\.dir .* is not a directory/],
+  ['a missing snapshot.key', [...std, '-o', `snapshot.key=${join(dir, 'nokey')}`, 'vm'], /snapshot\.key .*nokey cannot be read: ENOENT/],
+  ['a snapshot.key readable by others', [...std, '-o', `snapshot.key=${notKernel}`, 'vm'], /snapshot\.key .* is open to group or others/],
 ];
 
 for (const [what, args, re] of cases) {

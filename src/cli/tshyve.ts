@@ -13,7 +13,7 @@ import { Machine } from '../vm/machine.js';
 import { ExitCode } from '../vm/exit-codes.js';
 import { restoreTerminals } from '../devices/backends/index.js';
 import { log } from '../log.js';
-import { readSnapshot, verifyRam, type LoadedSnapshot } from '../snapshot/file.js';
+import { loadOptionsFrom, readSnapshot, saveOptionsFrom, type LoadedSnapshot } from '../snapshot/file.js';
 import { ControlServer } from '../control/server.js';
 import { controlSocketPath } from '../control/config.js';
 import type { ConfigTree } from '../config/tree.js';
@@ -34,11 +34,9 @@ async function main(argv: string[]): Promise<number> {
     process.stdout.write(config.dump().join('\n') + '\n');
     return 0;
   }
+  saveOptionsFrom(config); // a bad snapshot.dir or snapshot.key is refused now, not at the first checkpoint
   let restore: LoadedSnapshot | undefined;
-  if (args.restoreFile) {
-    restore = readSnapshot(args.restoreFile);
-    if (config.getBool('snapshot.verify_ram', false)) verifyRam(restore);
-  }
+  if (args.restoreFile) restore = readSnapshot(args.restoreFile, loadOptionsFrom(config));
   const m = await Machine.create(config, { restore });
   let control: ControlServer | undefined;
   try {

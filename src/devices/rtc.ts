@@ -104,14 +104,14 @@ export class Rtc extends ByteRegisterDevice implements Snapshottable {
   // guest's RTC reads the current time, not the time of the snapshot.
   saveState(w: StateWriter): void {
     w.b64('cmos', this.cmos).u8('index', this.index).u8('regB', this.regB).u8('regC', this.regC)
-      .str('offsetMs', String(Math.round(this.offsetMs)));
+      .int('offsetMs', Math.round(this.offsetMs));
   }
 
   restoreState(r: StateReader): void {
     const cmos = r.b64('cmos', 128);
     const index = r.u8('index', 0x7f), regB = r.u8('regB'), regC = r.u8('regC');
-    const off = Number(r.str('offsetMs', 24));
-    if (!Number.isSafeInteger(off)) r.fail('offsetMs', 'not an integer');
+    // ~300 years either way: more than a guest can set (years 2000-2099), well inside what a Date holds.
+    const off = r.int('offsetMs', -1e13, 1e13);
     this.cmos.set(cmos);
     this.index = index; this.regB = regB; this.regC = regC; this.offsetMs = off;
     this.lastSec = Math.floor(this.guestMs() / 1000);

@@ -12,6 +12,11 @@ const fcntl = lib.func('int fcntl(int fd, int cmd, ...)') as (fd: number, cmd: n
 export const libc = {
   open: lib.func('int open(const char *path, int flags)') as (path: string, flags: number) => number,
   close: lib.func('int close(int fd)') as (fd: number) => number,
+  // *at(): names resolved in a directory held open, so the directory cannot be swapped under a save.
+  openat: lib.func('int openat(int dirfd, const char *path, int flags, unsigned int mode)') as (dirfd: number, path: string, flags: number, mode: number) => number,
+  renameat: lib.func('int renameat(int olddirfd, const char *oldpath, int newdirfd, const char *newpath)') as (
+    olddirfd: number, oldpath: string, newdirfd: number, newpath: string) => number,
+  unlinkat: lib.func('int unlinkat(int dirfd, const char *path, int flags)') as (dirfd: number, path: string, flags: number) => number,
   /** ioctl with a pointer argument (a Buffer the kernel reads and/or writes). */
   ioctlPtr: lib.func('int ioctl(int fd, unsigned long req, void *arg)') as (fd: number, req: number, arg: Buffer | null) => number,
   /** ioctl with an integer argument. */
@@ -34,7 +39,6 @@ export const libc = {
   epollCtl: lib.func('int epoll_ctl(int epfd, int op, int fd, void *event)') as (epfd: number, op: number, fd: number, ev: Buffer | null) => number,
   epollWait: lib.func('int epoll_wait(int epfd, void *events, int maxevents, int timeout)') as (epfd: number, events: Buffer, max: number, timeout: number) => number,
   fallocate: lib.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)') as (fd: number, mode: number, offset: number, len: number) => number,
-  mincore: lib.func('int mincore(void *addr, size_t len, void *vec)') as (addr: unknown, len: number, vec: Buffer) => number,
   // memset(p, 0, 0) returns p: declared with an integer first argument, it
   // turns an address this process already maps into a pointer koffi can view.
   memsetAddr: lib.func('void *memset(uintptr_t s, int c, size_t n)') as (addr: bigint, c: number, n: number) => unknown,
@@ -52,7 +56,14 @@ export const view = (p: unknown, len: number): ArrayBuffer => koffi.view(p, len)
 /** A view of `len` bytes at `addr`, memory this process has mapped (another thread's mapping of guest RAM). */
 export const viewAt = (addr: bigint, len: number): ArrayBuffer => koffi.view(libc.memsetAddr(addr, 0, 0), len);
 
-export const O_RDONLY = 0;
+export const O_WRONLY = 1;
+export const O_CREAT = 0o100;
+export const O_EXCL = 0o200;
+export const O_NOFOLLOW = 0o400000;
+/** a handle on the name only: enough to fstat what it names, even a symlink, without opening it */
+export const O_PATH = 0o10000000;
+export const ENOENT = 2;
+export const EEXIST = 17;
 export const SEEK_DATA = 3;
 export const SEEK_HOLE = 4;
 export const ENXIO = 6;
@@ -61,7 +72,6 @@ export const O_CLOEXEC = 0o2000000;
 export const PROT_READ = 1;
 export const PROT_WRITE = 2;
 export const MAP_SHARED = 1;
-export const MAP_PRIVATE = 2;
 export const MFD_CLOEXEC = 1;
 export const MADV_HUGEPAGE = 14;
 export const EFD_CLOEXEC = 0o2000000;

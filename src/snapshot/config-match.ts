@@ -5,7 +5,7 @@
  * the kernel, which a restore does not load, tshyve's tuning knobs). Which
  * keys are which is the VM's and its devices' to say (ConfigKeyRules).
  */
-import { SnapshotError } from './state.js';
+import { SnapshotError, clip } from './state.js';
 
 /**
  * Whole-key patterns (dotted; a part `N` matches a decimal number, a last
@@ -44,11 +44,11 @@ export function checkConfigMatches(snapshot: Map<string, string>, current: Itera
   for (const k of [...new Set([...a.keys(), ...b.keys()])].sort()) {
     const x = a.get(k), y = b.get(k);
     if (x === y) continue;
-    const show = (v: string) => (v === PATH_VALUE ? k : `${k}=${v}`);
+    const key = clip(k), show = (v: string) => (v === PATH_VALUE ? key : `${key}=${clip(v)}`);
     throw new SnapshotError(x === undefined
-      ? `this command line has ${show(y!)}, the snapshot's VM had no ${k}`
+      ? `this command line has ${show(y!)}, the snapshot's VM had no ${key}`
       : y === undefined
-        ? `the snapshot's VM had ${show(x)}, this command line has no ${k}`
-        : `the snapshot was taken with ${k}=${x}, this command line has ${k}=${y}`, 'EMISMATCH');
+        ? `the snapshot's VM had ${show(x)}, this command line has no ${key}`
+        : `the snapshot was taken with ${show(x)}, this command line has ${show(y)}`, 'EMISMATCH');
   }
 }

@@ -53,7 +53,8 @@ export function readVcpu(r: StateReader, v: VcpuFd): () => void {
   const xsave = r.b64('xsave', 4096), xcrs = r.b64('xcrs', 392), debugRegs = r.b64('debugRegs', 128), lapic = r.b64('lapic', 1024);
   const msrs = r.arr('msrs', MSRS_MAX).map((m) => ({ index: m.u32('index'), data: m.u64('data') }));
   const events = r.b64('events', 64);
-  events.writeUInt32LE(events.readUInt32LE(20) | VCPU_EVENTS_VALID_NMI_PENDING | VCPU_EVENTS_VALID_SIPI_VECTOR, 20);
+  // >>> 0: the flags are a u32, and a signed OR of one with bit 31 set is negative.
+  events.writeUInt32LE((events.readUInt32LE(20) | VCPU_EVENTS_VALID_NMI_PENDING | VCPU_EVENTS_VALID_SIPI_VECTOR) >>> 0, 20);
   return () => {
     v.setMpState(mp);
     v.setRegs(regs);

@@ -81,3 +81,21 @@ test('config keys: host-only ones are ignored, a host path\'s value is not compa
   bad([...base, ['lpc.probe.note2', 'x']], /lpc\.probe\.note2=x/);
   bad([...base, ['bootx', '1']], /bootx=1/); // `boot.*` is the keys under boot, not every key starting with it
 });
+
+test('$int takes only safe integers in range; messages quote at most 64 characters, on one line', () => {
+  const w = new StateWriter().int('off', -5);
+  assert.deepEqual(w.obj, { 'off$int': -5 });
+  const bad = (v: unknown, re: RegExp) => assert.throws(() => new StateReader({ 'off$int': v }, 's').int('off', -10, 10),
+    (e: unknown) => e instanceof SnapshotError && re.test((e as Error).message) && !(e as Error).message.includes('\n'));
+  assert.equal(new StateReader({ 'off$int': -10 }, 's').int('off', -10, 10), -10);
+  bad(11, /s\.off: 11 is not an integer in \[-10, 10\]/);
+  bad('1', /"1" is not an integer/);
+  bad('', /"" is not an integer/);
+  bad('0x1', /is not an integer/);
+  bad(1.5, /is not an integer/);
+  bad(2 ** 53, /is not an integer/);
+  const long = new StateReader({ 'n$u8': 'x'.repeat(100_000), [`${'k'.repeat(1000)}$u8`]: '\n' }, 's');
+  assert.throws(() => long.u8('n'), (e: Error) => e.message.length < 200 && e.message.includes('"xxxx'));
+  assert.throws(() => long.u8('k'.repeat(1000)), (e: Error) => e.message.length < 200 && e.message.includes('"\\n"') && !e.message.includes('\n'));
+  assert.equal(new SnapshotError('a\nb\x1b[2J').message, 'a\\x0ab\\x1b[2J', 'control characters quoted from a snapshot are escaped');
+});

@@ -2,6 +2,7 @@
  * The typed-key JSON that snapshot state is written in (after bhyve's JSON
  * save format): every scalar key carries its type, `name$u32`, `name$u64`
  * (a hex string: JSON numbers stop at 2^53), `name$b64` (binary), and
+ * `name$int` (a signed integer JS numbers hold exactly), and
  * reading checks the type and the range of every field, since a snapshot
  * is untrusted input. Objects and arrays nest without a suffix.
  *
@@ -9,12 +10,20 @@
  */
 import { TshyveError } from '../errors.js';
 
-/** A snapshot that cannot be used: malformed, out of range, or not matching this VM. */
+/**
+ * A snapshot that cannot be used: malformed, out of range, or not matching
+ * this VM. The message is one line even when it quotes the snapshot.
+ */
 export class SnapshotError extends TshyveError {
   constructor(message: string, code = 'ESNAPSHOT') {
-    super(code, message);
+    super(code, message.replace(/[\0-\x1f\x7f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`));
   }
 }
+
+/** At most `n` characters of a string taken from a snapshot, for a message. */
+export function clip(s: string, n = 64): string { return s.length > n ? `${s.slice(0, n)}...` : s; }
+/** A snapshot value for a message: its JSON, clipped. */
+const show = (v: unknown): string => clip(typeof v === 'string' ? JSON.stringify(clip(v)) : JSON.stringify(v) ?? String(v));
 
 type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
 
@@ -42,6 +51,10 @@ export class StateWriter {
     if (b < 0n || b >= 1n << 64n) throw new RangeError(`state ${name}: ${b} is not a u64`);
     return this.put(`${name}$u64`, b.toString(16));
   }
+  int(name: string, v: number): this {
+    if (!Number.isSafeInteger(v)) throw new RangeError(`state ${name}: ${v} is not a safe integer`);
+    return this.put(`${name}$int`, v);
+  }
   bool(name: string, v: boolean): this { return this.put(`${name}$bool`, v); }
   str(name: string, v: string): this { return this.put(`${name}$str`, v); }
   b64(name: string, v: Uint8Array): this { return this.put(`${name}$b64`, Buffer.from(v.buffer, v.byteOffset, v.byteLength).toString('base64')); }
@@ -68,7 +81,7 @@ export class StateReader {
   private get rec(): Record<string, unknown> { return this.o as Record<string, unknown>; }
 
   fail(field: string, why: string): never {
-    throw new SnapshotError(`snapshot field ${this.path}.${field}: ${why}`);
+    throw new SnapshotError(`snapshot field ${this.path}.${clip(field)}: ${why}`);
   }
 
   private take(key: string, field: string): unknown {
@@ -84,19 +97,25 @@ export class StateReader {
   private uint(name: string, t: keyof typeof UINT, max: number): number {
     const v = this.take(`${name}$${t}`, name);
     if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > Math.min(max, UINT[t])) {
-      this.fail(name, `${JSON.stringify(v)} is not an integer in [0, ${Math.min(max, UINT[t])}]`);
+      this.fail(name, `${show(v)} is not an integer in [0, ${Math.min(max, UINT[t])}]`);
     }
     return v;
   }
   u64(name: string, max?: bigint): bigint {
     const v = this.take(`${name}$u64`, name);
-    if (typeof v !== 'string' || !/^[0-9a-f]{1,16}$/.test(v)) this.fail(name, `${JSON.stringify(v)} is not a 64-bit hex number`);
+    if (typeof v !== 'string' || !/^[0-9a-f]{1,16}$/.test(v)) this.fail(name, `${show(v)} is not a 64-bit hex number`);
     const b = BigInt(`0x${v}`);
     if (max !== undefined && b > max) this.fail(name, `0x${v} is above 0x${max.toString(16)}`);
     return b;
   }
   /** A u64 that must fit a JS number (sizes, offsets). */
   safe(name: string, max = Number.MAX_SAFE_INTEGER): number { return Number(this.u64(name, BigInt(max))); }
+  /** A signed integer in [min, max] (at most the safe-integer range). */
+  int(name: string, min = Number.MIN_SAFE_INTEGER, max = Number.MAX_SAFE_INTEGER): number {
+    const v = this.take(`${name}$int`, name);
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min || v > max) this.fail(name, `${show(v)} is not an integer in [${min}, ${max}]`);
+    return v;
+  }
   bool(name: string): boolean {
     const v = this.take(`${name}$bool`, name);
     if (typeof v !== 'boolean') this.fail(name, 'not a boolean');

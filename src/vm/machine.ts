@@ -9,7 +9,8 @@
 import { totalmem } from 'node:os';
 import { EventEmitter } from 'node:events';
 import { Kvm, type Vm, VcpuFd } from '../kvm/kvm.js';
-import { createGuestRam, mapGuestRamFromFile, type RamMapping } from '../memory/ram.js';
+import { createGuestRam, type RamMapping } from '../memory/ram.js';
+import { libc } from '../host/libc.js';
 import { SYSTEM_EVENT } from '../kvm/abi.js';
 import { GuestMemory } from '../memory/guest-memory.js';
 import { Bus, type IrqLine } from '../bus/bus.js';
@@ -35,7 +36,7 @@ import { ShadowRegisters } from '../vcpu/shadow.js';
 import { DB, type VcpuEvent } from '../vcpu/mailbox.js';
 import type { VmControl, SnapshotOptions, SnapshotResult } from './control.js';
 import { SnapshotError } from '../snapshot/state.js';
-import type { LoadedSnapshot } from '../snapshot/file.js';
+import { loadRamImage, type LoadedSnapshot } from '../snapshot/file.js';
 import type { PersistentDevice } from '../snapshot/persist.js';
 import { IrqRouting } from './irq-routing.js';
 import { setupVcpus, VcpuHolds, watchForHalt } from './vcpus.js';
@@ -111,8 +112,7 @@ export class Machine extends EventEmitter implements VmControl {
       throw new HostError(emulatedKvmMessage(host), 'EEMULATED');
     }
     const vm = kvm.createVm();
-    // A restore maps the saved RAM copy-on-write: nothing is read up front.
-    const ram = snap ? mapGuestRamFromFile(snap.ram.file, memBytes) : createGuestRam(memBytes, `tshyve-${config.get('name') ?? 'vm'}`, { hugePages: config.getBool('memory.hugepages', true) });
+    const ram = createGuestRam(memBytes, `tshyve-${config.get('name') ?? 'vm'}`, { hugePages: config.getBool('memory.hugepages', true) });
     const regions = guestRamLayout(memBytes);
     let off = 0;
     const memRegions = regions.map((r, slot) => {
@@ -135,9 +135,13 @@ export class Machine extends EventEmitter implements VmControl {
       m.buildPci();
       await m.buildPlatform();
       setupVcpus(kvm, fds, topo, host);
+      // A restore copies the image's data into the VM's own RAM (see docs/security.md).
+      if (snap) loadRamImage(snap, ram, config.getBool('snapshot.verify_ram', false));
       if (snap) m.snapshots.restore(snap); else loadBoot(boot!, mem, fds[0]!, topo.cpus, ram.size);
     } catch (e) {
-      await m.closeBackends();
+      // A refused snapshot leaves nothing behind: no device thread or poller, no backend, no KVM VM.
+      await m.finish(ExitCode.ERROR);
+      for (const fd of [...fds.map((f) => f.fd), vm.fd, kvm.fd, ram.memfd]) libc.close(fd);
       throw e;
     }
     return m;

@@ -9,7 +9,7 @@ import type { Kvm, Vm, VcpuFd } from '../kvm/kvm.js';
 import { ramDataRanges, type RamMapping } from '../memory/ram.js';
 import type { ConfigTree } from '../config/tree.js';
 import { SnapshotError, StateWriter } from '../snapshot/state.js';
-import { writeSnapshot, type LoadedSnapshot, type SnapshotProgress } from '../snapshot/file.js';
+import { saveOptionsFrom, writeSnapshot, type LoadedSnapshot, type SnapshotProgress } from '../snapshot/file.js';
 import { readableMsrs, readVcpu, readVmState, saveVcpu, saveVmState } from '../snapshot/kvm-state.js';
 import { checkConfigMatches, type ConfigKeyRules } from '../snapshot/config-match.js';
 import { matchDevices, saveDevices, type DeviceConfigKeys, type PersistentDevice } from '../snapshot/persist.js';
@@ -80,7 +80,7 @@ export class VmSnapshots {
       saveVmState(vm, t.vm);
       const vcpus = t.vcpuFds.map((v) => { const w = new StateWriter(); saveVcpu(w, v, msrs); return w; });
       const parts = { config: Object.fromEntries(t.config.entries()), vm, vcpus, devices: saveDevices(t.devices) };
-      return await writeSnapshot(file, t.ram.bytes, ramDataRanges(t.ram), parts, onProgress);
+      return await writeSnapshot(file, t.ram.bytes, ramDataRanges(t.ram), parts, { ...saveOptionsFrom(t.config), onProgress });
     } finally {
       for (const d of t.devices) d.unquiesce?.();
     }
