@@ -21,6 +21,8 @@ export class FdWriter {
   private closed = false; // no new output accepted
   private lost = 0; // bytes dropped because the descriptor failed or was closed
   private idleWaiters: Array<() => void> = [];
+  /** a chunk waiting to be written again after EAGAIN (no write is on the descriptor meanwhile) */
+  private retry: { timer: NodeJS.Timeout; buf: Buffer; off: number } | undefined;
 
   constructor(private readonly fd: number, cap = FD_QUEUE_CAP) {
     this.queue = new ByteQueue(cap);
@@ -49,9 +51,15 @@ export class FdWriter {
   }
 
   private writeOut(buf: Buffer, off: number): void {
+    if (this.dead) { this.lost += buf.length - off; this.finish(buf); return; }
     fsWrite(this.fd, buf, off, buf.length - off, null, (err, n) => {
+      if (this.dead) { this.lost += buf.length - off - (err ? 0 : n); this.finish(buf); return; } // abandoned meanwhile: no retry
       if (err) {
-        if (err.code === 'EAGAIN') { setTimeout(() => this.writeOut(buf, off), RETRY_MS).unref(); return; }
+        if (err.code === 'EAGAIN') {
+          const timer = setTimeout(() => { this.retry = undefined; this.writeOut(buf, off); }, RETRY_MS).unref();
+          this.retry = { timer, buf, off };
+          return;
+        }
         // EPIPE, EBADF...: the reader is gone; drop from now on.
         this.dead = true;
         this.lost += buf.length - off;
@@ -88,5 +96,28 @@ export class FdWriter {
   /** Stop accepting output (queued bytes still go out). */
   stop(): void {
     this.closed = true;
+  }
+
+  /**
+   * Give up on what is still queued (counted as dropped) and write nothing
+   * more; resolves once no write is on the descriptor, so the caller may
+   * then change its flags or close it (a retry issued after the descriptor
+   * went back to blocking would hold a pool thread, and process exit, forever).
+   */
+  abandon(): Promise<void> {
+    this.closed = true;
+    if (!this.dead) {
+      this.dead = true;
+      this.queue.clear(); // counted as dropped
+    }
+    const r = this.retry;
+    if (r) {
+      clearTimeout(r.timer);
+      this.retry = undefined;
+      this.lost += r.buf.length - r.off;
+      this.finish(r.buf);
+    }
+    if (!this.inFlight) return Promise.resolve();
+    return new Promise((resolve) => { this.idleWaiters.push(resolve); });
   }
 }

@@ -116,6 +116,7 @@ export class StdioBackend implements SerialBackend {
     }
     this.out.stop();
     await this.out.flush(1000);
+    await this.out.abandon();
     if (this.stdout.fd !== 1) closeSync(this.stdout.fd);
     this.stdout.restore?.();
     inUse = false;
