@@ -18,9 +18,10 @@
  * same fd number, without closing it).
  *
  * Backend types register by name (`registerNetBackend`); the device's
- * `backend=` option picks one. tap.ts is the tap backend; a user-mode one
- * plugs in with one registerNetBackend call in a module src/devices/all.ts
- * loads.
+ * `backend=` option picks one (netBackendFactory). tap.ts is the tap backend
+ * (type 'tap', chosen by interface names tapN/vmnetN); a user-mode one plugs
+ * in with one registerNetBackend('slirp', ...) in a module that
+ * src/devices/all.ts loads.
  */
 import type { ConfigNode } from '../../config/tree.js';
 import { UserError } from '../../errors.js';
@@ -50,7 +51,8 @@ export interface NetBackend {
    * Receive one frame (with its header when vnetHdr) into `iov`: its full
    * length, which is more than iov.bytes when the frame did not fit (the
    * device drops it, and the backend has consumed it); -EAGAIN when none
-   * waits; another -errno on error.
+   * waits (0 is taken the same way); another -errno on error (the device
+   * logs it and waits for the fd's next readability).
    */
   readv(iov: IoVecs): number;
   /** The guest's offloads (TUN_F_* bits) changed; vnetHdr backends only. */
@@ -94,15 +96,15 @@ export function registerNetBackend(name: string, factory: NetBackendFactory): vo
 }
 
 /**
- * The factory for `backend` (a tap name counts as type 'tap': bhyve's `tapN`
- * and any other interface name that is not a registered type).
+ * The backend type `backend` names: a registered type by its name, else a
+ * tap interface when it starts with `tap` or `vmnet` (bhyve's rule: `tap0`,
+ * `vmnet1`). Anything else: UserError naming the key (`what`).
  */
-export function netBackendType(backend: string): string {
-  return factories.has(backend) ? backend : 'tap';
-}
-
-export function netBackendFactory(type: string): NetBackendFactory {
-  const f = factories.get(type);
-  if (!f) throw new UserError(`virtio-net backend: unknown backend type '${type}'`);
+export function netBackendFactory(backend: string, what = 'backend'): NetBackendFactory {
+  const type = factories.has(backend) ? backend : /^(tap|vmnet)/.test(backend) ? 'tap' : undefined;
+  const f = type === undefined ? undefined : factories.get(type);
+  if (!f) {
+    throw new UserError(`${what}: unknown network backend '${backend}' (a tap interface tapN/vmnetN, or one of: ${[...factories.keys()].filter((k) => k !== 'tap').join(', ') || 'none'})`);
+  }
   return f;
 }
