@@ -3,7 +3,8 @@
  * test runs itself again under `unshare -n` (TSHYVE_TAP_CHILD=1), where it
  * creates a tap, gives the kernel's side an address and a static neighbour
  * for the "guest", writes an ICMP echo request through the backend and
- * reads the kernel's echo reply back. Nothing leaves the namespace, which
+ * reads the kernel's echo reply back; then the same through virtio-net's I/O
+ * thread and the guest's queues. Nothing leaves the namespace, which
  * goes away with the child. Skipped without root, /dev/net/tun or unshare.
  */
 import { test } from 'node:test';
@@ -18,6 +19,14 @@ import { IoVecs } from '../../memory/iovec.js';
 import { createGuestRam } from '../../memory/ram.js';
 import { TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, VIRTIO_NET_HDR_SIZE } from './backend.js';
 import { TapBackend } from './tap.js';
+import { GuestMemory } from '../../memory/guest-memory.js';
+import { signalEventfd } from '../../host/eventfd.js';
+import { VirtioCore } from '../../virtio/device.js';
+import { VIRTIO_F_VERSION_1, featureBit } from '../../virtio/constants.js';
+import { MockSplitQueue } from '../../virtio/testing/mock-driver.js';
+import { IoThreadHost } from '../io-thread/index.js';
+import { NET_COUNTERS, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MRG_RXBUF, VirtioNet } from './device.js';
+import type { NetIoThreadInit } from './io-thread.js';
 
 const TAP = 'taptest0';
 const HOST_MAC = '02:00:00:00:00:01';
@@ -92,9 +101,71 @@ async function child(): Promise<void> {
   }
   // an existing interface that is not a tap
   assert.throws(() => TapBackend.open('lo'), (e: unknown) => e instanceof UserError && /exists and is not a tap/.test(e.message));
-  tap.close();
   libc.close(ram.memfd);
+  await throughIoThread(tap, payload);
+  tap.close();
   process.stdout.write('tap child ok\n');
+}
+
+/**
+ * The whole data path as a VM has it: virtio-net's I/O thread (io-thread.ts)
+ * over the tap, the guest's tx and rx queues in memfd RAM, notifies as
+ * eventfd writes; the echo request goes out on tx, the reply comes in on rx
+ * because the thread waits on the tap's fd.
+ */
+async function throughIoThread(tap: TapBackend, payload: Buffer): Promise<void> {
+  const RAM = 1 << 20;
+  const ram = createGuestRam(RAM, 'tshyve-net-io-test');
+  const mem = new GuestMemory([{ gpa: 0, bytes: ram.bytes, hostAddr: ram.hostAddr }]);
+  const counters = new SharedArrayBuffer(8 * NET_COUNTERS.length);
+  const mac = Uint8Array.from(GUEST_MAC);
+  const inner = new VirtioNet({ mac, vnetHdr: true, counters });
+  const errors: string[] = [];
+  const dev = new IoThreadHost<NetIoThreadInit>(inner, {
+    worker: new URL('./io-thread.js', import.meta.url),
+    init: { mac, counters, backend: { type: 'tap', fd: tap.fd, vnetHdr: true, data: TAP } },
+    ram: { hostAddr: ram.hostAddr, size: RAM, regions: [{ gpa: 0, offset: 0, size: RAM }] },
+    label: 'virtio-net', threadName: 'net-io-test', onError: (m) => errors.push(m), mainThreadState: true,
+  });
+  const raised: number[] = [];
+  const core = new VirtioCore(dev, mem, { raiseQueueInterrupt: (q) => raised.push(q), raiseConfigInterrupt: () => {}, guestError: (m) => errors.push(m) });
+  try {
+    core.writeStatus(1); core.writeStatus(3);
+    core.writeDriverFeatures(featureBit(VIRTIO_F_VERSION_1) | featureBit(VIRTIO_NET_F_MRG_RXBUF) | featureBit(VIRTIO_NET_F_GUEST_CSUM));
+    core.writeStatus(0x0b);
+    const [rx, tx] = [0, 1].map((q) => {
+      const drv = new MockSplitQueue(mem, 64, { base: 0x40000 * (q + 1), dataEnd: 0x40000 * (q + 2) });
+      drv.configure(core.queues[q]!);
+      return drv;
+    }) as [MockSplitQueue, MockSplitQueue];
+    core.writeStatus(0x0f);
+    assert.ok(core.active, errors.join('; '));
+    for (let i = 0; i < 8; i++) rx.addChain({ writable: [2048] });
+    tx.addChain({ readable: [Buffer.alloc(VIRTIO_NET_HDR_SIZE), echoRequest(payload)] });
+    signalEventfd(dev.offload.notifyFd(1));
+    const end = Date.now() + 5000;
+    let reply: Buffer | undefined;
+    while (!reply) {
+      if (Date.now() > end) throw new Error(`no echo reply on the rx queue (${JSON.stringify(inner.stats())}; ${errors.join('; ')})`);
+      await sleep(10);
+      const frames = rx.drainUsed().map((u) => Buffer.from(rx.written(u.id, u.len)).subarray(VIRTIO_NET_HDR_SIZE));
+      for (const eth of frames) {
+        if (eth.readUInt16BE(12) === 0x0800 && eth[14 + 9] === 1 && eth[34] === 0) reply = eth;
+        rx.addChain({ writable: [2048] });
+      }
+      if (frames.length > 0) signalEventfd(dev.offload.notifyFd(0));
+    }
+    assert.deepEqual(reply.subarray(reply.length - payload.length), payload);
+    assert.equal(tx.usedIdx, 1);
+    const st = inner.stats();
+    assert.equal(st.tx_packets, 1);
+    assert.ok(st.rx_packets! >= 1);
+    assert.ok(raised.includes(0) && raised.includes(1), `interrupts for both queues: ${raised.join(',')}`);
+    assert.deepEqual(errors, []);
+  } finally {
+    dev.destroy();
+    libc.close(ram.memfd);
+  }
 }
 
 if (process.env.TSHYVE_TAP_CHILD) {
