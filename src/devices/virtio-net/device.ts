@@ -19,7 +19,8 @@
  * Hostile input: a tx chain shorter than the header, a frame over 65550
  * bytes, a gso_type or checksum request the guest did not negotiate, or a
  * frame the backend refuses is dropped (tx_dropped); an rx chain with less
- * room than the header is given back empty (rx_bad_buffers); a chain outside
+ * room than a header and an Ethernet header is given back empty
+ * (rx_bad_buffers); a chain outside
  * RAM or a broken ring is a VirtqueueError: NEEDS_RESET. Nothing throws out
  * of queueNotify/onReadable.
  *
@@ -70,6 +71,8 @@ const L2_OVERHEAD = 18;
 export const NET_COUNTERS = ['rx_packets', 'rx_bytes', 'rx_dropped', 'rx_bad_buffers', 'tx_packets', 'tx_bytes', 'tx_dropped'] as const;
 const RX_PACKETS = 0, RX_BYTES = 1, RX_DROPPED = 2, RX_BAD_BUFFERS = 3, TX_PACKETS = 4, TX_BYTES = 5, TX_DROPPED = 6;
 
+/** The least room an rx chain must have: a header and an Ethernet header. */
+const MIN_RX_CHAIN = VIRTIO_NET_HDR_SIZE + 14;
 /** Frames received per interrupt check while the backend keeps having more. */
 const RX_SIGNAL_BATCH = 32;
 
@@ -293,12 +296,13 @@ export class VirtioNet implements VirtioDevice {
    */
   private gather(vq: Virtqueue): number {
     for (;;) {
-      let held = 0, room = 0, nb = 0;
+      let held = 0, room = 0, nb = 0, enough = false;
       for (;;) {
         const chain = vq.popChain(true);
         if (chain === undefined) break;
-        if (chain.writableLen < VIRTIO_NET_HDR_SIZE) {
-          if (held > 0) { vq.unpopChains(1); break; } // dealt with first, next time
+        if (chain.writableLen < MIN_RX_CHAIN) {
+          // given back empty when it comes first; after others, the frame makes do with those
+          if (held > 0) { vq.unpopChains(1); enough = true; break; }
           vq.pushUsed(chain.head, 0);
           this.counters[RX_BAD_BUFFERS]!++;
           this.interrupt!.signalUsed(RX_QUEUE);
@@ -315,10 +319,10 @@ export class VirtioNet implements VirtioDevice {
         this.rxLens[held] = chain.writableLen;
         held++;
         room += chain.writableLen;
-        if (!this.mergeable || room >= this.rxNeed || held >= vq.size) break;
+        if (!this.mergeable || room >= this.rxNeed || held >= vq.size) { enough = true; break; }
       }
       this.rxBufCount = nb;
-      if (held > 0 && (!this.mergeable || room >= this.rxNeed || held >= vq.size)) { this.rxRoom = room; return held; }
+      if (enough) { this.rxRoom = room; return held; }
       // not enough room yet: give the chains back, and wait for more unless they already came
       if (!vq.unpopChains(held)) return 0;
     }

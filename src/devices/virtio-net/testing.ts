@@ -14,7 +14,7 @@ import { featureBit } from '../../virtio/constants.js';
 import type { VirtioInterrupt } from '../../virtio/device.js';
 import { MockSplitQueue } from '../../virtio/testing/mock-driver.js';
 import type { NetBackend } from './backend.js';
-import { VirtioNet, type VirtioNetOptions } from './device.js';
+import { VirtioNet } from './device.js';
 
 const AF_UNIX = 1;
 const SOCK_SEQPACKET = 5;
@@ -51,8 +51,16 @@ export class SocketBackend implements NetBackend {
 
   setOffloads(flags: number): void { this.offloads = flags; }
 
-  /** The network sends a frame to the guest. */
-  send(frame: Uint8Array): void { writeSync(this.peer, frame); }
+  /** The network sends a frame to the guest; false when the socket is full (the frame is not sent). */
+  send(frame: Uint8Array): boolean {
+    try {
+      writeSync(this.peer, frame);
+      return true;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'EAGAIN') return false;
+      throw e;
+    }
+  }
 
   /** The next frame the guest sent, or undefined when none waits. */
   receive(): Buffer | undefined {
@@ -81,16 +89,17 @@ export interface NetSetup {
 
 export const RAM_SIZE = 4 << 20;
 
-/** A VirtioNet over a SocketBackend, activated with `features` (device feature bit numbers), queues of `size`. */
-export function netSetup(features: number[], opts: { vnetHdr?: boolean; size?: number; eventIdx?: boolean } & Partial<VirtioNetOptions> = {}): NetSetup {
-  const ram = createGuestRam(RAM_SIZE, 'tshyve-net-test');
+/** A VirtioNet over a SocketBackend, activated with `features` (device feature bit numbers), queues of `size`: rx's rings and buffers in the lower half of RAM, tx's in the upper. */
+export function netSetup(features: number[], opts: { vnetHdr?: boolean; size?: number; eventIdx?: boolean; ramSize?: number; mtu?: number } = {}): NetSetup {
+  const ramSize = opts.ramSize ?? RAM_SIZE;
+  const ram = createGuestRam(ramSize, 'tshyve-net-test');
   const mem = new GuestMemory([{ gpa: 0, bytes: ram.bytes, hostAddr: ram.hostAddr }]);
   const backend = new SocketBackend(opts.vnetHdr ?? true);
-  const dev = new VirtioNet({ mac: Uint8Array.of(2, 0, 0, 0, 0, 1), ...opts, backend });
+  const dev = new VirtioNet({ mac: Uint8Array.of(2, 0, 0, 0, 0, 1), ...(opts.mtu !== undefined && { mtu: opts.mtu }), backend });
   const size = opts.size ?? 256;
-  const half = RAM_SIZE / 2;
+  const half = ramSize / 2;
   const rx = new MockSplitQueue(mem, size, { base: 0, dataEnd: half });
-  const tx = new MockSplitQueue(mem, size, { base: half, dataEnd: RAM_SIZE });
+  const tx = new MockSplitQueue(mem, size, { base: half, dataEnd: ramSize });
   const resets: string[] = [];
   const signalled: number[] = [];
   const rxq = rx.makeQueue({ eventIdx: opts.eventIdx ?? false });
