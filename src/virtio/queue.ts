@@ -249,9 +249,10 @@ export class DescriptorChain {
    * chains into one transfer (virtio-net's merged rx buffers).
    */
   copyWritable(dst: Float64Array, at: number): number {
-    const from = 3 * this._readableCount, to = 3 * this.count;
-    dst.set(this.bufs.subarray(from, to), 3 * at);
-    return at + this.count - this._readableCount;
+    const bufs = this.bufs;
+    let j = 3 * at;
+    for (let i = 3 * this._readableCount; i < 3 * this.count; i++) dst[j++] = bufs[i]!;
+    return j / 3;
   }
 
   /**
