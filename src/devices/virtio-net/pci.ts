@@ -30,22 +30,25 @@ registerPciDevice({
     const backend = factory.open(node);
     const counters = new SharedArrayBuffer(8 * NET_COUNTERS.length);
     const onError = (m: string) => ctx.guestError('virtio-net', m);
-    const inner = new VirtioNet({ mac: opts.mac, ...(opts.mtu !== undefined && { mtu: opts.mtu }), vnetHdr: backend.vnetHdr, counters });
-    let host: IoThreadHost<NetIoThreadInit>;
+    const mtu = opts.mtu !== undefined ? { mtu: opts.mtu } : {};
+    const inner = new VirtioNet({ mac: opts.mac, ...mtu, vnetHdr: backend.vnetHdr, counters });
+    let host: IoThreadHost<NetIoThreadInit> | undefined;
     try {
       host = new IoThreadHost<NetIoThreadInit>(inner, {
         worker: new URL('./io-thread.js', import.meta.url),
-        init: { mac: opts.mac, ...(opts.mtu !== undefined && { mtu: opts.mtu }), counters, backend: factory.init(backend) },
+        init: { mac: opts.mac, ...mtu, counters, backend: factory.init(backend) },
         ram: ctx.guestRam, label: 'virtio-net', threadName: `net-io@${bdf.slot}`, onError, mainThreadState: true,
       });
+      const fn = new VirtioPci(ctx, host, bdf, `virtio-net@${bdf.slot}`, {});
+      const h = host;
+      fn.onDestroy = () => { h.destroy(); backend.close(); };
+      const prefix = node.path ? `${node.path}.` : '';
+      fn.stats = () => Object.fromEntries(Object.entries(inner.stats()).map(([k, v]) => [`${prefix}${k}`, v]));
+      return fn;
     } catch (e) {
+      host?.destroy();
       backend.close();
       throw e;
     }
-    const fn = new VirtioPci(ctx, host, bdf, `virtio-net@${bdf.slot}`, {});
-    fn.onDestroy = () => { host.destroy(); backend.close(); };
-    const prefix = node.path ? `${node.path}.` : '';
-    fn.stats = () => Object.fromEntries(Object.entries(inner.stats()).map(([k, v]) => [`${prefix}${k}`, v]));
-    return fn;
   },
 });
