@@ -254,3 +254,30 @@ test('a model with saveState is refused unless its state lives on the main threa
     libc.close(ram.memfd);
   }
 });
+
+test('a model\'s own fds (pollFds): onReadable on each readiness while the queues are served, once more at activation and unquiesce, never while quiesced', async () => {
+  const own = createEventfd();
+  const seen = new Int32Array(new SharedArrayBuffer(4));
+  const s = setup({ ownFd: own, seen: seen.buffer as SharedArrayBuffer });
+  try {
+    signalEventfd(own);
+    await sleep(100);
+    assert.equal(Atomics.load(seen, 0), 0, 'not before the queues are served');
+    s.start();
+    await until(() => Atomics.load(seen, 0) === 1);
+    signalEventfd(own);
+    await until(() => Atomics.load(seen, 0) === 2);
+    await sleep(50);
+    assert.equal(Atomics.load(seen, 0), 2, 'edge-triggered: once per readiness');
+    await s.dev.offload.quiesce();
+    signalEventfd(own);
+    await sleep(100);
+    assert.equal(Atomics.load(seen, 0), 2, 'quiesced: not passed on');
+    s.dev.offload.unquiesce();
+    await until(() => Atomics.load(seen, 0) === 3);
+    assert.deepEqual(s.errors, []);
+  } finally {
+    s.close();
+    libc.close(own);
+  }
+});
