@@ -4,7 +4,7 @@ import { ConfigTree } from '../../config/tree.js';
 import { UserError } from '../../errors.js';
 import { netBackendFactory, registerNetBackend } from './backend.js';
 import './backends.js';
-import { formatMac, parseMac, parseNetOptions, stableMac, virtioNetLegacyConfig } from './options.js';
+import { formatMac, hostfwdRules, parseMac, parseNetOptions, stableMac, virtioNetLegacyConfig } from './options.js';
 
 function legacy(opts: string): ConfigTree {
   const t = new ConfigTree();
@@ -24,6 +24,9 @@ test('-s syntax: the backend first, then mac= and mtu=; backend= works too; each
   assert.deepEqual(legacy('backend=tap1,mtu=1500').dump(), ['pci.0.3.0.backend=tap1', 'pci.0.3.0.mtu=1500']);
   assert.deepEqual(legacy('slirp,hostfwd=tcp::2222-:22,hostfwd=udp:127.0.0.1:5353-:53').dump(),
     ['pci.0.3.0.backend=slirp', 'pci.0.3.0.hostfwd.0=tcp::2222-:22', 'pci.0.3.0.hostfwd.1=udp:127.0.0.1:5353-:53']);
+  assert.deepEqual(legacy('slirp,hostfwd=tcp::80-:80;udp::53-:53,hostfwd=tcp::22-:22').dump(),
+    ['pci.0.3.0.backend=slirp', 'pci.0.3.0.hostfwd.0=tcp::80-:80', 'pci.0.3.0.hostfwd.1=udp::53-:53', 'pci.0.3.0.hostfwd.2=tcp::22-:22'],
+    'bhyve\'s ;-separated rules, one key each');
   assert.throws(() => legacy(',mac=58:9c:fc:01:02:03'), UserError);
   const o = parseNetOptions(legacy('tap0,mac=58:9c:fc:01:02:03,mtu=9000').node('pci.0.3.0')!, 'vm', BDF);
   assert.deepEqual({ ...o, mac: formatMac(o.mac) }, { backend: 'tap0', mac: '58:9c:fc:01:02:03', mtu: 9000 });
@@ -72,4 +75,13 @@ test('backend types: tapN and vmnetN are taps, a registered name is its own type
   registerNetBackend('test-be', fake);
   assert.equal(netBackendFactory('test-be'), fake);
   assert.match(String((() => { try { netBackendFactory('eth0'); } catch (x) { return x; } })()), /test-be/, 'the error lists the types there are');
+});
+
+test('hostfwdRules: bhyve\'s hostfwd (rules joined by ;) or hostfwd.N in number order', () => {
+  assert.deepEqual(hostfwdRules(node({ backend: 'slirp' })), []);
+  assert.deepEqual(hostfwdRules(legacy('slirp,hostfwd=tcp::80-:80;udp::53-:53,hostfwd=tcp::22-:22').node('pci.0.3.0')!),
+    ['tcp::80-:80', 'udp::53-:53', 'tcp::22-:22']);
+  assert.deepEqual(hostfwdRules(node({ hostfwd: 'tcp::1-:1;tcp::2-:2' })), ['tcp::1-:1', 'tcp::2-:2']);
+  assert.deepEqual(hostfwdRules(node({ 'hostfwd.10': 'tcp::10-:10', 'hostfwd.2': 'tcp::3-:3', 'hostfwd.0': 'tcp::1-:1' })),
+    ['tcp::1-:1', 'tcp::3-:3', 'tcp::10-:10']);
 });

@@ -6,11 +6,12 @@
  *   mac        xx:xx:xx:xx:xx:xx (unicast, not all zero); default: bhyve's
  *              stable MAC, 58:9c:fc and 3 bytes of MD5("SLOT-FUNC-VMNAME")
  *   mtu        68..65535, offered to the guest with VIRTIO_NET_F_MTU
- *   hostfwd.N  (slirp) one port forward each, N = 0, 1, ... in `-s` order
+ *   hostfwd.N  (slirp) one port forward each, N = 0, 1, ... in `-s` order;
+ *              or `hostfwd` (bhyve's: rules joined by ';'); hostfwdRules reads either
  *
  * `-s N,virtio-net,BACKEND[,mac=..][,mtu=..][,hostfwd=..]...` sets them; each
- * `hostfwd=` becomes the next hostfwd.N. `-s N,virtio-net,backend=..,...`
- * works as well.
+ * rule of each `hostfwd=` (';'-separated, as bhyve takes them) becomes the
+ * next hostfwd.N. `-s N,virtio-net,backend=..,...` works as well.
  */
 import { createHash } from 'node:crypto';
 import type { ConfigNode } from '../../config/tree.js';
@@ -81,8 +82,16 @@ export function virtioNetLegacyConfig(writer: ConfigTreeWriter, opts: string): v
   let fwd = 0;
   const rest: string[] = [];
   for (const f of fields) {
-    if (f.startsWith('hostfwd=')) writer.set(`hostfwd.${fwd++}`, f.slice('hostfwd='.length));
-    else rest.push(f);
+    if (!f.startsWith('hostfwd=')) { rest.push(f); continue; }
+    for (const rule of f.slice('hostfwd='.length).split(';')) if (rule !== '') writer.set(`hostfwd.${fwd++}`, rule);
   }
   parsePciLegacyConfig(writer, rest.join(','));
+}
+
+/** The port-forward rules of a user-mode backend: `hostfwd` (';'-joined), or hostfwd.0, hostfwd.1, ... by number. */
+export function hostfwdRules(node: ConfigNode): string[] {
+  const n = node.node('hostfwd');
+  if (!n) return [];
+  const numbered = [...n.children].filter(([k, c]) => /^[0-9]+$/.test(k) && c.value !== undefined).sort(([a], [b]) => Number(a) - Number(b));
+  return [n.value, ...numbered.map(([, c]) => c.value)].flatMap((v) => (v ?? '').split(';')).filter((r) => r !== '');
 }

@@ -21,7 +21,7 @@ registerPciDevice({
   name: 'virtio-net',
   legacyConfig: virtioNetLegacyConfig,
   // the host side of the link: a restore may use another tap or other forwards
-  hostOnlyKeys: ['backend', 'hostfwd.*'],
+  hostOnlyKeys: ['backend', 'hostfwd', 'hostfwd.*'],
   create: (ctx, node, bdf) => {
     const where = (k: string): string => (node.path ? `${node.path}.${k}` : k);
     const opts = parseNetOptions(node, ctx.vmName ?? 'vm', bdf);
