@@ -79,9 +79,10 @@ export interface NetBackendFactory {
    * Main thread, at create time: open the backend from the device's config
    * node (keys under pci.B.S.F: `backend`, and the type's own, e.g.
    * `hostfwd.0`, `hostfwd.1`, ...). Bad input, or a backend that cannot be
-   * opened: UserError naming the key (one line, exit 4).
+   * opened: UserError naming the key (one line, exit 4). `ctx.vmName`
+   * names the VM (e.g. for a helper's socket or log file).
    */
-  open(node: ConfigNode): NetBackend;
+  open(node: ConfigNode, ctx: { vmName: string }): NetBackend;
   /** What the I/O thread needs to build the same backend (see fromInit). */
   init(backend: NetBackend): NetBackendInit;
   /** I/O thread: the backend over the main thread's fd; its close() closes nothing. */

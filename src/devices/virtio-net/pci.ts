@@ -24,10 +24,11 @@ registerPciDevice({
   hostOnlyKeys: ['backend', 'hostfwd', 'hostfwd.*'],
   create: (ctx, node, bdf) => {
     const where = (k: string): string => (node.path ? `${node.path}.${k}` : k);
-    const opts = parseNetOptions(node, ctx.vmName ?? 'vm', bdf);
+    const vmName = ctx.vmName ?? 'vm';
+    const opts = parseNetOptions(node, vmName, bdf);
     const factory = netBackendFactory(opts.backend, where('backend'));
     if (!ctx.guestRam) throw new UserError(`virtio-net: needs device I/O threads (not virtio.workers=false) for ${where('backend')}`);
-    const backend = factory.open(node);
+    const backend = factory.open(node, { vmName });
     const counters = new SharedArrayBuffer(8 * NET_COUNTERS.length);
     const onError = (m: string) => ctx.guestError('virtio-net', m);
     const mtu = opts.mtu !== undefined ? { mtu: opts.mtu } : {};
