@@ -7,6 +7,7 @@ import '../pci/bridges.js';
 import './virtio-rnd.js';
 import './virtio-blk/pci.js';
 import './virtio-console/pci.js';
+import './virtio-net/pci.js';
 // Platform (LPC/ISA) devices, in the order they are built and saved.
 import './uart16550.js';
 import './rtc.js';

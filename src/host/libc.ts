@@ -35,6 +35,12 @@ export const libc = {
   /** iov: a Buffer of struct iovec { u64 base; u64 len } holding raw host addresses */
   preadv: lib.func('long preadv(int fd, void *iov, int iovcnt, int64_t offset)') as (fd: number, iov: Buffer, n: number, off: number) => number,
   pwritev: lib.func('long pwritev(int fd, void *iov, int iovcnt, int64_t offset)') as (fd: number, iov: Buffer, n: number, off: number) => number,
+  /** iov as for preadv: one datagram/frame per call on a tap or a packet socket */
+  readv: lib.func('long readv(int fd, void *iov, int iovcnt)') as (fd: number, iov: Buffer, n: number) => number,
+  writev: lib.func('long writev(int fd, const void *iov, int iovcnt)') as (fd: number, iov: Buffer, n: number) => number,
+  /** sv: a Buffer of two ints, the pair's fds */
+  socketpair: lib.func('int socketpair(int domain, int type, int protocol, void *sv)') as (domain: number, type: number, proto: number, sv: Buffer) => number,
+  recv: lib.func('long recv(int fd, void *buf, size_t n, int flags)') as (fd: number, buf: Buffer | null, n: number, flags: number) => number,
   epollCreate1: lib.func('int epoll_create1(int flags)') as (flags: number) => number,
   epollCtl: lib.func('int epoll_ctl(int epfd, int op, int fd, void *event)') as (epfd: number, op: number, fd: number, ev: Buffer | null) => number,
   epollWait: lib.func('int epoll_wait(int epfd, void *events, int maxevents, int timeout)') as (epfd: number, events: Buffer, max: number, timeout: number) => number,

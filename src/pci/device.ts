@@ -54,6 +54,8 @@ export interface DeviceContext {
    * ioeventfd. Undefined, or undefined returned, when the host cannot.
    */
   bindIoeventfd?(fd: number, addr: number, len: number, opts?: { pio?: boolean; datamatch?: number }): { remove(): void } | undefined;
+  /** The VM's name (`-n`/config `name`): what stable per-VM identities (a default MAC) derive from. */
+  readonly vmName?: string;
   /** Guest RAM as a memfd a worker thread can map itself (undefined in tests or when workers are off). */
   readonly guestRam?: { hostAddr: bigint; size: number; regions: { gpa: number; offset: number; size: number }[] };
 }
@@ -88,6 +90,8 @@ export interface PciFunction {
   unquiesce?(): void;
   /** A count that grows while the device works without vCPU exits (a queue served on its own thread); the halt check reads it. */
   activity?(): number;
+  /** Counters for `tshyvectl --get-stats`, each key prefixed with the function's config path (`pci.0.3.0.rx_packets`). */
+  stats?(): Record<string, number>;
 }
 
 export interface PciConfigSpace {

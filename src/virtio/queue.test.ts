@@ -521,3 +521,55 @@ test('chain helpers never throw on odd offsets and limits', () => {
   assert.equal(c.write(bytes('xyz'), 5), 0);
   assert.equal(c.write(bytes('xyz'), -1), 2);
 });
+
+test('unpopChains gives back the last chains popped: they are walked again, in order; no more than are in flight', () => {
+  const { drv, q } = setup(8, { startIdx: 0xfffe });
+  const heads = [0, 1, 2].map(() => drv.addChain({ writable: [16, 32] }));
+  const a = q.popChain()!, b = q.popChain()!, c = q.popChain()!;
+  assert.deepEqual([a.head, b.head, c.head], heads);
+  assert.equal(q.unpopChains(2), false);
+  assert.equal(q.inFlight, 1);
+  assert.deepEqual([q.popChain()!.head, q.popChain(true)!.head], [heads[1], heads[2]]);
+  assert.equal(q.popChain(), undefined);
+  expectCode(() => q.unpopChains(4), 'EVQ_USED');
+  expectCode(() => q.unpopChains(-1), 'EVQ_USED');
+  q.unpopChains(0);
+  assert.equal(q.inFlight, 3);
+});
+
+test('unpopChains with EVENT_IDX asks for a notify past the buffers already published, and says when more came meanwhile', () => {
+  const { drv, q } = setup(8, { eventIdx: true });
+  drv.addChain({ writable: [16] });
+  drv.addChain({ writable: [16] });
+  q.popChain(); q.popChain();
+  assert.equal(q.popChain(), undefined);
+  assert.equal(q.unpopChains(2), false);
+  assert.equal(drv.availEvent, 2, 'avail_event: the avail index as last read, not the rewound one');
+  q.popChain(); q.popChain();
+  drv.addChain({ writable: [16] }); // published after the device last read avail.idx
+  assert.equal(q.unpopChains(2), true);
+});
+
+test('pushUsed without publishing: the driver sees the batch at once with publishUsed', () => {
+  const { drv, q } = setup(8);
+  const heads = [0, 1, 2].map(() => drv.addChain({ writable: [16] }));
+  for (const h of heads) assert.equal(q.popChain()!.head, h);
+  q.pushUsed(heads[0]!, 16, false);
+  q.pushUsed(heads[1]!, 8, false);
+  assert.equal(drv.usedIdx, 0, 'nothing published yet');
+  q.publishUsed();
+  assert.deepEqual(drv.drainUsed(), [{ id: heads[0], len: 16 }, { id: heads[1], len: 8 }]);
+  q.pushUsed(heads[2]!, 4);
+  assert.equal(drv.usedIdx, 3);
+});
+
+test('copyWritable appends a chain\'s writable (gpa, len, host) triples only', () => {
+  const { drv, q } = setup(8);
+  drv.addChain({ readable: [8], writable: [16, 32] });
+  const c = q.popChain()!;
+  const dst = new Float64Array(12).fill(-1);
+  assert.equal(c.copyWritable(dst, 1), 3);
+  assert.deepEqual([...dst.subarray(0, 3)], [-1, -1, -1]);
+  assert.deepEqual([dst[4], dst[7]], [16, 32]);
+  assert.deepEqual([dst[3], dst[6]], c.writable.map((b) => b.gpa));
+});

@@ -243,6 +243,19 @@ export class DescriptorChain {
   }
 
   /**
+   * Append the writable buffers' (gpa, len, host address) triples to `dst`
+   * from triple `at`; returns the triple count after them. `dst` must have
+   * room (3 * bufferCount more entries): for a device that gathers several
+   * chains into one transfer (virtio-net's merged rx buffers).
+   */
+  copyWritable(dst: Float64Array, at: number): number {
+    const bufs = this.bufs;
+    let j = 3 * at;
+    for (let i = 3 * this._readableCount; i < 3 * this.count; i++) dst[j++] = bufs[i]!;
+    return j / 3;
+  }
+
+  /**
    * Bytes [start, start+len) of the readable (`writable` false) or writable
    * part as host addresses in `iov`, for one preadv/pwritev straight on
    * guest RAM. Returns false when some piece has no native mapping here
@@ -554,7 +567,7 @@ export class Virtqueue {
    * Return chain `head` to the driver with `writtenLen` bytes written: the
    * used element, then used.idx (wrapping at 2^16).
    */
-  pushUsed(head: number, writtenLen: number): void {
+  pushUsed(head: number, writtenLen: number, publish = true): void {
     if (!this.validated) fail('EVQ_NOT_READY', 'queue used before it was validated');
     const size = this._size;
     if (!Number.isInteger(head) || head < 0 || head >= size) fail('EVQ_USED', `used id ${head} >= size ${size}`);
@@ -565,7 +578,40 @@ export class Virtqueue {
       this.mem.writeU32(e, head);
       this.mem.writeU32(e + 4, writtenLen);
       this.nextUsed = (this.nextUsed + 1) & 0xffff;
+      if (publish) this.mem.writeU16(this.usedGpa + 2, this.nextUsed);
+    } catch (e) {
+      throw asQueueError(e);
+    }
+  }
+
+  /**
+   * Publish used.idx for entries pushed with `publish` false: the driver
+   * sees them all at once (virtio-net's num_buffers chains of one frame).
+   */
+  publishUsed(): void {
+    if (!this.validated) fail('EVQ_NOT_READY', 'queue used before it was validated');
+    try {
       this.mem.writeU16(this.usedGpa + 2, this.nextUsed);
+    } catch (e) {
+      throw asQueueError(e);
+    }
+  }
+
+  /**
+   * Give back the last `n` chains popped and not used (too few buffers to
+   * serve a request yet): the next popChain walks them again. With
+   * EVENT_IDX, avail_event moves to the avail index last read, so that the
+   * driver notifies when it adds buffers beyond those. Returns true when it
+   * already has (pop again rather than wait).
+   */
+  unpopChains(n: number): boolean {
+    if (!Number.isInteger(n) || n < 0 || n > this.inFlight) fail('EVQ_USED', `cannot give back ${n} chains (${this.inFlight} in flight)`);
+    this.nextAvail = (this.nextAvail - n) & 0xffff;
+    if (!this.eventIdx || !this.notificationsEnabled) return false;
+    try {
+      this.mem.writeU16(this.usedGpa + 4 + 8 * this._size, this.cachedAvailIdx);
+      fence();
+      return this.mem.readU16(this.availGpa + 2) !== this.cachedAvailIdx;
     } catch (e) {
       throw asQueueError(e);
     }

@@ -151,7 +151,7 @@ export class Machine extends EventEmitter implements VmControl {
   deviceContext(): DeviceContext {
     const ioeventfd = this.config.getBool('virtio.ioeventfd', true);
     return {
-      mem: this.mem, pio: this.pio, mmio: this.mmio,
+      mem: this.mem, pio: this.pio, mmio: this.mmio, vmName: this.name,
       irq: (gsi) => this.irq(gsi),
       msi: (address, data) => { this.vm.signalMsi(address, data); },
       msiVector: this.irqs.irqfdRouter() ? () => this.irqs.msiVector() : undefined,
@@ -290,6 +290,7 @@ export class Machine extends EventEmitter implements VmControl {
     };
     if (s) for (const [k, v] of Object.entries(s)) if (typeof v === 'number') out[`exits_${k}`] = v;
     for (const [name, u] of this.uarts) out[`${name}_dropped_bytes`] = u.droppedTx;
+    for (const f of this.pci.functions()) if (f.stats) Object.assign(out, f.stats());
     return out;
   }
 

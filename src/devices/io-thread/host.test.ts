@@ -16,6 +16,7 @@ import { VirtioCore } from '../../virtio/device.js';
 import { VIRTIO_F_VERSION_1, VIRTIO_STATUS_NEEDS_RESET, featureBit } from '../../virtio/constants.js';
 import { MockSplitQueue } from '../../virtio/testing/mock-driver.js';
 import { IoThreadHost } from './host.js';
+import { StateReader, StateWriter } from '../../snapshot/state.js';
 import { EchoDevice, HOLD, type EchoInit } from './testing/echo-device.js';
 
 const RAM = 1 << 20;
@@ -223,5 +224,60 @@ test('an activation during the warm-up ends it, and its queues are served', asyn
     assert.deepEqual(s.errors, ['echo warm-up stopped']);
   } finally {
     s.close();
+  }
+});
+
+test('a model with saveState is refused unless its state lives on the main thread (mainThreadState): then it is saved and restored there', () => {
+  let restored = -1;
+  const inner = Object.assign(new EchoDevice(), {
+    saveState: (w: StateWriter) => { w.u8('x', 7); },
+    restoreState: (r: StateReader) => { restored = r.u8('x'); },
+  });
+  const ram = createGuestRam(RAM, 'tshyve-io-thread-test');
+  const opts = {
+    worker: new URL('./testing/echo-worker.js', import.meta.url), init: {},
+    ram: { hostAddr: ram.hostAddr, size: RAM, regions: [{ gpa: 0, offset: 0, size: RAM }] },
+    label: 'echo', threadName: 'echo-state', onError: () => {},
+  };
+  try {
+    assert.throws(() => new IoThreadHost<EchoInit>(inner, opts), /device state would stay on its I\/O thread, unsaved/);
+    const dev = new IoThreadHost<EchoInit>(inner, { ...opts, mainThreadState: true });
+    try {
+      const w = new StateWriter();
+      dev.saveState!(w);
+      dev.restoreState!(new StateReader(w.obj, 'device'));
+      assert.equal(restored, 7);
+    } finally {
+      dev.destroy();
+    }
+  } finally {
+    libc.close(ram.memfd);
+  }
+});
+
+test('a model\'s own fds (pollFds): onReadable on each readiness while the queues are served, once more at activation and unquiesce, never while quiesced', async () => {
+  const own = createEventfd();
+  const seen = new Int32Array(new SharedArrayBuffer(4));
+  const s = setup({ ownFd: own, seen: seen.buffer as SharedArrayBuffer });
+  try {
+    signalEventfd(own);
+    await sleep(100);
+    assert.equal(Atomics.load(seen, 0), 0, 'not before the queues are served');
+    s.start();
+    await until(() => Atomics.load(seen, 0) === 1);
+    signalEventfd(own);
+    await until(() => Atomics.load(seen, 0) === 2);
+    await sleep(50);
+    assert.equal(Atomics.load(seen, 0), 2, 'edge-triggered: once per readiness');
+    await s.dev.offload.quiesce();
+    signalEventfd(own);
+    await sleep(100);
+    assert.equal(Atomics.load(seen, 0), 2, 'quiesced: not passed on');
+    s.dev.offload.unquiesce();
+    await until(() => Atomics.load(seen, 0) === 3);
+    assert.deepEqual(s.errors, []);
+  } finally {
+    s.close();
+    libc.close(own);
   }
 });

@@ -15,7 +15,8 @@
  * NEEDS_RESET rather than stalling the VM.
  *
  * Device state beyond the queues lives on the worker and is not saved, so a
- * model with saveState() cannot be hosted here.
+ * model with saveState() cannot be hosted here, unless that state lives on
+ * the main thread's model (`mainThreadState`).
  */
 import { Worker, MessageChannel } from 'node:worker_threads';
 import { createEventfd, signalEventfd } from '../../host/eventfd.js';
@@ -23,6 +24,7 @@ import { libc } from '../../host/libc.js';
 import type { GuestMemory } from '../../memory/guest-memory.js';
 import type { VirtioDevice, VirtioInterrupt, VirtioOffload } from '../../virtio/device.js';
 import type { Virtqueue } from '../../virtio/queue.js';
+import type { StateReader, StateWriter } from '../../snapshot/state.js';
 import type { FromIoThread, IoThreadData, IoThreadModel, SharedGuestRam, ToIoThread } from './protocol.js';
 
 export interface IoThreadHostOptions<I> {
@@ -39,6 +41,11 @@ export interface IoThreadHostOptions<I> {
   onError: (msg: string) => void;
   /** How long reset and teardown wait for the worker; default WAIT_MS. */
   waitMs?: number;
+  /**
+   * `inner`'s saveState/restoreState keep state that lives on this thread
+   * (its config space, say), none of the worker's: save and restore them.
+   */
+  mainThreadState?: boolean;
 }
 
 /** How long reset and teardown wait for the worker (one request's I/O at most, normally). */
@@ -51,6 +58,8 @@ export class IoThreadHost<I> implements VirtioDevice {
   readonly features: bigint;
   readonly configSize: number;
   readonly offload: VirtioOffload;
+  readonly saveState?: (w: StateWriter) => void;
+  readonly restoreState?: (r: StateReader) => void;
 
   private readonly worker: Worker;
   private readonly port;
@@ -70,7 +79,11 @@ export class IoThreadHost<I> implements VirtioDevice {
 
   /** `inner` serves the config on this thread; the worker builds its own model from `opts.init`. */
   constructor(readonly inner: IoThreadModel, opts: IoThreadHostOptions<I>) {
-    if (inner.saveState) throw new Error(`${opts.label}: device state would stay on its I/O thread, unsaved`);
+    if (inner.saveState && !opts.mainThreadState) throw new Error(`${opts.label}: device state would stay on its I/O thread, unsaved`);
+    if (inner.saveState && inner.restoreState) {
+      this.saveState = (w) => inner.saveState!(w);
+      this.restoreState = (r) => inner.restoreState!(r);
+    }
     this.deviceType = inner.deviceType;
     this.numQueues = inner.numQueues;
     this.maxQueueSize = inner.maxQueueSize;

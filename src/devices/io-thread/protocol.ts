@@ -21,8 +21,20 @@ export interface SharedGuestRam {
   regions: { gpa: number; offset: number; size: number }[];
 }
 
-/** A device model as the I/O thread runs it; destroy() (if any) runs at VM teardown. */
-export type IoThreadModel = VirtioDevice & { destroy?(): void };
+/**
+ * A device model as the I/O thread runs it; destroy() (if any) runs at VM
+ * teardown. A model with host fds of its own to serve (a network backend)
+ * lists them in pollFds(): the thread waits on them too, edge-triggered,
+ * and calls onReadable(i) for pollFds()[i] while the queues are served
+ * (and once at each activation and unquiesce), so the model must read until
+ * EAGAIN, or until it has nowhere to put the data and will go on by itself
+ * (e.g. at the guest's next notify).
+ */
+export type IoThreadModel = VirtioDevice & {
+  destroy?(): void;
+  pollFds?(): readonly number[];
+  onReadable?(i: number): void;
+};
 
 export interface IoThreadData<I> {
   port: MessagePort;

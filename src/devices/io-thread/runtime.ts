@@ -9,6 +9,9 @@
  * a write to the queue's irqfd when the transport allows it (directIrq),
  * else a message to the main thread. The control protocol is in protocol.ts.
  *
+ * A model may have fds of its own to wait on (pollFds: a network backend);
+ * they are waited on edge-triggered and passed on with onReadable.
+ *
  * The loop allocates nothing per wake-up (a control message aside): the
  * epoll buffer, the per-queue kick flags and the interrupt object are made
  * once.
@@ -40,6 +43,7 @@ export interface IoThreadDevice<I> {
 const EPOLL_CLOEXEC = 0o2000000;
 const EPOLL_CTL_ADD = 1;
 const EPOLLIN = 1;
+const EPOLLET = 1 << 31;
 /** struct epoll_event is packed on x86-64: u32 events, u64 data */
 const EPOLL_EVENT_BYTES = 12;
 
@@ -76,23 +80,31 @@ function serve<I>(spec: IoThreadDevice<I>, d: IoThreadData<I>, ack: Int32Array):
   })));
   const dev = spec.create(d.init, (msg) => port.postMessage({ t: 'log', msg } satisfies FromIoThread));
 
-  // epoll data: the queue number for a notify fd, numQueues for the control fd
+  // epoll data: the queue number for a notify fd, numQueues for the control
+  // fd, numQueues + 1 + i for the model's own fd i (edge-triggered: the
+  // model reads it, not this loop)
   const numQueues = d.notifyFds.length;
-  const fds = [...d.notifyFds, d.ctlFd];
+  const ownFds = dev.pollFds?.() ?? [];
+  const fds = [...d.notifyFds, d.ctlFd, ...ownFds];
   const ep = libc.epollCreate1(EPOLL_CLOEXEC);
   if (ep < 0) throw new Error(`epoll_create1: errno ${errno()}`);
   const ev = Buffer.alloc(EPOLL_EVENT_BYTES);
   for (const [i, fd] of fds.entries()) {
-    ev.writeUInt32LE(EPOLLIN, 0); ev.writeUInt32LE(i, 4); ev.writeUInt32LE(0, 8);
+    ev.writeUInt32LE((i > numQueues ? EPOLLIN | EPOLLET : EPOLLIN) >>> 0, 0); ev.writeUInt32LE(i, 4); ev.writeUInt32LE(0, 8);
     if (libc.epollCtl(ep, EPOLL_CTL_ADD, fd, ev) < 0) throw new Error(`epoll_ctl: errno ${errno()}`);
   }
   const events = Buffer.alloc(fds.length * EPOLL_EVENT_BYTES);
   const scratch = Buffer.alloc(8);
   const kicks = new Uint8Array(numQueues);
+  const numOwn = ownFds.length;
+  /** the model's fds that became readable (an edge not yet passed on) */
+  const readable = new Uint8Array(numOwn);
 
   /** the queues being served, by number (all undefined while inactive) */
   const queues: (Virtqueue | undefined)[] = new Array<Virtqueue | undefined>(numQueues).fill(undefined);
   let gen = 0;
+  /** some queue is being served */
+  let serving = false;
   let quiesced = false;
   let broken = false;
   /** set while the warm-up runs: its (unexpected) errors are its own */
@@ -135,6 +147,7 @@ function serve<I>(spec: IoThreadDevice<I>, d: IoThreadData<I>, ack: Int32Array):
     pendingControl = false;
     for (let i = 0; i < n; i++) {
       const idx = events.readUInt32LE(i * EPOLL_EVENT_BYTES + 4);
+      if (idx > numQueues) { readable[idx - numQueues - 1] = 1; continue; }
       libc.read(fds[idx]!, scratch, 8); // reset the counter (non-blocking fds)
       if (idx < numQueues) kicks[idx] = 1; else control = true;
     }
@@ -153,15 +166,19 @@ function serve<I>(spec: IoThreadDevice<I>, d: IoThreadData<I>, ack: Int32Array):
             const qs = msg.states.map((s) => Virtqueue.fromState(mem, s));
             dev.activate(qs, mem, interrupt, BigInt(msg.features));
             qs.forEach((q, i) => { if (q.ready && i < numQueues) queues[i] = q; });
+            serving = queues.some((q) => q !== undefined);
             kicks.fill(1); // requests published before we were ready
+            readable.fill(1); // and data that came meanwhile (its edge is gone)
           } catch (e) {
             queues.fill(undefined);
+            serving = false;
             interrupt.needsReset(e);
           }
           break;
         case 'reset':
           dev.reset();
           queues.fill(undefined);
+          serving = false;
           acknowledge(ack, msg.seq);
           break;
         case 'quiesce':
@@ -171,6 +188,7 @@ function serve<I>(spec: IoThreadDevice<I>, d: IoThreadData<I>, ack: Int32Array):
         case 'unquiesce':
           quiesced = false;
           kicks.fill(1);
+          readable.fill(1);
           break;
         case 'stop':
           dev.destroy?.();
@@ -186,6 +204,11 @@ function serve<I>(spec: IoThreadDevice<I>, d: IoThreadData<I>, ack: Int32Array):
       if (queues[q] === undefined || quiesced || broken) continue;
       Atomics.add(served, 0, 1);
       dev.queueNotify(q);
+    }
+    for (let i = 0; i < numOwn; i++) {
+      if (readable[i] === 0 || quiesced || broken || !serving) continue;
+      readable[i] = 0;
+      dev.onReadable?.(i);
     }
   }
 }

@@ -278,6 +278,8 @@ export class VirtioPci implements PciFunction, TransportRegisters {
 
   /** Set by the device's registration when the model holds host resources (files). */
   onDestroy?: () => void;
+  /** Set by the device's registration when it counts things for `tshyvectl --get-stats` (PciFunction.stats). */
+  stats?: () => Record<string, number>;
 
   /** Stop taking requests (a device on a worker finishes what it took and hands its queue state back). */
   async quiesce(): Promise<void> {

@@ -2,8 +2,10 @@
  * A tiny two-queue virtio device for the I/O-thread host's tests: each chain
  * gets its queue number and then its readable bytes written back. A chain
  * whose first byte is HOLD blocks the thread until `gate` word 0 is set (at
- * most 10 s), standing in for a stuck host call.
+ * most 10 s), standing in for a stuck host call. With `ownFd` it also has
+ * an fd of its own for the thread to wait on (pollFds/onReadable).
  */
+import { libc } from '../../../host/libc.js';
 import type { GuestMemory } from '../../../memory/guest-memory.js';
 import type { VirtioDevice, VirtioInterrupt } from '../../../virtio/device.js';
 import type { Virtqueue } from '../../../virtio/queue.js';
@@ -16,6 +18,9 @@ export interface EchoInit {
   fail?: string;
   /** warm up until a control message comes (at most 10 s), then log 'echo warm-up stopped' */
   warmUp?: boolean;
+  /** an eventfd of the model's own (pollFds): onReadable drains it and adds 1 to `seen` word 0 */
+  ownFd?: number;
+  seen?: SharedArrayBuffer;
 }
 
 export class EchoDevice implements VirtioDevice {
@@ -46,6 +51,13 @@ export class EchoDevice implements VirtioDevice {
   }
 
   destroy(): void { this.destroyed = true; }
+
+  pollFds(): readonly number[] { return this.init.ownFd === undefined ? [] : [this.init.ownFd]; }
+
+  onReadable(): void {
+    libc.read(this.init.ownFd!, Buffer.alloc(8), 8);
+    if (this.init.seen) Atomics.add(new Int32Array(this.init.seen), 0, 1);
+  }
 
   queueNotify(q: number): void {
     const vq = this.queues[q], irq = this.interrupt;
