@@ -40,7 +40,7 @@ ET=$(command -v ethtool || echo /usr/sbin/ethtool)
 [ -x "$ET" ] || die "ethtool is not installed (scripts/setup-lab.sh installs it)"
 install -D -m 755 "$ET" "$R/usr/sbin/ethtool"
 for lib in $(ldd "$ET" | awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^\//) print $i }'); do
-  install -D -m 644 "$lib" "$R$lib"
+  install -D -m 755 "$lib" "$R$lib"   # (the ELF interpreter must be executable)
 done
 install -m 755 "$LAB_DIR/guest/init" "$R/init"
 mkdir -p "$R/workloads"; cp "$LAB_DIR"/guest/workloads/*.sh "$R/workloads/"

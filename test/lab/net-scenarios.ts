@@ -17,6 +17,17 @@ import { CLI } from '../helpers.js';
 import { bounded } from './proc.js';
 import { guestCmd, vmArgs, type BootResult } from './linux-driver.js';
 
+/** Receive one TCP connection on 10.99.0.1:5002 into the file argv[1] (no single quotes: it goes in a sh '...'). */
+const RECEIVE = [
+  'import socket, sys',
+  's = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("10.99.0.1", 5002)); s.listen(1)',
+  'c, _ = s.accept(); f = open(sys.argv[1], "wb")',
+  'while True:',
+  '    d = c.recv(1 << 16)',
+  '    if not d: break',
+  '    f.write(d)',
+].join('\n');
+
 export const NET_ENABLED = process.env.TSHYVE_LAB_NET === '1';
 const NS = 'tshv-net';
 const sh = (cmd: string): string => execFileSync('sh', ['-c', cmd], { encoding: 'utf8' });
@@ -41,15 +52,17 @@ async function tapTransfer(name: string, offloadsOff: boolean): Promise<BootResu
     'nc -l -p 5001 > /tmp/in.bin; echo GOT_SHA=$(sha256sum /tmp/in.bin | cut -d" " -f1)',
     'head -c 67108864 /dev/urandom > /tmp/out.bin; echo SENT_SHA=$(sha256sum /tmp/out.bin | cut -d" " -f1)',
     'for i in $(seq 50); do nc 10.99.0.1 5002 < /tmp/out.bin && break; sleep 0.5; done; echo SENT=$?',
-    'poweroff -f',
+    // nc's close leaves data in the socket's send buffer: let TCP deliver it before the power goes
+    'sleep 5; poweroff -f',
   ]);
   const args = ['netns', 'exec', NS, process.execPath, CLI, ...vmArgs(1, `hello tshyve.cmd=${cmd}`, 'stdio', ['-s', '3,virtio-net,tap0'])];
   const vm = bounded(['ip', ...args], 600_000);
   // host side: send once the guest listens, then receive what it sends
   const host = bounded(['sh', '-c', [
     `for i in $(seq 120); do ip netns exec ${NS} busybox nc 10.99.0.2 5001 < ${file} && break; sleep 1; done`,
-    `ip netns exec ${NS} busybox nc -l -p 5002 > ${dir}/from-guest.bin`,
-    `echo HOST_GOT_SHA=$(sha256sum ${dir}/from-guest.bin | cut -d" " -f1)`,
+    // (not busybox nc -l: it ends the connection when its own stdin ends)
+    `ip netns exec ${NS} python3 -c '${RECEIVE}' ${dir}/from-guest.bin`,
+    `echo HOST_GOT_SHA=$(sha256sum ${dir}/from-guest.bin | cut -d" " -f1) HOST_GOT_BYTES=$(stat -c %s ${dir}/from-guest.bin)`,
   ].join('; ')], 600_000);
   const [r, h] = await Promise.all([vm.done, host.done]);
   return { name, code: r.code, stdout: r.stdout, stderr: r.stderr, ms: r.ms, expectedSha256: sha, tcp: h.stdout + h.stderr };
