@@ -29,8 +29,9 @@ extract_vmlinux "$L/vmlinuz" "$L/vmlinux"
 R=$T/root; busybox_root "$R"
 # Wanted: virtio-pci, 9p over virtio, kvm-amd. depmod/modprobe give the order
 # (virtio_ring virtio virtio_pci_{modern,legacy}_dev virtio_pci 9pnet
-# 9pnet_virtio netfs fscache 9p irqbypass kvm ccp kvm-amd), plus overlay for /tmp.
-module_order "$L/modroot" "$KREL" virtio_pci 9pnet_virtio 9p kvm_amd overlay > "$R/etc/modules.order"
+# 9pnet_virtio netfs fscache 9p irqbypass kvm ccp kvm-amd), plus overlay for /tmp,
+# and tun, veth, bridge and vhost_net for the network tests' taps and namespaces.
+module_order "$L/modroot" "$KREL" virtio_pci 9pnet_virtio 9p kvm_amd overlay tun veth bridge vhost_net > "$R/etc/modules.order"
 while read -r m; do
   mkdir -p "$R/lib/modules/$(dirname "$m")"
   cp "$L/modroot/lib/modules/$KREL/$m" "$R/lib/modules/$m"

@@ -9,8 +9,10 @@ cd "$(dirname "$0")/.."
 # qemu-system-x86: L1 (TCG) and the reference VMM inside it; busybox-static:
 # both initramfs userlands; cpio/gzip: initramfs images; lz4/xz-utils: kernel
 # payloads; kmod: depmod/modprobe for module order; e2fsprogs: disk images;
-# python3-minimal: the idle VM L1 keeps for its whole run (lab/l1/init).
-PKGS="qemu-system-x86 qemu-utils busybox-static cpio gzip lz4 xz-utils kmod e2fsprogs coreutils python3-minimal"
+# python3-minimal: the idle VM L1 keeps for its whole run (lab/l1/init);
+# passt: virtio-net's slirp backend; iperf3: network throughput in L1;
+# ethtool: copied into the reference guest (offloads off in the network tests).
+PKGS="qemu-system-x86 qemu-utils busybox-static cpio gzip lz4 xz-utils kmod e2fsprogs coreutils python3-minimal passt iperf3 ethtool"
 missing=
 for p in $PKGS; do
   dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { ROOT } from './helpers.js';
 import { BEAT_MS, type BootResult } from './lab/linux-driver.js';
 import { whereAreL1Cpus } from './lab/l1-monitor.js';
+import { NET_ENABLED } from './lab/net-scenarios.js';
 
 const labRun = join(ROOT, 'lab', 'run');
 const guest = join(ROOT, 'lab', 'out', 'guest', 'vmlinuz');
@@ -309,3 +310,19 @@ test('virtio-blk, virtio-rnd and virtio-console work across a suspend and restor
   assert.equal(r.hostReadBack, 'before-suspend\nwritten-after-restore\n', 'both files are in the image on the host');
   assert.match(r.tcp ?? '', /after-restore/, 'the host read the guest\'s line from the port');
 });
+
+// ---- virtio-net (run with TSHYVE_LAB_NET=1 once virtio-net is merged) ----
+
+const netSkip = skip || (NET_ENABLED ? false : 'virtio-net lab scenarios are off (TSHYVE_LAB_NET=1 runs them)');
+for (const [name, what] of [['net-tap', 'offloads on'], ['net-tap-no-offloads', 'the guest\'s offloads off (ethtool -K)']] as const) {
+  test(`virtio-net on a tap in a namespace of L1 (${what}): the guest pings the host side; 64 MiB each way over TCP arrive intact`, { skip: netSkip }, () => {
+    const r = get(name);
+    if (name === 'net-tap-no-offloads') assert.match(r.stdout, /ETHTOOL=0/, about(r));
+    assert.match(r.stdout, /PING=0/, about(r));
+    assert.match(r.stdout, new RegExp(`GOT_SHA=${r.expectedSha256}`), `host->guest; ${about(r)}`);
+    const sent = /SENT_SHA=([0-9a-f]{64})/.exec(r.stdout)?.[1];
+    assert.ok(sent, about(r));
+    assert.match(r.tcp ?? '', new RegExp(`HOST_GOT_SHA=${sent}`), `guest->host; host side: ${r.tcp}`);
+    assert.equal(r.code, 1, r.stderr);
+  });
+}

@@ -41,6 +41,7 @@ export const libc = {
   /** sv: a Buffer of two ints, the pair's fds */
   socketpair: lib.func('int socketpair(int domain, int type, int protocol, void *sv)') as (domain: number, type: number, proto: number, sv: Buffer) => number,
   recv: lib.func('long recv(int fd, void *buf, size_t n, int flags)') as (fd: number, buf: Buffer | null, n: number, flags: number) => number,
+  shutdown: lib.func('int shutdown(int fd, int how)') as (fd: number, how: number) => number,
   epollCreate1: lib.func('int epoll_create1(int flags)') as (flags: number) => number,
   epollCtl: lib.func('int epoll_ctl(int epfd, int op, int fd, void *event)') as (epfd: number, op: number, fd: number, ev: Buffer | null) => number,
   epollWait: lib.func('int epoll_wait(int epfd, void *events, int maxevents, int timeout)') as (epfd: number, events: Buffer, max: number, timeout: number) => number,
@@ -48,6 +49,9 @@ export const libc = {
   // memset(p, 0, 0) returns p: declared with an integer first argument, it
   // turns an address this process already maps into a pointer koffi can view.
   memsetAddr: lib.func('void *memset(uintptr_t s, int c, size_t n)') as (addr: bigint, c: number, n: number) => unknown,
+  /** A Buffer's native address (memset returns its first argument; Buffer.alloc memory does not move). */
+  bufferAddress: ((f: (b: Buffer, c: number, n: number) => number | bigint) => (b: Buffer): bigint => BigInt(f(b, 0, 0)))(
+    lib.func('uintptr_t memset(void *s, int c, size_t n)') as (b: Buffer, c: number, n: number) => number | bigint),
   lseek: lib.func('int64_t lseek(int fd, int64_t off, int whence)') as (fd: number, off: number, whence: number) => number,
   /** fcntl with an int argument (F_GETFL takes 0). */
   fcntlInt: (fd: number, cmd: number, arg: number): number => fcntl(fd, cmd, 'int', arg),

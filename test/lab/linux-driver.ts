@@ -18,6 +18,7 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { ROOT, CLI } from '../helpers.js';
 import { snapshotScenarios } from './snapshot-scenarios.js';
+import { netScenarios } from './net-scenarios.js';
 
 /** How often the driver says it is alive; the host's watchdog allows a few missed. */
 export const BEAT_MS = 20_000;
@@ -27,6 +28,8 @@ export interface BootResult {
   name: string; code: number | null; stdout: string; stderr: string; ms: number; tcp?: string;
   /** virtio-blk: checksum of the file put in the image, and what the host read back afterwards */
   expectedMd5?: string; hostReadBack?: string;
+  /** virtio-net: sha256 of the file the host sent */
+  expectedSha256?: string;
   /** allocated 512-byte blocks of the image before and after the guest's fstrim */
   blocksBefore?: number; blocksAfter?: number;
   /** per-disk sha256 before and after, for the multi-disk check */
@@ -268,6 +271,7 @@ const scenarios: Record<string, () => Promise<BootResult>> = {
     return { ...r, name: 'tcp-console', tcp: await tcp };
   },
   ...snapshotScenarios,
+  ...netScenarios,
 };
 
 /** Why this result is the lab's failure rather than the scenario's: a hang, or a triple fault no scenario provokes. */

@@ -4,3 +4,4 @@
  * (io-thread.ts) alike. One line per backend.
  */
 import './tap.js';
+import './passt.js';
