@@ -311,9 +311,9 @@ test('virtio-blk, virtio-rnd and virtio-console work across a suspend and restor
   assert.match(r.tcp ?? '', /after-restore/, 'the host read the guest\'s line from the port');
 });
 
-// ---- virtio-net (run with TSHYVE_LAB_NET=1 once virtio-net is merged) ----
+// ---- virtio-net (TSHYVE_LAB_NET=0 leaves these out) ----
 
-const netSkip = skip || (NET_ENABLED ? false : 'virtio-net lab scenarios are off (TSHYVE_LAB_NET=1 runs them)');
+const netSkip = skip || (NET_ENABLED ? false : 'virtio-net lab scenarios are off (TSHYVE_LAB_NET=0)');
 for (const [name, what] of [['net-tap', 'offloads on'], ['net-tap-no-offloads', 'the guest\'s offloads off (ethtool -K)']] as const) {
   test(`virtio-net on a tap in a namespace of L1 (${what}): the guest pings the host side; 64 MiB each way over TCP arrive intact`, { skip: netSkip }, () => {
     const r = get(name);

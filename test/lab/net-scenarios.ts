@@ -5,8 +5,8 @@
  * TCP (busybox nc) and their sha256 is compared at both ends; the same with
  * the guest's offloads turned off (ethtool -K). No traffic leaves L1.
  *
- * Run only with TSHYVE_LAB_NET=1 (linux-driver.ts adds them then; the
- * checks in test/linux-lab.test.ts skip otherwise), until virtio-net is merged.
+ * TSHYVE_LAB_NET=0 leaves them out (linux-driver.ts adds them otherwise;
+ * the checks in test/linux-lab.test.ts then say they were skipped).
  */
 import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
@@ -28,7 +28,7 @@ const RECEIVE = [
   '    f.write(d)',
 ].join('\n');
 
-export const NET_ENABLED = process.env.TSHYVE_LAB_NET === '1';
+export const NET_ENABLED = process.env.TSHYVE_LAB_NET !== '0';
 const NS = 'tshv-net';
 const sh = (cmd: string): string => execFileSync('sh', ['-c', cmd], { encoding: 'utf8' });
 
