@@ -8,6 +8,7 @@ import './virtio-rnd.js';
 import './virtio-blk/pci.js';
 import './virtio-console/pci.js';
 import './virtio-net/pci.js';
+import './nvme/pci.js';
 // Platform (LPC/ISA) devices, in the order they are built and saved.
 import './uart16550.js';
 import './rtc.js';
