@@ -19,6 +19,7 @@ import { pathToFileURL } from 'node:url';
 import { ROOT, CLI } from '../helpers.js';
 import { snapshotScenarios } from './snapshot-scenarios.js';
 import { netScenarios } from './net-scenarios.js';
+import { nvmeScenarios } from './nvme-scenarios.js';
 
 /** How often the driver says it is alive; the host's watchdog allows a few missed. */
 export const BEAT_MS = 20_000;
@@ -272,6 +273,7 @@ const scenarios: Record<string, () => Promise<BootResult>> = {
   },
   ...snapshotScenarios,
   ...netScenarios,
+  ...nvmeScenarios,
 };
 
 /** Why this result is the lab's failure rather than the scenario's: a hang, or a triple fault no scenario provokes. */

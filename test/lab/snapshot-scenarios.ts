@@ -28,7 +28,7 @@ export interface Phase {
 }
 
 /** A tshyve process whose output can be waited on. */
-class Vm {
+export class Vm {
   readonly child: ChildProcess;
   readonly done: Promise<Phase>;
   readonly t0 = Date.now();
@@ -51,7 +51,7 @@ class Vm {
   }
 }
 
-function tshyvectl(args: string[]): Promise<Phase> {
+export function tshyvectl(args: string[]): Promise<Phase> {
   return bounded([process.execPath, CTL, ...args], 120_000).done
     .then(({ code, stdout, stderr, ms }) => ({ what: `tshyvectl ${args.join(' ')}`, code, stdout, stderr, ms }));
 }
@@ -71,7 +71,7 @@ const counters = guestCmd([
 const both = (k: number) => (out: string) => lastCount(out, 0) >= k && lastCount(out, 1) >= k;
 
 /** `vmArgs` with `-r FILE` before the VM name. */
-function restoreArgs(args: string[], file: string): string[] {
+export function restoreArgs(args: string[], file: string): string[] {
   return [...args.slice(0, -1), '-r', file, args.at(-1)!];
 }
 

@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { StateReader, StateWriter } from '../../snapshot/state.js';
 import { CSTS_CFS, CSTS_RDY, DOORBELLS, REG, SC } from './constants.js';
+import type { IoQueues } from './io-queues.js';
 import { ACQ, ASQ, DATA, MEM, NvmeTestDriver, ioCq } from './testing.js';
 
 const ID = 0x200000;
@@ -237,7 +238,7 @@ test('shadow doorbells: I/O doorbells are read from the shadow buffer; event ind
   assert.equal(c.length, 2);
   assert.equal(d.mem.readU32(eis + 8), 2, 'SQ event index at the tail seen');
   d.mem.writeU32(dbs + 8, 99);
-  d.queues.serve();
+  (d.queues as IoQueues).serve();
   assert.equal(d.reg(REG.CSTS) & CSTS_CFS, CSTS_CFS, 'a shadow tail past the end is fatal');
 });
 

@@ -7,7 +7,7 @@
 import { GuestMemory } from '../../memory/guest-memory.js';
 import type { BlockBackend } from '../block/backend.js';
 import { CC_EN, DOORBELLS, REG } from './constants.js';
-import { NvmeController } from './controller.js';
+import { NvmeController, type IoQueueDriver } from './controller.js';
 import { IoCommands, Stat } from './io.js';
 import { IoQueues } from './io-queues.js';
 import { RamBlockBackend } from './ram-backend.js';
@@ -32,14 +32,18 @@ export interface TestSetup {
   maxq?: number;
   qsz?: number;
   sectorSize?: number;
+  /** guest memory (default: MEM bytes of plain buffer) */
+  mem?: GuestMemory;
+  /** I/O queues other than local ones on this thread (the I/O thread's) */
+  queues?: (signal: (vector: number) => void, stats: Float64Array) => IoQueueDriver;
 }
 
 export class NvmeTestDriver {
-  readonly mem = GuestMemory.ofSize(MEM);
+  readonly mem: GuestMemory;
   readonly backend: BlockBackend;
-  readonly queues: IoQueues;
+  readonly queues: IoQueueDriver;
   readonly ctrl: NvmeController;
-  readonly stats = new Float64Array(Stat.COUNT);
+  readonly stats = new Float64Array(new SharedArrayBuffer(8 * Stat.COUNT));
   readonly irqs: number[] = [];
   readonly errors: string[] = [];
   readonly sectorSize: number;
@@ -51,12 +55,14 @@ export class NvmeTestDriver {
   private dbs = 0;
 
   constructor(o: TestSetup = {}) {
+    this.mem = o.mem ?? GuestMemory.ofSize(MEM);
     this.backend = o.backend ?? RamBlockBackend.ofMiB(4);
     this.sectorSize = o.sectorSize ?? 512;
     const maxq = o.maxq ?? 4, qsz = o.qsz ?? 64, vectors = maxq + 1;
     const ns = { backend: this.backend, sectorSize: this.sectorSize, readonly: o.readonly ?? false, dsm: o.dsm ?? true };
     const signal = (v: number): void => { this.irqs.push(v); };
-    this.queues = new IoQueues(this.mem, new IoCommands(this.mem, ns, this.stats), { maxq, maxEntries: qsz, vectors }, signal, () => this.errors.push('fatal'));
+    this.queues = o.queues?.(signal, this.stats)
+      ?? new IoQueues(this.mem, new IoCommands(this.mem, ns, this.stats), { maxq, maxEntries: qsz, vectors }, signal, () => this.errors.push('fatal'));
     this.ctrl = new NvmeController({
       mem: this.mem, queues: this.queues, stats: this.stats, maxq, maxEntries: qsz, vectors,
       identity: {
@@ -75,7 +81,9 @@ export class NvmeTestDriver {
     this.setReg(REG.AQA, ((size - 1) << 16) | (size - 1));
     this.setReg(REG.ASQ, ASQ); this.setReg(REG.ASQ + 4, 0);
     this.setReg(REG.ACQ, ACQ); this.setReg(REG.ACQ + 4, 0);
+    this.mem.fill(ACQ, 16 * size);
     this.setReg(REG.CC, CC_EN | (6 << 16) | (4 << 20));
+    this.sq.clear(); this.cq.clear(); this.dbs = 0;
     this.sq.set(0, { tail: 0, size, base: ASQ });
     this.cq.set(0, { head: 0, phase: 1, size, base: ACQ });
   }
@@ -140,6 +148,7 @@ export class NvmeTestDriver {
   admin(f: SqeFields): Completion { return this.cmd(0, f); }
 
   createCq(qid: number, size = 16, vector = qid, base = ioCq(qid)): Completion {
+    this.mem.fill(base, 16 * size);
     const c = this.admin({ opcode: 0x05, prp1: base, cdw10: ((size - 1) << 16) | qid, cdw11: (vector << 16) | 3 });
     if (c.status === 0) this.cq.set(qid, { head: 0, phase: 1, size, base });
     return c;

@@ -1,0 +1,107 @@
+/**
+ * Lab scenarios for the NVMe controller (issue 16), with Debian's kernel
+ * and its own nvme driver, in two boots:
+ *
+ * - nvme-disks (-c 2): two NVMe controllers and a virtio-blk disk. On the
+ *   first controller an ext4 image made on the host (on L1's tmpfs: 9p has
+ *   no fallocate, so no holes could be punched): the guest checks a file by
+ *   checksum, writes one the host reads back after power-off, deletes a
+ *   large file and runs fstrim (the image's st_blocks must drop), and reads
+ *   from each vCPU so that both hardware queues carry I/O. The second
+ *   controller is `ro` and must refuse a write; the virtio-blk disk is read.
+ * - nvme-snapshot: a guest writing files to its NVMe disk is paused,
+ *   checkpointed (the disk copied with it), killed, restored from the
+ *   checkpoint and its copy of the disk, finishes its writes and checks
+ *   every file's checksum against what it computed when writing.
+ */
+import { execFileSync } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { guestCmd, hostReads, tshyve, vmArgs, type BootResult } from './linux-driver.js';
+import { Vm, restoreArgs, tshyvectl, type Phase } from './snapshot-scenarios.js';
+
+/** The block device of the NVMe controller whose serial is `ser`, into shell variable `v`. */
+const nvmeBySerial = (v: string, ser: string): string =>
+  `for c in /sys/class/nvme/nvme*; do [ "$(cat $c/serial | tr -d " ")" = ${ser} ] && ${v}=$(basename $c)n1; done`;
+
+export const nvmeScenarios: Record<string, () => Promise<BootResult>> = {
+  async 'nvme-disks'() {
+    const dir = mkdtempSync(join(tmpdir(), 'tshyve-nvme-'));
+    const content = join(dir, 'content');
+    mkdirSync(content);
+    const payload = Buffer.from(Array.from({ length: 300_000 }, (_, i) => (i * 11) & 0xff));
+    writeFileSync(join(content, 'payload.bin'), payload);
+    writeFileSync(join(content, 'big.bin'), randomBytes(24 << 20));
+    const img = join(dir, 'disk.img'), ro = join(dir, 'ro.img'), vblk = join(dir, 'vblk.img');
+    execFileSync('mkfs.ext4', ['-q', '-F', '-E', 'nodiscard', '-d', content, img, '64M']);
+    const roData = randomBytes(4 << 20), vblkData = randomBytes(2 << 20);
+    writeFileSync(ro, roData);
+    writeFileSync(vblk, vblkData);
+    const sha = (f: string): string => createHash('sha256').update(readFileSync(f)).digest('hex');
+    const roBefore = sha(ro);
+    const cmd = guestCmd([
+      'for i in $(seq 100); do [ -b /dev/vda ] && [ $(ls /sys/class/nvme | wc -l) -ge 2 ] && break; sleep 0.1; done',
+      nvmeBySerial('A', 'NVA'), nvmeBySerial('R', 'NVR'),
+      'echo NVME_DEVS=$A,$R',
+      'mkdir -p /mnt && mount -t ext4 /dev/$A /mnt',
+      'echo GUEST_MD5=$(md5sum /mnt/payload.bin | cut -d" " -f1)',
+      'echo written-on-nvme > /mnt/from-guest.txt && sync && echo GUEST_WROTE=yes',
+      'rm /mnt/big.bin && sync && fstrim -v /mnt; echo FSTRIM_EXIT=$?',
+      'umount /mnt',
+      'echo HW_QUEUES=$(ls -d /sys/block/$A/mq/* | wc -l)',
+      'for c in 0 1; do taskset -c $c dd if=/dev/$A of=/dev/null bs=4k count=512 skip=$((c * 4096)) iflag=direct 2>/dev/null; done',
+      // per-queue interrupts: nvme0q1, nvme0q2 (the admin queue is q0)
+      'C=${A%n1}; grep "${C}q[1-9]" /proc/interrupts | while read irq a b rest; do echo QIRQ=${rest##* }:$((a + b)); done',
+      'echo RO=$(cat /sys/block/$R/ro)',
+      'if echo marker | dd of=/dev/$R bs=512 seek=1 conv=sync,fsync 2>/dev/null; then echo RO_WRITE=ok; else echo RO_WRITE=refused; fi',
+      'echo RO_MD5=$(dd if=/dev/$R bs=64k iflag=direct 2>/dev/null | md5sum | cut -d" " -f1)',
+      'echo VBLK_MD5=$(dd if=/dev/vda bs=64k iflag=direct 2>/dev/null | md5sum | cut -d" " -f1)',
+      'poweroff -f',
+    ]);
+    const blocksBefore = statSync(img).blocks;
+    const r = await tshyve(vmArgs(2, `hello tshyve.cmd=${cmd}`, 'stdio', [
+      '-s', `5,nvme,${img},ser=NVA`, '-s', `6,nvme,${ro},ro,ser=NVR,maxq=1`, '-s', `7,virtio-blk,${vblk}`,
+    ]), 240_000);
+    const md5 = (b: Buffer): string => createHash('md5').update(b).digest('hex');
+    return {
+      ...r, name: 'nvme-disks', expectedMd5: md5(payload), hostReadBack: hostReads(img, '/from-guest.txt'),
+      blocksBefore, blocksAfter: statSync(img).blocks,
+      hashes: [{ name: 'ro.img', before: roBefore, after: sha(ro) }, { name: `ro:${md5(roData)} vblk:${md5(vblkData)}`, before: '', after: '' }],
+    };
+  },
+
+  async 'nvme-snapshot'() {
+    const dir = mkdtempSync(join(tmpdir(), 'tshyve-nvsnap-'));
+    const img = join(dir, 'disk.img'), copy = join(dir, 'disk-at-ck.img');
+    execFileSync('mkfs.ext4', ['-q', '-F', img, '64M']);
+    const sock = join(dir, 'ctl.sock'), ck = join(dir, 'ck.json');
+    const cmd = guestCmd([
+      'mkdir -p /mnt && mount -t ext4 /dev/nvme0n1 /mnt',
+      'i=0; while [ $i -lt 30 ]; do i=$((i+1))',
+      '  dd if=/dev/urandom of=/mnt/f$i bs=64k count=8 conv=fsync 2>/dev/null',
+      '  echo "$(md5sum /mnt/f$i | cut -d" " -f1)  /mnt/f$i" >> /mnt/sums; sync; echo W=$i',
+      'done',
+      'sync; echo 3 > /proc/sys/vm/drop_caches',
+      'echo SUMS_OK=$(md5sum -c /mnt/sums 2>/dev/null | grep -c ": OK$") SUMS=$(wc -l < /mnt/sums)',
+      'umount /mnt; poweroff -f',
+    ]);
+    const args = vmArgs(1, `hello tshyve.cmd=${cmd}`, 'stdio', ['-s', `5,nvme,${img}`, '-o', `control.path=${sock}`]);
+    const phases: Phase[] = [];
+    const a = new Vm('run', args);
+    const writing = await a.until((o) => /^W=4$/m.test(o));
+    if (writing) {
+      phases.push(await tshyvectl([`--socket=${sock}`, '--pause']));
+      phases.push(await tshyvectl([`--socket=${sock}`, `--checkpoint=${ck}`]));
+      copyFileSync(img, copy);
+    }
+    a.child.kill('SIGKILL');
+    phases.push(await a.done);
+    if (!writing) return { name: 'nvme-snapshot', code: null, stdout: a.stdout, stderr: a.stderr, ms: 0, phases };
+    const b = new Vm('restore', restoreArgs(args.map((x) => x.replace(img, copy)), ck));
+    const rb = await b.done;
+    phases.push(rb);
+    return { name: 'nvme-snapshot', code: rb.code, stdout: rb.stdout, stderr: rb.stderr, ms: 0, phases };
+  },
+};
