@@ -326,3 +326,49 @@ for (const [name, what] of [['net-tap', 'offloads on'], ['net-tap-no-offloads', 
     assert.equal(r.code, 1, r.stderr);
   });
 }
+
+// ---- NVMe (Linux's own nvme driver) ----
+
+test('NVMe: ext4 made on the host on /dev/nvme0n1, checked and written by the guest, read back by the host; fstrim drops st_blocks', { skip }, () => {
+  const r = get('nvme-disks');
+  assert.equal(r.code, 1, about(r));
+  assert.match(r.stdout, new RegExp(`^GUEST_MD5=${r.expectedMd5}$`, 'm'), about(r));
+  assert.match(r.stdout, /^GUEST_WROTE=yes$/m, about(r));
+  assert.equal(r.hostReadBack, 'written-on-nvme\n');
+  assert.match(r.stdout, /^FSTRIM_EXIT=0$/m, about(r));
+  assert.ok(r.blocksAfter! < r.blocksBefore! - 2 * 20_000, `st_blocks ${r.blocksBefore} -> ${r.blocksAfter}: the deleted 24 MiB were deallocated`);
+});
+
+test('NVMe with -c 2: two hardware queues, each with its own interrupt, both carrying I/O', { skip }, () => {
+  const r = get('nvme-disks');
+  assert.match(r.stdout, /^HW_QUEUES=2$/m, about(r));
+  const irqs = [...r.stdout.matchAll(/^QIRQ=(\S+):(\d+)$/gm)].map((m) => [m[1], Number(m[2])] as const);
+  assert.equal(irqs.length, 2, `per-queue interrupts: ${JSON.stringify(irqs)}; ${about(r)}`);
+  for (const [name, n] of irqs) assert.ok(n > 0, `${name} carried no I/O`);
+});
+
+test('two NVMe controllers and a virtio-blk disk in one VM; the `ro` namespace refuses writes and stays unchanged', { skip }, () => {
+  const r = get('nvme-disks');
+  assert.match(r.stdout, /^NVME_DEVS=nvme\dn1,nvme\dn1$/m, about(r));
+  assert.match(r.stdout, /^RO=1$/m, about(r));
+  assert.match(r.stdout, /^RO_WRITE=refused$/m, about(r));
+  const [ro, sums] = r.hashes ?? [];
+  assert.ok(ro && sums, about(r));
+  assert.equal(ro.after, ro.before, 'the ro image is unchanged on the host');
+  const [, roMd5, vblkMd5] = /^ro:(\w+) vblk:(\w+)$/.exec(sums.name) ?? [];
+  assert.match(r.stdout, new RegExp(`^RO_MD5=${roMd5}$`, 'm'), 'the guest reads the ro namespace');
+  assert.match(r.stdout, new RegExp(`^VBLK_MD5=${vblkMd5}$`, 'm'), 'and the virtio-blk disk beside it');
+});
+
+test('NVMe: a guest writing files is paused, checkpointed, killed and restored; it finishes its writes with every checksum right', { skip }, () => {
+  const r = get('nvme-snapshot');
+  const ph = r.phases ?? [];
+  const [pause, ck, run, restore] = ph;
+  assert.ok(pause && ck && run && restore, `phases: ${JSON.stringify(ph.map((p) => [p.what, p.code, p.stderr.slice(-300)]))}`);
+  assert.equal(ck.code, 0, ck.stderr);
+  const lastBefore = Math.max(...[...run.stdout.matchAll(/^W=(\d+)$/gm)].map((m) => Number(m[1])));
+  const firstAfter = /^W=(\d+)$/m.exec(restore.stdout)?.[1];
+  assert.ok(firstAfter !== undefined && Number(firstAfter) <= lastBefore + 1, `the restored guest goes on from the checkpoint (W=${firstAfter} after W=${lastBefore}): ${restore.stdout.slice(-400)} ${restore.stderr}`);
+  assert.match(restore.stdout, /^SUMS_OK=30 SUMS=30$/m, about(r));
+  assert.equal(restore.code, 1, restore.stderr);
+});

@@ -60,7 +60,7 @@ export class AdminCommands {
     const prp2 = addr64(sqe.getUint32(32, true), sqe.getUint32(36, true));
     const q = this.c.queues;
     switch (sqe.getUint8(0)) {
-      case ADMIN.IDENTIFY: return this.identify(sqe, cdw10 & 0xff);
+      case ADMIN.IDENTIFY: return this.identify(sqe, cdw10 & 0xff, cdw11 >>> 24);
       case ADMIN.GET_LOG_PAGE: return this.logPage(sqe, cdw10, cdw11);
       case ADMIN.SET_FEATURES: return this.setFeature(cdw10, cdw11);
       case ADMIN.GET_FEATURES: return this.getFeature(cdw10, cdw11);
@@ -99,9 +99,12 @@ export class AdminCommands {
     return ok();
   }
 
-  private identify(sqe: DataView, cns: number): AdminResult {
+  private identify(sqe: DataView, cns: number, csi: number): AdminResult {
     const nsid = sqe.getUint32(4, true);
     switch (cns) {
+      // the NVM command set's own controller and namespace structures: all zero (no limits, no extended formats)
+      case 5: if (csi !== 0) return err(SC.INVALID_FIELD); return nsid === 1 ? this.give(sqe, new Uint8Array(4096)) : err(SC.INVALID_NAMESPACE);
+      case 6: return csi === 0 ? this.give(sqe, new Uint8Array(4096)) : err(SC.INVALID_FIELD);
       case 0: return nsid === 1 ? this.give(sqe, identifyNamespace(this.c.identity)) : err(SC.INVALID_NAMESPACE);
       case 1: return this.give(sqe, identifyController(this.c.identity));
       case 2: return nsid >= 0xfffffffe ? err(SC.INVALID_NAMESPACE) : this.give(sqe, activeNamespaces(nsid));

@@ -50,7 +50,7 @@ export function parseNvmeOptions(node: ConfigNode, bdf: { bus: number; slot: num
   if ((path === undefined || path === '') === (ram === undefined)) {
     throw new UserError(`nvme: give a backing file (${where('path')}) or a RAM size in MiB (${where('ram')}), not both`);
   }
-  const sectsz = intOpt(node, where, 'sectsz', 512, 512, 4096);
+  const sectsz = intOpt(node, where, 'sectsz', 512, 0, 999_999_999);
   if (sectsz !== 512 && sectsz !== 4096) throw new UserError(`${where('sectsz')}: '${sectsz}' is not 512 or 4096`);
   const dsm = node.get('dsm') ?? 'auto';
   if (dsm !== 'auto' && dsm !== 'enable' && dsm !== 'disable') throw new UserError(`${where('dsm')}: '${dsm}' is not auto, enable or disable`);
@@ -91,6 +91,6 @@ export function nvmeLegacyConfig(writer: ConfigTreeWriter, opts: string): void {
   const first = comma < 0 ? opts : opts.slice(0, comma);
   if (first.startsWith('ram=')) writer.set('ram', first.slice(4));
   else if (first !== '') writer.set('path', first);
-  else throw new UserError('nvme: empty backing file path');
+  else throw new UserError('empty backing file path');
   if (comma >= 0) parsePciLegacyConfig(writer, opts.slice(comma + 1));
 }
