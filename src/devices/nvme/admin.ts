@@ -95,7 +95,7 @@ export class AdminCommands {
     if (st !== SC.SUCCESS) return err(st);
     let out = data;
     if (data.length < len) { out = new Uint8Array(len); out.set(data); }
-    this.prp.copyIn(this.c.mem, out.subarray(0, len));
+    this.prp.copy(this.c.mem, out.subarray(0, len), true);
     return ok();
   }
 

@@ -122,7 +122,7 @@ export class IoCommands {
     const st = this.prp.walk(this.mem, sqe.getUint32(24, true), sqe.getUint32(28, true), sqe.getUint32(32, true), sqe.getUint32(36, true), nr * 16);
     if (st !== SC.SUCCESS) return st | DNR;
     const buf = this.ranges.subarray(0, nr * 16);
-    this.prp.copyOut(this.mem, buf);
+    this.prp.copy(this.mem, buf, false);
     const ss = this.ns.sectorSize, dv = this.rdv;
     for (let i = 0; i < nr; i++) { // all checked before any is dropped
       const n = dv.getUint32(16 * i + 4, true), hi = dv.getUint32(16 * i + 12, true);

@@ -75,22 +75,12 @@ export class PrpWalk {
     return SC.SUCCESS;
   }
 
-  /** Copy the walked pages' bytes out to `dst` (small admin payloads). */
-  copyOut(mem: GuestMemory, dst: Uint8Array): void {
+  /** Copy between `buf` and the walked pages (small admin payloads): into guest memory when `toGuest`. */
+  copy(mem: GuestMemory, buf: Uint8Array, toGuest: boolean): void {
     let at = 0;
-    for (let i = 0; i < this.count && at < dst.length; i++) {
-      const k = Math.min(this.segs[3 * i + 1]!, dst.length - at);
-      mem.copyOut(this.segs[3 * i]!, dst, at, k);
-      at += k;
-    }
-  }
-
-  /** Copy `src` into the walked pages. */
-  copyIn(mem: GuestMemory, src: Uint8Array): void {
-    let at = 0;
-    for (let i = 0; i < this.count && at < src.length; i++) {
-      const k = Math.min(this.segs[3 * i + 1]!, src.length - at);
-      mem.copyIn(this.segs[3 * i]!, src, at, k);
+    for (let i = 0; i < this.count && at < buf.length; i++) {
+      const k = Math.min(this.segs[3 * i + 1]!, buf.length - at);
+      if (toGuest) mem.copyIn(this.segs[3 * i]!, buf, at, k); else mem.copyOut(this.segs[3 * i]!, buf, at, k);
       at += k;
     }
   }
