@@ -363,12 +363,16 @@ test('two NVMe controllers and a virtio-blk disk in one VM; the `ro` namespace r
 test('NVMe: a guest writing files is paused, checkpointed, killed and restored; it finishes its writes with every checksum right', { skip }, () => {
   const r = get('nvme-snapshot');
   const ph = r.phases ?? [];
-  const [pause, ck, run, restore] = ph;
-  assert.ok(pause && ck && run && restore, `phases: ${JSON.stringify(ph.map((p) => [p.what, p.code, p.stderr.slice(-300)]))}`);
+  const [stats, pause, ck, run, restore] = ph;
+  assert.ok(stats && pause && ck && run && restore, `phases: ${JSON.stringify(ph.map((p) => [p.what, p.code, p.stderr.slice(-300)]))}`);
   assert.equal(ck.code, 0, ck.stderr);
   const lastBefore = Math.max(...[...run.stdout.matchAll(/^W=(\d+)$/gm)].map((m) => Number(m[1])));
   const firstAfter = /^W=(\d+)$/m.exec(restore.stdout)?.[1];
   assert.ok(firstAfter !== undefined && Number(firstAfter) <= lastBefore + 1, `the restored guest goes on from the checkpoint (W=${firstAfter} after W=${lastBefore}): ${restore.stdout.slice(-400)} ${restore.stderr}`);
   assert.match(restore.stdout, /^SUMS_OK=30 SUMS=30$/m, about(r));
   assert.equal(restore.code, 1, restore.stderr);
+  // shadow doorbells: the I/O queues' doorbells are ioeventfds, so I/O makes no MMIO exits
+  const stat = (k: string): number => Number(new RegExp(`^pci\\.0\\.5\\.0\\.${k}\\s+(\\d+)$`, 'm').exec(stats.stdout)?.[1] ?? NaN);
+  assert.ok(stat('writes') > 20, `writes counted: ${stats.stdout} ${stats.stderr}`);
+  assert.ok(stat('io_doorbell_exits') <= 2, `I/O doorbell writes that were exits: ${stat('io_doorbell_exits')} of ${stat('writes') + stat('reads')} commands`);
 });

@@ -9,7 +9,8 @@
  *   large file and runs fstrim (the image's st_blocks must drop), and reads
  *   from each vCPU so that both hardware queues carry I/O. The second
  *   controller is `ro` and must refuse a write; the virtio-blk disk is read.
- * - nvme-snapshot: a guest writing files to its NVMe disk is paused,
+ * - nvme-snapshot: a guest writing files to its NVMe disk (its I/O doorbells
+ *   KVM ioeventfds: the stats count those that were exits) is paused,
  *   checkpointed (the disk copied with it), killed, restored from the
  *   checkpoint and its copy of the disk, finishes its writes and checks
  *   every file's checksum against what it computed when writing.
@@ -92,6 +93,7 @@ export const nvmeScenarios: Record<string, () => Promise<BootResult>> = {
     const a = new Vm('run', args);
     const writing = await a.until((o) => /^W=4$/m.test(o));
     if (writing) {
+      phases.push(await tshyvectl([`--socket=${sock}`, '--get-stats']));
       phases.push(await tshyvectl([`--socket=${sock}`, '--pause']));
       phases.push(await tshyvectl([`--socket=${sock}`, `--checkpoint=${ck}`]));
       copyFileSync(img, copy);

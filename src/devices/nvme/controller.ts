@@ -65,6 +65,8 @@ export class NvmeController {
   private readonly admin: AdminCommands;
   private readonly sqe = new Uint8Array(SQE_SIZE);
   private readonly sqv = new DataView(this.sqe.buffer);
+  /** I/O queue doorbell writes that reached this thread as MMIO exits (none once they are ioeventfds) */
+  ioDoorbellExits = 0;
 
   constructor(private readonly o: ControllerOptions) {
     this.irqConfig = new Uint8Array(o.vectors);
@@ -170,7 +172,7 @@ export class NvmeController {
 
   private doorbell(idx: number, value: number): void {
     if (!this.ready || this.cfs || this.o.queues.fatal) return;
-    if (idx >= 2) { this.o.queues.doorbell(idx, value); return; }
+    if (idx >= 2) { this.ioDoorbellExits++; this.o.queues.doorbell(idx, value); return; }
     const q = idx === 0 ? this.asqQ! : this.acqQ!;
     if (value >= q.size) {
       this.o.guestError(`admin ${idx === 0 ? 'submission' : 'completion'} queue doorbell ${value} past the queue's ${q.size} entries`);

@@ -128,12 +128,13 @@ export class NvmePci implements PciFunction {
   unquiesce(): void { this.thread?.unquiesce(); }
   activity(): number { return this.thread?.served ?? 0; }
 
-  /** `tshyvectl --get-stats`: commands and bytes moved. */
+  /** `tshyvectl --get-stats`: commands and bytes moved, and I/O doorbells that were exits. */
   stats(): Record<string, number> {
     const c = this.counters, p = this.statsPrefix;
     return {
       [`${p}reads`]: c[Stat.READS]!, [`${p}writes`]: c[Stat.WRITES]!,
       [`${p}read_bytes`]: c[Stat.READ_UNITS]! * 512, [`${p}written_bytes`]: c[Stat.WRITE_UNITS]! * 512,
+      [`${p}io_doorbell_exits`]: this.controller.ioDoorbellExits,
     };
   }
 
