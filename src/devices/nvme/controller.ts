@@ -26,7 +26,7 @@ const CC_MASK = 0x00fffff1;
 /** The I/O queues as the controller drives them, wherever they run. */
 export interface IoQueueDriver extends IoQueueControl {
   /** An I/O queue's doorbell written through MMIO (index 2*qid or 2*qid+1). */
-  doorbell(idx: number, value: number): void;
+  doorbell(idx: number, value: number): unknown;
   /** The I/O queues found the controller fatal. */
   readonly fatal: boolean;
 }

@@ -47,6 +47,8 @@ export interface IoQueueLimits {
 /** Atomics on shared memory are full barriers (lock-prefixed on x86): between an event index store and the shadow doorbell's re-read. */
 const fenceWord = new Int32Array(new SharedArrayBuffer(4));
 const fence = (): void => { Atomics.add(fenceWord, 0, 0); };
+/** Rounds over the queues in one serve() call (each takes up to a queue's worth of commands from every queue). */
+const PASSES = 8;
 
 export class IoQueues implements IoQueueControl {
   private readonly sqs: (SubmissionQueue | undefined)[];
@@ -139,17 +141,17 @@ export class IoQueues implements IoQueueControl {
     this.onFatal();
   }
 
-  /** A doorbell register written through MMIO: index 2*qid (SQ tail) or 2*qid+1 (CQ head), qid >= 1. */
-  doorbell(idx: number, value: number): void {
+  /** A doorbell register written through MMIO: index 2*qid (SQ tail) or 2*qid+1 (CQ head), qid >= 1. Returns serve()'s answer. */
+  doorbell(idx: number, value: number): boolean {
     const qid = idx >> 1;
-    if (this.fatal || !this.validQid(qid)) return;
+    if (this.fatal || !this.validQid(qid)) return false;
     if (this.dbs === 0) { // with shadow doorbells, the write only says "look"
       const q = idx & 1 ? this.cqs[qid] : this.sqs[qid];
-      if (!q) return;
-      if (value >= q.size) { this.fail(); return; }
+      if (!q) return false;
+      if (value >= q.size) { this.fail(); return false; }
       if (idx & 1) (q as CompletionQueue).head = value; else (q as SubmissionQueue).tail = value;
     }
-    this.serve();
+    return this.serve();
   }
 
   /** Read a queue's shadow doorbell; false (fatal) when it is past the queue's end. */
@@ -159,10 +161,17 @@ export class IoQueues implements IoQueueControl {
     return v;
   }
 
-  /** Serve every submission queue until none has work its completion queue has room for. */
-  serve(): void {
+  /**
+   * Serve every submission queue until none has work its completion queue
+   * has room for, or for at most PASSES rounds over the queues (so that a
+   * guest that keeps submitting cannot keep the thread from its control
+   * calls). Returns true when work may be left: call again soon.
+   */
+  serve(): boolean {
     const mem = this.mem, shadow = this.dbs !== 0;
-    for (let more = true; more && !this.fatal;) {
+    let more = true;
+    for (let pass = 0; more && !this.fatal; pass++) {
+      if (pass === PASSES) return true;
       more = false;
       for (let q = 1; q <= this.limits.maxq && !this.fatal; q++) {
         const sq = this.sqs[q];
@@ -170,7 +179,7 @@ export class IoQueues implements IoQueueControl {
         const cq = sq.cq;
         if (shadow) {
           const t = this.readShadow(q, 0, sq.size);
-          if (t < 0) return;
+          if (t < 0) return false;
           sq.tail = t;
         }
         let n = 0;
@@ -178,13 +187,13 @@ export class IoQueues implements IoQueueControl {
           if (cq.full()) {
             if (!shadow) break;
             const h = this.readShadow(cq.qid, 1, cq.size);
-            if (h < 0) return;
+            if (h < 0) return false;
             cq.head = h;
             if (cq.full()) { // ask to be told when the driver makes room
               mem.writeU32(this.eis + 8 * cq.qid + 4, h);
               fence();
               const again = this.readShadow(cq.qid, 1, cq.size);
-              if (again < 0) return;
+              if (again < 0) return false;
               if (again === h) break;
               cq.head = again;
             }
@@ -200,12 +209,13 @@ export class IoQueues implements IoQueueControl {
           mem.writeU32(this.eis + 8 * q, sq.tail);
           fence();
           const t = this.readShadow(q, 0, sq.size);
-          if (t < 0) return;
+          if (t < 0) return false;
           if (t !== sq.tail) more = true;
         }
         this.raise(cq);
       }
     }
+    return false;
   }
 
   private raise(cq: CompletionQueue): void {

@@ -64,7 +64,7 @@ function run(d: NvmeThreadData): void {
   const state = { quiesced: false };
   let kicked = false;
   for (;;) {
-    const n = libc.epollWait(ep, events, 2, 1000);
+    const n = libc.epollWait(ep, events, 2, kicked && !state.quiesced ? 0 : 1000);
     let control = n === 0;
     for (let i = 0; i < n; i++) {
       const idx = events.readUInt32LE(i * EPOLL_EVENT_BYTES + 4);
@@ -81,13 +81,12 @@ function run(d: NvmeThreadData): void {
       if (call.t === 'unquiesce' || call.t === 'restore') kicked = true;
     }
     if (!kicked || state.quiesced) continue;
-    kicked = false;
     Atomics.add(shared, 1, 1);
     for (let i = 2; i < doorbells.length; i++) {
       const v = Atomics.exchange(doorbells, i, -1);
-      if (v >= 0) queues.doorbell(i, v); // serves the queues too
+      if (v >= 0) queues.doorbell(i, v);
     }
-    queues.serve();
+    kicked = queues.serve(); // work left: look at the control fd, then go on at once
   }
 }
 

@@ -105,7 +105,7 @@ export class NvmePci implements PciFunction {
       const addr = base + DOORBELLS + 4 * i;
       const n = this.thread
         ? this.ctx.bindIoeventfd?.(this.thread.kickFd, addr, 4)
-        : this.ctx.ioeventfd?.(addr, 4, () => (this.queues as IoQueues).serve());
+        : this.ctx.ioeventfd?.(addr, 4, () => this.serveHere());
       if (n) this.notifiers.push(n);
     }
   }
@@ -158,7 +158,12 @@ export class NvmePci implements PciFunction {
   afterRestore(): void {
     this.msix.deliverPending();
     this.controller.kick();
-    if (this.thread) this.thread.kick(); else (this.queues as IoQueues).serve();
+    if (this.thread) this.thread.kick(); else this.serveHere();
+  }
+
+  /** Queues on this thread: serve, and come back after other work while some is left. */
+  private serveHere(): void {
+    if ((this.queues as IoQueues).serve()) setImmediate(() => this.serveHere());
   }
 
   destroy(): void {
