@@ -14,6 +14,7 @@ import { intxGsi, registerPciDevice, type DeviceContext, type PciFunction } from
 import { PciConfig } from '../../pci/config-space.js';
 import { PciBars } from '../../pci/bars.js';
 import { Msix } from '../../pci/msix.js';
+import { UserError } from '../../errors.js';
 import { SnapshotError, type StateReader, type StateWriter } from '../../snapshot/state.js';
 import type { BlockBackend } from '../block/index.js';
 import { DOORBELLS } from './constants.js';
@@ -42,6 +43,8 @@ export class NvmePci implements PciFunction {
   private dbbuf = false;
   private notifiers: Notifier[] = [];
   private readonly statsPrefix: string;
+  private readonly ramDisk: boolean;
+  private readonly label: string;
 
   constructor(private readonly ctx: DeviceContext, opts: NvmeOptions, bdf: { bus: number; slot: number; func: number }, name: string, useThread: boolean) {
     this.statsPrefix = `pci.${bdf.bus}.${bdf.slot}.${bdf.func}.`;
@@ -52,7 +55,8 @@ export class NvmePci implements PciFunction {
     });
     this.config.bytes[0x3c] = intxGsi(bdf.slot);
     this.msix = new Msix(this.config, ctx, { vectors, bar: MSIX_BAR, table: 0, pba: MSIX_PBA }, () => this.updateDirect());
-    const label = name;
+    const label = this.label = name;
+    this.ramDisk = opts.ramMiB !== undefined;
     const disk: DiskInit = {
       readonly: opts.readonly, nocache: opts.nocache, direct: opts.direct, sectorSize: opts.sectorSize, dsm: false,
       limits: { maxq: opts.maxq, maxEntries: opts.qsz, vectors }, stats: this.counters.buffer as SharedArrayBuffer,
@@ -139,6 +143,8 @@ export class NvmePci implements PciFunction {
   }
 
   saveState(w: StateWriter): void {
+    // a RAM disk would come back empty under a restored file system: refuse rather than corrupt it
+    if (this.ramDisk) throw new UserError(`${this.label}: a ram= disk cannot be saved (its contents are not part of a snapshot)`);
     this.controller.saveState(w, this.queues.save());
     this.msix.saveState(w);
   }
