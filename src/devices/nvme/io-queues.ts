@@ -143,6 +143,11 @@ export class IoQueues implements IoQueueControl {
 
   /** A doorbell register written through MMIO: index 2*qid (SQ tail) or 2*qid+1 (CQ head), qid >= 1. Returns serve()'s answer. */
   doorbell(idx: number, value: number): boolean {
+    return this.setDoorbell(idx, value) && this.serve();
+  }
+
+  /** Take a doorbell's value without serving (a save takes what was rung); false when nothing is to be served. */
+  setDoorbell(idx: number, value: number): boolean {
     const qid = idx >> 1;
     if (this.fatal || !this.validQid(qid)) return false;
     if (this.dbs === 0) { // with shadow doorbells, the write only says "look"
@@ -151,7 +156,7 @@ export class IoQueues implements IoQueueControl {
       if (value >= q.size) { this.fail(); return false; }
       if (idx & 1) (q as CompletionQueue).head = value; else (q as SubmissionQueue).tail = value;
     }
-    return this.serve();
+    return true;
   }
 
   /** Read a queue's shadow doorbell; false (fatal) when it is past the queue's end. */

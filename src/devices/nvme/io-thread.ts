@@ -23,7 +23,7 @@ import type { NvmeCall, NvmeThreadData, NvmeThreadEvent } from './offload.js';
 
 const EPOLL_CLOEXEC = 0o2000000, EPOLL_CTL_ADD = 1, EPOLLIN = 1, EPOLL_EVENT_BYTES = 12;
 
-function answer(q: IoQueues, m: NvmeCall, state: { quiesced: boolean }): unknown {
+function answer(q: IoQueues, m: NvmeCall, state: { quiesced: boolean }, doorbells: Int32Array): unknown {
   switch (m.t) {
     case 'createCq': return q.createCq(m.qid, m.base, m.size, m.vector, m.ien);
     case 'createSq': return q.createSq(m.qid, m.base, m.size, m.cqid);
@@ -31,7 +31,13 @@ function answer(q: IoQueues, m: NvmeCall, state: { quiesced: boolean }): unknown
     case 'deleteCq': return q.deleteCq(m.qid);
     case 'setDbbuf': return q.setDbbuf(m.dbs, m.eis);
     case 'reset': q.reset(); return SC.SUCCESS;
-    case 'save': return q.save();
+    case 'save':
+      // doorbells rung but not yet taken (quiesced): part of the queues' state
+      for (let i = 2; i < doorbells.length; i++) {
+        const v = Atomics.exchange(doorbells, i, -1);
+        if (v >= 0) q.setDoorbell(i, v);
+      }
+      return q.save();
     case 'restore':
       try { q.restore(m.state); return ''; } catch (e) { return (e as Error).message; }
     case 'quiesce': state.quiesced = true; return SC.SUCCESS;
@@ -74,7 +80,7 @@ function run(d: NvmeThreadData): void {
     for (let m = control ? receiveMessageOnPort(d.port) : undefined; m; m = receiveMessageOnPort(d.port)) {
       const call = m.message as NvmeCall & { seq: number };
       if (call.t === 'reset') Atomics.store(shared, 0, 0);
-      d.reply.postMessage(answer(queues, call, state));
+      d.reply.postMessage(answer(queues, call, state, doorbells));
       Atomics.store(ack, 0, call.seq);
       Atomics.notify(ack, 0);
       if (call.t === 'stop') { backend.close(); libc.close(ep); d.port.close(); d.reply.close(); return; }

@@ -60,23 +60,30 @@ test('I/O on the I/O thread: queues created by admin commands, MMIO doorbells, t
     backend.read(b, 16 * 512);
     assert.equal(b[4095], 0x77);
     await until(() => (d.irqs.includes(1) ? true : undefined));
+    // quiesced, an MMIO doorbell is not served, but a save holds it
+    thread.quiesce();
+    d.put(1, { opcode: 0x00, nsid: 1 });
+    d.ring(1);
+    assert.deepEqual(thread.save().sqs.map((q) => [q.head, q.tail]), [[1, 2]], 'the rung tail is in the saved state');
+    thread.unquiesce();
+    assert.equal((await one(d, 1)).status, 0);
     // shadow doorbells: the register write is not seen; only the kick
     assert.equal(d.dbbuf(0x600000, 0x601000).status, 0);
     d.put(1, { opcode: 0x02, nsid: 1, prp1: DATA + 4096, cdw10: 16, cdw12: 7 });
-    d.mem.writeU32(0x600008, 2);
+    d.mem.writeU32(0x600008, 3);
     signalEventfd(thread.kickFd);
     assert.equal((await one(d, 1)).status, 0);
     assert.equal(d.mem.readU8(DATA + 4096 + 4095), 0x77);
-    assert.equal(d.mem.readU32(0x601008), 2, 'event index');
+    assert.equal(d.mem.readU32(0x601008), 3, 'event index');
     // save and restore through the thread
     const s = thread.save();
-    assert.deepEqual(s.sqs.map((q) => [q.qid, q.head, q.tail]), [[1, 2, 2]]);
+    assert.deepEqual(s.sqs.map((q) => [q.qid, q.head, q.tail]), [[1, 3, 3]]);
     thread.restore(s);
     assert.throws(() => thread.restore({ ...s, sqs: [{ ...s.sqs[0]!, tail: 99 }] }), /out of range/);
     thread.restore(s);
     thread.quiesce();
     d.put(1, { opcode: 0x00, nsid: 1 });
-    d.mem.writeU32(0x600008, 3);
+    d.mem.writeU32(0x600008, 4);
     signalEventfd(thread.kickFd);
     await sleep(100);
     assert.equal(d.reap(1).length, 0, 'quiesced: nothing taken');
