@@ -44,6 +44,9 @@ export interface IoQueueLimits {
   vectors: number;
 }
 
+/** What the log says when the queues make the controller fatal. */
+export const FATAL_DOORBELL = 'a doorbell past its queue: controller fatal';
+
 /** Atomics on shared memory are full barriers (lock-prefixed on x86): between an event index store and the shadow doorbell's re-read. */
 const fenceWord = new Int32Array(new SharedArrayBuffer(4));
 const fence = (): void => { Atomics.add(fenceWord, 0, 0); };

@@ -13,7 +13,7 @@ import type { SharedGuestRam } from '../io-thread/index.js';
 import { DNR, SC } from './constants.js';
 import type { IoQueueDriver } from './controller.js';
 import type { DiskInit } from './disk.js';
-import type { IoQueuesState } from './io-queues.js';
+import { FATAL_DOORBELL, type IoQueuesState } from './io-queues.js';
 
 export type NvmeCall =
   | { t: 'createCq'; qid: number; base: number; size: number; vector: number; ien: boolean }
@@ -76,6 +76,7 @@ export class IoThreadQueues implements IoQueueDriver {
     this.worker.on('error', (e) => { this.dead = e.message; onError(`nvme I/O thread failed: ${e.message}`); });
     this.port.on('message', (m: NvmeThreadEvent) => {
       if (m.t === 'irq') this.signal(m.vector);
+      else if (m.t === 'fatal') onError(FATAL_DOORBELL);
       else if (m.t === 'log') { if (m.msg.startsWith('I/O thread failed')) this.dead = m.msg; onError(`nvme ${m.msg}`); }
     });
     this.port.unref();

@@ -2,7 +2,7 @@
  * `-s N,nvme,PATH|ram=MiB[,opts]`: the NVMe controller as a PCI function
  * (class 01h/08h/02h, bhyve's IDs). BAR 0 holds the registers and
  * doorbells, BAR 4 MSI-X with one vector for the admin queue and one per
- * I/O queue pair. In a VM the I/O queues run on an I/O thread of their own
+ * I/O queue pair (no INTx: Linux's driver takes MSI-X). In a VM the I/O queues run on an I/O thread of their own
  * (offload.ts); with `-o virtio.workers=false`, or in tests, on this thread.
  *
  * Until the driver configures shadow doorbells, every doorbell write is an
@@ -10,7 +10,7 @@
  * KVM ioeventfds: the write wakes the I/O thread, which reads the value
  * from the shadow buffer, and never reaches user space on a vCPU.
  */
-import { intxGsi, registerPciDevice, type DeviceContext, type PciFunction } from '../../pci/device.js';
+import { registerPciDevice, type DeviceContext, type PciFunction } from '../../pci/device.js';
 import { PciConfig } from '../../pci/config-space.js';
 import { PciBars } from '../../pci/bars.js';
 import { Msix } from '../../pci/msix.js';
@@ -22,7 +22,7 @@ import { NvmeController, type IoQueueDriver } from './controller.js';
 import { ioQueuesOver, openBackend, type DiskInit } from './disk.js';
 import { PCI_DEVICE, PCI_VENDOR } from './identify.js';
 import { Stat } from './io.js';
-import type { IoQueues } from './io-queues.js';
+import { FATAL_DOORBELL, type IoQueues } from './io-queues.js';
 import { IoThreadQueues } from './offload.js';
 import { nvmeLegacyConfig, parseNvmeOptions, type NvmeOptions } from './options.js';
 
@@ -35,7 +35,7 @@ export class NvmePci implements PciFunction {
   readonly controller: NvmeController;
   private readonly msix: Msix;
   private readonly backend: BlockBackend;
-  private readonly queues: IoQueueDriver & { kick?(): void; quiesce?(): void; unquiesce?(): void; destroy?(): void };
+  private readonly queues: IoQueueDriver;
   private readonly thread: IoThreadQueues | undefined;
   private readonly maxq: number;
   readonly counters = new Float64Array(new SharedArrayBuffer(8 * Stat.COUNT));
@@ -53,7 +53,6 @@ export class NvmePci implements PciFunction {
     this.config = new PciConfig({
       vendor: PCI_VENDOR, device: PCI_DEVICE, classCode: 0x01, subclass: 0x08, progIf: 0x02, subsysVendor: PCI_VENDOR, subsys: PCI_DEVICE,
     });
-    this.config.bytes[0x3c] = intxGsi(bdf.slot);
     this.msix = new Msix(this.config, ctx, { vectors, bar: MSIX_BAR, table: 0, pba: MSIX_PBA }, () => this.updateDirect());
     const label = this.label = name;
     this.ramDisk = opts.ramMiB !== undefined;
@@ -71,8 +70,7 @@ export class NvmePci implements PciFunction {
       this.thread = new IoThreadQueues(disk, ctx.guestRam!, `nvme-io@${bdf.slot}`, signal, (m) => ctx.guestError(label, m));
       this.queues = this.thread;
     } else {
-      const local: IoQueues = ioQueuesOver(ctx.mem, this.backend, disk, signal, () => ctx.guestError(label, 'a doorbell past its queue: controller fatal'));
-      this.queues = local;
+      this.queues = ioQueuesOver(ctx.mem, this.backend, disk, signal, () => ctx.guestError(label, FATAL_DOORBELL));
     }
     this.controller = new NvmeController({
       mem: ctx.mem, queues: this.queues, stats: this.counters, maxq: opts.maxq, maxEntries: opts.qsz, vectors,
