@@ -48,7 +48,7 @@ export class IoCommands {
     const nsid = sqe.getUint32(4, true);
     if (opcode === IO.FLUSH) {
       if (nsid !== 1 && nsid !== 0xffffffff) return SC.INVALID_NAMESPACE | DNR;
-      return this.host(() => this.ns.backend.flush(), SC.INTERNAL);
+      return this.flush(SC.INTERNAL);
     }
     if (nsid !== 1) return SC.INVALID_NAMESPACE | DNR;
     switch (opcode) {
@@ -88,7 +88,7 @@ export class IoCommands {
     s[write ? Stat.WRITES : Stat.READS]! += 1;
     s[write ? Stat.WRITE_UNITS : Stat.READ_UNITS]! += len / 512;
     // FUA: this write reaches stable storage before it completes
-    if (write && (sqe.getUint32(48, true) & (1 << 30))) return this.host(() => this.ns.backend.flush(), SC.WRITE_FAULT);
+    if (write && (sqe.getUint32(48, true) & (1 << 30))) return this.flush(SC.WRITE_FAULT);
     return SC.SUCCESS;
   }
 
@@ -111,7 +111,12 @@ export class IoCommands {
     if (off < 0) return SC.LBA_OUT_OF_RANGE | DNR;
     if (this.ns.readonly) return SC.NS_WRITE_PROTECTED | DNR;
     const deac = this.ns.dsm && (sqe.getUint32(48, true) & (1 << 25)) !== 0;
-    return this.host(() => this.ns.backend.writeZeroes(off, this.nlb * this.ns.sectorSize, deac), SC.WRITE_FAULT);
+    try {
+      this.ns.backend.writeZeroes(off, this.nlb * this.ns.sectorSize, deac);
+      return SC.SUCCESS;
+    } catch (e) {
+      return failed(e, SC.WRITE_FAULT);
+    }
   }
 
   private dsm(sqe: DataView): number {
@@ -128,19 +133,21 @@ export class IoCommands {
       const n = dv.getUint32(16 * i + 4, true), hi = dv.getUint32(16 * i + 12, true);
       if (hi >= 0x200000 || hi * 0x1_0000_0000 + dv.getUint32(16 * i + 8, true) + n > this.lbas) return SC.LBA_OUT_OF_RANGE | DNR;
     }
-    return this.host(() => {
+    try {
       for (let i = 0; i < nr; i++) {
         const n = dv.getUint32(16 * i + 4, true);
         const slba = dv.getUint32(16 * i + 12, true) * 0x1_0000_0000 + dv.getUint32(16 * i + 8, true);
         if (n > 0) this.ns.backend.discard(slba * ss, n * ss);
       }
-    }, SC.INTERNAL);
+    } catch (e) {
+      return failed(e, SC.INTERNAL);
+    }
+    return SC.SUCCESS;
   }
 
-  /** Run a host operation (not on the read/write path: a closure each). */
-  private host(op: () => void, onError: number): number {
+  private flush(onError: number): number {
     try {
-      op();
+      this.ns.backend.flush();
       return SC.SUCCESS;
     } catch (e) {
       return failed(e, onError);
