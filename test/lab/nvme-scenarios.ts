@@ -27,6 +27,9 @@ import { Vm, restoreArgs, tshyvectl, type Phase } from './snapshot-scenarios.js'
 const nvmeBySerial = (v: string, ser: string): string =>
   `for c in /sys/class/nvme/nvme*; do [ "$(cat $c/serial | tr -d " ")" = ${ser} ] && ${v}=$(basename $c)n1; done`;
 
+/** Files the snapshot scenario's guest writes: enough that it is still writing when the pause lands (each tshyvectl takes seconds in L1). */
+export const FILES = 150;
+
 export const nvmeScenarios: Record<string, () => Promise<BootResult>> = {
   async 'nvme-disks'() {
     const dir = mkdtempSync(join(tmpdir(), 'tshyve-nvme-'));
@@ -80,8 +83,8 @@ export const nvmeScenarios: Record<string, () => Promise<BootResult>> = {
     const sock = join(dir, 'ctl.sock'), ck = join(dir, 'ck.json');
     const cmd = guestCmd([
       'mkdir -p /mnt && mount -t ext4 /dev/nvme0n1 /mnt',
-      'i=0; while [ $i -lt 30 ]; do i=$((i+1))',
-      '  dd if=/dev/urandom of=/mnt/f$i bs=64k count=8 conv=fsync 2>/dev/null',
+      `i=0; while [ $i -lt ${FILES} ]; do i=$((i+1))`,
+      '  dd if=/dev/urandom of=/mnt/f$i bs=64k count=2 conv=fsync 2>/dev/null',
       '  echo "$(md5sum /mnt/f$i | cut -d" " -f1)  /mnt/f$i" >> /mnt/sums; sync; echo W=$i',
       'done',
       'sync; echo 3 > /proc/sys/vm/drop_caches',
@@ -93,8 +96,8 @@ export const nvmeScenarios: Record<string, () => Promise<BootResult>> = {
     const a = new Vm('run', args);
     const writing = await a.until((o) => /^W=4$/m.test(o));
     if (writing) {
-      phases.push(await tshyvectl([`--socket=${sock}`, '--get-stats']));
       phases.push(await tshyvectl([`--socket=${sock}`, '--pause']));
+      phases.push(await tshyvectl([`--socket=${sock}`, '--get-stats']));
       phases.push(await tshyvectl([`--socket=${sock}`, `--checkpoint=${ck}`]));
       copyFileSync(img, copy);
     }
