@@ -238,6 +238,7 @@ test('shadow doorbells: I/O doorbells are read from the shadow buffer; event ind
   d.setReg(DOORBELLS + 8, 0); // the MMIO value does not count, only the shadow's
   const c = d.reap(1);
   assert.equal(c.length, 2);
+  assert.equal(d.ctrl.ioDoorbellExits, 2, 'the SQ tail and CQ head doorbells that were exits are counted');
   assert.equal(d.mem.readU32(eis + 8), 2, 'SQ event index at the tail seen');
   d.mem.writeU32(dbs + 8, 99);
   (d.queues as IoQueues).serve();
