@@ -72,6 +72,32 @@ export class IoVecs {
     return true;
   }
 
+  /**
+   * Reset and fill with bytes [start, start+len) of `src`'s pieces (a part of
+   * a request that maps to one host range). `src` must hold them.
+   */
+  copyRange(src: IoVecs, start: number, len: number): void {
+    this.reset(src.count);
+    const w = this.w;
+    let n = 0, bytes = 0, skip = start;
+    for (let i = 0; i < src.count && bytes < len; i++) {
+      const l = src.len(i);
+      if (skip >= l) { skip -= l; continue; }
+      const k = Math.min(l - skip, len - bytes);
+      const addr = src.base(i) + skip;
+      skip = 0;
+      const q = 4 * n;
+      w[q] = addr >>> 0;
+      w[q + 1] = Math.floor(addr / TWO_32);
+      w[q + 2] = k;
+      w[q + 3] = 0;
+      n++;
+      bytes += k;
+    }
+    this.count = n;
+    this.bytes = bytes;
+  }
+
   base(i: number): number { return this.w[4 * i]! + this.w[4 * i + 1]! * TWO_32; }
   len(i: number): number { return this.w[4 * i + 2]!; }
 
