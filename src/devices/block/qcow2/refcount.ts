@@ -20,6 +20,8 @@ import { MAX_OFFSET, MAX_REFTABLE_BYTES } from './header.js';
 const BLOCK_CACHE = 8;
 /** A pool holds about this many bytes of clusters (fewer flushes when streaming). */
 const POOL_BYTES = 32 << 20;
+/** ... and at most this many clusters (small clusters: a smaller pool, fewer refcounts to set). */
+const POOL_CLUSTERS = 1024;
 /** Deferred frees held before a flush is forced. */
 const MAX_DEFERRED = 1 << 16;
 
@@ -37,9 +39,9 @@ export interface RefcountLayout {
 export class Refcounts {
   readonly cs: number;
   private readonly bits: number;
-  /** log2 of entries per refcount block */
-  private readonly blockShift: number;
   private readonly maxValue: number;
+  /** refcounts per refcount block */
+  readonly entriesPerBlock: number;
   table: Buffer;
   tableOffset: number;
   tableClusters: number;
@@ -61,7 +63,7 @@ export class Refcounts {
     private readonly canPunch: boolean) {
     this.cs = 2 ** layout.clusterBits;
     this.bits = 2 ** layout.refcountOrder;
-    this.blockShift = layout.clusterBits + 3 - layout.refcountOrder;
+    this.entriesPerBlock = 2 ** (layout.clusterBits + 3 - layout.refcountOrder);
     this.maxValue = this.bits >= 53 ? MAX_OFFSET : 2 ** this.bits - 1;
     this.table = table;
     this.tableOffset = layout.tableOffset;
@@ -75,7 +77,6 @@ export class Refcounts {
     if (len > 0) this.fixed.push({ start: Math.floor(offset / this.cs), end: Math.ceil((offset + len) / this.cs) });
   }
 
-  get entriesPerBlock(): number { return 2 ** this.blockShift; }
 
   private tableEntry(i: number): number {
     if (i >= this.table.length / 8) return 0;
@@ -270,7 +271,7 @@ export class Refcounts {
 
   private refill(n: number): void {
     this.releasePool();
-    const want = Math.max(n, Math.floor(POOL_BYTES / this.cs));
+    const want = Math.max(n, Math.min(POOL_CLUSTERS, Math.floor(POOL_BYTES / this.cs)));
     // first a run of free clusters inside the file, then the end of it
     let start = -1, len = 0, seenFree = false;
     const fileEnd = this.endCluster;
