@@ -21,7 +21,7 @@
  * while serving the guest is an I/O error (BlockIoError), never a throw of
  * anything else.
  */
-import { constants as zc, inflateRawSync } from 'node:zlib';
+import { constants as zc, deflateRawSync, inflateRawSync } from 'node:zlib';
 import { BlockIoError, type BlockBackend } from '../backend.js';
 import type { FileBlockBackend } from '../file.js';
 import { BufferCarrier, IovCarrier, ZeroCarrier, type Carrier } from './carrier.js';
@@ -30,7 +30,7 @@ import {
   UNALLOCATED, ZERO, compressedRange, entryOffset, hiOf, loOf, putEntry, type CompressedRange,
 } from './entries.js';
 import {
-  INCOMPAT_CORRUPT, INCOMPAT_DIRTY, encodeHeader, type Qcow2Header,
+  INCOMPAT_CORRUPT, INCOMPAT_DIRTY, MAX_L1_BYTES, encodeHeader, type Qcow2Header,
 } from './header.js';
 import { L2Cache } from './l2-cache.js';
 import { Refcounts, corrupt } from './refcount.js';
@@ -59,7 +59,7 @@ export class Qcow2Backend implements BlockBackend {
   readonly clusterBits: number;
   /** entries per L2 table */
   readonly l2n: number;
-  readonly l1: Buffer;
+  l1: Buffer;
   readonly cache: L2Cache;
   readonly refcounts: Refcounts;
   fileSize: number;
@@ -126,6 +126,47 @@ export class Qcow2Backend implements BlockBackend {
     }
   }
 
+  /** Forget cached tables and clusters (after snapshot operations rewrote the tree). */
+  resetCaches(): void {
+    this.cache.clear();
+    this.cbufKey = -1;
+  }
+
+  /**
+   * Make the L1 table at least `entries` long: a larger copy in new clusters,
+   * made durable before the header points at it; the old one is freed.
+   */
+  growL1(entries: number): void {
+    const h = this.header;
+    if (entries <= h.l1Size) return;
+    if (entries * 8 > MAX_L1_BYTES) throw new BlockIoError('resize', 'EFBIG', `${this.path}: the L1 table would exceed ${MAX_L1_BYTES} bytes`);
+    const oldOff = h.l1TableOffset, oldClusters = Math.ceil((h.l1Size * 8) / this.cs);
+    const n = Math.ceil((entries * 8) / this.cs);
+    const t = Buffer.alloc(n * this.cs);
+    this.l1.copy(t);
+    const off = this.refcounts.alloc(n);
+    this.file.write(t, off);
+    this.grew(off + t.length);
+    this.file.flush();
+    this.l1 = t.subarray(0, entries * 8);
+    h.l1Size = entries;
+    h.l1TableOffset = off;
+    this.refcounts.protect(off, t.length);
+    this.writeHeader();
+    this.file.flush();
+    if (oldClusters > 0) this.refcounts.setRun(oldOff / this.cs, oldClusters, 0);
+  }
+
+  /** A larger virtual size (the image is closed after: `size` is fixed for an open disk). */
+  growTo(size: number): void {
+    this.checkWritable('resize');
+    if (size < this.header.size) throw new BlockIoError('resize', 'EINVAL', 'shrinking a qcow2 image is not supported');
+    this.growL1(Math.ceil(size / (this.cs * this.l2n)));
+    this.header.size = size;
+    this.writeHeader();
+    this.file.flush();
+  }
+
   writeHeader(): void {
     this.file.write(encodeHeader(this.header, this.path), 0);
     this.fileSize = Math.max(this.fileSize, this.cs);
@@ -157,6 +198,9 @@ export class Qcow2Backend implements BlockBackend {
     const i = cluster - l1i * this.l2n;
     return this.classify(t.readUInt32BE(8 * i), t.readUInt32BE(8 * i + 4), op);
   }
+
+  /** The host offset the last lookup found (NORMAL clusters). */
+  mapHost(): number { return this.mHost; }
 
   classify(hi: number, lo: number, op: string): number {
     this.mHi = hi; this.mLo = lo;
@@ -327,7 +371,7 @@ export class Qcow2Backend implements BlockBackend {
   }
 
   /** The file was written up to `end`. */
-  private grew(end: number): void {
+  grew(end: number): void {
     if (end > this.fileSize) this.fileSize = end;
   }
 
@@ -415,6 +459,44 @@ export class Qcow2Backend implements BlockBackend {
       this.cache.drop(off);
       this.refcounts.deferFree(off / this.cs);
     }
+  }
+
+  /** where the next compressed cluster may go (0: start a new cluster) */
+  private cNext = 0;
+
+  /**
+   * Write guest cluster `cl` (unallocated; a whole cluster of data)
+   * deflated, as `qemu-img convert -c` does; data that does not shrink is
+   * written as a normal cluster. Compressed clusters are packed one after
+   * another, sector aligned; each host cluster counts the compressed
+   * clusters that touch it.
+   */
+  writeCompressed(cl: number, data: Buffer): void {
+    this.checkWritable('write');
+    const cs = this.cs;
+    if (this.lookup(cl, 'write') !== UNALLOCATED || this.mHi !== 0 || this.mLo !== 0) {
+      throw new BlockIoError('write', 'EINVAL', 'compressed writes go to unallocated clusters only');
+    }
+    const z = deflateRawSync(data);
+    if (z.length >= cs - 512) { this.write(data, cl * cs); return; }
+    let off = this.cNext;
+    if (off === 0 || Math.floor(off / cs) !== Math.floor((off + z.length - 1) / cs)) {
+      off = this.refcounts.alloc(1);
+    } else {
+      this.refcounts.update(Math.floor(off / cs), 1);
+    }
+    this.file.write(z, off);
+    this.grew(off + z.length);
+    this.reach(Math.ceil((off + z.length) / cs) * cs);
+    this.cNext = Math.ceil((off + z.length) / 512) * 512;
+    if (this.cNext % cs === 0) this.cNext = 0;
+    const l1i = Math.floor(cl / this.l2n);
+    this.ensureL2(l1i);
+    const extra = Math.floor((off + z.length - 1) / 512) - Math.floor(off / 512);
+    const hs = 62 - (this.clusterBits - 8) - 32;
+    const i = cl - l1i * this.l2n;
+    putEntry(this.tBuf!, i, (HI_COMPRESSED | (extra << hs) | Math.floor(off / 2 ** 32)) >>> 0, off >>> 0);
+    this.cache.writeEntries(this.tOff, this.tBuf!, i, i + 1);
   }
 
   // ---- discard, write zeroes, flush ------------------------------------------------

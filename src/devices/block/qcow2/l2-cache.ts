@@ -69,6 +69,14 @@ export class L2Cache {
     this.file.write(table.subarray(8 * from, 8 * to), off + 8 * from);
   }
 
+  /** Forget every table. */
+  clear(): void {
+    this.index.clear();
+    this.offs.fill(-1);
+    this.used.fill(0);
+    this.last = -1;
+  }
+
   /** Forget the table at `off` (its cluster was freed or reused). */
   drop(off: number): void {
     const slot = this.index.get(off);
