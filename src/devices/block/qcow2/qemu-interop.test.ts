@@ -181,3 +181,24 @@ test('a discarded whole cluster is freed and its hole punched once flushed', { s
     s.done();
   }
 });
+
+test('an image QEMU left dirty (lazy refcounts, killed) is repaired when opened for writing', { skip: skipNoQemu }, () => {
+  const s = scratchDir();
+  try {
+    const q = s.path('dirty.qcow2');
+    ok(qemuImg('create', '-f', 'qcow2', '-o', 'lazy_refcounts=on', q, '8M'), 'create');
+    spawnSync('/usr/bin/qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x44 0 300k', '-c', 'sigraise 9', q]);
+    assert.equal(readFileSync(q).readBigUInt64BE(72) & 1n, 1n, 'QEMU left the dirty bit');
+    assert.equal(qemuImg('check', q).status, 2, 'refcounts QEMU never wrote');
+    const img = openImage({ path: q });
+    const b = Buffer.alloc(300 * 1024);
+    img.read(b, 0);
+    assert.ok(b.every((x) => x === 0x44));
+    img.write(Buffer.alloc(4096, 1), MiB);
+    img.close();
+    assert.equal(readFileSync(q).readBigUInt64BE(72) & 1n, 0n, 'the dirty bit is cleared');
+    ok(qemuImg('check', q), 'check');
+  } finally {
+    s.done();
+  }
+});
