@@ -116,3 +116,31 @@ test('virtio-blk serves a qcow2 disk; a passive instance beside the I/O thread\'
     s.done();
   }
 });
+
+test('internal snapshots through the BlockBackend interface', { skip: skipNoQemu }, () => {
+  const s = scratchDir();
+  try {
+    const q = s.path('snap.qcow2');
+    assert.equal(qemuImg('create', '-f', 'qcow2', '-o', 'cluster_size=4k', q, '1M').status, 0);
+    const img = openImage({ path: q });
+    img.write(Buffer.alloc(8192, 1), 0);
+    img.snapshots!.create('one');
+    img.write(Buffer.alloc(8192, 2), 4096);
+    assert.deepEqual(img.snapshots!.list(), ['one']);
+    assert.throws(() => img.snapshots!.create('one'), /EEXIST/);
+    img.snapshots!.apply('one');
+    const b = Buffer.alloc(12288);
+    img.read(b, 0);
+    assert.ok(b.subarray(0, 8192).every((x) => x === 1) && b.subarray(8192).every((x) => x === 0));
+    img.write(Buffer.alloc(512, 3), 0);
+    img.snapshots!.delete('one');
+    img.close();
+    assert.equal(qemuImg('check', q).status, 0, qemuImg('check', q).out);
+    const ro = openImage({ path: q, readonly: true });
+    assert.throws(() => ro.snapshots!.create('two'), /EROFS/);
+    ro.close();
+    assert.equal(openImage({ path: q, format: 'raw', readonly: true }).snapshots, undefined);
+  } finally {
+    s.done();
+  }
+});

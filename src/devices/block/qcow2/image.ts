@@ -22,7 +22,7 @@
  * anything else.
  */
 import { constants as zc, deflateRawSync, inflateRawSync } from 'node:zlib';
-import { BlockIoError, type BlockBackend } from '../backend.js';
+import { BlockIoError, type BlockBackend, type BlockSnapshots } from '../backend.js';
 import type { FileBlockBackend } from '../file.js';
 import { BufferCarrier, IovCarrier, ZeroCarrier, type Carrier } from './carrier.js';
 import {
@@ -34,6 +34,7 @@ import {
 } from './header.js';
 import { L2Cache } from './l2-cache.js';
 import { Refcounts, corrupt } from './refcount.js';
+import { applySnapshot, createSnapshot, deleteSnapshot, listSnapshots } from './snapshot.js';
 import type { IoVecs } from '../../../memory/iovec.js';
 
 /** Clusters moved by one run at most (bounds one syscall's size). */
@@ -64,6 +65,13 @@ export class Qcow2Backend implements BlockBackend {
   readonly refcounts: Refcounts;
   fileSize: number;
   backing: BlockBackend | undefined;
+
+  readonly snapshots: BlockSnapshots = {
+    list: () => listSnapshots(this).map((s) => s.name),
+    create: (name) => { this.checkWritable('snapshot'); createSnapshot(this, name); },
+    apply: (name) => { this.checkWritable('snapshot'); applySnapshot(this, name); },
+    delete: (name) => { this.checkWritable('snapshot'); deleteSnapshot(this, name); },
+  };
 
   private readonly passive: boolean;
   private closed = false;

@@ -147,7 +147,8 @@ export class Refcounts {
 
   /** Set the refcounts of clusters [start, start+n) to v: one write per refcount block. */
   setRun(start: number, n: number, v: number): void {
-    if (v < 0 || v > this.maxValue) throw corrupt('refcount', `refcount of cluster ${start} would be ${v}`);
+    if (v < 0) throw corrupt('refcount', `refcount of cluster ${start} would be ${v}`);
+    if (v > this.maxValue) throw new BlockIoError('refcount', 'ERANGE', `refcount of cluster ${start} would not fit in ${this.bits} bits`);
     const per = this.entriesPerBlock, w = Math.max(1, this.bits / 8);
     for (let c = start; c < start + n;) {
       const bi = Math.floor(c / per);

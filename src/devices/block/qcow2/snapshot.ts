@@ -5,6 +5,9 @@
  * data cluster it reaches; COPIED flags then say which clusters the active
  * image owns alone. Offline operations on an image opened read-write.
  *
+ * Each operation starts with a flush, so that frees the open image deferred
+ * (refcount.ts) are applied before the refcounts are walked.
+ *
  * Order, for crash safety: references are added before anything points at
  * them, the snapshot table is written to new clusters and made durable
  * before the header names it, and references are dropped last (a crash
@@ -91,6 +94,7 @@ function writeTable(img: Qcow2Backend, old: SnapshotEntry[], list: SnapshotEntry
 }
 
 export function createSnapshot(img: Qcow2Backend, name: string, vmClockNsec = 0n, now = Date.now()): SnapshotEntry {
+  img.flush(); // frees the open image deferred are applied first: the walks below must see final refcounts
   const list = listSnapshots(img);
   if (find(list, name) >= 0) throw new BlockIoError('snapshot', 'EEXIST', `snapshot '${name}' exists`);
   const h = img.header, cs = img.cs;
@@ -117,6 +121,7 @@ export function createSnapshot(img: Qcow2Backend, name: string, vmClockNsec = 0n
 }
 
 export function applySnapshot(img: Qcow2Backend, nameOrId: string): void {
+  img.flush();
   const list = listSnapshots(img);
   const i = find(list, nameOrId);
   if (i < 0) throw new BlockIoError('snapshot', 'ENOENT', `no snapshot '${nameOrId}'`);
@@ -140,6 +145,7 @@ export function applySnapshot(img: Qcow2Backend, nameOrId: string): void {
 }
 
 export function deleteSnapshot(img: Qcow2Backend, nameOrId: string): void {
+  img.flush();
   const list = listSnapshots(img);
   const i = find(list, nameOrId);
   if (i < 0) throw new BlockIoError('snapshot', 'ENOENT', `no snapshot '${nameOrId}'`);
