@@ -12,6 +12,7 @@ import assert from 'node:assert/strict';
 import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { FileBlockBackend, openImage, type BlockBackend } from '../index.js';
 import { Qcow2Backend } from './image.js';
+import { checkImage } from './check.js';
 import { iovOf, pieces, qemuImg, randomBytes, randomOps, rng, scratchDir, skipNoQemu } from './testing.js';
 
 const MiB = 1 << 20;
@@ -153,6 +154,10 @@ test('random writes, discards and write-zeroes leave images qemu-img checks clea
         }
         ok(qemuImg('check', q), `${opts} ${start}: check`);
         ok(qemuImg('compare', '-f', 'raw', '-F', 'qcow2', raw, q), `${opts} ${start}: compare`);
+        const back = openImage({ path: q, readonly: true }) as Qcow2Backend;
+        const own = checkImage(back, false);
+        back.close();
+        assert.deepEqual([own.corruptions, own.leaks, own.flagErrors], [0, 0, 0], `${opts} ${start}: tshyve's check agrees: ${own.messages.join('; ')}`);
       }
     }
   } finally {
@@ -241,6 +246,10 @@ test('snapshots taken, applied and deleted between random writes keep the data a
       }
       ok(qemuImg('check', q), `${opts}: check`);
       ok(qemuImg('compare', '-f', 'raw', '-F', 'qcow2', raw, q), `${opts}: compare`);
+      const back = openImage({ path: q, readonly: true }) as Qcow2Backend;
+      const own = checkImage(back, false);
+      back.close();
+      assert.deepEqual([own.corruptions, own.leaks, own.flagErrors], [0, 0, 0], `${opts}: tshyve's check agrees: ${own.messages.join('; ')}`);
       assert.deepEqual(new Set(qemuImg('snapshot', '-l', q).out.split('\n').slice(2).map((l) => l.split(/\s+/)[1]).filter(Boolean)), new Set(saved.keys()));
     }
   } finally {
