@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ROOT, runCli } from './helpers.js';
+import { ROOT, guestBin, kvmUnavailable, runCli } from './helpers.js';
 import { qemuImg, scratchDir, skipNoQemu } from '../src/devices/block/qcow2/testing.js';
 
 const IMG = join(ROOT, 'dist', 'src', 'cli', 'tshyve-img.js');
@@ -199,3 +199,22 @@ test('tshyve refuses a qcow2 disk with a feature it lacks: one line naming it, e
     s.done();
   }
 });
+
+test('a VM with qcow2 disks (an overlay on its I/O thread, a read-only one) starts and ends, the images clean and unchanged',
+  { skip: skipNoQemu || kvmUnavailable() || (guestBin('long') ? false : 'guest program long.bin not built') }, async () => {
+    const s = scratchDir();
+    try {
+      ok(qemuImg('create', '-f', 'qcow2', s.path('base.qcow2'), '4M'), 'base');
+      ok(img('create', '-f', 'qcow2', '-b', 'base.qcow2', '-F', 'qcow2', s.path('top.qcow2')), 'overlay');
+      const before = readFileSync(s.path('top.qcow2'));
+      const r = await runCli(['-c', '1', '-m', '16M', '-s', '0,hostbridge', '-s', '31,lpc', '-l', 'com1,stdio',
+        '-s', `4,virtio-blk,${s.path('top.qcow2')}`, '-s', `5,virtio-blk,${s.path('base.qcow2')},ro,format=qcow2`,
+        '-o', `boot.raw=${guestBin('long')!}`, 'testvm'], { timeoutMs: 30_000 });
+      assert.equal(r.stdout, 'RPROTECTED OK\nLONG OK\nMMIO OK\n');
+      assert.equal(r.code, 1, r.stderr);
+      ok(qemuImg('check', s.path('top.qcow2')), 'overlay clean');
+      assert.ok(readFileSync(s.path('top.qcow2')).equals(before), 'a guest that wrote nothing changed nothing');
+    } finally {
+      s.done();
+    }
+  });
