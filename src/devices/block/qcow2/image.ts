@@ -385,7 +385,7 @@ export class Qcow2Backend implements BlockBackend {
 
   /** Make the file at least `end` long (sparse). */
   private reach(end: number): void {
-    if (end <= this.fileSize) return;
+    if (end <= this.fileSize || this.file.isBlockDevice) return; // a device's size is fixed: writes past it fail
     this.file.truncate(end);
     this.fileSize = end;
   }

@@ -127,7 +127,7 @@ test('random writes, discards and write-zeroes leave images qemu-img checks clea
     let seed = 100;
     for (const k of writable) {
       for (const start of ['empty', 'data', 'compressed', 'backing'] as const) {
-        if (k.extra.includes('refcount_bits') && (start === 'compressed' || start === 'backing')) continue;
+        if (k.extra.includes('refcount_bits') && start !== 'data') continue;
         seed++;
         const raw = s.path(`w${seed}.raw`), q = s.path(`w${seed}.qcow2`);
         const opts = `compat=${k.compat},cluster_size=${k.cluster}${k.extra}`;
@@ -146,7 +146,7 @@ test('random writes, discards and write-zeroes leave images qemu-img checks clea
         const img = openImage({ path: q });
         const rf = FileBlockBackend.open({ path: raw });
         try {
-          randomOps(rng(seed), [img, rf], size, 100);
+          randomOps(rng(seed), [img, rf], size, 70);
           assert.ok(readAll(img, seed).equals(readFileSync(raw)), `${opts} ${start}: reads what was written`);
         } finally {
           img.close();
