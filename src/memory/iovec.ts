@@ -57,12 +57,7 @@ export class IoVecs {
       if (addr === lastEnd && w[4 * n - 2]! + k < MAX_PIECE) {
         w[4 * n - 2] = w[4 * n - 2]! + k;
       } else {
-        const q = 4 * n;
-        w[q] = addr >>> 0;
-        w[q + 1] = Math.floor(addr / TWO_32);
-        w[q + 2] = k;
-        w[q + 3] = 0;
-        n++;
+        this.put(n++, addr, k);
       }
       lastEnd = addr + k;
       bytes += k;
@@ -70,6 +65,34 @@ export class IoVecs {
     this.count = n;
     this.bytes = bytes;
     return true;
+  }
+
+  /**
+   * Reset and fill with bytes [start, start+len) of `src`'s pieces (a part of
+   * a request that maps to one host range). `src` must hold them.
+   */
+  copyRange(src: IoVecs, start: number, len: number): void {
+    this.reset(src.count);
+    let n = 0, bytes = 0, skip = start;
+    for (let i = 0; i < src.count && bytes < len; i++) {
+      const l = src.len(i);
+      if (skip >= l) { skip -= l; continue; }
+      const k = Math.min(l - skip, len - bytes);
+      this.put(n++, src.base(i) + skip, k);
+      skip = 0;
+      bytes += k;
+    }
+    this.count = n;
+    this.bytes = bytes;
+  }
+
+  /** Entry i is (addr, len). */
+  private put(i: number, addr: number, len: number): void {
+    const q = 4 * i;
+    this.w[q] = addr >>> 0;
+    this.w[q + 1] = Math.floor(addr / TWO_32);
+    this.w[q + 2] = len;
+    this.w[q + 3] = 0;
   }
 
   base(i: number): number { return this.w[4 * i]! + this.w[4 * i + 1]! * TWO_32; }

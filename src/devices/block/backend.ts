@@ -17,6 +17,16 @@ export class BlockIoError extends TshyveError {
   }
 }
 
+/** Internal snapshots of an image format that keeps them (qcow2), by name. */
+export interface BlockSnapshots {
+  list(): string[];
+  /** Throws BlockIoError (EEXIST) when the name is taken. */
+  create(name: string): void;
+  /** Make the image what it was when `name` was taken (ENOENT when there is none). */
+  apply(name: string): void;
+  delete(name: string): void;
+}
+
 /** A disk image as a device model uses it. Offsets and lengths are bytes. */
 export interface BlockBackend {
   /** Size in bytes (fixed at open). */
@@ -36,6 +46,8 @@ export interface BlockBackend {
   readv?(iov: IoVecs, offset: number): void;
   /** Optional: write the pieces, in order, at `offset` in one vectored call (pwritev); may change `iov`. */
   writev?(iov: IoVecs, offset: number): void;
+  /** Internal snapshots, when the format has them (qcow2); the image must be writable to change them. */
+  readonly snapshots?: BlockSnapshots;
   /** Make written data durable (fdatasync). */
   flush(): void;
   /** Deallocate a range; returns false when the host cannot (a no-op then, which discard allows). */

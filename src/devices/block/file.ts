@@ -245,6 +245,13 @@ export class FileBlockBackend implements BlockBackend {
     }
   }
 
+  /** Set the file's length (image formats growing or trimming their file). */
+  truncate(len: number): void {
+    this.checkOpen('truncate');
+    if (this.readonly) throw new BlockIoError('truncate', 'EROFS');
+    if (libc.ftruncate(this.fd, len) !== 0) throw new BlockIoError('truncate', errnoName(errno()), `length ${len}`);
+  }
+
   close(): void {
     if (this.fd < 0) return;
     try {

@@ -1,6 +1,9 @@
 /**
  * The block layer shared by the disk devices: the BlockBackend interface
- * and the backends (raw files and block devices).
+ * and the backends (raw files and block devices, qcow2 images), opened by
+ * format or by probing (open.ts).
  */
-export { BlockIoError, type BlockBackend } from './backend.js';
+export { BlockIoError, type BlockBackend, type BlockSnapshots } from './backend.js';
 export { FileBlockBackend, type FileBackendOptions } from './file.js';
+export { IMAGE_FORMATS, MAX_CHAIN, openImage, probeFormat, resolveBacking, type ImageFormat, type OpenImageOptions } from './open.js';
+export { Qcow2Backend } from './qcow2/image.js';

@@ -39,7 +39,7 @@ import { VIRTIO_COMMON_FEATURES, VIRTIO_ID_BLOCK, featureBit, hasFeature } from 
 import type { VirtioDevice, VirtioInterrupt } from '../../virtio/device.js';
 import { VirtqueueError, type DescriptorChain, type GuestBuffer, type Virtqueue } from '../../virtio/queue.js';
 import { IoVecs } from '../../memory/iovec.js';
-import { FileBlockBackend, type BlockBackend } from '../block/index.js';
+import { openImage, type BlockBackend, type ImageFormat } from '../block/index.js';
 
 // ---- protocol constants (5.2) ---------------------------------------------------
 
@@ -107,6 +107,14 @@ export interface VirtioBlkOptions {
    * so Linux sends a request of up to (size - 2) pages in one chain.
    */
   queueSize?: number;
+  /** The image format (`format=`); undefined: probed from the file's header. */
+  format?: ImageFormat;
+  /**
+   * Another instance (the disk's I/O thread) does the I/O: open the image
+   * for its geometry and flushes only (an image format keeps its metadata
+   * in one instance).
+   */
+  passive?: boolean;
   /** Use this backend instead of opening `path` (tests, other storage). */
   backend?: BlockBackend;
   /** Told about guest mistakes and host I/O errors (the caller rate-limits). */
@@ -193,8 +201,9 @@ export class VirtioBlk implements VirtioDevice {
     this.iov = new IoVecs(qs);
 
     this.ownsBackend = opts.backend === undefined;
-    this.backend = opts.backend ?? FileBlockBackend.open({
+    this.backend = opts.backend ?? openImage({
       path: opts.path, readonly: opts.readonly ?? false, direct: opts.direct ?? false, nocache: opts.nocache ?? false, label: 'virtio-blk',
+      format: opts.format, passive: opts.passive,
     });
     try {
       const host = this.backend.hostSectorSizes;

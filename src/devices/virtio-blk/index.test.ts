@@ -46,6 +46,9 @@ test('config keys are validated with one-line UserErrors', () => {
   for (const q of ['1000', '2048', '2', 'big', '']) {
     assert.throws(() => parseVirtioBlkOptions(node({ path: '/x', queuesize: q })), /pci\.0\.5\.0\.queuesize: .* is not a power of two between 4 and 1024/);
   }
+  assert.equal(parseVirtioBlkOptions(node({ path: '/x', format: 'qcow2' })).format, 'qcow2');
+  assert.equal(parseVirtioBlkOptions(node({ path: '/x', format: 'raw' })).format, 'raw');
+  assert.throws(() => parseVirtioBlkOptions(node({ path: '/x', format: 'vmdk' })), /pci\.0\.5\.0\.format: 'vmdk' is not raw or qcow2/);
   assert.deepEqual(parseSectorSize('4096'), { logical: 4096, physical: 4096 });
   assert.throws(() => parseSectorSize('512/'), UserError);
 });

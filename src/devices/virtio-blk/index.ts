@@ -1,13 +1,14 @@
 /**
  * virtio-blk: the device model (its storage is a devices/block backend), and bhyve's
  * configuration keys (pci.B.S.F.{path,ro,sectorsize,nocache,direct,sync,nodelete,ser}, and
- * queuesize (not bhyve's: QEMU's queue-size)).
+ * queuesize (not bhyve's: QEMU's queue-size) and format (raw or qcow2; probed when absent)).
  * Wiring to a virtio-pci transport and the PCI registry happens elsewhere.
  */
 import type { ConfigNode } from '../../config/tree.js';
 import { parsePciLegacyConfig } from '../../config/options.js';
 import { UserError } from '../../errors.js';
 import type { ConfigTreeWriter } from '../../pci/device.js';
+import { IMAGE_FORMATS, type ImageFormat } from '../block/index.js';
 import { isValidQueueSize, VIRTIO_BLK_MAX_QUEUE_SIZE, type VirtioBlkOptions } from './device.js';
 
 export * from './device.js';
@@ -52,6 +53,11 @@ export function parseVirtioBlkOptions(node: ConfigNode): VirtioBlkOptions {
     const n = /^[0-9]{1,5}$/.test(qs.trim()) ? Number(qs) : NaN;
     if (!isValidQueueSize(n)) throw new UserError(`${where('queuesize')}: '${qs}' is not a power of two between 4 and ${VIRTIO_BLK_MAX_QUEUE_SIZE}`);
     opts.queueSize = n;
+  }
+  const format = node.get('format');
+  if (format !== undefined) {
+    if (!(IMAGE_FORMATS as readonly string[]).includes(format)) throw new UserError(`${where('format')}: '${format}' is not ${IMAGE_FORMATS.join(' or ')}`);
+    opts.format = format as ImageFormat;
   }
   const ser = node.get('ser');
   if (ser !== undefined) {

@@ -14,7 +14,7 @@ export function offloadVirtioBlk(inner: VirtioBlk, opts: VirtioBlkOptions, ram: 
     worker: new URL('./io-thread.js', import.meta.url),
     init: {
       path: opts.path, readonly: inner.readonly, sectorSize: inner.sectorSize, physicalSectorSize: inner.physicalSectorSize,
-      serial: inner.serial, nodelete: opts.nodelete, direct: opts.direct, nocache: opts.nocache, queueSize: inner.maxQueueSize,
+      serial: inner.serial, format: opts.format, nodelete: opts.nodelete, direct: opts.direct, nocache: opts.nocache, queueSize: inner.maxQueueSize,
     },
     ram, label: 'virtio-blk', threadName, onError,
   });

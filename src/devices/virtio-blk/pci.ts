@@ -1,5 +1,5 @@
 /**
- * `-s N,virtio-blk,PATH[,ro][,sectorsize=L/P][,nocache][,direct][,nodelete][,ser=ID][,legacy][,worker=false]`
+ * `-s N,virtio-blk,PATH[,ro][,format=raw|qcow2][,sectorsize=L/P][,nocache][,direct][,nodelete][,ser=ID][,legacy][,worker=false]`
  * on virtio-pci. In a VM the queue is served by an I/O thread per disk
  * (offload.ts, io-thread.ts); `worker=false` (or `-o virtio.workers=false`) keeps it on
  * the main thread.
@@ -17,8 +17,9 @@ registerPciDevice({
   create: (ctx, node, bdf) => {
     const onError = (m: string) => ctx.guestError('virtio-blk', m);
     const opts = parseVirtioBlkOptions(node);
-    const dev = new VirtioBlk({ ...opts, onError });
     const useWorker = ctx.guestRam !== undefined && ctx.bindIoeventfd !== undefined && node.getBool('worker', true);
+    // with a worker, the worker's instance of the image does the I/O; this one serves the config
+    const dev = new VirtioBlk({ ...opts, onError, passive: useWorker });
     const model = useWorker ? offloadVirtioBlk(dev, opts, ctx.guestRam!, onError, `blk-io@${bdf.slot}`) : dev;
     const fn = new VirtioPci(ctx, model, bdf, `virtio-blk@${bdf.slot}`, virtioPciOptions(node));
     fn.onDestroy = () => model.destroy();
