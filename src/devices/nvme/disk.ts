@@ -4,7 +4,8 @@
  * block device (devices/block), or bhyve's RAM disk.
  */
 import type { GuestMemory } from '../../memory/guest-memory.js';
-import { FileBlockBackend, type BlockBackend } from '../block/index.js';
+import { UserError } from '../../errors.js';
+import { FileBlockBackend, probeFormat, type BlockBackend } from '../block/index.js';
 import { IoCommands, type Namespace } from './io.js';
 import { IoQueues, type IoQueueLimits } from './io-queues.js';
 import { RamBlockBackend } from './ram-backend.js';
@@ -27,7 +28,14 @@ export interface DiskInit {
 
 export function openBackend(d: DiskInit, label: string): BlockBackend {
   if (d.ram) return new RamBlockBackend(d.ram);
-  return FileBlockBackend.open({ path: d.path!, readonly: d.readonly, nocache: d.nocache, direct: d.direct, label });
+  const file = FileBlockBackend.open({ path: d.path!, readonly: d.readonly, nocache: d.nocache, direct: d.direct, label });
+  // A qcow2 image read as raw would show the guest qcow2's metadata: refuse
+  // it until the namespace opens images through the block layer's probe.
+  if (probeFormat(file) !== 'raw') {
+    file.close();
+    throw new UserError(`${label}: '${d.path}' is a qcow2 image; NVMe namespaces take raw files for now (virtio-blk takes qcow2)`, 'EBADIMAGE');
+  }
+  return file;
 }
 
 /** The I/O queues over `backend`. */
