@@ -27,16 +27,16 @@ export interface Phase {
   marks?: [number, number];
 }
 
-/** A tshyve process whose output can be waited on. */
-class Vm {
+/** A tshyve process whose output can be waited on (`prefix`: a command it runs under, e.g. `ip netns exec NS`). */
+export class Vm {
   readonly child: ChildProcess;
   readonly done: Promise<Phase>;
   readonly t0 = Date.now();
   private readonly out: { stdout: string; stderr: string };
   get stdout(): string { return this.out.stdout; }
   get stderr(): string { return this.out.stderr; }
-  constructor(readonly what: string, args: string[], timeoutMs = 240_000) {
-    const p = bounded([process.execPath, CLI, ...args], timeoutMs);
+  constructor(readonly what: string, args: string[], timeoutMs = 240_000, prefix: string[] = []) {
+    const p = bounded([...prefix, process.execPath, CLI, ...args], timeoutMs);
     this.child = p.child;
     this.out = p.out;
     this.done = p.done.then((e) => ({ what, ...e }));
@@ -51,7 +51,7 @@ class Vm {
   }
 }
 
-function tshyvectl(args: string[]): Promise<Phase> {
+export function tshyvectl(args: string[]): Promise<Phase> {
   return bounded([process.execPath, CTL, ...args], 120_000).done
     .then(({ code, stdout, stderr, ms }) => ({ what: `tshyvectl ${args.join(' ')}`, code, stdout, stderr, ms }));
 }
@@ -71,7 +71,7 @@ const counters = guestCmd([
 const both = (k: number) => (out: string) => lastCount(out, 0) >= k && lastCount(out, 1) >= k;
 
 /** `vmArgs` with `-r FILE` before the VM name. */
-function restoreArgs(args: string[], file: string): string[] {
+export function restoreArgs(args: string[], file: string): string[] {
   return [...args.slice(0, -1), '-r', file, args.at(-1)!];
 }
 
