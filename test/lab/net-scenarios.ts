@@ -309,10 +309,10 @@ async function slirp(): Promise<BootResult> {
     'ifconfig $interface $ip netmask $subnet up && route add default gw $router && echo DHCP_IP=$ip DHCP_ROUTER=$router',
     'EOF',
     'chmod +x /tmp/dhcp.sh && ip link set eth0 up',
-    // Debian 12's passt sends nothing more on a connection once the guest has
-    // half-closed it (seen in the lab: the answer to up() never came), so
-    // uploads through it are answered before the guest's FIN: sent with
-    // nc -e, which writes the file and reads the answer without shutting down.
+    // Through passt, the answer on a connection the guest has half-closed
+    // never came (up() hung; most likely passt's handling of the guest's FIN:
+    // lab/README.md), so uploads through it are answered before the guest's
+    // FIN: sent with nc -e, which writes the file and reads the answer.
     "cat > /tmp/upl.sh <<'EOF'",
     '#!/bin/sh',
     'cat /tmp/up.bin; read -r r; echo $r > /tmp/up.reply',
