@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ROOT } from './helpers.js';
 import { BEAT_MS, type BootResult } from './lab/linux-driver.js';
+import type { Phase } from './lab/snapshot-scenarios.js';
 import { whereAreL1Cpus } from './lab/l1-monitor.js';
 import { NET_ENABLED } from './lab/net-scenarios.js';
 import { FILES } from './lab/nvme-scenarios.js';
@@ -376,4 +377,83 @@ test('NVMe: a guest writing files is paused, checkpointed, killed and restored; 
   const stat = (k: string): number => Number(new RegExp(`^pci\\.0\\.5\\.0\\.${k}\\s+(\\d+)$`, 'm').exec(stats.stdout)?.[1] ?? NaN);
   assert.ok(stat('writes') > 20, `writes counted: ${stats.stdout} ${stats.stderr}`);
   assert.ok(stat('io_doorbell_exits') <= 2, `I/O doorbell writes that were exits: ${stat('io_doorbell_exits')} of ${stat('writes') + stat('reads')} commands`);
+});
+
+/** The sha256 a guest printed as NAME_SHA=, after checking it printed the receiver's answer NAME_REPLY= equal to it. */
+function sentAndAcked(out: string, name: string, r: BootResult): string {
+  const sha = new RegExp(`^${name}_SHA=([0-9a-f]{64})$`, 'm').exec(out)?.[1];
+  assert.ok(sha, `${name}_SHA; ${about(r)}`);
+  assert.match(out, new RegExp(`^${name}_REPLY=${sha}$`, 'm'), `the receiver's sha256 of ${name}; ${about(r)}`);
+  return sha;
+}
+
+test('virtio-net: two guests on taps of one bridge ping each other and move 16 MiB over TCP intact', { skip: netSkip }, () => {
+  const r = get('net-bridge');
+  const [a, b] = r.phases ?? [];
+  assert.ok(a && b, `phases: ${JSON.stringify((r.phases ?? []).map((p) => [p.what, p.code, p.stderr.slice(-300)]))}`);
+  const about2 = `A: exit ${a.code} ${a.stderr.slice(-300)} ${a.stdout.slice(-1200)}\nB: exit ${b.code} ${b.stderr.slice(-300)} ${b.stdout.slice(-1200)}`;
+  assert.match(a.stdout, /^PING_FIRST=0$/m, `A pings B; ${about2}`);
+  assert.match(b.stdout, /^PING_FIRST=0$/m, `B pings A; ${about2}`);
+  assert.match(a.stdout, /^PING_REPLIES=3$/m, about2);
+  const sent = sentAndAcked(a.stdout, 'A2B', r);
+  assert.match(b.stdout, new RegExp(`^B_GOT=${sent}$`, 'm'), about2);
+  assert.equal(a.code, 1, a.stderr);
+  assert.equal(b.code, 1, b.stderr);
+});
+
+/** The seq= of each of busybox ping's replies from `addr` in `text`. */
+const pingSeqs = (text: string, addr: string) => [...text.matchAll(new RegExp(`bytes from ${addr.replace(/\./g, '\\.')}: seq=(\\d+)`, 'g'))].map((m) => Number(m[1]));
+
+/** A checkpoint taken while the guest pinged `gw`, then killed and restored: the restored guest goes on pinging from there. */
+function checkpointedWhilePinging(r: BootResult, gw: string): Phase[] {
+  const ph = r.phases ?? [];
+  const [ck, run, restore] = ph;
+  assert.ok(ck && run && restore, `phases: ${JSON.stringify(ph.map((p) => [p.what, p.code, p.stderr.slice(-300), p.stdout.slice(-600)]))}`);
+  assert.equal(ck.code, 0, `tshyvectl --checkpoint: ${ck.stderr}`);
+  assert.match(ck.stdout + ck.stderr, /checkpointed VM/);
+  const before = pingSeqs(run.stdout.slice(0, run.marks![0]), gw);
+  assert.ok(before.length >= 3, `pings answered before the checkpoint: ${run.stdout.slice(-800)}`);
+  const after = pingSeqs(restore.stdout, gw);
+  assert.ok(after.length >= 3, `the restored guest's pings are answered; ${about(r)}`);
+  assert.ok(after[0]! > before.at(-1)!, `the restored ping goes on from the checkpoint (seq ${before.at(-1)} before, ${after[0]} after)`);
+  assert.doesNotMatch(restore.stdout, /TSHYVE-GUEST-OK/, 'restored, not booted again');
+  assert.equal(restore.code, 1, restore.stderr);
+  return ph;
+}
+
+test('virtio-net: a guest pinging over a tap is checkpointed, killed and restored; it pings on and 16 MiB go each way', { skip: netSkip }, () => {
+  const r = get('net-tap-checkpoint');
+  const [, , restore] = checkpointedWhilePinging(r, '10.99.0.1');
+  assert.match(restore!.stdout, new RegExp(`^DOWN_SHA=${r.expectedSha256}$`, 'm'), `host->guest after the restore; ${about(r)}`);
+  assert.match(r.tcp ?? '', new RegExp(`^SENT ${r.expectedSha256} `, 'm'), `the host's sender: ${r.tcp}`);
+  const up = sentAndAcked(restore!.stdout, 'UP', r);
+  assert.match(r.tcp ?? '', new RegExp(`^GOT ${up} 16777216$`, 'm'), `guest->host after the restore: ${r.tcp}`);
+});
+
+test('virtio-net slirp (passt): DHCP gives the guest its address; 8 MiB reach L1\'s loopback through the gateway address, 8 MiB come in through a hostfwd port', { skip: netSkip }, () => {
+  const r = get('net-slirp');
+  const run = (r.phases ?? []).find((p) => p.what === 'run');
+  assert.ok(run, about(r));
+  assert.match(run.stdout, /^UDHCPC=0$/m, about(r));
+  // passt gives the guest the namespace's own address and its default gateway
+  assert.match(run.stdout, /^DHCP_IP=10\.77\.0\.2 DHCP_ROUTER=10\.77\.0\.1$/m, about(r));
+  const up = sentAndAcked(run.stdout, 'UP1', r);
+  assert.match(r.tcp ?? '', new RegExp(`^GOT ${up} 8388608$`, 'm'), `guest->L1: ${r.tcp}`);
+  const [down] = (r.expectedSha256 ?? '').split(' ');
+  assert.match(run.stdout, new RegExp(`^DOWN1_SHA=${down}$`, 'm'), `L1->guest through hostfwd; ${about(r)}`);
+  assert.match(r.tcp ?? '', new RegExp(`^SENT ${down} `, 'm'), `L1's sender: ${r.tcp}`);
+});
+
+test('virtio-net slirp: checkpointed while pinging, killed (its passt ends too) and restored (a new passt), it moves both files again; passt ends with the VM', { skip: netSkip }, () => {
+  const r = get('net-slirp');
+  const [, , restore] = checkpointedWhilePinging(r, '10.77.0.1');
+  const [, down] = (r.expectedSha256 ?? '').split(' ');
+  assert.match(restore!.stdout, new RegExp(`^DOWN2_SHA=${down}$`, 'm'), `L1->guest through hostfwd after the restore; ${about(r)}`);
+  assert.match(r.tcp ?? '', new RegExp(`^SENT ${down} `, 'm'), `L1's sender: ${r.tcp}`);
+  const up = sentAndAcked(restore!.stdout, 'UP2', r);
+  assert.match(r.tcp ?? '', new RegExp(`^GOT ${up} 8388608$`, 'm'), `guest->L1 after the restore: ${r.tcp}`);
+  assert.ok(r.passt, 'the scenario looked for passt');
+  assert.equal(r.passt.during.length, 1, `one passt while the VM ran: ${r.passt.during}`);
+  assert.deepEqual(r.passt.afterKill, [], 'no passt left after tshyve was killed with SIGKILL');
+  assert.deepEqual(r.passt.afterEnd, [], 'no passt left after the restored VM powered off');
 });

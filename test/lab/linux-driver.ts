@@ -29,8 +29,10 @@ export interface BootResult {
   name: string; code: number | null; stdout: string; stderr: string; ms: number; tcp?: string;
   /** virtio-blk: checksum of the file put in the image, and what the host read back afterwards */
   expectedMd5?: string; hostReadBack?: string;
-  /** virtio-net: sha256 of the file the host sent */
+  /** virtio-net: sha256 of the file the host sent (of each, space-separated, when it sent several) */
   expectedSha256?: string;
+  /** virtio-net slirp: passt processes seen while the VM ran, after it was killed, after the restored one ended */
+  passt?: { during: string[]; afterKill: string[]; afterEnd: string[] };
   /** allocated 512-byte blocks of the image before and after the guest's fstrim */
   blocksBefore?: number; blocksAfter?: number;
   /** per-disk sha256 before and after, for the multi-disk check */

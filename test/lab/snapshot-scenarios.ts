@@ -27,7 +27,7 @@ export interface Phase {
   marks?: [number, number];
 }
 
-/** A tshyve process whose output can be waited on. */
+/** A tshyve process whose output can be waited on (`prefix`: a command it runs under, e.g. `ip netns exec NS`). */
 export class Vm {
   readonly child: ChildProcess;
   readonly done: Promise<Phase>;
@@ -35,8 +35,8 @@ export class Vm {
   private readonly out: { stdout: string; stderr: string };
   get stdout(): string { return this.out.stdout; }
   get stderr(): string { return this.out.stderr; }
-  constructor(readonly what: string, args: string[], timeoutMs = 240_000) {
-    const p = bounded([process.execPath, CLI, ...args], timeoutMs);
+  constructor(readonly what: string, args: string[], timeoutMs = 240_000, prefix: string[] = []) {
+    const p = bounded([...prefix, process.execPath, CLI, ...args], timeoutMs);
     this.child = p.child;
     this.out = p.out;
     this.done = p.done.then((e) => ({ what, ...e }));

@@ -1,5 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { ConfigTree } from '../../config/tree.js';
 import { UserError } from '../../errors.js';
@@ -106,4 +109,24 @@ test('a forwarded port already taken: passt\'s own refusal, in one line', { skip
     assert.throws(() => startPasst([{ proto: 'tcp', hostAddr: '127.0.0.1', hostPort: port, guestPort: 22 }]),
       oneLine(/passt did not start: Failed to bind/));
   } finally { srv.close(); }
+});
+
+/** A process's state letter ('' when it is gone; Z when it ended and nobody reaped it). */
+function state(pid: number): string {
+  try { return /\) (\S)/.exec(readFileSync(`/proc/${pid}/stat`, 'utf8'))?.[1] ?? ''; } catch { return ''; }
+}
+
+test('passt ends when the tshyve that started it is killed with SIGKILL (its socket closes with the process)', { skip: noPasst }, async () => {
+  // a process that starts passt as tshyve does, says passt's pid and waits to be killed
+  const code = `import { startPasst } from ${JSON.stringify(new URL('./passt.js', import.meta.url).href)};
+process.stdout.write(startPasst([]).child.pid + '\\n'); setInterval(() => {}, 1000);`;
+  const vmm = spawn(process.execPath, ['--input-type=module', '-e', code], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const [line] = await once(vmm.stdout, 'data') as [Buffer];
+  const pid = Number(String(line).trim());
+  assert.ok(pid > 0, `passt's pid: ${line}`);
+  assert.match(state(pid), /^[RSD]$/, 'passt runs');
+  vmm.kill('SIGKILL');
+  await once(vmm, 'exit');
+  for (let i = 0; i < 100 && /^[RSD]$/.test(state(pid)); i++) await new Promise((r) => setTimeout(r, 50));
+  assert.match(state(pid), /^Z?$/, 'passt ended within 5 s');
 });
