@@ -1,0 +1,70 @@
+; Keeps 128 pages of RAM (0x10000-0x8ffff) changing: each round writes the
+; round number to two places in every one of them, reads them all back, then
+; prints "C<round>".
+; A live migration that missed a page it dirtied makes the check fail: the
+; guest prints "X" and powers off. The round lives in a register and in
+; memory too, as in counter.asm.
+%include "common.inc"
+        bits 16
+        org 0x1000
+PAGES   equ 128
+start:  xor ax, ax
+        mov ds, ax
+        mov ss, ax
+        mov sp, 0x7000
+        xor ebp, ebp
+.loop:  inc ebp
+        mov [count], ebp
+        mov bx, 0x1000          ; segment of the first page
+        mov cx, PAGES
+.write: mov es, bx
+        mov [es:0], ebp
+        mov [es:0x800], ebp
+        add bx, 0x100           ; next 4 KiB page
+        loop .write
+        mov bx, 0x1000
+        mov cx, PAGES
+.check: mov es, bx
+        cmp [es:0], ebp
+        jne .bad
+        cmp [es:0x800], ebp
+        jne .bad
+        add bx, 0x100
+        loop .check
+        mov al, 'C'
+        call putc
+        mov eax, ebp
+        mov cx, 8
+.hex:   rol eax, 4
+        push eax
+        and al, 0x0f
+        add al, '0'
+        cmp al, '9'
+        jbe .dig
+        add al, 'a' - '9' - 1
+.dig:   call putc
+        pop eax
+        loop .hex
+        mov al, 10
+        call putc
+        cmp ebp, [count]
+        je .loop
+.bad:   mov al, 'X'
+        call putc
+        POWEROFF
+
+putc:   push ax
+        push dx
+        mov ah, al
+        mov dx, COM1+5
+.w:     in al, dx
+        test al, 0x20
+        jz .w
+        mov al, ah
+        mov dx, COM1
+        out dx, al
+        pop dx
+        pop ax
+        ret
+
+count:  dd 0
