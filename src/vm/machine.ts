@@ -114,25 +114,27 @@ export class Machine extends EventEmitter implements VmControl {
 
   /** Build the VM from its config; throws UserError/HostError with one-line messages. */
   /**
-   * `restore`: a snapshot read from files; `incoming`: a migration's state
-   * and the RAM it was received into (already checked against this config).
+   * `restore`: a snapshot read from files; `incoming`: a migration's RAM
+   * (being received) and its source's config: the VM is built without a
+   * boot payload, and restoreIncoming() gives it its state.
    */
-  static async create(config: ConfigTree, opts: { restore?: LoadedSnapshot; incoming?: { state: VmState; ram: RamMapping } } = {}): Promise<Machine> {
-    const snap = opts.restore, state: VmState | undefined = snap ?? opts.incoming?.state;
-    if (state) checkSnapshotConfig(state, config);
+  static async create(config: ConfigTree, opts: { restore?: LoadedSnapshot; incoming?: { ram: RamMapping; sourceConfig: Map<string, string> } } = {}): Promise<Machine> {
+    const snap = opts.restore;
+    if (snap) checkSnapshotConfig(snap, config);
     const topo = resolveCpus(config);
     const memBytes = resolveMemBytes(config);
     if (memBytes > totalmem()) {
       throw new UserError(`memory size ${config.get('memory.size')} is more than this host has (${(totalmem() / 2 ** 30).toFixed(1)} GiB)`);
     }
     if (snap && snap.ram.size !== memBytes) throw new SnapshotError(`the snapshot's RAM is ${snap.ram.size} bytes, this VM has ${memBytes}`, 'EMISMATCH');
-    if (state && state.vcpus.length !== topo.cpus) throw new SnapshotError(`the snapshot has ${state.vcpus.length} vCPUs, this VM has ${topo.cpus}`, 'EMISMATCH');
+    if (snap && snap.vcpus.length !== topo.cpus) throw new SnapshotError(`the snapshot has ${snap.vcpus.length} vCPUs, this VM has ${topo.cpus}`, 'EMISMATCH');
     if (opts.incoming && opts.incoming.ram.size !== memBytes) throw new SnapshotError(`the incoming RAM is ${opts.incoming.ram.size} bytes, this VM has ${memBytes}`, 'EMISMATCH');
-    const boot = state ? undefined : bootSource(config);
+    const saved = snap?.config ?? opts.incoming?.sourceConfig;
+    const boot = saved ? undefined : bootSource(config);
     const kvm = Kvm.open(config.get('kvm.device') ?? '/dev/kvm');
     const host = inspectHost(kvm);
     if (topo.cpus > host.maxVcpus) throw new UserError(`${topo.cpus} vCPUs requested, this host's KVM allows ${host.maxVcpus}`);
-    const isLinux = state ? state.config.has('boot.kernel') : boot?.kind === 'linux';
+    const isLinux = saved ? saved.has('boot.kernel') : boot?.kind === 'linux';
     if (isLinux && host.emulated && !config.getBool('x86.allow_emulated_kvm', false)) {
       throw new HostError(emulatedKvmMessage(host), 'EEMULATED');
     }
@@ -159,7 +161,7 @@ export class Machine extends EventEmitter implements VmControl {
       setupVcpus(kvm, fds, topo, host);
       // A restore copies the image's data into the VM's own RAM (see docs/security.md).
       if (snap) loadRamImage(snap, ram, config.getBool('snapshot.verify_ram', false));
-      if (state) m.snapshots.restore(state); else loadBoot(boot!, mem, fds[0]!, topo.cpus, ram.size);
+      if (snap) m.snapshots.restore(snap); else if (boot) loadBoot(boot, mem, fds[0]!, topo.cpus, ram.size);
     } catch (e) {
       // A refused snapshot leaves nothing behind: no device thread or poller, no backend, no KVM VM.
       await m.finish(ExitCode.ERROR);
@@ -317,6 +319,13 @@ export class Machine extends EventEmitter implements VmControl {
     for (const f of this.pci.functions()) if (f.stats) Object.assign(out, f.stats());
     for (const [k, v] of Object.entries(this.migrationStats ?? {})) out[`migration_${k}`] = v;
     return out;
+  }
+
+  /** Apply an incoming migration's state (every field checked; SnapshotError on bad input) before run(). */
+  restoreIncoming(state: VmState): void {
+    checkSnapshotConfig(state, this.config);
+    if (state.vcpus.length !== this.topo.cpus) throw new SnapshotError(`the source sent ${state.vcpus.length} vCPUs, this VM has ${this.topo.cpus}`, 'EMISMATCH');
+    this.snapshots.restore(state);
   }
 
   /** CPUID and the machine as a migration's handshake compares them. */

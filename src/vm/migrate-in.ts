@@ -45,23 +45,31 @@ export async function receiveMigration(config: ConfigTree, from: MigrationAddres
   const sock = await acceptOne(from, opts.onListening);
   const ch = new Channel(sock, `the source (${sock.remoteAddress ?? 'unix socket'})`);
   const t0 = performance.now();
+  /** the RAM mapping while this function still owns it (Machine.create does from the switchover) */
   let ram: RamMapping | undefined, m: Machine | undefined;
+  // Built from the switchover on (the source has flushed and let go of the
+  // disks), while the last pages and the state come in.
+  let building: Promise<Machine> | undefined;
   try {
     const hello = decodeHello((await ch.recv([F.HELLO], IDLE_MS)).payload);
     const why = helloMismatch(hello.facts, here, configKeyRules([...hello.facts.config, ...config.entries()]));
     if (why) throw new SnapshotError(why, 'EMISMATCH');
     await ch.send(jsonFrame(F.WELCOME, {}));
-    ram = createGuestRam(memBytes, `tshyve-${config.get('name') ?? 'vm'}`, { hugePages: config.getBool('memory.hugepages', true) });
+    const mapping = createGuestRam(memBytes, `tshyve-${config.get('name') ?? 'vm'}`, { hugePages: config.getBool('memory.hugepages', true) });
+    ram = mapping;
     let pages = 0, dataPages = 0, rounds = 0, tSwitch = 0;
     let state: VmState | undefined;
     while (!state) {
       const f = await ch.recv(tSwitch ? [F.PAGES, F.STATE] : [F.PAGES, F.SWITCHOVER], IDLE_MS);
       if (f.type === F.PAGES) {
-        const n = applyPages(f.payload, ram.bytes);
+        const n = applyPages(f.payload, mapping.bytes);
         pages += n.pages; dataPages += n.dataPages;
       } else if (f.type === F.SWITCHOVER) {
         tSwitch = performance.now();
         rounds = new StateReader(parseDocument(f.payload.toString('utf8'), 'the SWITCHOVER frame', 'a migration frame'), 'switchover').u32('rounds', 1000);
+        ram = undefined;
+        building = Machine.create(config, { incoming: { ram: mapping, sourceConfig: hello.facts.config } });
+        building.catch(() => { /* awaited below */ });
       } else {
         state = readState(f.payload);
       }
@@ -70,9 +78,8 @@ export async function receiveMigration(config: ConfigTree, from: MigrationAddres
     if (end.int('pages', 0) !== pages || end.int('dataPages', 0) !== dataPages) {
       throw new MigrationError(`the source says it sent ${end.int('pages', 0)} pages, ${pages} arrived (stream damaged)`, 'EPROTO');
     }
-    const owned = ram;
-    ram = undefined; // Machine.create owns it now (and closes it if it fails)
-    m = await Machine.create(config, { incoming: { state, ram: owned } });
+    m = await building!;
+    m.restoreIncoming(state);
     await ch.send(jsonFrame(F.READY, {}));
     await ch.recv([F.COMMIT], IDLE_MS);
     await ch.send(jsonFrame(F.DONE, {}));
@@ -84,6 +91,7 @@ export async function receiveMigration(config: ConfigTree, from: MigrationAddres
     // Tell a source that is still there why (it resumes its guest); nothing here ran.
     const msg = (e as Error).message.split('\n')[0] ?? 'failed';
     if (!ch.failed) { await ch.send(jsonFrame(F.REFUSE, { error: msg })).catch(() => undefined); await ch.end(); }
+    m ??= await building?.catch(() => undefined);
     if (m) await m.finish(ExitCode.ERROR);
     else if (ram) libc.close(ram.memfd);
     throw e instanceof MigrationError || e instanceof SnapshotError ? e : new MigrationError(msg);

@@ -70,9 +70,14 @@ export async function migrateOut(s: SourceVm, target: MigrationAddress, opts: Mi
     await ch.send(encodeFrame(F.HELLO, encodeHello(s.facts(), live)));
     await ch.recv([F.WELCOME], 30_000);
     const sender = new PageSender(s.ram.bytes, (f) => ch.send(f));
-    const sendDataRanges = async () => {
+    /** Every page that may hold data; progress every 32 MiB. */
+    const sendDataRanges = async (phase: MigrationProgress['phase'], round: number) => {
+      let next = 0;
       for (const [a, b] of ramDataRanges(s.ram)) {
-        for (let p = Math.floor(a / PAGE); p < Math.ceil(b / PAGE); p++) await sender.add(p);
+        for (let p = Math.floor(a / PAGE); p < Math.ceil(b / PAGE); p++) {
+          await sender.add(p);
+          if (p * PAGE >= next) { next = p * PAGE + (32 << 20); progress({ phase, done: ch.sent, round, dirtyRate: 0, expectedDowntimeMs: 0 }); }
+        }
       }
       await sender.flush();
     };
@@ -80,7 +85,7 @@ export async function migrateOut(s: SourceVm, target: MigrationAddress, opts: Mi
     if (live) {
       log.start();
       let tRound = performance.now(), sentBefore = ch.sent;
-      await sendDataRanges();
+      await sendDataRanges('copy', 1);
       rounds = 1;
       for (;;) {
         if (s.ending()) throw new MigrationError('the VM ended during the migration');
@@ -117,7 +122,7 @@ export async function migrateOut(s: SourceVm, target: MigrationAddress, opts: Mi
       for (const p of log.harvest()) await sender.add(p);
       await sender.flush();
     } else {
-      await sendDataRanges();
+      await sendDataRanges('switchover', 0);
     }
     const body = stateBody(s.snapshots.capture());
     await ch.send(jsonFrame(F.STATE, { ...body, checksums: partSums(body, STATE_PARTS) }));
