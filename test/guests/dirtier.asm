@@ -31,40 +31,13 @@ start:  xor ax, ax
         jne .bad
         add bx, 0x100
         loop .check
-        mov al, 'C'
-        call putc
-        mov eax, ebp
-        mov cx, 8
-.hex:   rol eax, 4
-        push eax
-        and al, 0x0f
-        add al, '0'
-        cmp al, '9'
-        jbe .dig
-        add al, 'a' - '9' - 1
-.dig:   call putc
-        pop eax
-        loop .hex
-        mov al, 10
-        call putc
+        PRINT_COUNT
         cmp ebp, [count]
         je .loop
 .bad:   mov al, 'X'
         call putc
         POWEROFF
 
-putc:   push ax
-        push dx
-        mov ah, al
-        mov dx, COM1+5
-.w:     in al, dx
-        test al, 0x20
-        jz .w
-        mov al, ah
-        mov dx, COM1
-        out dx, al
-        pop dx
-        pop ax
-        ret
+        PUTC_FN
 
 count:  dd 0
