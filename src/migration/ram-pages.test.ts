@@ -7,7 +7,7 @@ import { HEADER_BYTES } from './wire.js';
 async function payloads(ram: Uint8Array, pages: number[]): Promise<Buffer[]> {
   const out: Buffer[] = [];
   const s = new PageSender(ram, async (f) => { out.push(f.subarray(HEADER_BYTES)); });
-  for (const p of pages) await s.add(p);
+  await s.addAll(pages);
   await s.flush();
   return out;
 }

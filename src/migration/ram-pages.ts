@@ -6,7 +6,7 @@
  * The destination checks a whole frame (count, kinds, indexes within RAM,
  * exact length) before writing any of it.
  */
-import { encodeFrame, F, HEADER_BYTES, MigrationError } from './wire.js';
+import { sealFrame, F, HEADER_BYTES, MigrationError } from './wire.js';
 
 export const PAGE = 4096;
 export const BATCH_PAGES = 256;
@@ -32,34 +32,46 @@ export class PageSender implements PageCounts {
 
   constructor(private readonly ram: Uint8Array, private readonly send: (frame: Buffer) => Promise<void>) {}
 
-  /** Queue page `p`; sent as a zero page when it reads all zero now. */
-  async add(p: number): Promise<void> {
+  /**
+   * Queue page `p`; sent as a zero page when it reads all zero now. Returns
+   * a promise only when it sent a frame (await it: the socket's back-pressure).
+   */
+  add(p: number): Promise<void> | undefined {
     const off = p * PAGE;
     const zero = Buffer.compare(this.ram.subarray(off, off + PAGE), ZERO_PAGE) === 0;
     this.batch[this.n] = p;
     this.kinds[this.n] = zero ? KIND_ZERO : KIND_DATA;
     this.n++;
     if (!zero) this.nData++;
-    if (this.n === BATCH_PAGES) await this.flush();
+    return this.n === BATCH_PAGES ? this.flush() : undefined;
+  }
+
+  /** add() each page, waiting only when a frame went out. */
+  async addAll(pages: Iterable<number>): Promise<void> {
+    for (const p of pages) {
+      const sent = this.add(p);
+      if (sent) await sent;
+    }
   }
 
   async flush(): Promise<void> {
     if (this.n === 0) return;
-    const n = this.n, body = 4 + 8 * n;
-    const payload = Buffer.alloc(body + this.nData * PAGE);
-    payload.writeUInt32LE(n, 0);
+    const n = this.n, H = HEADER_BYTES, body = H + 4 + 8 * n;
+    // The frame is built in place: page data is copied once, from RAM into it.
+    const frame = Buffer.allocUnsafe(body + this.nData * PAGE);
+    frame.writeUInt32LE(n, H);
     let d = body;
     for (let i = 0; i < n; i++) {
       const p = this.batch[i]!, kind = this.kinds[i]!;
-      payload.writeUInt32LE(p, 4 + 8 * i);
-      payload.writeUInt32LE(kind, 8 + 8 * i);
-      if (kind === KIND_DATA) { payload.set(this.ram.subarray(p * PAGE, p * PAGE + PAGE), d); d += PAGE; }
+      frame.writeUInt32LE(p, H + 4 + 8 * i);
+      frame.writeUInt32LE(kind, H + 8 + 8 * i);
+      if (kind === KIND_DATA) { frame.set(this.ram.subarray(p * PAGE, p * PAGE + PAGE), d); d += PAGE; }
     }
     this.pages += n;
     this.dataPages += this.nData;
     this.zeroPages += n - this.nData;
     this.n = this.nData = 0;
-    await this.send(encodeFrame(F.PAGES, payload));
+    await this.send(sealFrame(F.PAGES, frame));
   }
 
   /** Bytes of the stream the pages queued so far will take (for estimates). */

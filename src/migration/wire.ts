@@ -56,13 +56,20 @@ const MAX_PAYLOAD: Record<number, number> = {
 export interface Frame { type: FrameType; payload: Buffer }
 
 export function encodeFrame(type: FrameType, payload: Uint8Array): Buffer {
-  const b = Buffer.alloc(HEADER_BYTES + payload.length);
-  b.writeUInt32LE(FRAME_MAGIC, 0);
-  b[4] = type;
-  b.writeUInt32LE(payload.length, 8);
-  b.writeUInt32LE(crc32(payload), 12);
+  const b = Buffer.allocUnsafe(HEADER_BYTES + payload.length);
   b.set(payload, HEADER_BYTES);
-  return b;
+  return sealFrame(type, b);
+}
+
+/** Write the header of `frame`, whose payload is already in place after HEADER_BYTES (no copy of it). */
+export function sealFrame(type: FrameType, frame: Buffer): Buffer {
+  frame.writeUInt32LE(FRAME_MAGIC, 0);
+  frame[4] = type;
+  frame[5] = 0;
+  frame.writeUInt16LE(0, 6);
+  frame.writeUInt32LE(frame.length - HEADER_BYTES, 8);
+  frame.writeUInt32LE(crc32(frame.subarray(HEADER_BYTES)), 12);
+  return frame;
 }
 
 export const jsonFrame = (type: FrameType, v: unknown): Buffer => encodeFrame(type, Buffer.from(JSON.stringify(v)));

@@ -75,7 +75,8 @@ export async function migrateOut(s: SourceVm, target: MigrationAddress, opts: Mi
       let next = 0;
       for (const [a, b] of ramDataRanges(s.ram)) {
         for (let p = Math.floor(a / PAGE); p < Math.ceil(b / PAGE); p++) {
-          await sender.add(p);
+          const sent = sender.add(p);
+          if (sent) await sent;
           if (p * PAGE >= next) { next = p * PAGE + (32 << 20); progress({ phase, done: ch.sent, round, dirtyRate: 0, expectedDowntimeMs: 0 }); }
         }
       }
@@ -95,16 +96,16 @@ export async function migrateOut(s: SourceVm, target: MigrationAddress, opts: Mi
         const left = PageSender.frameBytes(dirty.length);
         const expectedDowntimeMs = left / bandwidth;
         progress({ phase: 'copy', done: ch.sent, round: rounds, dirtyRate: Math.round(dirty.length * PAGE / roundMs * 1000), expectedDowntimeMs });
-        if (expectedDowntimeMs <= lim.downtimeMs) { for (const p of dirty) await sender.add(p); break; }
+        if (expectedDowntimeMs <= lim.downtimeMs) { await sender.addAll(dirty); break; }
         if (rounds >= lim.maxRounds || now - t0 >= lim.maxMs) {
           converged = false;
           note = `pre-copy did not converge (${rounds >= lim.maxRounds ? `${lim.maxRounds} rounds` : `${lim.maxMs / 1000} s`}; `
             + `${Math.round(expectedDowntimeMs)} ms left to copy, migration.downtime_ms=${lim.downtimeMs})`;
-          for (const p of dirty) await sender.add(p);
+          await sender.addAll(dirty);
           break;
         }
         tRound = now; sentBefore = ch.sent;
-        for (const p of dirty) await sender.add(p);
+        await sender.addAll(dirty);
         await sender.flush();
         rounds++;
       }
@@ -119,7 +120,7 @@ export async function migrateOut(s: SourceVm, target: MigrationAddress, opts: Mi
     progress({ phase: 'switchover', done: ch.sent, round: rounds, dirtyRate: 0, expectedDowntimeMs: 0 });
     await ch.send(jsonFrame(F.SWITCHOVER, new StateWriter().u32('rounds', rounds).obj));
     if (live) {
-      for (const p of log.harvest()) await sender.add(p);
+      await sender.addAll(log.harvest());
       await sender.flush();
     } else {
       await sendDataRanges('switchover', 0);

@@ -1,7 +1,7 @@
 /**
  * Lab scenario for migration (issue 18), one guest moved three times:
- * a 2-vCPU Debian guest counting on both vCPUs and writing checksummed
- * blocks to its virtio-blk disk (the same file on every side: shared
+ * a 2-vCPU Debian guest counting on both vCPUs, writing checksummed
+ * blocks to its virtio-blk disk and rewriting 8 MiB of memory all the time (the same file on every side: shared
  * storage) runs in network namespace A; it is warm-migrated with tshyvectl
  * over a unix socket to a second tshyve in A, then live-migrated over TCP
  * to a third in namespace B (a veth pair joins A and B); then a live
@@ -50,6 +50,9 @@ const BLOCK_LINES = [
     + 'printf "BLK %d %s\\n" $i $s | dd of=/dev/vda bs=512 seek=$i conv=sync,fsync 2>/dev/null && echo W=$i; usleep 200000; done &',
 ];
 
+/** A guest that keeps dirtying memory: 8 MiB of a tmpfs file rewritten from /dev/urandom over and over. */
+const DIRTY_LINES = ['while :; do dd if=/dev/urandom of=/tmp/dirty bs=64k count=128 conv=notrunc 2>/dev/null; usleep 100000; done &'];
+
 const lastWrite = (out: string): number => Math.max(0, ...[...out.matchAll(/^W=(\d+)$/gm)].map((m) => Number(m[1])));
 
 function verifyBlocks(img: string, upTo: number): number[] {
@@ -95,11 +98,12 @@ export const migrationScenarios: Record<string, () => Promise<BootResult>> = {
     const dir = mkdtempSync(join(tmpdir(), 'tshyve-mig-'));
     const img = join(dir, 'disk.img');
     writeFileSync(img, Buffer.alloc(16 << 20));
-    const cmd = guestCmd([...BLOCK_LINES, ...COUNTER_LINES]);
+    const cmd = guestCmd([...DIRTY_LINES, ...BLOCK_LINES, ...COUNTER_LINES]);
     const ctl = (n: string) => join(dir, `${n}.sock`);
     // vmArgs ends with the VM's name: -R goes before it.
     const args = (n: string, recv?: string) => {
-      const a = vmArgs(2, `hello tshyve.cmd=${cmd}`, 'stdio', ['-s', `5,virtio-blk,${img}`, '-o', `control.path=${ctl(n)}`]);
+      // A live migration stops pre-copy after 4 rounds if the guest's dirtying outruns it.
+      const a = vmArgs(2, `hello tshyve.cmd=${cmd}`, 'stdio', ['-s', `5,virtio-blk,${img}`, '-o', `control.path=${ctl(n)}`, '-o', 'migration.max_rounds=4']);
       return recv ? [...a.slice(0, -1), '-R', recv, a.at(-1)!] : a;
     };
     const phases: Phase[] = [];
