@@ -82,10 +82,13 @@ export async function receiveMigration(config: ConfigTree, from: MigrationAddres
     m.restoreIncoming(state);
     await ch.send(jsonFrame(F.READY, {}));
     await ch.recv([F.COMMIT], IDLE_MS);
-    await ch.send(jsonFrame(F.DONE, {}));
-    void ch.end();
-    const tEnd = performance.now();
-    m.migrationStats = { total_ms: Math.round(tEnd - t0), downtime_ms: Math.round(tEnd - tSwitch), bytes: ch.received, rounds, pages };
+    // The guest's downtime ends when its vCPUs run here (run(), by the caller): then DONE tells the source.
+    const vm = m;
+    vm.once('running', () => {
+      const tEnd = performance.now();
+      vm.migrationStats = { total_ms: Math.round(tEnd - t0), downtime_ms: Math.round(tEnd - tSwitch), bytes: ch.received, rounds, pages };
+      void ch.send(jsonFrame(F.DONE, {})).catch(() => undefined).then(() => ch.end());
+    });
     return m;
   } catch (e) {
     // Tell a source that is still there why (it resumes its guest); nothing here ran.
