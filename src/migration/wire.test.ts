@@ -1,6 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Socket } from 'node:net';
+import { Socket, createServer, createConnection } from 'node:net';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Channel, F, encodeFrame, jsonFrame } from './wire.js';
 import { parseMigrationAddress } from './transport.js';
 
@@ -38,4 +41,18 @@ test('migration addresses: HOST,PORT and unix:/abs; anything else is one line', 
   assert.deepEqual(parseMigrationAddress('10.0.0.2,7000'), { kind: 'tcp', host: '10.0.0.2', port: 7000 });
   assert.deepEqual(parseMigrationAddress('unix:/run/m.sock'), { kind: 'unix', path: '/run/m.sock' });
   for (const bad of ['10.0.0.2', '10.0.0.2,0', 'h,65536', 'unix:rel.sock', 'h:7000']) assert.throws(() => parseMigrationAddress(bad), /migration address/);
+});
+
+test('a peer that stops reading (a stopped destination) fails the sender after stallMs instead of holding it forever', async () => {
+  const path = join(mkdtempSync(join(tmpdir(), 'tshyve-wire-')), 's');
+  const server = createServer((peer) => peer.pause()); // accepts, never reads
+  await new Promise<void>((r) => server.listen(path, r));
+  const sock = createConnection(path);
+  await new Promise((r) => sock.once('connect', r));
+  const ch = new Channel(sock, 'the destination', 300);
+  const frame = encodeFrame(F.PAGES, Buffer.alloc(1 << 20));
+  const t0 = Date.now();
+  await assert.rejects((async () => { for (;;) await ch.send(frame); })(), /the destination took nothing for 0\.3 s/);
+  assert.ok(Date.now() - t0 < 5000);
+  server.close();
 });

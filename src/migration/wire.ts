@@ -55,6 +55,9 @@ const MAX_PAYLOAD: Record<number, number> = {
 
 export interface Frame { type: FrameType; payload: Buffer }
 
+/** How long a peer may leave our frames unread before the migration is given up. */
+const STALL_MS = 60_000;
+
 export function encodeFrame(type: FrameType, payload: Uint8Array): Buffer {
   const b = Buffer.allocUnsafe(HEADER_BYTES + payload.length);
   b.set(payload, HEADER_BYTES);
@@ -90,7 +93,8 @@ export class Channel {
   sent = 0;
   received = 0;
 
-  constructor(readonly sock: Socket, private readonly peer: string) {
+  /** `stallMs`: how long the peer may leave our frames unread (default STALL_MS) */
+  constructor(readonly sock: Socket, private readonly peer: string, private readonly stallMs = STALL_MS) {
     sock.on('data', (d: Buffer) => { this.chunks.push(d); this.have += d.length; this.received += d.length; this.pump(); });
     // A peer that refused and hung up while we were only writing: its reason is the error.
     sock.on('error', (e: NodeJS.ErrnoException) => this.fail(this.refusalWaiting()
@@ -102,12 +106,21 @@ export class Channel {
 
   get failed(): MigrationError | undefined { return this.failure; }
 
-  /** Write a frame; resolves once the socket can take more (or rejects once the connection failed). */
+  /**
+   * Write a frame; resolves once the socket can take more, rejects once the
+   * connection failed, or when the peer has taken nothing for stallMs (a
+   * stopped peer must not hold a paused guest forever).
+   */
   async send(frame: Buffer): Promise<void> {
     if (this.failure) throw this.failure;
     this.sent += frame.length;
     if (this.sock.write(frame)) return;
-    await new Promise<void>((resolve) => this.drainWaiters.push(resolve));
+    let timer: NodeJS.Timeout | undefined;
+    await new Promise<void>((resolve) => {
+      this.drainWaiters.push(resolve);
+      timer = setTimeout(() => this.fail(new MigrationError(`${this.peer} took nothing for ${this.stallMs / 1000} s`, 'ETIMEDOUT')), this.stallMs);
+    });
+    clearTimeout(timer);
     if (this.failure) throw this.failure;
   }
 
