@@ -42,18 +42,25 @@ async function main(argv: string[]): Promise<number> {
   let restore: LoadedSnapshot | undefined;
   if (args.restoreFile) restore = readSnapshot(args.restoreFile, loadOptionsFrom(config));
   const from = args.migrateFrom;
-  const m = from
-    ? await receiveMigration(config, from, { onListening: () => log('info', `waiting for a migration on ${formatAddress(from)}`) })
-    : await Machine.create(config, { restore });
   let control: ControlServer | undefined;
-  try {
-    control = await startControl(m, config);
-  } catch (e) {
-    await m.finish(ExitCode.ERROR);
-    throw e;
-  }
   // Whatever way the process ends (fail(), an uncaught error), the socket goes with it.
   process.on('exit', () => control?.unlinkSync());
+  let m: Machine;
+  if (from) {
+    // The control socket is made before the source lets go of its guest: if it cannot be, the source keeps it.
+    m = await receiveMigration(config, from, {
+      onListening: () => log('info', `waiting for a migration on ${formatAddress(from)}`),
+      beforeReady: async (vm) => { control = await startControl(vm, config); },
+    });
+  } else {
+    m = await Machine.create(config, { restore });
+    try {
+      control = await startControl(m, config);
+    } catch (e) {
+      await m.finish(ExitCode.ERROR);
+      throw e;
+    }
+  }
   let signals = 0;
   const onSignal = (sig: NodeJS.Signals) => {
     signals++;

@@ -33,6 +33,12 @@ const IDLE_MS = 60_000;
 export interface IncomingOptions {
   /** told once the listener is up (tests, scripts waiting for it) */
   onListening?(): void;
+  /**
+   * Last preparations once the VM is built and its state applied, before
+   * READY: what fails here (a control socket that cannot be made) is
+   * refused, and the source keeps its guest.
+   */
+  beforeReady?(m: Machine): Promise<void>;
 }
 
 /** Wait for a migration into a VM of `config`; resolves with the VM, built and ready to run(). */
@@ -80,6 +86,7 @@ export async function receiveMigration(config: ConfigTree, from: MigrationAddres
     }
     m = await building!;
     m.restoreIncoming(state);
+    await opts.beforeReady?.(m);
     await ch.send(jsonFrame(F.READY, {}));
     await ch.recv([F.COMMIT], IDLE_MS);
     // The guest's downtime ends when its vCPUs run here (run(), by the caller): then DONE tells the source.
