@@ -5,11 +5,7 @@
 %include "common.inc"
         bits 16
         org 0x1000
-start:  xor ax, ax
-        mov ds, ax
-        mov ss, ax
-        mov sp, 0x7000
-        xor ebp, ebp
+start:  COUNTER_START
 .loop:  inc ebp
         mov [count], ebp
         PRINT_COUNT

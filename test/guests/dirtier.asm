@@ -8,11 +8,7 @@
         bits 16
         org 0x1000
 PAGES   equ 128
-start:  xor ax, ax
-        mov ds, ax
-        mov ss, ax
-        mov sp, 0x7000
-        xor ebp, ebp
+start:  COUNTER_START
 .loop:  inc ebp
         mov [count], ebp
         mov bx, 0x1000          ; segment of the first page
