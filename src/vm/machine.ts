@@ -74,6 +74,8 @@ export class Machine extends EventEmitter implements VmControl {
   private readonly irqs: IrqRouting;
   private readonly snapshots: VmSnapshots;
   private exitServer: ExitServer | undefined;
+  /** the vCPU threads' start (by run(), or startParked()) */
+  private threadsStarted: Promise<void> | undefined;
   private finished: Promise<ExitCode>;
   private resolveFinished!: (c: ExitCode) => void;
   private ending = false;
@@ -241,18 +243,20 @@ export class Machine extends EventEmitter implements VmControl {
     }
   }
 
-  /** Start the vCPU threads; resolves with the exit code when the VM ends. */
+  /**
+   * Start the vCPU threads parked, not running guest code: run() then only
+   * lets them go (an incoming migration starts them while its last pages
+   * arrive, so thread start-up is not part of the guest's downtime).
+   */
+  async startParked(): Promise<void> {
+    await (this.threadsStarted ??= this.startThreads(true));
+  }
+
+  /** Start the vCPU threads (or let go of those startParked() started); resolves with the exit code when the VM ends. */
   async run(): Promise<ExitCode> {
-    const doorbell = new SharedArrayBuffer(DB.WORDS * 4);
-    const postWrites = this.config.getBool('x86.posted_writes', true);
-    const threads = this.vcpuFds.map((v, i) => new VcpuThread(i, v.fd, this.kvm.vcpuMmapSize(), doorbell, this.shadow.buffer, postWrites,
-      (e) => this.onVcpuEvent(e)));
-    this.vcpus.threads = threads;
-    this.exitServer = new ExitServer(new Int32Array(doorbell), threads.map((t) => t.mailbox), this.pio, this.mmio,
-      (msg) => this.guestLog.log('warn', msg));
-    if (this.config.getBool('debug.stats', false)) this.exitServer.byAddress = new Map();
-    this.exitServer.start();
-    await Promise.all(threads.map((t) => t.start()));
+    const parked = this.threadsStarted !== undefined;
+    await (this.threadsStarted ??= this.startThreads(false));
+    if (parked) this.vcpus.release();
     this.firstRunMs = performance.now();
     this.emit('running');
     watchForHalt(this.vcpus, Number(this.config.get('x86.halt_check_ms') ?? 2000), {
@@ -262,6 +266,20 @@ export class Machine extends EventEmitter implements VmControl {
       onHalted: () => void this.finish(ExitCode.HALT, 'all vCPUs halted with interrupts disabled'),
     });
     return this.finished;
+  }
+
+  private async startThreads(parked: boolean): Promise<void> {
+    const doorbell = new SharedArrayBuffer(DB.WORDS * 4);
+    const postWrites = this.config.getBool('x86.posted_writes', true);
+    const threads = this.vcpuFds.map((v, i) => new VcpuThread(i, v.fd, this.kvm.vcpuMmapSize(), doorbell, this.shadow.buffer, postWrites,
+      (e) => this.onVcpuEvent(e)));
+    this.vcpus.threads = threads;
+    this.exitServer = new ExitServer(new Int32Array(doorbell), threads.map((t) => t.mailbox), this.pio, this.mmio,
+      (msg) => this.guestLog.log('warn', msg));
+    if (this.config.getBool('debug.stats', false)) this.exitServer.byAddress = new Map();
+    this.exitServer.start();
+    await Promise.all(threads.map((t) => t.start(parked)));
+    if (parked && !(await this.vcpus.hold())) throw new HostError('a vCPU thread did not park in time');
   }
 
   /** Exits, and the work devices do without them: what the halt check watches. */

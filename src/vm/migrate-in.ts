@@ -74,7 +74,12 @@ export async function receiveMigration(config: ConfigTree, from: MigrationAddres
         tSwitch = performance.now();
         rounds = new StateReader(parseDocument(f.payload.toString('utf8'), 'the SWITCHOVER frame', 'a migration frame'), 'switchover').u32('rounds', 1000);
         ram = undefined;
-        building = Machine.create(config, { incoming: { ram: mapping, sourceConfig: hello.facts.config } });
+        // vCPU threads too, parked: their start-up is then not part of the downtime.
+        building = Machine.create(config, { incoming: { ram: mapping, sourceConfig: hello.facts.config } })
+          .then(async (vm) => {
+            try { await vm.startParked(); } catch (e) { await vm.finish(ExitCode.ERROR); throw e; }
+            return vm;
+          });
         building.catch(() => { /* awaited below */ });
       } else {
         state = readState(f.payload);
