@@ -15,6 +15,10 @@
  *   await server.listen('/run/tshyve/myvm.sock');   // ... await server.close() after run()
  *   const other = await connectVm('othervm');        // /run/tshyve/othervm.sock
  *   await other.pause(); console.log(await other.stats()); other.close();
+ *
+ * Migrate: `await vm.migrate('10.0.0.2,7700', { live: true })` on the
+ * source; `await receiveMigration(config, parseMigrationAddress('10.0.0.2,7700'))`
+ * gives the destination's Machine, to run().
  */
 export { Machine, COM_PORTS } from './vm/machine.js';
 export { ExitCode } from './vm/exit-codes.js';
@@ -28,7 +32,10 @@ export { registerPciDevice, findPciDevice, pciDeviceNames, type PciDeviceEmulati
 export { registerPlatformDevice, type PlatformDeviceEmulation, type PlatformContext } from './devices/platform.js';
 export { TshyveError, UserError, HostError, GuestMemoryError, KvmError } from './errors.js';
 export { inspectHost, type HostReport } from './vm/host-check.js';
-export type { VmControl, SnapshotOptions, SnapshotResult, SnapshotProgress } from './vm/control.js';
+export type { VmControl, SnapshotOptions, SnapshotResult, SnapshotProgress, MigrationOptions, MigrationProgress, MigrationResult } from './vm/control.js';
+export { receiveMigration, type IncomingOptions } from './vm/migrate-in.js';
+export { parseMigrationAddress, formatAddress, type MigrationAddress } from './migration/transport.js';
+export { MigrationError } from './migration/wire.js';
 export {
   ControlServer, ControlClient, ControlError, connectVm, listVms, controlSocketPath, defaultControlDir, socketPathFor,
   type ControlServerOptions, type ConnectOptions, type CallOptions, type ListedVm, type VmInfo,

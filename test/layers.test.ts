@@ -23,6 +23,7 @@ export const LAYERS: readonly string[][] = [
   ['virtio'],
   ['devices'],
   ['vcpu'],
+  ['migration'],
   ['vm'],
   ['control'],
   ['cli', 'index.ts'],

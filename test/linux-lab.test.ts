@@ -313,6 +313,44 @@ test('virtio-blk, virtio-rnd and virtio-console work across a suspend and restor
   assert.match(r.tcp ?? '', /after-restore/, 'the host read the guest\'s line from the port');
 });
 
+// ---- migration (issue 18) ----
+
+test('a 2-vCPU guest writing checksummed blocks and dirtying memory: warm-migrated over a unix socket, then live over TCP between two namespaces; counters go on, every block verifies, the sources exit 0', { skip }, () => {
+  const r = get('migration-2cpu');
+  const ph = r.phases ?? [];
+  const show = JSON.stringify(ph.map((p) => [p.what, p.code, p.stderr.slice(-300)]));
+  const warm = ph.find((p) => p.what.startsWith('tshyvectl')), a = ph.find((p) => p.what === 'a'), b = ph.find((p) => p.what === 'b');
+  const c = ph.find((p) => p.what === 'c');
+  assert.ok(warm && a && b && c, `phases: ${show}`);
+  assert.equal(warm.code, 0, `tshyvectl --migrate: ${warm.stderr}`);
+  assert.match(warm.stdout, /^migrated VM \S+ to unix:\S+ \(warm\): .* downtime \d+ ms/);
+  assert.equal(a.code, 0, `the warm source exits 0: ${a.stderr}`);
+  const m = r.migration ?? {};
+  assert.ok(m.live, `the live migration: ${m.liveError}`);
+  assert.ok(m.live.rounds >= 1 && m.live.live);
+  // The guest rewrites 8 MiB all the time: pre-copy converges, or stops at its limit (4 rounds) and says so.
+  assert.ok(m.live.converged || /^pre-copy did not converge \(4 rounds; \d+ ms left to copy, migration\.downtime_ms=300\)$/.test(m.live.note ?? ''), JSON.stringify(m.live));
+  assert.equal(b.code, 0, `the live source exits 0: ${b.stderr}`);
+  // Each loop counts on, one by one, across the three VMs.
+  const [n0, n1] = loops(a.stdout + b.stdout + c.stdout);
+  consecutive(n0, 'N0 across the migrations');
+  consecutive(n1, 'N1 across the migrations');
+  for (const p of [b, c]) assert.ok(loops(p.stdout)[0].length >= 5 && loops(p.stdout)[1].length >= 5, `${p.what} runs both loops`);
+  assert.ok(m.blocks && m.blocks.upTo >= 10, `blocks written: ${JSON.stringify(m.blocks)}`);
+  assert.deepEqual(m.blocks.bad, [], 'every block the guest wrote reads back with its checksum');
+  assert.equal(c.code, 1, c.stderr);
+});
+
+test('killing the destination mid-transfer leaves the source guest running and correct', { skip }, () => {
+  const r = get('migration-2cpu');
+  const m = r.migration ?? {};
+  const d = (r.phases ?? []).find((p) => p.what === 'd');
+  assert.ok(d, 'the destination that was killed');
+  assert.equal(d.signal, 'SIGKILL');
+  assert.match(m.killedError ?? '', /failed, the VM runs on here: /);
+  assert.equal(m.stateAfterKill, 'running');
+});
+
 // ---- virtio-net (TSHYVE_LAB_NET=0 leaves these out) ----
 
 const netSkip = skip || (NET_ENABLED ? false : 'virtio-net lab scenarios are off (TSHYVE_LAB_NET=0)');

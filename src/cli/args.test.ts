@@ -428,3 +428,10 @@ test('errors are UserErrors with one line (spot check every path)', () => {
   ];
   for (const argv of bad) throwsUser(() => parseBhyveArgs(argv));
 });
+
+test('-R HOST,PORT or -R unix:/abs/path: where to wait for a migration; anything else is one line', () => {
+  assert.deepEqual(parse('-R', '10.0.0.2,7700', 'vm').migrateFrom, { kind: 'tcp', host: '10.0.0.2', port: 7700 });
+  assert.deepEqual(parse('-Runix:/run/m.sock', 'vm').migrateFrom, { kind: 'unix', path: '/run/m.sock' });
+  assert.throws(() => parse('-R', '10.0.0.2:7700', 'vm'), /migration address '10\.0\.0\.2:7700' is not HOST,PORT \(port 1-65535\) or unix:PATH/);
+  assert.throws(() => parse('-R', 'unix:m.sock', 'vm'), /unix:PATH needs an absolute path/);
+});

@@ -14,6 +14,7 @@ import { lpcDevice, lpcDeviceNames } from '../devices/platform.js';
 import '../devices/all.js';
 import { applyConfigFile, applyConfigOption, quote } from '../config/config-file.js';
 import { parseMemSize } from '../config/size.js';
+import { parseMigrationAddress, type MigrationAddress } from '../migration/transport.js';
 import { ConfigTree, type ConfigTreeWriter } from '../config/tree.js';
 import {
   DEFAULT_MEMORY_SIZE, parsePciLegacyConfig, resolveCpus, resolveMemBytes, validateUuid, validateVmName,
@@ -23,6 +24,8 @@ export interface ParsedArgs {
   config: ConfigTree;
   /** `-r FILE`: resume from this snapshot (the CLI decides what to do with it). */
   restoreFile?: string;
+  /** `-R HOST,PORT` or `-R unix:PATH`: wait there for a migration instead of booting. */
+  migrateFrom?: MigrationAddress;
   /** `-h`: print usage() and exit 0. Parsing stopped at `-h`. */
   help?: boolean;
   /** `-s help` / `-l help`: print the supported PCI / LPC devices and exit 0. */
@@ -63,7 +66,7 @@ const FLAGS: Record<string, [string, string] | null> = {
 };
 
 /** Options that take an argument and that tshyve implements. */
-const WITH_ARG = new Set(['c', 'k', 'l', 'm', 'o', 'r', 's', 'U']);
+const WITH_ARG = new Set(['c', 'k', 'l', 'm', 'o', 'r', 'R', 's', 'U']);
 
 /** bhyve options tshyve does not implement yet (all take an argument). */
 const UNSUPPORTED: Record<string, string> = {
@@ -87,7 +90,7 @@ export function usage(progname = 'tshyve'): string {
     `Usage: ${progname} [-AaCDeHhIPSuWwxY]`,
     `       ${pad} [-c [[cpus=]numcpus][,sockets=n][,cores=n][,threads=n]]`,
     `       ${pad} [-k config_file] [-l lpc] [-m mem] [-o var=value]`,
-    `       ${pad} [-r file] [-s pci] [-U uuid] vmname`,
+    `       ${pad} [-r file] [-R host,port | -R unix:path] [-s pci] [-U uuid] vmname`,
     `       ${progname} -l help | -s help`,
     '       -A: create ACPI tables (always done; accepted for compatibility)',
     '       -a: local APIC is in xAPIC mode (the default)',
@@ -104,6 +107,7 @@ export function usage(progname = 'tshyve'): string {
     '       -o: set config \'var\' to \'value\'',
     '       -P: vmexit from the guest on pause',
     '       -r: path to checkpoint file',
+    '       -R: wait on host,port (or unix:path) for a migration and run the guest it brings',
     '       -S: guest memory cannot be swapped',
     '       -s: <slot,driver,configinfo> PCI slot config',
     '       -U: UUID',
@@ -198,6 +202,9 @@ function applyOption(config: ConfigTree, result: ParsedArgs, c: string, optarg: 
       return false;
     case 'r':
       result.restoreFile = optarg;
+      return false;
+    case 'R':
+      result.migrateFrom = parseMigrationAddress(optarg);
       return false;
     case 's':
       if (optarg === 'help') { result.list = 'pci'; return true; }

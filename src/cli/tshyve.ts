@@ -3,13 +3,16 @@
  * `tshyve`: bhyve's command line over Linux KVM.
  *   tshyve -c 2 -m 512M -s 0,hostbridge -s 31,lpc -l com1,stdio \
  *     -o boot.kernel=vmlinuz -o boot.initrd=initrd.img -o boot.cmdline=console=ttyS0 NAME
+ *   tshyve ...same options... -R HOST,PORT NAME     (or -R unix:PATH): receive a migration, then run
  * Exit status as bhyve: 0 reboot, 1 power-off, 2 halt, 3 triple fault, 4 error.
  */
 import { parseBhyveArgs, usage, supportedLpcDevices } from './args.js';
 import { pciDeviceNames } from '../pci/device.js';
 import '../devices/all.js';
-import { TshyveError } from '../errors.js';
+import { TshyveError, UserError } from '../errors.js';
 import { Machine } from '../vm/machine.js';
+import { receiveMigration } from '../vm/migrate-in.js';
+import { formatAddress } from '../migration/transport.js';
 import { ExitCode } from '../vm/exit-codes.js';
 import { restoreTerminals } from '../devices/backends/index.js';
 import { log } from '../log.js';
@@ -35,18 +38,29 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   saveOptionsFrom(config); // a bad snapshot.dir or snapshot.key is refused now, not at the first checkpoint
+  if (args.restoreFile !== undefined && args.migrateFrom) throw new UserError('-r and -R cannot be used together');
   let restore: LoadedSnapshot | undefined;
   if (args.restoreFile) restore = readSnapshot(args.restoreFile, loadOptionsFrom(config));
-  const m = await Machine.create(config, { restore });
+  const from = args.migrateFrom;
   let control: ControlServer | undefined;
-  try {
-    control = await startControl(m, config);
-  } catch (e) {
-    await m.finish(ExitCode.ERROR);
-    throw e;
-  }
   // Whatever way the process ends (fail(), an uncaught error), the socket goes with it.
   process.on('exit', () => control?.unlinkSync());
+  let m: Machine;
+  if (from) {
+    // The control socket is made before the source lets go of its guest: if it cannot be, the source keeps it.
+    m = await receiveMigration(config, from, {
+      onListening: () => log('info', `waiting for a migration on ${formatAddress(from)}`),
+      beforeReady: async (vm) => { control = await startControl(vm, config); },
+    });
+  } else {
+    m = await Machine.create(config, { restore });
+    try {
+      control = await startControl(m, config);
+    } catch (e) {
+      await m.finish(ExitCode.ERROR);
+      throw e;
+    }
+  }
   let signals = 0;
   const onSignal = (sig: NodeJS.Signals) => {
     signals++;

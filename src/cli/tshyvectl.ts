@@ -3,7 +3,8 @@
  * `tshyvectl`: bhyvectl's operations on a running tshyve, over its control
  * socket (DIR/NAME.sock; DIR is /run/tshyve for root, see control/paths.ts).
  *   tshyvectl --vm=NAME --get-stats | --pause | --resume | --checkpoint=FILE
- *             | --suspend=FILE | --force-reset | --force-poweroff | --destroy
+ *             | --suspend=FILE | --migrate=HOST,PORT | --migrate-live=HOST,PORT
+ *             | --force-reset | --force-poweroff | --destroy
  *   tshyvectl --list
  * Exit status: 0 done, 1 the operation failed or the VM cannot be reached, 2 bad usage.
  */
@@ -12,8 +13,11 @@ import { connectVm, listVms, ControlError, type ControlClient } from '../control
 import { defaultControlDir } from '../control/paths.js';
 import { validateVmName } from '../config/options.js';
 import { TshyveError } from '../errors.js';
-import type { SnapshotResult } from '../vm/control.js';
+import { resolve as resolvePath } from 'node:path';
+import type { MigrationResult, SnapshotResult } from '../vm/control.js';
+import { parseMigrationAddress } from '../migration/transport.js';
 import { ProgressBar, formatMiB } from './progress.js';
+import { MigrationBar, migrationLine } from './migrate-progress.js';
 
 const OPTIONS = {
   vm: { type: 'string' },
@@ -25,13 +29,15 @@ const OPTIONS = {
   resume: { type: 'boolean' },
   checkpoint: { type: 'string' },
   suspend: { type: 'string' },
+  migrate: { type: 'string' },
+  'migrate-live': { type: 'string' },
   'force-reset': { type: 'boolean' },
   'force-poweroff': { type: 'boolean' },
   destroy: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
-const ACTIONS = ['list', 'get-stats', 'pause', 'resume', 'checkpoint', 'suspend', 'force-reset', 'force-poweroff', 'destroy'] as const;
+const ACTIONS = ['list', 'get-stats', 'pause', 'resume', 'checkpoint', 'suspend', 'migrate', 'migrate-live', 'force-reset', 'force-poweroff', 'destroy'] as const;
 type Action = (typeof ACTIONS)[number];
 
 export function usage(): string {
@@ -43,6 +49,9 @@ export function usage(): string {
     '       --pause / --resume   stop / restart every vCPU',
     '       --checkpoint=FILE    save the VM to FILE (and FILE.ram); it keeps running',
     '       --suspend=FILE       save the VM to FILE, then end it (tshyve exits 0)',
+    '       --migrate=HOST,PORT  pause the VM, send it to a tshyve started with -R HOST,PORT',
+    '                            (or unix:PATH); it runs there, tshyve here exits 0',
+    '       --migrate-live=HOST,PORT  the same, copying RAM while the guest runs',
     '       --force-reset        end the VM as a reset would (tshyve exits 0)',
     '       --force-poweroff     end the VM as a power-off would (tshyve exits 1)',
     '       --destroy            tear the VM down (tshyve exits 4)',
@@ -87,6 +96,11 @@ async function main(argv: string[]): Promise<number> {
   for (const f of ['checkpoint', 'suspend'] as const) {
     if (values[f] === '') throw new UsageError(`--${f} needs a file name`);
   }
+  for (const f of ['migrate', 'migrate-live'] as const) {
+    const v = values[f];
+    if (v === undefined) continue;
+    try { parseMigrationAddress(v.startsWith('unix:') ? `unix:${resolvePath(v.slice(5))}` : v); } catch (e) { throw new UsageError((e as Error).message); }
+  }
   const vm = values.socket !== undefined
     ? await connectVm(values.socket.includes('/') ? values.socket : `./${values.socket}`)
     : await connectVm(values.vm!, { dir });
@@ -100,7 +114,7 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
-async function perform(vm: ControlClient, action: Action, values: { checkpoint?: string; suspend?: string }): Promise<number> {
+async function perform(vm: ControlClient, action: Action, values: { checkpoint?: string; suspend?: string; migrate?: string; 'migrate-live'?: string }): Promise<number> {
   switch (action) {
     case 'get-stats': {
       const stats = await vm.stats();
@@ -124,6 +138,17 @@ async function perform(vm: ControlClient, action: Action, values: { checkpoint?:
       }
       const paused = r.pausedMs !== r.totalMs ? ` (vCPUs paused ${(r.pausedMs / 1000).toFixed(2)} s)` : '';
       process.stdout.write(`${action === 'checkpoint' ? 'checkpointed' : 'suspended'} VM ${vm.name}: ${formatMiB(r.ramBytes)} of RAM to ${r.file} in ${(r.totalMs / 1000).toFixed(2)} s${paused}\n`);
+      return 0;
+    }
+    case 'migrate': case 'migrate-live': {
+      const bar = new MigrationBar(process.stderr);
+      let r: MigrationResult;
+      try {
+        r = await vm.migrate(values[action]!, { live: action === 'migrate-live', onProgress: (p) => bar.update(p) });
+      } finally {
+        bar.stop();
+      }
+      process.stdout.write(`${migrationLine(vm.name, r)}\n`);
       return 0;
     }
     case 'list': return 0;

@@ -12,7 +12,7 @@ import { createConnection, type Socket } from 'node:net';
 import { readdirSync } from 'node:fs';
 import { join, resolve as resolvePath } from 'node:path';
 import { TshyveError } from '../errors.js';
-import type { SnapshotOptions, SnapshotProgress, SnapshotResult } from '../vm/control.js';
+import type { MigrationOptions, MigrationProgress, MigrationResult, SnapshotOptions, SnapshotProgress, SnapshotResult } from '../vm/control.js';
 import { LineDecoder, encode, parseServerMessage, type Op, type VmInfo } from './protocol.js';
 import { defaultControlDir, resolveSocket, SOCKET_SUFFIX } from './paths.js';
 
@@ -31,7 +31,7 @@ export interface ConnectOptions {
 }
 
 export interface CallOptions {
-  onProgress?(p: SnapshotProgress): void;
+  onProgress?(p: SnapshotProgress | MigrationProgress): void;
   /** give up waiting for the answer after this long; 0 = never (default: 30 s, never for checkpoint/suspend) */
   timeoutMs?: number;
 }
@@ -39,7 +39,7 @@ export interface CallOptions {
 interface Pending {
   resolve(v: unknown): void;
   reject(e: Error): void;
-  onProgress?(p: SnapshotProgress): void;
+  onProgress?(p: SnapshotProgress | MigrationProgress): void;
   timer?: NodeJS.Timeout;
 }
 
@@ -78,7 +78,7 @@ export class ControlClient {
     const id = this.nextId++;
     return new Promise<T>((resolve, reject) => {
       const p: Pending = { resolve: resolve as (v: unknown) => void, reject, onProgress: opts.onProgress };
-      const long = op === 'checkpoint' || op === 'suspend';
+      const long = op === 'checkpoint' || op === 'suspend' || op === 'migrate';
       const timeoutMs = opts.timeoutMs ?? (long ? 0 : 30_000);
       if (timeoutMs > 0) {
         p.timer = setTimeout(() => {
@@ -101,6 +101,11 @@ export class ControlClient {
   }
   suspend(file: string, opts: SnapshotOptions = {}): Promise<SnapshotResult> {
     return this.call('suspend', { file: resolvePath(file) }, { onProgress: opts.onProgress });
+  }
+  /** `target`: `HOST,PORT`, or `unix:PATH` (resolved against this process's working directory). */
+  migrate(target: string, opts: MigrationOptions = {}): Promise<MigrationResult> {
+    const t = target.startsWith('unix:') ? `unix:${resolvePath(target.slice(5))}` : target;
+    return this.call('migrate', { target: t, live: opts.live === true }, { onProgress: opts.onProgress as CallOptions['onProgress'] });
   }
   async forceReset(): Promise<void> { await this.call('forceReset'); }
   async forcePoweroff(): Promise<void> { await this.call('forcePoweroff'); }

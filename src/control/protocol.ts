@@ -4,15 +4,16 @@
  *
  *   request   {"id":1,"op":"checkpoint","args":{"file":"/abs/vm.ckp"}}
  *   progress  {"id":1,"progress":{"done":1048576,"total":16777216}}
+ *             a migration's also says {"phase":"copy","round":2,"dirtyRate":N,"expectedDowntimeMs":N}
  *   response  {"id":1,"ok":true,"result":{...}}   or   {"id":1,"ok":false,"error":"one line"}
  *
  * A client may have several requests in flight; `id` pairs them up. A line
  * that is not a request gets {"id":null,"ok":false,"error":...}.
  */
-import type { SnapshotProgress } from '../vm/control.js';
+import type { MigrationProgress, SnapshotProgress } from '../vm/control.js';
 
 /** Operations a control socket serves: VmControl's methods, plus `info`. */
-export const OPS = ['info', 'stats', 'pause', 'resume', 'checkpoint', 'suspend', 'forceReset', 'forcePoweroff', 'destroy'] as const;
+export const OPS = ['info', 'stats', 'pause', 'resume', 'checkpoint', 'suspend', 'migrate', 'forceReset', 'forcePoweroff', 'destroy'] as const;
 export type Op = (typeof OPS)[number];
 
 export type RequestId = number | string;
@@ -21,7 +22,8 @@ export interface Request { id: RequestId; op: Op; args: Record<string, unknown> 
 export type Response =
   | { id: RequestId | null; ok: true; result: unknown }
   | { id: RequestId | null; ok: false; error: string };
-export interface ProgressEvent { id: RequestId; progress: SnapshotProgress }
+/** A save's progress, or a migration's (which says more: MigrationProgress). */
+export interface ProgressEvent { id: RequestId; progress: SnapshotProgress | MigrationProgress }
 export type ServerMessage = Response | ProgressEvent;
 
 /** What `info` answers: enough for `tshyvectl --list` and a liveness check. */
@@ -99,8 +101,12 @@ export function parseServerMessage(line: string): ServerMessage | undefined {
   if (!(isId(o.id) || o.id === null)) return undefined;
   if (typeof o.progress === 'object' && o.progress !== null && o.id !== null) {
     const p = o.progress as Record<string, unknown>;
-    if (typeof p.done === 'number' && typeof p.total === 'number') return { id: o.id as RequestId, progress: { done: p.done, total: p.total } };
-    return undefined;
+    if (typeof p.done !== 'number' || typeof p.total !== 'number') return undefined;
+    const progress: SnapshotProgress | MigrationProgress = { done: p.done, total: p.total };
+    if (typeof p.phase === 'string' && typeof p.round === 'number' && typeof p.dirtyRate === 'number' && typeof p.expectedDowntimeMs === 'number') {
+      Object.assign(progress, { phase: p.phase, round: p.round, dirtyRate: p.dirtyRate, expectedDowntimeMs: p.expectedDowntimeMs });
+    }
+    return { id: o.id as RequestId, progress };
   }
   if (o.ok === true) return { id: o.id as RequestId | null, ok: true, result: o.result };
   if (o.ok === false) return { id: o.id as RequestId | null, ok: false, error: typeof o.error === 'string' ? o.error : 'error' };

@@ -17,7 +17,7 @@ import { controlSocketPath } from './config.js';
 import { UserError } from '../errors.js';
 import { setLogSink } from '../log.js';
 import { ConfigTree } from '../config/tree.js';
-import type { VmControl, SnapshotOptions, SnapshotResult } from '../vm/control.js';
+import type { VmControl, SnapshotOptions, SnapshotResult, MigrationOptions, MigrationResult } from '../vm/control.js';
 
 const base = mkdtempSync(join(tmpdir(), 'tshyve-ctl-'));
 let n = 0;
@@ -45,6 +45,15 @@ class FakeVm implements VmControl {
     this.calls.push(`suspend ${file}`);
     await new Promise((r) => setTimeout(r, this.suspendDelayMs));
     return { file, ramFile: file + '.ram', ramBytes: 4096, pausedMs: 3, totalMs: 3 };
+  }
+  async migrate(target: string, opts?: MigrationOptions): Promise<MigrationResult> {
+    this.calls.push(`migrate ${target} ${opts?.live === true}`);
+    if (target.endsWith('refuse')) throw new UserError('the destination refused: the source VM has 2 vCPUs, this one 1');
+    for (const phase of ['handshake', 'copy', 'copy', 'switchover', 'commit'] as const) {
+      opts?.onProgress?.({ phase, done: 1024, total: 4096, round: 1, dirtyRate: 4096, expectedDowntimeMs: 2 });
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    return { target, live: opts?.live === true, rounds: 1, bytes: 5000, pages: 1, zeroPages: 0, totalMs: 30, downtimeMs: 3, converged: true };
   }
   forceReset() { this.calls.push('forceReset'); }
   forcePoweroff() { this.calls.push('forcePoweroff'); }
@@ -109,6 +118,24 @@ test('checkpoint: progress events reach the caller in order, then the result', a
   const r = await c.checkpoint('/tmp/vm.ckp', { onProgress: (p) => { assert.equal(p.total, 4096); seen.push(p.done); } });
   assert.deepEqual(seen, [0, 1024, 2048, 3072, 4096]);
   assert.deepEqual(r, { file: '/tmp/vm.ckp', ramFile: '/tmp/vm.ckp.ram', ramBytes: 4096, pausedMs: 3, totalMs: 25 });
+  c.close();
+  await server.close();
+});
+
+test('migrate: the target and live flag reach the VM; the progress JSON carries phase, round, dirty rate and expected downtime', async () => {
+  const { vm, server, path } = await serve(new FakeVm(), { progressPerSecond: 1 });
+  const c = await ControlClient.connect(path);
+  const phases: string[] = [];
+  const r = await c.migrate('unix:rel.sock', { live: true, onProgress: (p) => {
+    assert.ok('phase' in p, 'a migration progress event');
+    assert.deepEqual({ round: p.round, dirtyRate: p.dirtyRate, expectedDowntimeMs: p.expectedDowntimeMs }, { round: 1, dirtyRate: 4096, expectedDowntimeMs: 2 });
+    phases.push(p.phase);
+  } });
+  // throttled to one a second, but every change of phase arrives
+  assert.deepEqual(phases, ['handshake', 'copy', 'switchover', 'commit']);
+  assert.equal(r.downtimeMs, 3);
+  assert.deepEqual(vm.calls, [`migrate unix:${join(process.cwd(), 'rel.sock')} true`]);
+  await assert.rejects(c.migrate('h,1refuse'), /the destination refused: the source VM has 2 vCPUs, this one 1/);
   c.close();
   await server.close();
 });

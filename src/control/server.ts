@@ -16,7 +16,7 @@
 import { createServer, createConnection, type Server, type Socket } from 'node:net';
 import { chmodSync, linkSync, lstatSync, mkdirSync, mkdtempSync, rmSync, statSync, unlinkSync } from 'node:fs';
 import { dirname, isAbsolute, join } from 'node:path';
-import type { VmControl, SnapshotProgress } from '../vm/control.js';
+import type { VmControl, SnapshotProgress, MigrationProgress } from '../vm/control.js';
 import { TshyveError, UserError } from '../errors.js';
 import { log } from '../log.js';
 import { peerCredentials } from '../host/libc.js';
@@ -209,7 +209,7 @@ export class ControlServer {
     }
   }
 
-  private async run(req: Request, onProgress: (p: SnapshotProgress) => void): Promise<unknown> {
+  private async run(req: Request, onProgress: (p: SnapshotProgress | MigrationProgress) => void): Promise<unknown> {
     const vm = this.control;
     switch (req.op) {
       case 'info': return { name: vm.name, pid: process.pid, paused: vm.paused } satisfies VmInfo;
@@ -218,6 +218,7 @@ export class ControlServer {
       case 'resume': vm.resume(); return { paused: vm.paused };
       case 'checkpoint': return vm.checkpoint(fileArg(req), { onProgress });
       case 'suspend': return vm.suspend(fileArg(req), { onProgress });
+      case 'migrate': return vm.migrate(targetArg(req), { live: req.args.live === true, onProgress });
       case 'forceReset': vm.forceReset(); return null;
       case 'forcePoweroff': vm.forcePoweroff(); return null;
       case 'destroy': vm.destroy(); return null;
@@ -225,15 +226,17 @@ export class ControlServer {
   }
 }
 
-/** Progress events, at most `perSecond`, but always the first and the last. */
-function progressSender(conn: Connection, req: Request, perSecond: number): (p: SnapshotProgress) => void {
-  let last = 0;
+/** Progress events, at most `perSecond`, but always the first and the last (and every migration phase change). */
+function progressSender(conn: Connection, req: Request, perSecond: number): (p: SnapshotProgress | MigrationProgress) => void {
+  let last = 0, lastPhase: string | undefined;
   const gap = 1000 / perSecond;
   return (p) => {
     const now = performance.now();
-    if (last !== 0 && now - last < gap && p.done < p.total) return;
+    const phase = 'phase' in p ? p.phase : undefined;
+    if (last !== 0 && now - last < gap && p.done < p.total && phase === lastPhase) return;
     last = now;
-    if (Number.isFinite(p.done) && Number.isFinite(p.total)) conn.send({ id: req.id, progress: { done: p.done, total: p.total } });
+    lastPhase = phase;
+    if (Number.isFinite(p.done) && Number.isFinite(p.total)) conn.send({ id: req.id, progress: { ...p } });
   };
 }
 
@@ -243,6 +246,13 @@ function fileArg(req: Request): string {
   // The server's working directory means nothing to the client: clients resolve paths.
   if (!isAbsolute(f)) throw new UserError(`${req.op} file ${f} must be an absolute path`);
   return f;
+}
+
+/** A migration's destination: `HOST,PORT` or `unix:/abs/path` (checked again by the VM). */
+function targetArg(req: Request): string {
+  const t = req.args.target;
+  if (typeof t !== 'string' || t === '') throw new UserError('migrate needs a target (HOST,PORT or unix:PATH)');
+  return t;
 }
 
 function makeDir(dir: string): void {

@@ -18,6 +18,7 @@ export const KVM = {
   GET_SUPPORTED_CPUID: IOWR(0x05, 8),
   CREATE_VCPU: IO(0x41),
   SET_USER_MEMORY_REGION: IOW(0x46, 32),
+  GET_DIRTY_LOG: IOW(0x42, 16),
   SET_TSS_ADDR: IO(0x47),
   SET_IDENTITY_MAP_ADDR: IOW(0x48, 8),
   CREATE_IRQCHIP: IO(0x60),
@@ -60,6 +61,9 @@ export const KVM = {
   SET_DEBUGREGS: IOW(0xa2, 128),
   KVMCLOCK_CTRL: IO(0xad),
 } as const;
+
+/** kvm_userspace_memory_region.flags: KVM logs the slot's pages the guest writes (KVM_GET_DIRTY_LOG). */
+export const MEM_LOG_DIRTY_PAGES = 1;
 
 /** KVM_CHECK_EXTENSION capability numbers. */
 export const CAP = {

@@ -79,6 +79,18 @@ export class Vm {
     check('KVM_SET_USER_MEMORY_REGION', libc.ioctlPtr(this.fd, KVM.SET_USER_MEMORY_REGION, b));
   }
 
+  /**
+   * The slot's pages written since the last call (one bit per page, in
+   * `bitmap`, at least ceil(pages / 64) * 8 bytes), and KVM starts logging
+   * them anew: the slot must have been registered with MEM_LOG_DIRTY_PAGES.
+   */
+  getDirtyLog(slot: number, bitmap: Buffer): void {
+    const b = Buffer.alloc(16);
+    b.writeUInt32LE(slot, 0);
+    b.writeBigUInt64LE(libc.bufferAddress(bitmap), 8);
+    check('KVM_GET_DIRTY_LOG', libc.ioctlPtr(this.fd, KVM.GET_DIRTY_LOG, b));
+  }
+
   setTssAddr(addr: number): void { check('KVM_SET_TSS_ADDR', libc.ioctlInt(this.fd, KVM.SET_TSS_ADDR, addr)); }
 
   setIdentityMapAddr(addr: number): void {

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { GuestMemory } from './guest-memory.js';
+import { GuestMemory, PAGE_SIZE } from './guest-memory.js';
 import { GuestMemoryError } from '../errors.js';
 test('accessors alternate between regions correctly; copyOut and resolve stay inside one region', () => {
   const a = new Uint8Array(0x1000), b = new Uint8Array(0x1000);
@@ -41,4 +41,16 @@ test('resolveTrusted answers as resolve does, whichever region was found last', 
   assert.equal(mem.resolveTrusted(0x10, 16), 0x7f00_0000_0010);
   assert.equal(mem.resolveTrusted(0x100010, 16), 0, 'inside RAM without a native mapping');
   assert.equal(mem.resolveTrusted(0xfff0, 32), -1, 'past the end of a region');
+});
+
+test('the dirty map: writes mark their pages (by RAM offset, across regions), reads do not', () => {
+  const dirty = new Uint8Array(8);
+  const a = new Uint8Array(4 * PAGE_SIZE), b = new Uint8Array(4 * PAGE_SIZE);
+  const m = new GuestMemory([{ gpa: 0, bytes: a, ramOffset: 0 }, { gpa: 0x100000, bytes: b, ramOffset: 4 * PAGE_SIZE }], dirty);
+  m.read(0, 100); m.readU32(PAGE_SIZE); m.copyOut(0x100000, new Uint8Array(8), 0, 8);
+  assert.deepEqual([...dirty], [0, 0, 0, 0, 0, 0, 0, 0]);
+  m.writeU16(PAGE_SIZE - 1, 1); // straddles pages 0 and 1
+  m.copyIn(0x100000 + 2 * PAGE_SIZE, new Uint8Array(8), 0, 8);
+  m.markDirty(0x100000 + 3 * PAGE_SIZE, 1);
+  assert.deepEqual([...dirty], [1, 1, 0, 0, 0, 0, 1, 1]);
 });

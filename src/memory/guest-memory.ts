@@ -17,7 +17,12 @@ export interface MemoryRegion {
   readonly bytes: Uint8Array;
   /** host virtual address of bytes[0] in this thread, when the bytes are a native mapping (for vectored syscalls) */
   readonly hostAddr?: bigint;
+  /** where bytes[0] is in guest RAM (a multiple of PAGE_SIZE): the page index the dirty map uses */
+  readonly ramOffset?: number;
 }
+
+/** The page size the dirty map counts in. */
+export const PAGE_SIZE = 4096;
 
 export class GuestMemory {
   private readonly regions: MemoryRegion[];
@@ -30,8 +35,16 @@ export class GuestMemory {
   private hit = 0;
   /** offset within its region of the address located last */
   private at = 0;
+  /** per region, its first page in the dirty map */
+  private readonly pageBases: number[];
 
-  constructor(regions: MemoryRegion[]) {
+  /**
+   * `dirty`, when given, is the VM's map of pages tshyve itself wrote (one
+   * byte per page of RAM, shared by every thread's GuestMemory): each write
+   * through this object, and each markDirty(), sets its pages' bytes, so a
+   * live migration sends them again. KVM logs only what vCPUs write.
+   */
+  constructor(regions: MemoryRegion[], private readonly dirty?: Uint8Array) {
     this.regions = [...regions].sort((a, b) => a.gpa - b.gpa);
     for (let i = 1; i < this.regions.length; i++) {
       const p = this.regions[i - 1]!;
@@ -41,6 +54,12 @@ export class GuestMemory {
     this.ends = this.regions.map((r) => r.gpa + r.bytes.length);
     this.views = this.regions.map((r) => new DataView(r.bytes.buffer, r.bytes.byteOffset, r.bytes.byteLength));
     this.hostBases = this.regions.map((r) => (r.hostAddr === undefined ? undefined : Number(r.hostAddr)));
+    let next = 0;
+    this.pageBases = this.regions.map((r) => {
+      const off = r.ramOffset ?? next;
+      next = off + r.bytes.length;
+      return off / PAGE_SIZE;
+    });
   }
 
   /** A single zero-based region of `size` bytes: handy for tests. */
@@ -83,6 +102,7 @@ export class GuestMemory {
     const i = this.locate(gpa, len);
     if (i < 0) throw new GuestMemoryError(gpa, len);
     const off = this.at;
+    this.mark(off, len); // a live view may be written: count it as written
     return this.regions[i]!.bytes.subarray(off, off + len);
   }
 
@@ -101,6 +121,7 @@ export class GuestMemory {
     const i = this.locate(gpa, len);
     if (i < 0) throw new GuestMemoryError(gpa, len);
     const dst = this.regions[i]!.bytes, off = this.at;
+    this.mark(off, len);
     if (len > 64) dst.set(src.subarray(srcOff, srcOff + len), off);
     else for (let k = 0; k < len; k++) dst[off + k] = src[srcOff + k]!;
   }
@@ -134,9 +155,28 @@ export class GuestMemory {
     return this.resolve(gpa, len);
   }
 
+  /**
+   * Record that [gpa, gpa+len) was written through a host address from
+   * resolve() (a preadv or readv into a device-writable buffer).
+   */
+  markDirty(gpa: number, len: number): void {
+    if (this.dirty && this.locate(gpa, len) >= 0) this.mark(this.at, len);
+  }
+
+  /** Set the dirty bytes of [at, at+len) of the region located last (this.hit). */
+  private mark(at: number, len: number): void {
+    const d = this.dirty;
+    if (!d || len === 0) return;
+    const base = this.pageBases[this.hit]!;
+    const last = base + Math.floor((at + len - 1) / PAGE_SIZE);
+    for (let p = base + Math.floor(at / PAGE_SIZE); p <= last; p++) d[p] = 1;
+  }
+
   /** A copy of guest bytes: safe against the guest changing them later. */
   read(gpa: number, len: number): Uint8Array {
-    return this.slice(gpa, len).slice();
+    const i = this.locate(gpa, len);
+    if (i < 0) throw new GuestMemoryError(gpa, len);
+    return this.regions[i]!.bytes.slice(this.at, this.at + len);
   }
 
   write(gpa: number, data: Uint8Array): void {
@@ -158,8 +198,15 @@ export class GuestMemory {
   readU16(gpa: number): number { return this.dv(gpa, 2).getUint16(this.at, true); }
   readU32(gpa: number): number { return this.dv(gpa, 4).getUint32(this.at, true); }
   readU64(gpa: number): bigint { return this.dv(gpa, 8).getBigUint64(this.at, true); }
-  writeU8(gpa: number, v: number): void { this.dv(gpa, 1).setUint8(this.at, v); }
-  writeU16(gpa: number, v: number): void { this.dv(gpa, 2).setUint16(this.at, v, true); }
-  writeU32(gpa: number, v: number): void { this.dv(gpa, 4).setUint32(this.at, v >>> 0, true); }
-  writeU64(gpa: number, v: bigint): void { this.dv(gpa, 8).setBigUint64(this.at, BigInt.asUintN(64, v), true); }
+  writeU8(gpa: number, v: number): void { this.wv(gpa, 1).setUint8(this.at, v); }
+  writeU16(gpa: number, v: number): void { this.wv(gpa, 2).setUint16(this.at, v, true); }
+  writeU32(gpa: number, v: number): void { this.wv(gpa, 4).setUint32(this.at, v >>> 0, true); }
+  writeU64(gpa: number, v: bigint): void { this.wv(gpa, 8).setBigUint64(this.at, BigInt.asUintN(64, v), true); }
+
+  /** dv() for a write: the page is marked dirty. */
+  private wv(gpa: number, len: number): DataView {
+    const v = this.dv(gpa, len);
+    this.mark(this.at, len);
+    return v;
+  }
 }

@@ -57,7 +57,7 @@ export interface DeviceContext {
   /** The VM's name (`-n`/config `name`): what stable per-VM identities (a default MAC) derive from. */
   readonly vmName?: string;
   /** Guest RAM as a memfd a worker thread can map itself (undefined in tests or when workers are off). */
-  readonly guestRam?: { hostAddr: bigint; size: number; regions: { gpa: number; offset: number; size: number }[] };
+  readonly guestRam?: { hostAddr: bigint; size: number; regions: { gpa: number; offset: number; size: number }[]; dirty?: SharedArrayBuffer };
 }
 
 /** A PCI device emulation; its config keys (hostOnlyKeys, hostPathKeys) are relative to `pci.B.S.F`. */

@@ -38,17 +38,22 @@ export function guestVisibleConfig(entries: Iterable<[string, string]>, rules: C
   return out;
 }
 
+/** How a mismatch message names the other machine: a snapshot's, or a migration source's. */
+export interface OtherMachine { had: string; tookWith: string }
+const SNAPSHOT: OtherMachine = { had: 'the snapshot\'s VM had', tookWith: 'the snapshot was taken with' };
+
 /** Throws SnapshotError naming the first difference. */
-export function checkConfigMatches(snapshot: Map<string, string>, current: Iterable<[string, string]>, rules: ConfigKeyRules): void {
+export function checkConfigMatches(snapshot: Map<string, string>, current: Iterable<[string, string]>, rules: ConfigKeyRules,
+  other = SNAPSHOT): void {
   const a = guestVisibleConfig(snapshot, rules), b = guestVisibleConfig(current, rules);
   for (const k of [...new Set([...a.keys(), ...b.keys()])].sort()) {
     const x = a.get(k), y = b.get(k);
     if (x === y) continue;
     const key = clip(k), show = (v: string) => (v === PATH_VALUE ? key : `${key}=${clip(v)}`);
     throw new SnapshotError(x === undefined
-      ? `this command line has ${show(y!)}, the snapshot's VM had no ${key}`
+      ? `this command line has ${show(y!)}, ${other.had} no ${key}`
       : y === undefined
-        ? `the snapshot's VM had ${show(x)}, this command line has no ${key}`
-        : `the snapshot was taken with ${show(x)}, this command line has ${show(y)}`, 'EMISMATCH');
+        ? `${other.had} ${show(x)}, this command line has no ${key}`
+        : `${other.tookWith} ${show(x)}, this command line has ${show(y)}`, 'EMISMATCH');
   }
 }

@@ -116,6 +116,13 @@ export interface SnapshotParts {
   devices: StateWriter[];
 }
 
+/** The parts' JSON: what a snapshot document and a migration's state hold. */
+export function stateBody(parts: SnapshotParts): Record<'config' | 'vm' | 'vcpus' | 'devices', unknown> {
+  const cfg = new StateWriter();
+  for (const [k, v] of Object.entries(parts.config)) cfg.str(k, v);
+  return { config: cfg.obj, vm: parts.vm.obj, vcpus: parts.vcpus.map((w) => w.obj), devices: parts.devices.map((w) => w.obj) };
+}
+
 /** Where a save may go and how it is signed (from snapshot.dir and snapshot.key). */
 export interface SaveOptions {
   onProgress?: (p: SnapshotProgress) => void;
@@ -159,17 +166,13 @@ export async function writeSnapshot(file: string, ram: Uint8Array, ranges: [numb
     const ramPart = new StateWriter().str('file', ramName).u64('size', ram.length).u32('chunk', RAM_CHUNK).b64('crc32', result.crcs);
     // CRC-32 finds damage but is easily forged: a keyed snapshot authenticates RAM by SHA-256.
     if (result.sha) ramPart.b64('sha256', result.sha);
-    const cfg = new StateWriter();
-    for (const [k, v] of Object.entries(parts.config)) cfg.str(k, v);
-    const body: Record<PartName, unknown> = {
-      config: cfg.obj, ram: ramPart.obj, vm: parts.vm.obj, vcpus: parts.vcpus.map((w) => w.obj), devices: parts.devices.map((w) => w.obj),
-    };
+    const body: Record<PartName, unknown> = { ...stateBody(parts), ram: ramPart.obj };
     const doc: Record<string, unknown> = {
       'magic$str': SNAPSHOT_MAGIC,
       'version$u32': SNAPSHOT_VERSION,
       'created$str': new Date().toISOString(),
       ...body,
-      checksums: Object.fromEntries(PARTS.map((p) => [`${p}$sha256`, partChecksum(body[p])])),
+      checksums: partSums(body, PARTS),
     };
     if (opts.key) doc[HMAC_KEY] = hmac(opts.key, doc).toString('hex');
     const tmpDoc = dir.createTemp(docName);
@@ -187,18 +190,23 @@ export async function writeSnapshot(file: string, ram: Uint8Array, ranges: [numb
   }
 }
 
-export interface LoadedSnapshot {
-  file: string;
-  created: string;
+/** A VM's state as a restore applies it: from a snapshot file, or from a migration stream. */
+export interface VmState {
+  /** the saved VM's config (its guest-visible part must match this VM's) */
   config: Map<string, string>;
-  /** the RAM image, and which file it was when checked (loadRamImage reads only that file) */
-  ram: { file: string; size: number; chunk: number; crcs: Buffer; sha?: Buffer; dev: number; ino: number };
-  /** the document's HMAC was checked against a key */
-  authenticated: boolean;
   vm: StateReader;
   vcpus: StateReader[];
   /** one entry per device, `{ id, kind, state }` (persist.ts) */
   devices: StateReader[];
+}
+
+export interface LoadedSnapshot extends VmState {
+  file: string;
+  created: string;
+  /** the RAM image, and which file it was when checked (loadRamImage reads only that file) */
+  ram: { file: string; size: number; chunk: number; crcs: Buffer; sha?: Buffer; dev: number; ino: number };
+  /** the document's HMAC was checked against a key */
+  authenticated: boolean;
 }
 
 export interface LoadOptions {
@@ -221,34 +229,15 @@ export function readSnapshot(file: string, opts: LoadOptions = {}): LoadedSnapsh
   } finally {
     closeSync(fd);
   }
-  let doc: unknown;
-  try {
-    doc = JSON.parse(text);
-  } catch (e) {
-    throw new SnapshotError(`${file} is not a tshyve snapshot (not valid JSON: ${(e as Error).message}; truncated?)`);
-  }
-  if (depth(doc) > MAX_DEPTH) throw new SnapshotError(`${file} is not a tshyve snapshot (nested deeper than ${MAX_DEPTH} levels)`);
+  const doc = parseDocument(text, file, 'a tshyve snapshot');
   const r = new StateReader(doc, 'snapshot');
   if ((doc as Record<string, unknown>)['magic$str'] !== SNAPSHOT_MAGIC) throw new SnapshotError(`${file} is not a tshyve snapshot (wrong magic)`);
   const version = r.u32('version');
   if (version !== SNAPSHOT_VERSION) throw new SnapshotError(`${file} is a version ${version} snapshot; this tshyve reads version ${SNAPSHOT_VERSION}`);
   const body = doc as Record<string, unknown>;
   if (opts.key) checkHmac(file, body, opts.key);
-  const sums = r.obj('checksums');
-  for (const p of PARTS) {
-    const want = sums.raw(`${p}$sha256`);
-    if (!(p in body)) throw new SnapshotError(`snapshot ${file}: part '${p}' is missing`);
-    if (typeof want !== 'string' || want !== partChecksum(body[p])) {
-      throw new SnapshotError(`snapshot ${file}: checksum of part '${p}' does not match (the file was changed or damaged)`);
-    }
-  }
-  const cfgR = r.obj('config');
-  const config = new Map<string, string>();
-  for (const k of Object.keys(body['config'] as object)) {
-    if (!k.endsWith('$str')) cfgR.fail(k, 'config values are strings');
-    const key = k.slice(0, -4);
-    config.set(key, cfgR.str(key, 65536));
-  }
+  checkPartSums(r, body, PARTS, `snapshot ${file}`);
+  const config = readConfigPart(r);
   const rr = r.obj('ram');
   const ramName = rr.str('file', 4096);
   if (ramName !== basename(ramName) || ramName === '' || ramName === '.' || ramName === '..') rr.fail('file', 'must be a file name next to the snapshot');
@@ -270,6 +259,52 @@ export function readSnapshot(file: string, opts: LoadOptions = {}): LoadedSnapsh
 
 function openRamImage(file: string, ramFile: string): ReturnType<typeof openInput> {
   return openInput(ramFile, (why) => `snapshot ${file}: its RAM image ${ramFile} cannot be read (${why})`);
+}
+
+/**
+ * Parse an untrusted state document (a snapshot, a migration stream's
+ * state): valid JSON, an object, nested at most MAX_DEPTH deep.
+ * `what` names what it should have been, for the message.
+ */
+export function parseDocument(text: string, where: string, what: string): Record<string, unknown> {
+  let doc: unknown;
+  try {
+    doc = JSON.parse(text);
+  } catch (e) {
+    throw new SnapshotError(`${where} is not ${what} (not valid JSON: ${(e as Error).message}; truncated?)`);
+  }
+  if (depth(doc) > MAX_DEPTH) throw new SnapshotError(`${where} is not ${what} (nested deeper than ${MAX_DEPTH} levels)`);
+  if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) throw new SnapshotError(`${where} is not ${what} (not a JSON object)`);
+  return doc as Record<string, unknown>;
+}
+
+/** Every part of `parts` present in `body` with the SHA-256 `r`'s `checksums` records for it. */
+export function checkPartSums(r: StateReader, body: Record<string, unknown>, parts: readonly string[], where: string): void {
+  const sums = r.obj('checksums');
+  for (const p of parts) {
+    const want = sums.raw(`${p}$sha256`);
+    if (!(p in body)) throw new SnapshotError(`${where}: part '${p}' is missing`);
+    if (typeof want !== 'string' || want !== partChecksum(body[p])) {
+      throw new SnapshotError(`${where}: checksum of part '${p}' does not match (the file was changed or damaged)`);
+    }
+  }
+}
+
+/** The `checksums` object of a document holding `parts`. */
+export function partSums(doc: Record<string, unknown>, parts: readonly string[]): Record<string, string> {
+  return Object.fromEntries(parts.map((p) => [`${p}$sha256`, partChecksum(doc[p])]));
+}
+
+/** The `config` part: every value a string. */
+export function readConfigPart(r: StateReader): Map<string, string> {
+  const cfgR = r.obj('config');
+  const config = new Map<string, string>();
+  for (const k of Object.keys(r.raw('config') as object)) {
+    if (!k.endsWith('$str')) cfgR.fail(k, 'config values are strings');
+    const key = k.slice(0, -4);
+    config.set(key, cfgR.str(key, 65536));
+  }
+  return config;
 }
 
 /** How deeply arrays and objects nest in a parsed JSON value (without recursing). */

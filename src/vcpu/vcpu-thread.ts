@@ -34,8 +34,10 @@ export class VcpuThread {
     this.run = mapKvmRun(vcpuFd, runSize);
   }
 
-  start(): Promise<void> {
+  /** Start the thread; `parked`: it parks before it ever enters the guest (pause() then finds it parked). */
+  start(parked = false): Promise<void> {
     installKickHandler();
+    if (parked) Atomics.store(this.mailbox.words, MB.CTL_REQ, CtlReq.PAUSE);
     const wd: VcpuWorkerData = {
       index: this.index, vcpuFd: this.vcpuFd, runSize: this.runSize,
       mailbox: this.mailbox.words.buffer as SharedArrayBuffer, doorbell: this.doorbell,

@@ -22,6 +22,44 @@ export interface SnapshotOptions {
   onProgress?(p: SnapshotProgress): void;
 }
 
+/** How far a migration has got (JSON on the control socket; tshyvectl draws it). */
+export interface MigrationProgress extends SnapshotProgress {
+  /** `done`: bytes sent so far; `total`: guest RAM bytes */
+  phase: 'handshake' | 'copy' | 'switchover' | 'commit';
+  /** pre-copy round (1 is the first full copy) */
+  round: number;
+  /** bytes a second the guest dirtied during the last round */
+  dirtyRate: number;
+  /** how long the guest would be paused if it were paused now */
+  expectedDowntimeMs: number;
+}
+
+export interface MigrationOptions {
+  /** pre-copy while the guest runs (live) rather than pausing first (warm) */
+  live?: boolean;
+  onProgress?(p: MigrationProgress): void;
+}
+
+export interface MigrationResult {
+  target: string;
+  live: boolean;
+  /** pre-copy rounds (0 for a warm migration) */
+  rounds: number;
+  /** bytes sent on the stream */
+  bytes: number;
+  /** pages sent, and of those, all-zero ones (sent without data) */
+  pages: number;
+  zeroPages: number;
+  /** ms from the start to the destination running */
+  totalMs: number;
+  /** ms the guest was paused: from the source pausing it to the destination's word that it runs */
+  downtimeMs: number;
+  /** live: the remainder fitted migration.downtime_ms; false when a round or time limit ended pre-copy */
+  converged: boolean;
+  /** why pre-copy stopped, when it did not converge */
+  note?: string;
+}
+
 export interface VmControl {
   readonly name: string;
   /** true while paused by a controller */
@@ -34,6 +72,8 @@ export interface VmControl {
   checkpoint(file: string, opts?: SnapshotOptions): Promise<SnapshotResult>;
   /** Save the VM to `file`, then end it (tshyve exits 0 after a suspend). */
   suspend(file: string, opts?: SnapshotOptions): Promise<SnapshotResult>;
+  /** Send the VM to a destination tshyve (`-R`); on success the VM here ends (exit 0). */
+  migrate(target: string, opts?: MigrationOptions): Promise<MigrationResult>;
   /** End the VM as a reset would (exit 0). */
   forceReset(): void;
   /** End the VM as a power-off would (exit 1). */

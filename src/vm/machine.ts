@@ -12,7 +12,7 @@ import { Kvm, type Vm, VcpuFd } from '../kvm/kvm.js';
 import { createGuestRam, type RamMapping } from '../memory/ram.js';
 import { libc } from '../host/libc.js';
 import { SYSTEM_EVENT } from '../kvm/abi.js';
-import { GuestMemory } from '../memory/guest-memory.js';
+import { GuestMemory, PAGE_SIZE } from '../memory/guest-memory.js';
 import { Bus, type IrqLine } from '../bus/bus.js';
 import { type ConfigTree } from '../config/tree.js';
 import { UserError, HostError } from '../errors.js';
@@ -34,16 +34,30 @@ import { ExitServer } from '../vcpu/exit-server.js';
 import { VcpuThread } from '../vcpu/vcpu-thread.js';
 import { ShadowRegisters } from '../vcpu/shadow.js';
 import { DB, type VcpuEvent } from '../vcpu/mailbox.js';
-import type { VmControl, SnapshotOptions, SnapshotResult } from './control.js';
+import type { VmControl, SnapshotOptions, SnapshotResult, MigrationOptions, MigrationResult } from './control.js';
 import { SnapshotError } from '../snapshot/state.js';
-import { loadRamImage, type LoadedSnapshot } from '../snapshot/file.js';
+import { loadRamImage, type LoadedSnapshot, type VmState } from '../snapshot/file.js';
 import type { PersistentDevice } from '../snapshot/persist.js';
 import { IrqRouting } from './irq-routing.js';
-import { setupVcpus, VcpuHolds, watchForHalt } from './vcpus.js';
+import { setupVcpus, vcpuCpuid, VcpuHolds, watchForHalt } from './vcpus.js';
+import { migrateOut } from './migrate-out.js';
+import { parseMigrationAddress } from '../migration/transport.js';
+import type { MachineFacts } from '../migration/hello.js';
+import type { RamSlot } from '../migration/dirty-log.js';
 import { bootSource, loadBoot } from './boot.js';
 import { checkSnapshotConfig, VmSnapshots } from './snapshot.js';
 
 export { COM_PORTS } from '../devices/uart16550.js';
+
+/** Guest RAM's KVM memory slots: the layout's regions, laid end to end in the mapping. */
+function ramSlots(ram: RamMapping): RamSlot[] {
+  let off = 0;
+  return guestRamLayout(ram.size).map((r, slot) => {
+    const s = { slot, gpa: r.gpa, size: r.size, ramOffset: off, hostAddr: ram.hostAddr + BigInt(off) };
+    off += r.size;
+    return s;
+  });
+}
 
 export class Machine extends EventEmitter implements VmControl {
   readonly pio = new Bus('pio');
@@ -60,6 +74,8 @@ export class Machine extends EventEmitter implements VmControl {
   private readonly irqs: IrqRouting;
   private readonly snapshots: VmSnapshots;
   private exitServer: ExitServer | undefined;
+  /** the vCPU threads' start (by run(), or startParked()) */
+  private threadsStarted: Promise<void> | undefined;
   private finished: Promise<ExitCode>;
   private resolveFinished!: (c: ExitCode) => void;
   private ending = false;
@@ -70,6 +86,12 @@ export class Machine extends EventEmitter implements VmControl {
   private readonly allocMmio = mmioAllocator(PCI_MMIO32_BASE, PCI_MMIO32_END);
   /** I/O BARs (transitional virtio) from 0x6000, inside the DSDT's I/O window and clear of ISA ports. */
   private readonly allocPio = mmioAllocator(PCI_PIO_BASE, PCI_PIO_END);
+  /** guest RAM's KVM slots */
+  private slots: RamSlot[] = [];
+  /** pages tshyve's own threads wrote (GuestMemory's dirty map) */
+  private dirtyMap = new Uint8Array(new SharedArrayBuffer(0));
+  /** an incoming migration's numbers, for --get-stats (migration_*) */
+  migrationStats: Record<string, number> | undefined;
   /** the reason the VM stopped with ExitCode.ERROR */
   errorMessage: string | undefined;
   /** ms from process start to the first vCPU entering KVM_RUN */
@@ -93,7 +115,12 @@ export class Machine extends EventEmitter implements VmControl {
   }
 
   /** Build the VM from its config; throws UserError/HostError with one-line messages. */
-  static async create(config: ConfigTree, opts: { restore?: LoadedSnapshot } = {}): Promise<Machine> {
+  /**
+   * `restore`: a snapshot read from files; `incoming`: a migration's RAM
+   * (being received) and its source's config: the VM is built without a
+   * boot payload, and restoreIncoming() gives it its state.
+   */
+  static async create(config: ConfigTree, opts: { restore?: LoadedSnapshot; incoming?: { ram: RamMapping; sourceConfig: Map<string, string> } } = {}): Promise<Machine> {
     const snap = opts.restore;
     if (snap) checkSnapshotConfig(snap, config);
     const topo = resolveCpus(config);
@@ -103,26 +130,23 @@ export class Machine extends EventEmitter implements VmControl {
     }
     if (snap && snap.ram.size !== memBytes) throw new SnapshotError(`the snapshot's RAM is ${snap.ram.size} bytes, this VM has ${memBytes}`, 'EMISMATCH');
     if (snap && snap.vcpus.length !== topo.cpus) throw new SnapshotError(`the snapshot has ${snap.vcpus.length} vCPUs, this VM has ${topo.cpus}`, 'EMISMATCH');
-    const boot = snap ? undefined : bootSource(config);
+    if (opts.incoming && opts.incoming.ram.size !== memBytes) throw new SnapshotError(`the incoming RAM is ${opts.incoming.ram.size} bytes, this VM has ${memBytes}`, 'EMISMATCH');
+    const saved = snap?.config ?? opts.incoming?.sourceConfig;
+    const boot = saved ? undefined : bootSource(config);
     const kvm = Kvm.open(config.get('kvm.device') ?? '/dev/kvm');
     const host = inspectHost(kvm);
     if (topo.cpus > host.maxVcpus) throw new UserError(`${topo.cpus} vCPUs requested, this host's KVM allows ${host.maxVcpus}`);
-    const isLinux = snap ? snap.config.has('boot.kernel') : boot?.kind === 'linux';
+    const isLinux = saved ? saved.has('boot.kernel') : boot?.kind === 'linux';
     if (isLinux && host.emulated && !config.getBool('x86.allow_emulated_kvm', false)) {
       throw new HostError(emulatedKvmMessage(host), 'EEMULATED');
     }
     const vm = kvm.createVm();
-    const ram = createGuestRam(memBytes, `tshyve-${config.get('name') ?? 'vm'}`, { hugePages: config.getBool('memory.hugepages', true) });
-    const regions = guestRamLayout(memBytes);
-    let off = 0;
-    const memRegions = regions.map((r, slot) => {
-      vm.setUserMemoryRegion(slot, r.gpa, r.size, ram.hostAddr + BigInt(off));
-      const bytes = ram.bytes.subarray(off, off + r.size);
-      const hostAddr = ram.hostAddr + BigInt(off);
-      off += r.size;
-      return { gpa: r.gpa, bytes, hostAddr };
-    });
-    const mem = new GuestMemory(memRegions);
+    const ram = opts.incoming?.ram ?? createGuestRam(memBytes, `tshyve-${config.get('name') ?? 'vm'}`, { hugePages: config.getBool('memory.hugepages', true) });
+    const slots = ramSlots(ram);
+    for (const r of slots) vm.setUserMemoryRegion(r.slot, r.gpa, r.size, r.hostAddr);
+    // One byte per page tshyve's own threads write, for live migration (a whole number of words: it is exchanged atomically).
+    const dirty = new Uint8Array(new SharedArrayBuffer(Math.ceil(memBytes / PAGE_SIZE / 8) * 8));
+    const mem = new GuestMemory(slots.map((r) => ({ gpa: r.gpa, bytes: ram.bytes.subarray(r.ramOffset, r.ramOffset + r.size), hostAddr: r.hostAddr, ramOffset: r.ramOffset })), dirty);
     // Intel needs these three pages reserved below 4G; AMD ignores them.
     vm.setIdentityMapAddr(0xfeffc000);
     vm.setTssAddr(0xfeffd000);
@@ -131,13 +155,15 @@ export class Machine extends EventEmitter implements VmControl {
     const fds: VcpuFd[] = [];
     for (let i = 0; i < topo.cpus; i++) fds.push(new VcpuFd(vm.createVcpu(i)));
     const m = new Machine(config, kvm, vm, host, ram, mem, topo, fds);
+    m.slots = slots;
+    m.dirtyMap = dirty;
     try {
       m.buildPci();
       await m.buildPlatform();
       setupVcpus(kvm, fds, topo, host);
       // A restore copies the image's data into the VM's own RAM (see docs/security.md).
       if (snap) loadRamImage(snap, ram, config.getBool('snapshot.verify_ram', false));
-      if (snap) m.snapshots.restore(snap); else loadBoot(boot!, mem, fds[0]!, topo.cpus, ram.size);
+      if (snap) m.snapshots.restore(snap); else if (boot) loadBoot(boot, mem, fds[0]!, topo.cpus, ram.size);
     } catch (e) {
       // A refused snapshot leaves nothing behind: no device thread or poller, no backend, no KVM VM.
       await m.finish(ExitCode.ERROR);
@@ -161,7 +187,9 @@ export class Machine extends EventEmitter implements VmControl {
       ioeventfd: ioeventfd ? (addr, len, onWrite, opts) => this.irqs.addIoeventfd(addr, len, onWrite, opts) : undefined,
       bindIoeventfd: ioeventfd ? (fd, addr, len, opts) => this.irqs.bindIoeventfd(fd, addr, len, opts) : undefined,
       // Device threads use this thread's mapping: the same pages, shared or copy-on-write.
-      guestRam: this.config.getBool('virtio.workers', true) ? { hostAddr: this.ram.hostAddr, size: this.ram.size, regions: this.ramRegions } : undefined,
+      guestRam: this.config.getBool('virtio.workers', true)
+        ? { hostAddr: this.ram.hostAddr, size: this.ram.size, regions: this.ramRegions, dirty: this.dirtyMap.buffer }
+        : undefined,
     };
   }
 
@@ -215,18 +243,20 @@ export class Machine extends EventEmitter implements VmControl {
     }
   }
 
-  /** Start the vCPU threads; resolves with the exit code when the VM ends. */
+  /**
+   * Start the vCPU threads parked, not running guest code: run() then only
+   * lets them go (an incoming migration starts them while its last pages
+   * arrive, so thread start-up is not part of the guest's downtime).
+   */
+  async startParked(): Promise<void> {
+    await (this.threadsStarted ??= this.startThreads(true));
+  }
+
+  /** Start the vCPU threads (or let go of those startParked() started); resolves with the exit code when the VM ends. */
   async run(): Promise<ExitCode> {
-    const doorbell = new SharedArrayBuffer(DB.WORDS * 4);
-    const postWrites = this.config.getBool('x86.posted_writes', true);
-    const threads = this.vcpuFds.map((v, i) => new VcpuThread(i, v.fd, this.kvm.vcpuMmapSize(), doorbell, this.shadow.buffer, postWrites,
-      (e) => this.onVcpuEvent(e)));
-    this.vcpus.threads = threads;
-    this.exitServer = new ExitServer(new Int32Array(doorbell), threads.map((t) => t.mailbox), this.pio, this.mmio,
-      (msg) => this.guestLog.log('warn', msg));
-    if (this.config.getBool('debug.stats', false)) this.exitServer.byAddress = new Map();
-    this.exitServer.start();
-    await Promise.all(threads.map((t) => t.start()));
+    const parked = this.threadsStarted !== undefined;
+    await (this.threadsStarted ??= this.startThreads(false));
+    if (parked) this.vcpus.release();
     this.firstRunMs = performance.now();
     this.emit('running');
     watchForHalt(this.vcpus, Number(this.config.get('x86.halt_check_ms') ?? 2000), {
@@ -236,6 +266,20 @@ export class Machine extends EventEmitter implements VmControl {
       onHalted: () => void this.finish(ExitCode.HALT, 'all vCPUs halted with interrupts disabled'),
     });
     return this.finished;
+  }
+
+  private async startThreads(parked: boolean): Promise<void> {
+    const doorbell = new SharedArrayBuffer(DB.WORDS * 4);
+    const postWrites = this.config.getBool('x86.posted_writes', true);
+    const threads = this.vcpuFds.map((v, i) => new VcpuThread(i, v.fd, this.kvm.vcpuMmapSize(), doorbell, this.shadow.buffer, postWrites,
+      (e) => this.onVcpuEvent(e)));
+    this.vcpus.threads = threads;
+    this.exitServer = new ExitServer(new Int32Array(doorbell), threads.map((t) => t.mailbox), this.pio, this.mmio,
+      (msg) => this.guestLog.log('warn', msg));
+    if (this.config.getBool('debug.stats', false)) this.exitServer.byAddress = new Map();
+    this.exitServer.start();
+    await Promise.all(threads.map((t) => t.start(parked)));
+    if (parked && !(await this.vcpus.hold())) throw new HostError('a vCPU thread did not park in time');
   }
 
   /** Exits, and the work devices do without them: what the halt check watches. */
@@ -291,7 +335,45 @@ export class Machine extends EventEmitter implements VmControl {
     if (s) for (const [k, v] of Object.entries(s)) if (typeof v === 'number') out[`exits_${k}`] = v;
     for (const [name, u] of this.uarts) out[`${name}_dropped_bytes`] = u.droppedTx;
     for (const f of this.pci.functions()) if (f.stats) Object.assign(out, f.stats());
+    for (const [k, v] of Object.entries(this.migrationStats ?? {})) out[`migration_${k}`] = v;
     return out;
+  }
+
+  /** Apply an incoming migration's state (every field checked; SnapshotError on bad input) before run(). */
+  restoreIncoming(state: VmState): void {
+    checkSnapshotConfig(state, this.config);
+    if (state.vcpus.length !== this.topo.cpus) throw new SnapshotError(`the source sent ${state.vcpus.length} vCPUs, this VM has ${this.topo.cpus}`, 'EMISMATCH');
+    this.snapshots.restore(state);
+  }
+
+  /** CPUID and the machine as a migration's handshake compares them. */
+  facts(): MachineFacts {
+    return { vcpus: this.topo.cpus, ramBytes: this.ram.size, config: new Map(this.config.entries()), cpuid: vcpuCpuid(this.kvm, 0, this.topo, this.host) };
+  }
+
+  /**
+   * Send the VM to a tshyve started with `-R` (warm, or live with
+   * opts.live); once the destination runs it, this VM ends with exit 0.
+   * Any failure before that leaves it running here as it was.
+   */
+  async migrate(target: string, opts: MigrationOptions = {}): Promise<MigrationResult> {
+    const addr = parseMigrationAddress(target);
+    if (this.ending) throw new UserError('the VM is shutting down');
+    if (this.saving) throw new UserError('a save or migration is already in progress');
+    if (this.vcpus.threads.length === 0) throw new UserError('the VM is not running yet');
+    this.saving = true;
+    try {
+      return await migrateOut({
+        vm: this.vm, ram: this.ram, slots: this.slots, dirtyMap: this.dirtyMap, config: this.config, snapshots: this.snapshots,
+        facts: () => this.facts(),
+        hold: () => this.vcpus.hold(),
+        release: () => this.vcpus.release(),
+        ending: () => this.ending,
+        handedOver: (msg) => void this.finish(ExitCode.REBOOT, msg),
+      }, addr, opts);
+    } finally {
+      this.saving = false;
+    }
   }
 
   /**

@@ -9,7 +9,7 @@ import type { Kvm, Vm, VcpuFd } from '../kvm/kvm.js';
 import { ramDataRanges, type RamMapping } from '../memory/ram.js';
 import type { ConfigTree } from '../config/tree.js';
 import { SnapshotError, StateWriter } from '../snapshot/state.js';
-import { saveOptionsFrom, writeSnapshot, type LoadedSnapshot, type SnapshotProgress } from '../snapshot/file.js';
+import { saveOptionsFrom, writeSnapshot, type SnapshotParts, type SnapshotProgress, type VmState } from '../snapshot/file.js';
 import { readableMsrs, readVcpu, readVmState, saveVcpu, saveVmState } from '../snapshot/kvm-state.js';
 import { checkConfigMatches, type ConfigKeyRules } from '../snapshot/config-match.js';
 import { matchDevices, saveDevices, type DeviceConfigKeys, type PersistentDevice } from '../snapshot/persist.js';
@@ -20,7 +20,7 @@ import { platformDevices } from '../devices/platform.js';
 const VM_HOST_ONLY_KEYS = [
   'name', 'boot.*', 'control.*', 'debug.*', 'config.*', 'snapshot.*', 'kvm.device',
   'x86.halt_check_ms', 'x86.posted_writes', 'x86.shadow_regs', 'x86.allow_emulated_kvm',
-  'virtio.ioeventfd', 'virtio.irqfd', 'virtio.workers',
+  'virtio.ioeventfd', 'virtio.irqfd', 'virtio.workers', 'migration.*',
 ];
 
 /**
@@ -44,7 +44,7 @@ export function configKeyRules(entries: Iterable<[string, string]>): ConfigKeyRu
 }
 
 /** Throws SnapshotError when `config` does not describe the machine the snapshot was taken of. */
-export function checkSnapshotConfig(snap: LoadedSnapshot, config: ConfigTree): void {
+export function checkSnapshotConfig(snap: Pick<VmState, 'config'>, config: ConfigTree): void {
   const current = config.entries();
   checkConfigMatches(snap.config, current, configKeyRules([...snap.config, ...current]));
 }
@@ -71,19 +71,38 @@ export class VmSnapshots {
    */
   async save(file: string, onProgress?: (p: SnapshotProgress) => void): Promise<{ ramFile: string }> {
     const t = this.t;
-    for (const v of t.vcpuFds) v.kvmclockCtrl();
+    await this.quiesce();
     try {
-      for (const d of t.devices) await d.quiesce?.();
-      this.msrList ??= readableMsrs(t.vcpuFds[0]!, t.kvm.msrIndexList());
-      const msrs = this.msrList;
-      const vm = new StateWriter();
-      saveVmState(vm, t.vm);
-      const vcpus = t.vcpuFds.map((v) => { const w = new StateWriter(); saveVcpu(w, v, msrs); return w; });
-      const parts = { config: Object.fromEntries(t.config.entries()), vm, vcpus, devices: saveDevices(t.devices) };
-      return await writeSnapshot(file, t.ram.bytes, ramDataRanges(t.ram), parts, { ...saveOptionsFrom(t.config), onProgress });
+      return await writeSnapshot(file, t.ram.bytes, ramDataRanges(t.ram), this.capture(), { ...saveOptionsFrom(t.config), onProgress });
     } finally {
-      for (const d of t.devices) d.unquiesce?.();
+      this.unquiesce();
     }
+  }
+
+  /** vCPUs parked: tell the guest's clock it was stopped, let devices finish in-flight work (disks flushed). */
+  async quiesce(): Promise<void> {
+    for (const v of this.t.vcpuFds) v.kvmclockCtrl();
+    try {
+      for (const d of this.t.devices) await d.quiesce?.();
+    } catch (e) {
+      this.unquiesce();
+      throw e;
+    }
+  }
+
+  unquiesce(): void {
+    for (const d of this.t.devices) d.unquiesce?.();
+  }
+
+  /** The KVM and device state of the quiesced VM (everything but RAM). */
+  capture(): SnapshotParts {
+    const t = this.t;
+    this.msrList ??= readableMsrs(t.vcpuFds[0]!, t.kvm.msrIndexList());
+    const msrs = this.msrList;
+    const vm = new StateWriter();
+    saveVmState(vm, t.vm);
+    const vcpus = t.vcpuFds.map((v) => { const w = new StateWriter(); saveVcpu(w, v, msrs); return w; });
+    return { config: Object.fromEntries(t.config.entries()), vm, vcpus, devices: saveDevices(t.devices) };
   }
 
   /**
@@ -92,7 +111,7 @@ export class VmSnapshots {
    * then the devices, which re-assert their interrupt lines, then each
    * device's afterRestore.
    */
-  restore(s: LoadedSnapshot): void {
+  restore(s: VmState): void {
     const t = this.t;
     const applyVm = readVmState(s.vm, t.vm);
     const applyVcpus = s.vcpus.map((r, i) => readVcpu(r, t.vcpuFds[i]!));

@@ -3,7 +3,7 @@
  * parked and let go by whoever needs them still, and bhyve's halt check.
  */
 import { CAP, type Kvm, type VcpuFd } from '../kvm/kvm.js';
-import { MP_STATE } from '../kvm/abi.js';
+import { MP_STATE, type CpuidEntry } from '../kvm/abi.js';
 import { log } from '../log.js';
 import { guestCpuid, type Topology } from '../x86/cpuid.js';
 import type { VcpuThread } from '../vcpu/vcpu-thread.js';
@@ -15,12 +15,16 @@ const MSR = {
   TSC: 0x10, MISC_ENABLE: 0x1a0, MTRR_DEF_TYPE: 0x2ff,
 } as const;
 
+/** The CPUID vCPU `i` is given on this host (a migration compares vCPU 0's on both sides). */
+export function vcpuCpuid(kvm: Kvm, i: number, topo: Topology, host: HostReport, supported = kvm.supportedCpuid()): CpuidEntry[] {
+  return guestCpuid(supported, i, topo, { hideCx16: host.emulated, tscDeadline: kvm.checkExtension(CAP.TSC_DEADLINE_TIMER) > 0 });
+}
+
 /** CPUID, the MSRs a BIOS would leave, FPU defaults, LINT0 ExtINT and LINT1 NMI, on every vCPU. */
 export function setupVcpus(kvm: Kvm, fds: readonly VcpuFd[], topo: Topology, host: HostReport): void {
   const supported = kvm.supportedCpuid();
-  const tscDeadline = kvm.checkExtension(CAP.TSC_DEADLINE_TIMER) > 0;
   fds.forEach((v, i) => {
-    v.setCpuid(guestCpuid(supported, i, topo, { hideCx16: host.emulated, tscDeadline }));
+    v.setCpuid(vcpuCpuid(kvm, i, topo, host, supported));
     const msrs = [
       { index: MSR.SYSENTER_CS, data: 0n }, { index: MSR.SYSENTER_ESP, data: 0n }, { index: MSR.SYSENTER_EIP, data: 0n },
       { index: MSR.STAR, data: 0n }, { index: MSR.LSTAR, data: 0n }, { index: MSR.CSTAR, data: 0n },

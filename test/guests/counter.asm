@@ -5,29 +5,10 @@
 %include "common.inc"
         bits 16
         org 0x1000
-start:  xor ax, ax
-        mov ds, ax
-        mov ss, ax
-        mov sp, 0x7000
-        xor ebp, ebp
+start:  COUNTER_START
 .loop:  inc ebp
         mov [count], ebp
-        mov al, 'C'
-        call putc
-        mov eax, ebp
-        mov cx, 8
-.hex:   rol eax, 4
-        push eax
-        and al, 0x0f
-        add al, '0'
-        cmp al, '9'
-        jbe .dig
-        add al, 'a' - '9' - 1
-.dig:   call putc
-        pop eax
-        loop .hex
-        mov al, 10
-        call putc
+        PRINT_COUNT
         mov ecx, 20000
 .delay: dec ecx
         jnz .delay
@@ -37,18 +18,6 @@ start:  xor ax, ax
         call putc
         POWEROFF
 
-putc:   push ax
-        push dx
-        mov ah, al
-        mov dx, COM1+5
-.w:     in al, dx
-        test al, 0x20
-        jz .w
-        mov al, ah
-        mov dx, COM1
-        out dx, al
-        pop dx
-        pop ax
-        ret
+        PUTC_FN
 
 count:  dd 0

@@ -20,6 +20,7 @@ import { ROOT, CLI } from '../helpers.js';
 import { snapshotScenarios } from './snapshot-scenarios.js';
 import { netScenarios } from './net-scenarios.js';
 import { nvmeScenarios } from './nvme-scenarios.js';
+import { migrationScenarios } from './migration-scenarios.js';
 
 /** How often the driver says it is alive; the host's watchdog allows a few missed. */
 export const BEAT_MS = 20_000;
@@ -41,6 +42,8 @@ export interface BootResult {
   hvc?: string;
   /** save/restore scenarios: each tshyve and tshyvectl run */
   phases?: import('./snapshot-scenarios.js').Phase[];
+  /** the migration scenario's results */
+  migration?: import('./migration-scenarios.js').MigrationLab;
   /** why the first attempt was discarded (it hung, or the guest triple-faulted); this is the second */
   retried?: string;
 }
@@ -276,6 +279,7 @@ const scenarios: Record<string, () => Promise<BootResult>> = {
   ...snapshotScenarios,
   ...netScenarios,
   ...nvmeScenarios,
+  ...migrationScenarios,
 };
 
 /** Why this result is the lab's failure rather than the scenario's: a hang, or a triple fault no scenario provokes. */

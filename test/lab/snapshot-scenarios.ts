@@ -64,11 +64,13 @@ export function lastCount(text: string, n: 0 | 1): number {
 }
 
 /** Two loops, pinned to CPU 0 and CPU 1, each printing its count and the CPU it ran on. */
-const counters = guestCmd([
+export const COUNTER_LINES = [
   'for c in 0 1; do taskset -c $c sh -c "i=0; while :; do i=\\$((i+1)); echo N$c=\\$i P=\\$(cut -d\\" \\" -f39 /proc/self/stat); usleep 100000; done" & done',
   'wait',
-]);
-const both = (k: number) => (out: string) => lastCount(out, 0) >= k && lastCount(out, 1) >= k;
+];
+const counters = guestCmd(COUNTER_LINES);
+/** Both loops have counted to `k` in `out`. */
+export const both = (k: number) => (out: string) => lastCount(out, 0) >= k && lastCount(out, 1) >= k;
 
 /** `vmArgs` with `-r FILE` before the VM name. */
 export function restoreArgs(args: string[], file: string): string[] {

@@ -19,6 +19,8 @@ export interface SharedGuestRam {
   hostAddr: bigint;
   size: number;
   regions: { gpa: number; offset: number; size: number }[];
+  /** the VM's map of pages tshyve wrote, one byte per page (GuestMemory's `dirty`) */
+  dirty?: SharedArrayBuffer;
 }
 
 /**

@@ -76,8 +76,8 @@ function serve<I>(spec: IoThreadDevice<I>, d: IoThreadData<I>, ack: Int32Array):
   const base = d.ram.hostAddr;
   const all = new Uint8Array(viewAt(base, d.ram.size));
   const mem = new GuestMemory(d.ram.regions.map((r) => ({
-    gpa: r.gpa, bytes: all.subarray(r.offset, r.offset + r.size), hostAddr: base + BigInt(r.offset),
-  })));
+    gpa: r.gpa, bytes: all.subarray(r.offset, r.offset + r.size), hostAddr: base + BigInt(r.offset), ramOffset: r.offset,
+  })), d.ram.dirty && new Uint8Array(d.ram.dirty));
   const dev = spec.create(d.init, (msg) => port.postMessage({ t: 'log', msg } satisfies FromIoThread));
 
   // epoll data: the queue number for a notify fd, numQueues for the control

@@ -316,6 +316,7 @@ export class VirtioBlk implements VirtioDevice {
         vq.disableNotifications();
         for (let chain = vq.popChain(true); chain !== undefined; chain = vq.popChain(true)) { // each done before the next
           const used = this.handle(chain);
+          chain.markWritten(); // read data went in through host addresses
           vq.pushUsed(chain.head, used);
           pushed = true;
         }

@@ -1,0 +1,122 @@
+/**
+ * The destination side of a migration (`tshyve ... -R HOST,PORT`): wait for
+ * one source, compare machines, take RAM into a fresh mapping, then the
+ * state; only then build the VM (opening its disks, which the source has
+ * flushed and stopped using) and apply the state. The VM runs once the
+ * source says COMMIT. Everything from the source is untrusted and checked
+ * before use (wire.ts, ram-pages.ts, the snapshot format's readers); on any
+ * failure the source is told why (it resumes its guest) and nothing here
+ * ever ran.
+ */
+import type { ConfigTree } from '../config/tree.js';
+import { resolveCpus, resolveMemBytes } from '../config/options.js';
+import { Kvm } from '../kvm/kvm.js';
+import { createGuestRam, type RamMapping } from '../memory/ram.js';
+import { libc } from '../host/libc.js';
+import { StateReader, SnapshotError } from '../snapshot/state.js';
+import { MAX_DEVICES } from '../snapshot/persist.js';
+import { checkPartSums, parseDocument, readConfigPart, type VmState } from '../snapshot/file.js';
+import { Channel, F, MigrationError, jsonFrame } from '../migration/wire.js';
+import { acceptOne, type MigrationAddress } from '../migration/transport.js';
+import { decodeHello, helloMismatch } from '../migration/hello.js';
+import { applyPages } from '../migration/ram-pages.js';
+import { inspectHost } from './host-check.js';
+import { vcpuCpuid } from './vcpus.js';
+import { configKeyRules } from './snapshot.js';
+import { STATE_PARTS } from './migrate-out.js';
+import { Machine } from './machine.js';
+import { ExitCode } from './exit-codes.js';
+
+/** How long the source may say nothing while it should be sending. */
+const IDLE_MS = 60_000;
+
+export interface IncomingOptions {
+  /** told once the listener is up (tests, scripts waiting for it) */
+  onListening?(): void;
+  /**
+   * Last preparations once the VM is built and its state applied, before
+   * READY: what fails here (a control socket that cannot be made) is
+   * refused, and the source keeps its guest.
+   */
+  beforeReady?(m: Machine): Promise<void>;
+}
+
+/** Wait for a migration into a VM of `config`; resolves with the VM, built and ready to run(). */
+export async function receiveMigration(config: ConfigTree, from: MigrationAddress, opts: IncomingOptions = {}): Promise<Machine> {
+  const topo = resolveCpus(config), memBytes = resolveMemBytes(config);
+  const kvm = Kvm.open(config.get('kvm.device') ?? '/dev/kvm');
+  let cpuid;
+  try { cpuid = vcpuCpuid(kvm, 0, topo, inspectHost(kvm)); } finally { kvm.close(); }
+  const here = { vcpus: topo.cpus, ramBytes: memBytes, config: new Map(config.entries()), cpuid };
+  const sock = await acceptOne(from, opts.onListening);
+  const ch = new Channel(sock, `the source (${sock.remoteAddress ?? 'unix socket'})`);
+  const t0 = performance.now();
+  /** the RAM mapping while this function still owns it (Machine.create does from the switchover) */
+  let ram: RamMapping | undefined, m: Machine | undefined;
+  // Built from the switchover on (the source has flushed and let go of the
+  // disks), while the last pages and the state come in.
+  let building: Promise<Machine> | undefined;
+  try {
+    const hello = decodeHello((await ch.recv([F.HELLO], IDLE_MS)).payload);
+    const why = helloMismatch(hello.facts, here, configKeyRules([...hello.facts.config, ...config.entries()]));
+    if (why) throw new SnapshotError(why, 'EMISMATCH');
+    await ch.send(jsonFrame(F.WELCOME, {}));
+    const mapping = createGuestRam(memBytes, `tshyve-${config.get('name') ?? 'vm'}`, { hugePages: config.getBool('memory.hugepages', true) });
+    ram = mapping;
+    let pages = 0, dataPages = 0, rounds = 0, tSwitch = 0;
+    let state: VmState | undefined;
+    while (!state) {
+      const f = await ch.recv(tSwitch ? [F.PAGES, F.STATE] : [F.PAGES, F.SWITCHOVER], IDLE_MS);
+      if (f.type === F.PAGES) {
+        const n = applyPages(f.payload, mapping.bytes);
+        pages += n.pages; dataPages += n.dataPages;
+      } else if (f.type === F.SWITCHOVER) {
+        tSwitch = performance.now();
+        rounds = new StateReader(parseDocument(f.payload.toString('utf8'), 'the SWITCHOVER frame', 'a migration frame'), 'switchover').u32('rounds', 1000);
+        ram = undefined;
+        // vCPU threads too, parked: their start-up is then not part of the downtime.
+        building = Machine.create(config, { incoming: { ram: mapping, sourceConfig: hello.facts.config } })
+          .then(async (vm) => {
+            try { await vm.startParked(); } catch (e) { await vm.finish(ExitCode.ERROR); throw e; }
+            return vm;
+          });
+        building.catch(() => { /* awaited below */ });
+      } else {
+        state = readState(f.payload);
+      }
+    }
+    const end = new StateReader((await ch.recvJson([F.END], IDLE_MS)).value, 'end');
+    if (end.int('pages', 0) !== pages || end.int('dataPages', 0) !== dataPages) {
+      throw new MigrationError(`the source says it sent ${end.int('pages', 0)} pages, ${pages} arrived (stream damaged)`, 'EPROTO');
+    }
+    m = await building!;
+    m.restoreIncoming(state);
+    await opts.beforeReady?.(m);
+    await ch.send(jsonFrame(F.READY, {}));
+    await ch.recv([F.COMMIT], IDLE_MS);
+    // The guest's downtime ends when its vCPUs run here (run(), by the caller): then DONE tells the source.
+    const vm = m;
+    vm.once('running', () => {
+      const tEnd = performance.now();
+      vm.migrationStats = { total_ms: Math.round(tEnd - t0), downtime_ms: Math.round(tEnd - tSwitch), bytes: ch.received, rounds, pages };
+      void ch.send(jsonFrame(F.DONE, {})).catch(() => undefined).then(() => ch.end());
+    });
+    return m;
+  } catch (e) {
+    // Tell a source that is still there why (it resumes its guest); nothing here ran.
+    const msg = (e as Error).message.split('\n')[0] ?? 'failed';
+    if (!ch.failed) { await ch.send(jsonFrame(F.REFUSE, { error: msg })).catch(() => undefined); await ch.end(); }
+    m ??= await building?.catch(() => undefined);
+    if (m) await m.finish(ExitCode.ERROR);
+    else if (ram) libc.close(ram.memfd);
+    throw e instanceof MigrationError || e instanceof SnapshotError ? e : new MigrationError(msg);
+  }
+}
+
+/** The STATE frame, checked as a snapshot document is (parts and their checksums, then each field by its owner on restore). */
+function readState(payload: Buffer): VmState {
+  const doc = parseDocument(payload.toString('utf8'), 'the migration state', 'a tshyve VM state');
+  const r = new StateReader(doc, 'state');
+  checkPartSums(r, doc, STATE_PARTS, 'the migration state');
+  return { config: readConfigPart(r), vm: r.obj('vm'), vcpus: r.arr('vcpus', 1024), devices: r.arr('devices', MAX_DEVICES) };
+}
