@@ -1,5 +1,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { GuestMemory } from '../../memory/guest-memory.js';
+import { libc } from '../../host/libc.js';
+import { createGuestRam } from '../../memory/ram.js';
+import { FileBlockBackend } from '../block/index.js';
 import { StateReader, StateWriter } from '../../snapshot/state.js';
 import { CSTS_CFS, CSTS_RDY, DOORBELLS, REG, SC } from './constants.js';
 import type { IoQueues } from './io-queues.js';
@@ -279,4 +286,24 @@ test('save and restore: registers, admin and I/O queues (head, tail, phase), hel
   const f = new NvmeTestDriver({ backend: d.backend });
   f.mem.write(0, d.mem.read(0, MEM));
   assert.throws(() => f.queues.restore(f.ctrl.restoreState(new StateReader(bad, 'nvme'))), /head or tail out of range/);
+});
+
+test('a read marks the pages it filled as dirty, on the vectored path too (a live migration sends them again)', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'tshyve-nvme-dirty-'));
+  const ram = createGuestRam(MEM, 'tshyve-nvme-dirty');
+  const img = join(dir, 'disk.img');
+  writeFileSync(img, Buffer.alloc(1 << 20, 0x5a));
+  const backend = FileBlockBackend.open({ path: img });
+  try {
+    const dirty = new Uint8Array(MEM / 4096);
+    const mem = new GuestMemory([{ gpa: 0, bytes: ram.bytes, hostAddr: ram.hostAddr }], dirty);
+    const d = withPair({ mem, backend });
+    const page = 0x900000 / 4096;
+    dirty.fill(0);
+    assert.equal(d.rw(1, false, 8, 16, 0x900000, 0x901000).status, 0);
+    assert.deepEqual([...dirty.subarray(page - 1, page + 3)], [0, 1, 1, 0], 'the two pages the read filled');
+    assert.equal(d.mem.read(0x901fff, 1)[0], 0x5a);
+  } finally {
+    backend.close(); libc.close(ram.memfd); rmSync(dir, { recursive: true });
+  }
 });

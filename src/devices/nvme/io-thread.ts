@@ -50,8 +50,8 @@ function run(d: NvmeThreadData): void {
   setThreadName(d.name);
   const all = new Uint8Array(viewAt(d.ram.hostAddr, d.ram.size));
   const mem = new GuestMemory(d.ram.regions.map((r) => ({
-    gpa: r.gpa, bytes: all.subarray(r.offset, r.offset + r.size), hostAddr: d.ram.hostAddr + BigInt(r.offset),
-  })));
+    gpa: r.gpa, bytes: all.subarray(r.offset, r.offset + r.size), hostAddr: d.ram.hostAddr + BigInt(r.offset), ramOffset: r.offset,
+  })), d.ram.dirty && new Uint8Array(d.ram.dirty));
   const directIrq = new Int32Array(d.directIrq), doorbells = new Int32Array(d.doorbells), shared = new Int32Array(d.shared);
   const event = (e: NvmeThreadEvent): void => d.port.postMessage(e);
   const backend = openBackend(d.disk, 'nvme');

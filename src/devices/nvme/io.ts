@@ -96,14 +96,17 @@ export class IoCommands {
     const b = this.ns.backend, p = this.prp, mem = this.mem;
     if (p.native && (write ? b.writev : b.readv) && this.iov.fill(p.segs, 0, p.count, 0, len)) {
       if (write) b.writev!(this.iov, off); else b.readv!(this.iov, off);
-      return;
+    } else {
+      let at = off;
+      for (let i = 0; i < p.count; i++) {
+        const page = mem.slice(p.segs[3 * i]!, p.segs[3 * i + 1]!);
+        if (write) b.write(page, at); else b.read(page, at);
+        at += page.length;
+      }
     }
-    let at = off;
-    for (let i = 0; i < p.count; i++) {
-      const page = mem.slice(p.segs[3 * i]!, p.segs[3 * i + 1]!);
-      if (write) b.write(page, at); else b.read(page, at);
-      at += page.length;
-    }
+    // the data went into guest RAM past GuestMemory's own writes: a live
+    // migration must send these pages again
+    if (!write) for (let i = 0; i < p.count; i++) mem.markDirty(p.segs[3 * i]!, p.segs[3 * i + 1]!);
   }
 
   private writeZeroes(sqe: DataView): number {
