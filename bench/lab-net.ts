@@ -87,7 +87,7 @@ function command(vmm: NetVmm, secs: number, pings: number, nodeArgs: string[]): 
     return [...inNs, process.execPath, ...nodeArgs, CLI, '-c', '1', '-m', '512M', '-s', '0,hostbridge', '-s', '31,lpc', '-l', 'com1,stdio',
       '-s', `3,virtio-net,tap${n}`, '-o', `boot.kernel=${kernel}`, '-o', `boot.initrd=${initrd}`, '-o', `boot.cmdline=${cmdline}`, 'benchnet'];
   }
-  return [...inNs, 'qemu-system-x86_64', '-enable-kvm', '-cpu', 'host', '-m', '512M', '-smp', '1', '-nographic', '-no-reboot',
+  return [...inNs, 'qemu-system-x86_64', '-name', 'benchnet,debug-threads=on', '-enable-kvm', '-cpu', 'host', '-m', '512M', '-smp', '1', '-nographic', '-no-reboot',
     '-device', 'virtio-net-pci,netdev=n0',
     '-netdev', `tap,id=n0,ifname=tap${n},script=no,downscript=no,vhost=${vmm === 'qemu-vhost' ? 'on' : 'off'}`,
     '-kernel', kernel, '-initrd', initrd, '-append', cmdline];
