@@ -6,14 +6,15 @@
  *   tshyve       -s 3,virtio-net,tap1
  *   qemu         -device virtio-net-pci -netdev tap,ifname=tap2,vhost=off
  *   qemu-vhost   the same on tap3 with vhost=on (L1's vhost_net)
- * Then, round after round, each guest in turn (the order rotates from round
- * to round) is asked over its console for one pass: TCP guest->host
- * (iperf3 -c), host->guest (iperf3 -c -R), ping at 5 a second (a request
- * now and then: the wake-up path) and ping -A (the next request as soon as
- * the reply is in: back to back). Each VM also gets one untimed pass
- * first (TCP's and the VMMs' first packets, V8's first compiles).
- * Passes a few seconds apart share L1's speed, which drifts by up to 2x
- * over minutes (see lab-disk.ts), so the bench pairs them by round.
+ * Then, round after round, each measurement runs on each guest in turn
+ * (asked over its console; the order rotates from measurement to
+ * measurement): TCP guest->host (iperf3 -c), host->guest (iperf3 -c -R),
+ * ping at 5 a second (a request now and then: the wake-up path) and ping
+ * -A (the next request as soon as the reply is in: back to back). Each VM
+ * also gets one untimed round first (TCP's and the VMMs' first packets,
+ * V8's first compiles). L1's speed drifts by up to 2x over minutes (see
+ * lab-disk.ts), and one measurement's runs on the three VMs are seconds
+ * apart, so the bench pairs them by round.
  *
  *   node dist/bench/lab-net.js OUT.json [--runs ROUNDS] [--secs S] [--pings N] [--only tshyve,qemu,qemu-vhost]
  *     [--node-args '--cpu-prof --cpu-prof-dir=DIR']
@@ -27,7 +28,7 @@ import { Guest } from './guest-console.js';
 export const NET_VMMS = ['tshyve', 'qemu', 'qemu-vhost'] as const;
 export type NetVmm = typeof NET_VMMS[number];
 
-/** One pass of one VM. Throughputs are iperf3's receiver figures; RTTs busybox ping's averages. */
+/** One round of one VM. Throughputs are iperf3's receiver figures; RTTs busybox ping's averages. */
 export interface NetPass {
   vmm: NetVmm;
   /** -1: the untimed first pass */
@@ -36,7 +37,7 @@ export interface NetPass {
   rxMbps?: number;
   pingMs?: number;
   pingFloodMs?: number;
-  /** CPU time of the VMM's threads over the pass (ms, by thread name, summed) */
+  /** CPU time of the VMM's threads over the round's measurements (ms, by thread name, summed) */
   cpuMs?: Record<string, number>;
   error?: string;
 }
@@ -54,12 +55,12 @@ const NS = 'tshb-net';
 const kernel = join(GUEST_DIR, 'vmlinuz');
 const initrd = join(GUEST_DIR, 'initrd.img');
 const BOOT_TIMEOUT_MS = 150_000;
-/** iperf3 runs `secs` (and up to 10 s more to connect and end) twice, then the pings at 5 a second */
-const passTimeoutMs = (secs: number, pings: number): number => (2 * secs + pings / 5 + 60) * 1000;
+/** iperf3 runs `secs` (and up to 10 s more to connect and end), the pings go at 5 a second */
+const stepTimeoutMs = (secs: number, pings: number): number => (Math.max(secs, pings / 5) + 60) * 1000;
 
 const sh = (cmd: string): string => execFileSync('sh', ['-c', cmd], { encoding: 'utf8' });
 
-/** The guest's part: address eth0, then one line per measurement for each "go". */
+/** The guest's part: address eth0, then a result line for each measurement asked for. */
 function guestScript(n: number, secs: number, pings: number): string {
   const host = `10.99.${n}.1`;
   const iperf = (dir: string, flags: string) =>
@@ -71,9 +72,10 @@ function guestScript(n: number, secs: number, pings: number): string {
     `for i in $(seq 30); do ping -c 1 -W 1 ${host} >/dev/null && break; done`,
     'echo NET-READY',
     'while read -r c; do case "$c" in',
-    ` go) ${iperf('TX', '')}; ${iperf('RX', '-R')};` +
-      ` echo "NET-PING $(ping -q -c ${pings} -i 0.2 ${host} 2>&1 | tail -n 1)";` +
-      ` echo "NET-FLOOD $(ping -q -A -c ${pings * 10} ${host} 2>&1 | tail -n 1)";;`,
+    ` tx) ${iperf('TX', '')};;`,
+    ` rx) ${iperf('RX', '-R')};;`,
+    ` ping) echo "NET-PING $(ping -q -c ${pings} -i 0.2 ${host} 2>&1 | tail -n 1)";;`,
+    ` flood) echo "NET-FLOOD $(ping -q -A -c ${pings * 10} ${host} 2>&1 | tail -n 1)";;`,
     ' q) poweroff -f;;',
     'esac; done',
   ].join('\n');
@@ -134,21 +136,22 @@ const avgMs = (s: string): number | undefined => {
   return m ? Number(m[1]) : undefined;
 };
 
-async function pass(g: Guest<NetVmm>, round: number, secs: number, pings: number): Promise<NetPass> {
-  const p: NetPass = { vmm: g.vmm, round };
+type Metric = 'txMbps' | 'rxMbps' | 'pingMs' | 'pingFloodMs';
+/** Each measurement: the console command, the result line's tag, how its value is read. */
+const STEPS: [string, string, Metric, (s: string) => number | undefined][] = [
+  ['tx', 'TX', 'txMbps', mbps], ['rx', 'RX', 'rxMbps', mbps], ['ping', 'PING', 'pingMs', avgMs], ['flood', 'FLOOD', 'pingFloodMs', avgMs],
+];
+
+/** One measurement on one guest, into its round's record. */
+async function step(g: Guest<NetVmm>, p: NetPass, [cmd, tag, key, parse]: typeof STEPS[number], timeoutMs: number): Promise<void> {
   const cpu0 = threadCpu(g.pid);
-  g.send('go');
-  const t = passTimeoutMs(secs, pings);
-  const tx = (await g.waitFor(/NET-TX (.*)/, t))[1]!;
-  const rx = (await g.waitFor(/NET-RX (.*)/, t))[1]!;
-  const ping = (await g.waitFor(/NET-PING (.*)/, t))[1]!;
-  const flood = (await g.waitFor(/NET-FLOOD (.*)/, t))[1]!;
-  const cpu1 = threadCpu(g.pid);
-  p.cpuMs = Object.fromEntries(Object.entries(cpu1).map(([k, v]) => [k, v - (cpu0[k] ?? 0)]));
-  p.txMbps = mbps(tx); p.rxMbps = mbps(rx); p.pingMs = avgMs(ping); p.pingFloodMs = avgMs(flood);
-  const bad = [[p.txMbps, tx], [p.rxMbps, rx], [p.pingMs, ping], [p.pingFloodMs, flood]].filter(([v]) => v === undefined);
-  if (bad.length > 0) p.error = bad.map(([, s]) => String(s).trim().slice(0, 200)).join(' | ');
-  return p;
+  g.send(cmd);
+  const line = (await g.waitFor(new RegExp(`NET-${tag} (.*)`), timeoutMs))[1]!;
+  const cpu = p.cpuMs ??= {};
+  for (const [k, v] of Object.entries(threadCpu(g.pid))) cpu[k] = (cpu[k] ?? 0) + v - (cpu0[k] ?? 0);
+  const v = parse(line);
+  if (v === undefined) p.error = `${p.error ? `${p.error} | ` : ''}${cmd}: ${line.trim().slice(0, 200)}`;
+  else p[key] = v;
 }
 
 async function main(): Promise<void> {
@@ -156,9 +159,9 @@ async function main(): Promise<void> {
   const outFile = args[0];
   if (!outFile) throw new Error('usage: lab-net OUT.json [--runs ROUNDS] [--secs S] [--pings N] [--only VMM,...] [--node-args ARGS]');
   const opt = (name: string): string | undefined => (args.includes(name) ? args[args.indexOf(name) + 1] : undefined);
-  const rounds = Number(opt('--runs') ?? 0) || 3;
-  const secs = Number(opt('--secs') ?? 0) || 10;
-  const pings = Number(opt('--pings') ?? 0) || 50;
+  const rounds = Number(opt('--runs') ?? 0) || 6;
+  const secs = Number(opt('--secs') ?? 0) || 5;
+  const pings = Number(opt('--pings') ?? 0) || 25;
   const only = opt('--only')?.split(',');
   const vmms = NET_VMMS.filter((v) => !only || only.includes(v));
   const nodeArgs = (opt('--node-args') ?? '').split(' ').filter(Boolean);
@@ -171,7 +174,7 @@ async function main(): Promise<void> {
   const log = (p: NetPass): void => {
     res.passes.push(p); save();
     const f = (v: number | undefined, d: number) => (v === undefined ? '-' : v.toFixed(d));
-    process.stdout.write(`[bench] net ${p.round < 0 ? 'first pass' : `round ${p.round + 1}`} ${p.vmm.padEnd(10)} ` +
+    process.stdout.write(`[bench] net ${p.round < 0 ? 'first round' : `round ${p.round + 1}`} ${p.vmm.padEnd(10)} ` +
       `guest->host ${f(p.txMbps, 0)} Mbit/s, host->guest ${f(p.rxMbps, 0)} Mbit/s, ping ${f(p.pingMs, 3)} ms, ping -A ${f(p.pingFloodMs, 3)} ms` +
       `${p.error ? ` (${p.error})` : ''}\n`);
   };
@@ -189,16 +192,20 @@ async function main(): Promise<void> {
       }
       save();
     }
-    const run = async (g: Guest<NetVmm>, round: number): Promise<void> => {
-      try { log(await pass(g, round, secs, pings)); } catch (e) {
-        log({ vmm: g.vmm, round, error: e instanceof Error ? e.message : String(e) });
+    const timeout = stepTimeoutMs(secs, pings);
+    for (let r = -1; r < rounds; r++) {
+      const recs = guests.map((g): NetPass => ({ vmm: g.vmm, round: r }));
+      for (const [j, st] of STEPS.entries()) {
+        // rotate, and reverse every other time, so that no VM always follows the same one
+        const k = (r + 1) * STEPS.length + j;
+        const order = guests.map((_, i) => (i + k) % guests.length);
+        for (const i of k % 2 ? order.reverse() : order) {
+          try { await step(guests[i]!, recs[i]!, st, timeout); } catch (e) {
+            recs[i]!.error = `${st[0]}: ${e instanceof Error ? e.message : String(e)}`;
+          }
+        }
       }
-    };
-    for (const g of guests) await run(g, -1);
-    for (let r = 0; r < rounds; r++) {
-      // rotate, and reverse every other round, so that no VM always follows the same one
-      const order = guests.map((_, i) => guests[(i + r) % guests.length]!);
-      for (const g of r % 2 ? order.reverse() : order) await run(g, r);
+      for (const p of recs) log(p);
     }
   } finally {
     await Promise.all(guests.map((g) => g.close()));

@@ -386,7 +386,8 @@ async function snapshotBench(o: Opts): Promise<void> {
 async function netBench(o: Opts): Promise<void> {
   out('== 4. Lab network bench: virtio-net on a tap, TCP throughput (iperf3) and ping RTT, tshyve vs QEMU vhost=off / vhost=on ==');
   // a pass prints every 10-20 s and a boot within a minute or two: 240 s of silence is a stall
-  const res = await labDriver<import('./lab-net.js').NetBench>('net', o, ['--runs', String(Math.max(3, o.runs))], 1000 * (Number(process.env.TSHYVE_BENCH_QUIET_S) || 240));
+  // two rounds per --runs: a round is short (5 s per iperf3), and the drift between rounds is what the interval shows
+  const res = await labDriver<import('./lab-net.js').NetBench>('net', o, ['--runs', String(2 * o.runs)], 1000 * (Number(process.env.TSHYVE_BENCH_QUIET_S) || 240));
   if (!res) return;
   const timed = res.passes.filter((p) => p.round >= 0);
   type K = 'txMbps' | 'rxMbps' | 'pingMs' | 'pingFloodMs';
@@ -417,13 +418,13 @@ async function netBench(o: Opts): Promise<void> {
   }
   for (const l of table(rows)) out(l);
   const rounds = new Set(timed.map((p) => p.round)).size;
-  out(`${rounds} rounds; each: every VM in turn (the order rotates) runs iperf3 -c for ${res.secs} s guest->host, the same with -R`);
-  out(`  host->guest (iperf3's receiver figure), then ${res.pings} pings at 0.2 s intervals and ${res.pings * 10} with -A (busybox ping's`);
-  out('  average RTT), guest to the tap\'s address in L1\'s namespace; one untimed pass each first. Reference guest, -c 1 -m 512M.');
+  out(`${rounds} rounds; each: iperf3 -c for ${res.secs} s guest->host, the same with -R host->guest (iperf3's receiver figure),`);
+  out(`  ${res.pings} pings at 0.2 s intervals and ${res.pings * 10} with -A (busybox ping's average RTT), guest to the tap's address`);
+  out('  in L1\'s namespace; each on the three VMs in turn (the order rotates); one untimed round first. Reference guest, -c 1 -m 512M.');
   out(`  Values: median [min-max] over the rounds; ratios: geometric mean [95 % interval] of the rounds' tshyve/QEMU. ${res.vhost}.`);
   out('Target: throughput ratios >= 1 against vhost=off; RTT ratios <= 1.');
   for (const e of res.bootErrors) out(`boot failed: ${e}`);
-  for (const p of res.passes.filter((x) => x.error)) out(`${p.vmm} ${p.round < 0 ? 'first pass' : `round ${p.round + 1}`}: ${p.error}`);
+  for (const p of res.passes.filter((x) => x.error)) out(`${p.vmm} ${p.round < 0 ? 'first round' : `round ${p.round + 1}`}: ${p.error}`);
 }
 
 main().catch((e: unknown) => { process.stderr.write(`bench: ${(e as Error)?.stack ?? String(e)}\n`); process.exit(1); });
