@@ -24,11 +24,12 @@
  * compare what the two guests cost L1. Reading them costs the driver some
  * CPU, so leave it off for the figures.
  */
-import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { writeFileSync, mkdtempSync, rmSync, readdirSync, readFileSync, existsSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CLI, GUEST_DIR, stripTerminal, type Vmm } from './common.js';
+import { CLI, GUEST_DIR, type Vmm } from './common.js';
+import { Guest } from './guest-console.js';
 
 /** One pass of one VM: a write of the whole disk, then a read of it. */
 export interface DiskPass {
@@ -84,76 +85,6 @@ function command(vmm: Vmm, img: string, mib: number, name: string, diskOpts = ''
     '-drive', `file=${img},format=raw,if=virtio`, '-kernel', kernel, '-initrd', initrd, '-append', cmdline]];
 }
 
-/** A guest whose console we talk to: send a line, wait for a line that matches. */
-class Guest {
-  private readonly child: ChildProcess;
-  private buf = '';
-  private output = '';
-  private lines: string[] = [];
-  private waiter: { re: RegExp; resolve: (m: RegExpExecArray) => void; reject: (e: Error) => void; timer: NodeJS.Timeout } | undefined;
-  private exited: string | undefined;
-
-  constructor(readonly vmm: Vmm, cmd: string, argv: string[]) {
-    this.child = spawn(cmd, argv, { stdio: ['pipe', 'pipe', 'pipe'] });
-    const onData = (d: Buffer): void => {
-      const s = d.toString('latin1');
-      this.output = (this.output + s).slice(-4000);
-      this.buf += s;
-      for (let i = this.buf.indexOf('\n'); i >= 0; i = this.buf.indexOf('\n')) {
-        this.lines.push(stripTerminal(this.buf.slice(0, i)));
-        this.buf = this.buf.slice(i + 1);
-      }
-      this.check();
-    };
-    this.child.stdout!.on('data', onData);
-    this.child.stderr!.on('data', onData);
-    this.child.stdin!.on('error', () => { /* the guest is gone: its exit says so */ });
-    this.child.on('error', (e) => this.fail(`could not start: ${e.message}`));
-    this.child.on('exit', (code, sig) => this.fail(`exited (${sig ?? code})`));
-  }
-
-  private fail(why: string): void {
-    this.exited ??= why;
-    const w = this.waiter;
-    if (w) { this.waiter = undefined; clearTimeout(w.timer); w.reject(new Error(`${this.vmm} ${why}`)); }
-  }
-
-  private check(): void {
-    const w = this.waiter;
-    if (!w) return;
-    while (this.lines.length > 0) {
-      const m = w.re.exec(this.lines.shift()!);
-      if (m) { this.waiter = undefined; clearTimeout(w.timer); w.resolve(m); return; }
-    }
-  }
-
-  /** The next console line matching `re` (earlier lines are dropped). */
-  waitFor(re: RegExp, timeoutMs: number): Promise<RegExpExecArray> {
-    return new Promise((resolve, reject) => {
-      if (this.exited) { reject(new Error(`${this.vmm} ${this.exited}`)); return; }
-      const timer = setTimeout(() => { this.waiter = undefined; reject(new Error(`${this.vmm}: no ${re.source} within ${timeoutMs / 1000} s`)); }, timeoutMs);
-      this.waiter = { re, resolve, reject, timer };
-      this.check();
-    });
-  }
-
-  get pid(): number | undefined { return this.child.pid; }
-
-  send(line: string): void { if (!this.exited) this.child.stdin!.write(`${line}\n`); }
-
-  get tail(): string { return this.output.slice(-1200); }
-
-  /** Ask the guest to power off; kill it if it has not within a few seconds. */
-  async close(): Promise<void> {
-    if (this.exited) return;
-    const gone = new Promise<void>((r) => this.child.once('exit', () => r()));
-    this.send('q');
-    const t = setTimeout(() => this.child.kill('SIGKILL'), 10_000);
-    await gone;
-    clearTimeout(t);
-  }
-}
-
 const KVM_DEBUGFS = '/sys/kernel/debug/kvm';
 
 /** KVM's debugfs counters for the VM that process `pid` made (vCPU ones summed), or undefined. */
@@ -196,7 +127,7 @@ function ramMapping(pid: number | undefined): Record<string, number> | undefined
 }
 
 /** One pass: MB/s written and read, from the guest's uptime stamps. */
-async function pass(g: Guest, mib: number): Promise<{ writeMBs: number; readMBs: number }> {
+async function pass(g: Guest<Vmm>, mib: number): Promise<{ writeMBs: number; readMBs: number }> {
   g.send('go');
   const m = await g.waitFor(/DISK-PASS ([\d.]+) ([\d.]+) ([\d.]+)/, PASS_TIMEOUT_MS);
   const [a, b, c] = m.slice(1, 4).map(Number) as [number, number, number];
@@ -220,7 +151,7 @@ async function main(): Promise<void> {
     try { execFileSync('mount', ['-t', 'debugfs', 'debugfs', '/sys/kernel/debug']); } catch { /* reported below */ }
     if (!existsSync(KVM_DEBUGFS)) process.stdout.write(`[bench] --kvm-stats: no ${KVM_DEBUGFS}\n`);
   }
-  const measure = async (g: Guest): Promise<Omit<DiskPass, 'vmm' | 'round' | 'pair'>> => {
+  const measure = async (g: Guest<Vmm>): Promise<Omit<DiskPass, 'vmm' | 'round' | 'pair'>> => {
     const before = kvmStats ? kvmCounters(g.pid) : undefined;
     const p = await pass(g, mib);
     const after = before && kvmCounters(g.pid);
@@ -237,7 +168,7 @@ async function main(): Promise<void> {
       const order = ((r % 2 ? ['qemu', 'tshyve'] : ['tshyve', 'qemu']) as Vmm[]).filter((v) => !only || v === only);
       const round: DiskRound = { round: r, order, ok: false };
       res.rounds.push(round);
-      const guests: Guest[] = [];
+      const guests: Guest<Vmm>[] = [];
       try {
         for (const vmm of order) { // one at a time: a boot is the busiest part
           const img = join(dir, `${vmm}.img`);

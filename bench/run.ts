@@ -7,7 +7,7 @@
  * 2. Host start-up bench: exec to first KVM_RUN (and to exit) of a tiny raw
  *    guest on this host's own /dev/kvm.
  *
- *   node dist/bench/run.js [--runs R] [--host-runs N] [--no-lab] [--no-host] [--lab-json FILE] [--only boot|disk|snapshot|host]
+ *   node dist/bench/run.js [--runs R] [--host-runs N] [--no-lab] [--no-host] [--lab-json FILE] [--only boot|disk|snapshot|net|host]
  *
  * --lab-json FILE reprints the table of an earlier lab run's lab-boot.json instead of running the lab.
  *
@@ -25,7 +25,7 @@ import {
 import { blkPathBench } from './blk-path.js';
 
 /** The benches, in the order they run. */
-const SECTIONS = ['boot', 'disk', 'snapshot', 'host'] as const;
+const SECTIONS = ['boot', 'disk', 'snapshot', 'net', 'host'] as const;
 type Section = typeof SECTIONS[number];
 
 interface Opts { runs: number; hostRuns: number; lab: boolean; host: boolean; labJson?: string; only?: Section }
@@ -302,6 +302,7 @@ async function main(): Promise<void> {
   if (want('boot')) { if (o.lab) await labBench(o); else out('lab bench skipped: --no-lab'); out(); }
   if (want('disk')) { if (o.lab) await diskBench(o); else out('disk bench skipped: --no-lab'); out(); }
   if (want('snapshot')) { if (o.lab) await snapshotBench(o); else out('snapshot bench skipped: --no-lab'); out(); }
+  if (want('net')) { if (o.lab) await netBench(o); else out('net bench skipped: --no-lab'); out(); }
   if (want('host')) { if (o.host) await hostBench(o); else out('host bench skipped: --no-host'); }
 }
 
@@ -379,6 +380,51 @@ async function snapshotBench(o: Opts): Promise<void> {
   if (a && b) out(`restore 2 GiB / 512 MiB: ${(b / a).toFixed(2)} (target: does not grow with RAM)`);
   out('ms from process start to the first KVM_RUN; the dd ratio is dd time / save time (target >= 0.8).');
   for (const e of res.errors) out(`error: ${e}`);
+}
+
+/** virtio-net on a tap: TCP both ways (iperf3) and ping RTTs, tshyve vs QEMU with vhost off and on, passes interleaved. */
+async function netBench(o: Opts): Promise<void> {
+  out('== 4. Lab network bench: virtio-net on a tap, TCP throughput (iperf3) and ping RTT, tshyve vs QEMU vhost=off / vhost=on ==');
+  // a pass prints every 10-20 s and a boot within a minute or two: 240 s of silence is a stall
+  // two rounds per --runs: a round is short (5 s per iperf3), and the drift between rounds is what the interval shows
+  const res = await labDriver<import('./lab-net.js').NetBench>('net', o, ['--runs', String(2 * o.runs)], 1000 * (Number(process.env.TSHYVE_BENCH_QUIET_S) || 240));
+  if (!res) return;
+  const timed = res.passes.filter((p) => p.round >= 0);
+  type K = 'txMbps' | 'rxMbps' | 'pingMs' | 'pingFloodMs';
+  const vals = (vmm: string, k: K) => timed.filter((p) => p.vmm === vmm).map((p) => p[k]).filter((v): v is number => v !== undefined);
+  /** tshyve/other per round (the same round's passes, seconds apart), geometric mean [95 % interval] */
+  const paired = (other: string, k: K, higherIsBetter: boolean): string => {
+    const rs: number[] = [];
+    for (const t of timed.filter((p) => p.vmm === 'tshyve')) {
+      const q = timed.find((p) => p.vmm === other && p.round === t.round);
+      const a = t[k], b = q?.[k];
+      if (a !== undefined && b !== undefined && a > 0 && b > 0) rs.push(a / b);
+    }
+    const g = geoMean(rs);
+    if (!g) return '-';
+    const ok = higherIsBetter ? g.gmean >= 1 : g.gmean <= 1;
+    return `${g.gmean.toFixed(2)}${Number.isNaN(g.lo) ? '' : ` [${g.lo.toFixed(2)}-${g.hi.toFixed(2)}]`} (${ok ? 'ok' : higherIsBetter ? '< 1' : '> 1'})`;
+  };
+  const rows = [['metric', 'tshyve', 'QEMU vhost=off', 'QEMU vhost=on', 'tshyve/vhost=off', 'tshyve/vhost=on']];
+  const metrics: [string, K, number, boolean][] = [
+    ['guest->host TCP (Mbit/s)', 'txMbps', 0, true],
+    ['host->guest TCP (Mbit/s)', 'rxMbps', 0, true],
+    [`ping every 0.2 s, RTT (ms)`, 'pingMs', 3, false],
+    ['ping -A (back to back), RTT (ms)', 'pingFloodMs', 3, false],
+  ];
+  for (const [label, k, d, hi] of metrics) {
+    const cell = (v: string) => { const s = stats(vals(v, k)); return fmtStats(s, 1, d, s?.n ?? 1); };
+    rows.push([label, cell('tshyve'), cell('qemu'), cell('qemu-vhost'), paired('qemu', k, hi), paired('qemu-vhost', k, hi)]);
+  }
+  for (const l of table(rows)) out(l);
+  const rounds = new Set(timed.map((p) => p.round)).size;
+  out(`${rounds} rounds; each: iperf3 -c for ${res.secs} s guest->host, the same with -R host->guest (iperf3's receiver figure),`);
+  out(`  ${res.pings} pings at 0.2 s intervals and ${res.pings * 10} with -A (busybox ping's average RTT), guest to the tap's address`);
+  out('  in L1\'s namespace; each on the three VMs in turn (the order rotates); one untimed round first. Reference guest, -c 1 -m 512M.');
+  out(`  Values: median [min-max] over the rounds; ratios: geometric mean [95 % interval] of the rounds' tshyve/QEMU. ${res.vhost}.`);
+  out('Target: throughput ratios >= 1 against vhost=off; RTT ratios <= 1.');
+  for (const e of res.bootErrors) out(`boot failed: ${e}`);
+  for (const p of res.passes.filter((x) => x.error)) out(`${p.vmm} ${p.round < 0 ? 'first round' : `round ${p.round + 1}`}: ${p.error}`);
 }
 
 main().catch((e: unknown) => { process.stderr.write(`bench: ${(e as Error)?.stack ?? String(e)}\n`); process.exit(1); });

@@ -35,12 +35,15 @@ while read -r m; do
   mkdir -p "$R/lib/modules/$(dirname "$m")"
   cp "$T/pkg/lib/modules/$KREL/$m" "$R/lib/modules/$m"
 done < "$R/etc/modules.order"
-# ethtool (not in busybox; the network tests turn offloads off) with its shared libraries.
-ET=$(command -v ethtool || echo /usr/sbin/ethtool)
-[ -x "$ET" ] || die "ethtool is not installed (scripts/setup-lab.sh installs it)"
-install -D -m 755 "$ET" "$R/usr/sbin/ethtool"
-for lib in $(ldd "$ET" | awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^\//) print $i }'); do
-  install -D -m 755 "$lib" "$R$lib"   # (the ELF interpreter must be executable)
+# Programs busybox lacks, with their shared libraries: ethtool (the network
+# tests turn offloads off) and iperf3 (the network bench).
+for prog in ethtool iperf3; do
+  P=$(PATH=$PATH:/usr/sbin:/sbin command -v "$prog" || true)
+  [ -x "$P" ] || die "$prog is not installed (scripts/setup-lab.sh installs it)"
+  install -D -m 755 "$P" "$R$P"
+  for lib in $(ldd "$P" | awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^\//) print $i }'); do
+    install -D -m 755 "$lib" "$R$lib"   # (the ELF interpreter must be executable)
+  done
 done
 install -m 755 "$LAB_DIR/guest/init" "$R/init"
 mkdir -p "$R/workloads"; cp "$LAB_DIR"/guest/workloads/*.sh "$R/workloads/"

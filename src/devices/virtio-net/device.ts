@@ -11,10 +11,15 @@
  *              over how many
  *
  * Frames move with one readv/writev straight between guest buffers and the
- * backend: the I/O thread allocates nothing per packet. rx reads only when
- * the guest has posted room for a whole frame (a 64 KiB TSO frame with
- * GUEST_TSO4/6, else an MTU-sized one); otherwise the chains go back on the
- * avail ring and the frame waits in the backend until the guest's rx notify.
+ * backend: the I/O thread allocates nothing per packet. With merged rx
+ * buffers, rx gathers about as much room as the last frames took (Linux
+ * posts 1.5-4 KiB buffers: gathering room for a 64 KiB TSO frame before
+ * each small one cost 44 chains popped and given back per ACK), and the
+ * read goes on into a spill buffer of the device's own up to the largest
+ * frame; a frame that spilled is copied into the chains popped after it.
+ * When the guest has posted too little room for a frame already read, the
+ * frame waits in the device (copied out whole) until the guest's rx notify.
+ * Without merged buffers one chain must hold the frame, as before.
  *
  * Hostile input: a tx chain shorter than the header, a frame over 65550
  * bytes, a gso_type or checksum request the guest did not negotiate, or a
@@ -29,7 +34,7 @@
  */
 import type { GuestMemory } from '../../memory/guest-memory.js';
 import { IoVecs } from '../../memory/iovec.js';
-import { EAGAIN } from '../../host/libc.js';
+import { EAGAIN, libc } from '../../host/libc.js';
 import { VIRTIO_COMMON_FEATURES, VIRTIO_ID_NET, featureBit, hasFeature } from '../../virtio/constants.js';
 import type { VirtioDevice, VirtioInterrupt } from '../../virtio/device.js';
 import { markWrittenBuffers, type DescriptorChain, type Virtqueue } from '../../virtio/queue.js';
@@ -121,12 +126,25 @@ export class VirtioNet implements VirtioDevice {
   /** rx: each gathered chain's head and writable length */
   private readonly rxHeads = new Int32Array(VIRTIO_NET_QUEUE_SIZE);
   private readonly rxLens = new Float64Array(VIRTIO_NET_QUEUE_SIZE);
+  /** rx: room to gather before a read, about the last frames' length (a max that decays by 1/8 a frame) */
+  private rxGuess = 0;
+  /** rx, merged buffers: where a read goes on past the gathered room, and its native address */
+  private readonly spill: Buffer;
+  private readonly spillAddr: number;
+  /** rx: a frame read when the guest had posted too little room (pendingLen bytes, header on), delivered first */
+  private readonly pendingFrame: Buffer;
+  private pendingLen = 0;
 
   constructor(opts: VirtioNetOptions) {
     if (opts.mac.length !== 6) throw new RangeError('virtio-net: a MAC is 6 bytes');
     this.mac = Uint8Array.from(opts.mac);
     this.mtu = opts.mtu;
     this.backend = opts.backend;
+    // (the main thread's model, config only, has no data path)
+    const frameMax = opts.backend ? VIRTIO_NET_HDR_SIZE + VIRTIO_NET_MAX_FRAME : 0;
+    this.spill = Buffer.alloc(frameMax);
+    this.spillAddr = frameMax ? Number(libc.bufferAddress(this.spill)) : 0;
+    this.pendingFrame = Buffer.alloc(frameMax);
     this.onError = opts.onError ?? (() => {});
     this.counters = new Float64Array(opts.counters ?? new SharedArrayBuffer(8 * NET_COUNTERS.length));
     let f = VIRTIO_COMMON_FEATURES | featureBit(VIRTIO_NET_F_MAC) | featureBit(VIRTIO_NET_F_STATUS) | featureBit(VIRTIO_NET_F_MRG_RXBUF);
@@ -176,6 +194,8 @@ export class VirtioNet implements VirtioDevice {
     this.mergeable = hasFeature(features, VIRTIO_NET_F_MRG_RXBUF);
     const tso = hasFeature(features, VIRTIO_NET_F_GUEST_TSO4) || hasFeature(features, VIRTIO_NET_F_GUEST_TSO6);
     this.rxNeed = VIRTIO_NET_HDR_SIZE + (tso ? VIRTIO_NET_MAX_FRAME : Math.min(VIRTIO_NET_MAX_FRAME, (this.mtu ?? VIRTIO_NET_DEFAULT_MTU) + L2_OVERHEAD));
+    this.rxGuess = 0;
+    this.pendingLen = 0;
     this.backend?.setOffloads?.(tunOffloads(features));
   }
 
@@ -184,6 +204,7 @@ export class VirtioNet implements VirtioDevice {
     this.mem = undefined;
     this.interrupt = undefined;
     this.negotiated = 0n;
+    this.pendingLen = 0;
   }
 
   queueNotify(q: number): void {
@@ -277,10 +298,9 @@ export class VirtioNet implements VirtioDevice {
     let pending = 0;
     try {
       for (;;) {
-        const held = this.gather(vq);
-        if (held === 0) break; // no room: wait for the guest's rx notify
-        const r = this.receiveFrame(vq, backend, held);
-        if (r < 0) break; // nothing to read (or the backend failed): wait for readability
+        // -1: no room (wait for the guest's rx notify) or nothing to read (wait for readability)
+        const r = this.pendingLen > 0 ? this.deliverPending(vq) : this.receiveFrame(vq, backend);
+        if (r < 0) break;
         if (r > 0 && ++pending >= RX_SIGNAL_BATCH) { interrupt.signalUsed(RX_QUEUE); pending = 0; }
       }
       if (pending > 0) interrupt.signalUsed(RX_QUEUE);
@@ -290,13 +310,18 @@ export class VirtioNet implements VirtioDevice {
   }
 
   /**
-   * Pop rx chains until they hold rxNeed bytes (one chain without
-   * MRG_RXBUF). Returns how many are held (their buffers in rxBufs), or 0
-   * when the guest has not posted enough yet: then none is held.
+   * Pop rx chains, after the `from` already held, until they hold `need`
+   * bytes (one chain in all without MRG_RXBUF). Returns how many are held
+   * (their buffers in rxBufs, their room in rxRoom), or 0 when the guest has
+   * not posted enough yet: then only the `from` first are still held, and
+   * rxBufs/rxRoom are as they were. `atLeast`: `need` is a guess, and
+   * fewer bytes do when some chain is there. A chain too small to start a
+   * frame ends the gathering short (it is given back for the next frame to skip).
    */
-  private gather(vq: Virtqueue): number {
+  private gather(vq: Virtqueue, need: number, from = 0, atLeast = false): number {
+    const room0 = from ? this.rxRoom : 0, nb0 = from ? this.rxBufCount : 0;
     for (;;) {
-      let held = 0, room = 0, nb = 0, enough = false;
+      let held = from, room = room0, nb = nb0, enough = false;
       for (;;) {
         const chain = vq.popChain(true);
         if (chain === undefined) break;
@@ -308,9 +333,10 @@ export class VirtioNet implements VirtioDevice {
           this.interrupt!.signalUsed(RX_QUEUE);
           continue;
         }
-        const need = 3 * (nb + chain.bufferCount);
-        if (need > this.rxBufs.length) {
-          const grown = new Float64Array(Math.max(need, 2 * this.rxBufs.length));
+        // (+ 1: the spill buffer's triple goes after the chains')
+        const want = 3 * (nb + chain.bufferCount + 1);
+        if (want > this.rxBufs.length) {
+          const grown = new Float64Array(Math.max(want, 2 * this.rxBufs.length));
           grown.set(this.rxBufs.subarray(0, 3 * nb));
           this.rxBufs = grown;
         }
@@ -319,24 +345,32 @@ export class VirtioNet implements VirtioDevice {
         this.rxLens[held] = chain.writableLen;
         held++;
         room += chain.writableLen;
-        if (!this.mergeable || room >= this.rxNeed || held >= vq.size) { enough = true; break; }
+        if (!this.mergeable || room >= need || held >= vq.size) { enough = true; break; }
       }
-      this.rxBufCount = nb;
-      if (enough) { this.rxRoom = room; return held; }
-      // not enough room yet: give the chains back, and wait for more unless they already came
-      if (!vq.unpopChains(held)) return 0;
+      if (enough || (atLeast && held > from)) { this.rxBufCount = nb; this.rxRoom = room; return held; }
+      this.rxBufCount = nb0;
+      this.rxRoom = room0;
+      // not enough room yet: give the new chains back, and wait for more unless they already came
+      if (!vq.unpopChains(held - from)) return 0;
     }
   }
 
   /**
-   * Read one frame into the `held` gathered chains. Returns 1 when a frame
-   * went to the guest, 0 when one was dropped, -1 when none waits (or the
-   * backend failed): unused chains go back to the avail ring.
+   * Read one frame into chains gathered for it (and, with merged buffers,
+   * the spill buffer past them). Returns 1 when a frame went to the guest,
+   * 0 when one was dropped, -1 when none waits, the backend failed, there
+   * is no room, or the frame must wait for more (pendingLen): unused chains
+   * go back to the avail ring.
    */
-  private receiveFrame(vq: Virtqueue, backend: NetBackend, held: number): number {
+  private receiveFrame(vq: Virtqueue, backend: NetBackend): number {
     const c = this.counters;
+    let held = this.gather(vq, Math.min(this.rxGuess, this.rxNeed), 0, true);
+    if (held === 0) return -1;
     const start = backend.vnetHdr ? 0 : VIRTIO_NET_HDR_SIZE;
-    if (!this.iov.fill(this.rxBufs, 0, this.rxBufCount, start, this.rxRoom - start)) {
+    const room = this.rxRoom, nb = this.rxBufCount;
+    const spill = this.mergeable ? Math.max(0, this.rxNeed - room) : 0;
+    if (spill > 0) { const b = this.rxBufs; b[3 * nb] = -1; b[3 * nb + 1] = spill; b[3 * nb + 2] = this.spillAddr; }
+    if (!this.iov.fill(this.rxBufs, 0, nb + (spill > 0 ? 1 : 0), start, room + spill - start)) {
       vq.unpopChains(held);
       throw new Error('rx buffers without a host mapping');
     }
@@ -347,18 +381,53 @@ export class VirtioNet implements VirtioDevice {
       return -1;
     }
     const total = n + start;
-    markWrittenBuffers(vq.mem, this.rxBufs, 0, this.rxBufCount); // the frame went in through host addresses
-    if (total > this.rxRoom || total <= VIRTIO_NET_HDR_SIZE) {
-      // too big for the room posted (truncated), or no frame at all: the buffers serve the next one
+    markWrittenBuffers(vq.mem, this.rxBufs, 0, nb); // the frame went in through host addresses (the spill buffer is ours)
+    if (total > room + spill || total <= VIRTIO_NET_HDR_SIZE) {
+      // too big for the room (truncated), or no frame at all: the buffers serve the next one
       vq.unpopChains(held);
       c[RX_DROPPED]!++;
       return 0;
     }
+    this.rxGuess = Math.max(total, this.rxGuess - (this.rxGuess >>> 3));
+    if (total > room) {
+      // the rest is in the spill buffer: it goes to the chains after these
+      const more = this.gather(vq, total, held);
+      if (more === 0) {
+        // too little posted: keep the frame (whole) until the guest posts more
+        this.copyRx(0, this.pendingFrame, 0, room, false);
+        this.spill.copy(this.pendingFrame, room, 0, total - room);
+        if (start > 0) this.pendingFrame.fill(0, 0, VIRTIO_NET_HDR_SIZE - 2); // (the header a bare backend has not)
+        this.pendingLen = total;
+        vq.unpopChains(held);
+        return -1;
+      }
+      held = more;
+      if (this.rxRoom < total) { vq.unpopChains(held); c[RX_DROPPED]!++; return 0; } // more than the ring can hold
+      this.copyRx(room, this.spill, 0, total - room, true);
+    }
+    if (start > 0) { this.hdr.fill(0); this.copyRx(0, this.hdr, 0, VIRTIO_NET_HDR_SIZE - 2, true); }
+    this.publishFrame(vq, held, total);
+    return 1;
+  }
+
+  /** The frame that waited for room: into chains enough for it, or -1 (still too little). */
+  private deliverPending(vq: Virtqueue): number {
+    const total = this.pendingLen;
+    const held = this.gather(vq, total);
+    if (held === 0) return -1;
+    this.pendingLen = 0;
+    if (this.rxRoom < total) { vq.unpopChains(held); this.counters[RX_DROPPED]!++; return 0; }
+    this.copyRx(0, this.pendingFrame, 0, total, true);
+    this.publishFrame(vq, held, total);
+    return 1;
+  }
+
+  /** num_buffers, then the chains the frame (`total` bytes, header on) took to the used ring; the rest back. */
+  private publishFrame(vq: Virtqueue, held: number, total: number): void {
     let used = 0;
     for (let left = total; left > 0; used++) left -= this.rxLens[used]!;
-    if (start > 0) { this.hdr.fill(0); this.copyToRx(0, this.hdr, VIRTIO_NET_HDR_SIZE - 2); }
     this.hdr[0] = used & 0xff; this.hdr[1] = used >>> 8;
-    this.copyToRx(VIRTIO_NET_HDR_SIZE - 2, this.hdr, 2);
+    this.copyRx(VIRTIO_NET_HDR_SIZE - 2, this.hdr, 0, 2, true);
     vq.unpopChains(held - used);
     for (let i = 0, left = total; i < used; i++) {
       const k = Math.min(left, this.rxLens[i]!);
@@ -366,20 +435,20 @@ export class VirtioNet implements VirtioDevice {
       left -= k;
     }
     vq.publishUsed();
-    c[RX_PACKETS]!++;
-    c[RX_BYTES]! += total - VIRTIO_NET_HDR_SIZE;
-    return 1;
+    this.counters[RX_PACKETS]!++;
+    this.counters[RX_BYTES]! += total - VIRTIO_NET_HDR_SIZE;
   }
 
-  /** Copy src[0, n) to the gathered rx buffers at byte `offset` of their stream. */
-  private copyToRx(offset: number, src: Uint8Array, n: number): void {
+  /** Copy buf[bufOff, +n) to (toGuest) or from the gathered rx buffers at byte `offset` of their stream. */
+  private copyRx(offset: number, buf: Uint8Array, bufOff: number, n: number, toGuest: boolean): void {
     const bufs = this.rxBufs, mem = this.mem!;
     let skip = offset, done = 0;
     for (let i = 0; i < this.rxBufCount && done < n; i++) {
       const len = bufs[3 * i + 1]!;
       if (skip >= len) { skip -= len; continue; }
       const k = Math.min(len - skip, n - done);
-      mem.copyIn(bufs[3 * i]! + skip, src, done, k);
+      if (toGuest) mem.copyIn(bufs[3 * i]! + skip, buf, bufOff + done, k);
+      else mem.copyOut(bufs[3 * i]! + skip, buf, bufOff + done, k);
       done += k;
       skip = 0;
     }
