@@ -5,18 +5,24 @@
  *     -o boot.kernel=vmlinuz -o boot.initrd=initrd.img -o boot.cmdline=console=ttyS0 NAME
  * Exit status as bhyve: 0 reboot, 1 power-off, 2 halt, 3 triple fault, 4 error.
  */
-import { parseBhyveArgs, usage, supportedLpcDevices } from './args.js';
-import { pciDeviceNames } from '../pci/device.js';
-import '../devices/all.js';
+import { prestartVcpuWorkers } from '../vcpu/worker-pool.js';
 import { TshyveError } from '../errors.js';
-import { Machine } from '../vm/machine.js';
 import { ExitCode } from '../vm/exit-codes.js';
-import { restoreTerminals } from '../devices/backends/index.js';
-import { log } from '../log.js';
-import { loadOptionsFrom, readSnapshot, saveOptionsFrom, type LoadedSnapshot } from '../snapshot/file.js';
-import { ControlServer } from '../control/server.js';
-import { controlSocketPath } from '../control/config.js';
+import type { Machine as MachineType } from '../vm/machine.js';
+import type { LoadedSnapshot } from '../snapshot/file.js';
+import type { ControlServer as ControlServerType } from '../control/server.js';
 import type { ConfigTree } from '../config/tree.js';
+
+// The boot vCPU's thread starts first: Node boots it while this thread
+// loads the rest (a cold start's largest costs, in parallel).
+prestartVcpuWorkers(1);
+const [
+  { parseBhyveArgs, usage, supportedLpcDevices }, { pciDeviceNames }, { Machine }, { restoreTerminals }, { log },
+  { loadOptionsFrom, readSnapshot, saveOptionsFrom }, { ControlServer }, { controlSocketPath },
+] = await Promise.all([
+  import('./args.js'), import('../pci/device.js'), import('../vm/machine.js'), import('../devices/backends/index.js'), import('../log.js'),
+  import('../snapshot/file.js'), import('../control/server.js'), import('../control/config.js'),
+]);
 
 function fail(msg: string): never {
   restoreTerminals();
@@ -38,7 +44,7 @@ async function main(argv: string[]): Promise<number> {
   let restore: LoadedSnapshot | undefined;
   if (args.restoreFile) restore = readSnapshot(args.restoreFile, loadOptionsFrom(config));
   const m = await Machine.create(config, { restore });
-  let control: ControlServer | undefined;
+  let control: ControlServerType | undefined;
   try {
     control = await startControl(m, config);
   } catch (e) {
@@ -74,7 +80,7 @@ async function main(argv: string[]): Promise<number> {
  * The VM's control socket (tshyvectl). A path the user chose must work; the
  * default one is best effort, except that a live VM of the same name is an error.
  */
-async function startControl(m: Machine, config: ConfigTree): Promise<ControlServer | undefined> {
+async function startControl(m: MachineType, config: ConfigTree): Promise<ControlServerType | undefined> {
   const path = controlSocketPath(config);
   if (path === undefined) return undefined;
   const server = new ControlServer(m);
