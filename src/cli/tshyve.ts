@@ -14,14 +14,15 @@ import type { ControlServer as ControlServerType } from '../control/server.js';
 import type { ConfigTree } from '../config/tree.js';
 
 // The boot vCPU's thread starts first: Node boots it while this thread
-// loads the rest (a cold start's largest costs, in parallel).
+// loads the rest (a cold start's largest costs, in parallel). The other
+// vCPUs' threads start once the command line gives their number.
 prestartVcpuWorkers(1);
 const [
   { parseBhyveArgs, usage, supportedLpcDevices }, { pciDeviceNames }, { Machine }, { restoreTerminals }, { log },
-  { loadOptionsFrom, readSnapshot, saveOptionsFrom }, { ControlServer }, { controlSocketPath },
+  { loadOptionsFrom, readSnapshot, saveOptionsFrom }, { ControlServer }, { controlSocketPath }, { resolveCpus },
 ] = await Promise.all([
   import('./args.js'), import('../pci/device.js'), import('../vm/machine.js'), import('../devices/backends/index.js'), import('../log.js'),
-  import('../snapshot/file.js'), import('../control/server.js'), import('../control/config.js'),
+  import('../snapshot/file.js'), import('../control/server.js'), import('../control/config.js'), import('../config/options.js'),
 ]);
 
 function fail(msg: string): never {
@@ -43,6 +44,7 @@ async function main(argv: string[]): Promise<number> {
   saveOptionsFrom(config); // a bad snapshot.dir or snapshot.key is refused now, not at the first checkpoint
   let restore: LoadedSnapshot | undefined;
   if (args.restoreFile) restore = readSnapshot(args.restoreFile, loadOptionsFrom(config));
+  prestartVcpuWorkers(otherVcpus(config));
   const m = await Machine.create(config, { restore });
   let control: ControlServerType | undefined;
   try {
@@ -74,6 +76,11 @@ async function main(argv: string[]): Promise<number> {
   if (code === ExitCode.ERROR && m.errorMessage) process.stderr.write(`tshyve: ${m.errorMessage}\n`);
   if (config.getBool('debug.stats', false)) process.stderr.write(`tshyve: exits ${JSON.stringify(m.exitStats)}\n`);
   return code;
+}
+
+/** The vCPUs besides the boot one; a bad topology is left for Machine.create to report. */
+function otherVcpus(config: ConfigTree): number {
+  try { return resolveCpus(config).cpus - 1; } catch { return 0; }
 }
 
 /**
