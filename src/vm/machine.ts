@@ -28,7 +28,7 @@ import { Uart16550 } from '../devices/uart16550.js';
 import { openSerialBackend, type SerialBackend } from '../devices/backends/index.js';
 import { buildPlatformDevices, type BuiltPlatformDevice } from '../devices/platform.js';
 import { PciHost, PCI_CONFIG_ADDR, PCI_CONFIG_DATA } from '../pci/host.js';
-import { findPciDevice, mmioAllocator, persistentPciFunction, type DeviceContext } from '../pci/device.js';
+import { loadPciDevice, mmioAllocator, persistentPciFunction, type DeviceContext } from '../pci/device.js';
 import { resolveCpus, resolveMemBytes } from '../config/options.js';
 import { ExitServer } from '../vcpu/exit-server.js';
 import { VcpuThread } from '../vcpu/vcpu-thread.js';
@@ -132,7 +132,7 @@ export class Machine extends EventEmitter implements VmControl {
     for (let i = 0; i < topo.cpus; i++) fds.push(new VcpuFd(vm.createVcpu(i)));
     const m = new Machine(config, kvm, vm, host, ram, mem, topo, fds);
     try {
-      m.buildPci();
+      await m.buildPci();
       await m.buildPlatform();
       setupVcpus(kvm, fds, topo, host);
       // A restore copies the image's data into the VM's own RAM (see docs/security.md).
@@ -176,7 +176,7 @@ export class Machine extends EventEmitter implements VmControl {
   }
 
   /** PCI: config mechanism #1 and the devices of pci.B.S.F.device. */
-  private buildPci(): void {
+  private async buildPci(): Promise<void> {
     // 0xCF8 is only decoded as a dword; 0xCF9 is the reset control register.
     this.pio.register(PCI_CONFIG_ADDR, 1, this.pci, 'pci-config-address');
     this.pio.register(PCI_CONFIG_DATA, 4, this.pci.dataPort, 'pci-config-data');
@@ -186,7 +186,7 @@ export class Machine extends EventEmitter implements VmControl {
         for (const [func, fnode] of snode.children) {
           const name = fnode.get('device');
           if (!name) continue;
-          const emu = findPciDevice(name);
+          const emu = await loadPciDevice(name);
           if (!emu) throw new UserError(`unknown PCI device '${name}' at pci.${bus}.${slot}.${func}`);
           const bdf = { bus: Number(bus), slot: Number(slot), func: Number(func) };
           const fn = emu.create(ctx, fnode, bdf);
