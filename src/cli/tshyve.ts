@@ -5,25 +5,18 @@
  *     -o boot.kernel=vmlinuz -o boot.initrd=initrd.img -o boot.cmdline=console=ttyS0 NAME
  * Exit status as bhyve: 0 reboot, 1 power-off, 2 halt, 3 triple fault, 4 error.
  */
-import { prestartVcpuWorkers } from '../vcpu/worker-pool.js';
+import { parseBhyveArgs, usage, supportedLpcDevices } from './args.js';
+import { pciDeviceNames } from '../pci/device.js';
+import '../devices/all.js';
 import { TshyveError } from '../errors.js';
+import { Machine } from '../vm/machine.js';
 import { ExitCode } from '../vm/exit-codes.js';
-import type { Machine as MachineType } from '../vm/machine.js';
-import type { LoadedSnapshot } from '../snapshot/file.js';
-import type { ControlServer as ControlServerType } from '../control/server.js';
+import { restoreTerminals } from '../devices/backends/index.js';
+import { log } from '../log.js';
+import { loadOptionsFrom, readSnapshot, saveOptionsFrom, type LoadedSnapshot } from '../snapshot/file.js';
+import { ControlServer } from '../control/server.js';
+import { controlSocketPath } from '../control/config.js';
 import type { ConfigTree } from '../config/tree.js';
-
-// The boot vCPU's thread starts first: Node boots it while this thread
-// loads the rest (a cold start's largest costs, in parallel). The other
-// vCPUs' threads start once the command line gives their number.
-prestartVcpuWorkers(1);
-const [
-  { parseBhyveArgs, usage, supportedLpcDevices }, { pciDeviceNames }, { Machine }, { restoreTerminals }, { log },
-  { loadOptionsFrom, readSnapshot, saveOptionsFrom }, { ControlServer }, { controlSocketPath }, { resolveCpus },
-] = await Promise.all([
-  import('./args.js'), import('../pci/device.js'), import('../vm/machine.js'), import('../devices/backends/index.js'), import('../log.js'),
-  import('../snapshot/file.js'), import('../control/server.js'), import('../control/config.js'), import('../config/options.js'),
-]);
 
 function fail(msg: string): never {
   restoreTerminals();
@@ -44,9 +37,8 @@ async function main(argv: string[]): Promise<number> {
   saveOptionsFrom(config); // a bad snapshot.dir or snapshot.key is refused now, not at the first checkpoint
   let restore: LoadedSnapshot | undefined;
   if (args.restoreFile) restore = readSnapshot(args.restoreFile, loadOptionsFrom(config));
-  prestartVcpuWorkers(otherVcpus(config));
   const m = await Machine.create(config, { restore });
-  let control: ControlServerType | undefined;
+  let control: ControlServer | undefined;
   try {
     control = await startControl(m, config);
   } catch (e) {
@@ -78,16 +70,11 @@ async function main(argv: string[]): Promise<number> {
   return code;
 }
 
-/** The vCPUs besides the boot one; a bad topology is left for Machine.create to report. */
-function otherVcpus(config: ConfigTree): number {
-  try { return resolveCpus(config).cpus - 1; } catch { return 0; }
-}
-
 /**
  * The VM's control socket (tshyvectl). A path the user chose must work; the
  * default one is best effort, except that a live VM of the same name is an error.
  */
-async function startControl(m: MachineType, config: ConfigTree): Promise<ControlServerType | undefined> {
+async function startControl(m: Machine, config: ConfigTree): Promise<ControlServer | undefined> {
   const path = controlSocketPath(config);
   if (path === undefined) return undefined;
   const server = new ControlServer(m);

@@ -3,10 +3,10 @@
  * KVM_RUN (SIG_KICK to its tid plus kvm_run.immediate_exit, so a kick that
  * lands just before KVM_RUN is not lost), pauses, resumes and stops it.
  */
+import { Worker } from 'node:worker_threads';
 import { libc, SIG_KICK } from '../host/libc.js';
 import { RUN } from '../kvm/abi.js';
 import { mapKvmRun } from '../kvm/kvm.js';
-import { takeVcpuWorker } from './worker-pool.js';
 import { MB, CtlReq, CtlState, newMailbox, type Mailbox, type VcpuEvent, type VcpuWorkerData } from './mailbox.js';
 
 let kickHandlerInstalled = false;
@@ -41,7 +41,7 @@ export class VcpuThread {
       mailbox: this.mailbox.words.buffer as SharedArrayBuffer, doorbell: this.doorbell,
       shadow: this.shadow, postWrites: this.postWrites,
     };
-    const worker = takeVcpuWorker();
+    const worker = new Worker(new URL('./worker.js', import.meta.url), { workerData: wd, stdout: false, stderr: false });
     let started!: () => void;
     const ready = new Promise<void>((res) => { started = res; });
     worker.on('message', (e: VcpuEvent) => {
@@ -50,7 +50,6 @@ export class VcpuThread {
     });
     worker.on('error', (err) => this.onEvent({ type: 'error', index: this.index, message: `vCPU thread crashed: ${err.message}` }));
     this.exited = new Promise((res) => worker.once('exit', () => res()));
-    worker.postMessage(wd);
     return ready;
   }
 

@@ -4,25 +4,28 @@
  * posted as messages. A kick (SIG_KICK + immediate_exit) makes KVM_RUN
  * return so the thread can pause or stop.
  */
-import { parentPort } from 'node:worker_threads';
+import { parentPort, workerData } from 'node:worker_threads';
 import { libc, errno, setThreadName, EINTR, EAGAIN } from '../host/libc.js';
 import { KVM, EXIT, EXIT_NAMES, RUN } from '../kvm/abi.js';
 import { mapKvmRun } from '../kvm/kvm.js';
 import { ShadowRegisters } from './shadow.js';
-import { MB, DB, MbState, MbKind, CtlReq, CtlState, RING_ENTRIES, RING_WORDS, RING_SEQ, newMailbox, type Mailbox, type VcpuEvent, type VcpuWorkerData } from './mailbox.js';
+import { MB, DB, MbState, MbKind, CtlReq, CtlState, RING_ENTRIES, RING_WORDS, RING_SEQ, newMailbox, type VcpuEvent, type VcpuWorkerData } from './mailbox.js';
 
-// Set by the VcpuWorkerData message: the thread may be started before its vCPU exists (worker-pool.ts).
-let wd: VcpuWorkerData;
-let mb: Mailbox;
-let w: Int32Array;
-let doorbell: Int32Array;
-let run: DataView;
-let runBytes: Uint8Array;
-let shadow: ShadowRegisters;
+const wd = workerData as VcpuWorkerData;
 const post = (e: VcpuEvent) => parentPort!.postMessage(e);
+const mb = newMailbox(wd.mailbox);
+const w = mb.words;
+const doorbell = new Int32Array(wd.doorbell);
+const run = mapKvmRun(wd.vcpuFd, wd.runSize);
+const runBytes = new Uint8Array(run.buffer);
+const shadow = new ShadowRegisters(wd.shadow);
 /** the port all queued posted writes go to; -1 none queued, -2 several or MMIO */
 let queuedPort = -1;
 let head = 0;
+
+setThreadName(`vcpu${wd.index}`);
+Atomics.store(w, MB.TID, libc.gettid());
+post({ type: 'started', index: wd.index, tid: Atomics.load(w, MB.TID) });
 
 /** Wait until the device thread has served every posted write. */
 function drainPosted(): void {
@@ -166,19 +169,7 @@ function loop(): void {
   }
 }
 
-parentPort!.once('message', (data: VcpuWorkerData) => {
-  wd = data;
-  mb = newMailbox(wd.mailbox);
-  w = mb.words;
-  doorbell = new Int32Array(wd.doorbell);
-  run = mapKvmRun(wd.vcpuFd, wd.runSize);
-  runBytes = new Uint8Array(run.buffer);
-  shadow = new ShadowRegisters(wd.shadow);
-  setThreadName(`vcpu${wd.index}`);
-  Atomics.store(w, MB.TID, libc.gettid());
-  post({ type: 'started', index: wd.index, tid: Atomics.load(w, MB.TID) });
-  loop();
-  Atomics.store(w, MB.CTL_STATE, CtlState.STOPPED);
-  Atomics.notify(w, MB.CTL_STATE);
-  post({ type: 'stopped', index: wd.index });
-});
+loop();
+Atomics.store(w, MB.CTL_STATE, CtlState.STOPPED);
+Atomics.notify(w, MB.CTL_STATE);
+post({ type: 'stopped', index: wd.index });

@@ -226,11 +226,8 @@ export class Machine extends EventEmitter implements VmControl {
       (msg) => this.guestLog.log('warn', msg));
     if (this.config.getBool('debug.stats', false)) this.exitServer.byAddress = new Map();
     this.exitServer.start();
-    // The boot vCPU may be in the guest before the others' threads are up.
-    const starts = threads.map((t) => t.start());
-    await Promise.race(starts);
+    await Promise.all(threads.map((t) => t.start()));
     this.firstRunMs = performance.now();
-    await Promise.all(starts);
     this.emit('running');
     watchForHalt(this.vcpus, Number(this.config.get('x86.halt_check_ms') ?? 2000), {
       activity: () => this.activity(),
