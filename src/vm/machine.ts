@@ -226,8 +226,14 @@ export class Machine extends EventEmitter implements VmControl {
       (msg) => this.guestLog.log('warn', msg));
     if (this.config.getBool('debug.stats', false)) this.exitServer.byAddress = new Map();
     this.exitServer.start();
+    // No vCPU enters the guest before every vCPU thread is up: a thread
+    // still booting Node takes CPU from the guest (seconds in the nested
+    // lab, where an AP's thread used to boot while the guest kernel did).
+    const parked = this.vcpus.hold(60_000);
     await Promise.all(threads.map((t) => t.start()));
+    await parked;
     this.firstRunMs = performance.now();
+    this.vcpus.release();
     this.emit('running');
     watchForHalt(this.vcpus, Number(this.config.get('x86.halt_check_ms') ?? 2000), {
       activity: () => this.activity(),
