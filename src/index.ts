@@ -28,7 +28,7 @@ export { resolveCpus, resolveMemBytes } from './config/options.js';
 export { parseMemSize, formatSize } from './config/size.js';
 export { GuestMemory } from './memory/guest-memory.js';
 export { Bus, type BusDevice, type IrqLine } from './bus/bus.js';
-export { registerPciDevice, findPciDevice, pciDeviceNames, type PciDeviceEmulation, type DeviceContext } from './pci/device.js';
+export { registerPciDevice, findPciDevice, loadPciDevice, pciDeviceNames, type PciDeviceEmulation, type PciDeviceInfo, type LazyPciDevice, type DeviceContext } from './pci/device.js';
 export { registerPlatformDevice, type PlatformDeviceEmulation, type PlatformContext } from './devices/platform.js';
 export { TshyveError, UserError, HostError, GuestMemoryError, KvmError } from './errors.js';
 export { inspectHost, type HostReport } from './vm/host-check.js';

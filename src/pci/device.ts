@@ -101,15 +101,43 @@ export interface PciConfigSpace {
   restoreState?(r: StateReader): void;
 }
 
-const registry = new Map<string, PciDeviceEmulation>();
+/** What parsing `-s` and matching a snapshot's config need of a device: all but its model. */
+export type PciDeviceInfo = Omit<PciDeviceEmulation, 'create'>;
 
-export function registerPciDevice(d: PciDeviceEmulation): void {
-  if (registry.has(d.name)) throw new Error(`PCI device ${d.name} registered twice`);
+/**
+ * A device registered by its info alone: `load` imports the module of its
+ * model, which registers the whole emulation under the same name. A VM
+ * loads only the models it uses, so that start-up reads and compiles less.
+ */
+export interface LazyPciDevice extends PciDeviceInfo {
+  load(): Promise<unknown>;
+}
+
+const registry = new Map<string, PciDeviceEmulation | LazyPciDevice>();
+
+export function registerPciDevice(d: PciDeviceEmulation | LazyPciDevice): void {
+  const had = registry.get(d.name);
+  // A model's module replaces its lazy entry, whichever of the two comes first.
+  if (had && ('load' in had) !== ('load' in d)) {
+    if ('create' in d) registry.set(d.name, d);
+    return;
+  }
+  if (had) throw new Error(`PCI device ${d.name} registered twice`);
   registry.set(d.name, d);
 }
 
-export function findPciDevice(name: string): PciDeviceEmulation | undefined {
+export function findPciDevice(name: string): PciDeviceInfo | undefined {
   return registry.get(name);
+}
+
+/** The emulation to build `name` with, its module imported if it was registered lazily. */
+export async function loadPciDevice(name: string): Promise<PciDeviceEmulation | undefined> {
+  const d = registry.get(name);
+  if (!d || 'create' in d) return d;
+  await d.load();
+  const e = registry.get(name);
+  if (!e || !('create' in e)) throw new Error(`PCI device ${name}: its module did not register it`);
+  return e;
 }
 
 export function pciDeviceNames(): string[] {

@@ -28,7 +28,7 @@ import { Uart16550 } from '../devices/uart16550.js';
 import { openSerialBackend, type SerialBackend } from '../devices/backends/index.js';
 import { buildPlatformDevices, type BuiltPlatformDevice } from '../devices/platform.js';
 import { PciHost, PCI_CONFIG_ADDR, PCI_CONFIG_DATA } from '../pci/host.js';
-import { findPciDevice, mmioAllocator, persistentPciFunction, type DeviceContext } from '../pci/device.js';
+import { loadPciDevice, mmioAllocator, persistentPciFunction, type DeviceContext } from '../pci/device.js';
 import { resolveCpus, resolveMemBytes } from '../config/options.js';
 import { ExitServer } from '../vcpu/exit-server.js';
 import { VcpuThread } from '../vcpu/vcpu-thread.js';
@@ -158,7 +158,7 @@ export class Machine extends EventEmitter implements VmControl {
     m.slots = slots;
     m.dirtyMap = dirty;
     try {
-      m.buildPci();
+      await m.buildPci();
       await m.buildPlatform();
       setupVcpus(kvm, fds, topo, host);
       // A restore copies the image's data into the VM's own RAM (see docs/security.md).
@@ -204,7 +204,7 @@ export class Machine extends EventEmitter implements VmControl {
   }
 
   /** PCI: config mechanism #1 and the devices of pci.B.S.F.device. */
-  private buildPci(): void {
+  private async buildPci(): Promise<void> {
     // 0xCF8 is only decoded as a dword; 0xCF9 is the reset control register.
     this.pio.register(PCI_CONFIG_ADDR, 1, this.pci, 'pci-config-address');
     this.pio.register(PCI_CONFIG_DATA, 4, this.pci.dataPort, 'pci-config-data');
@@ -214,7 +214,7 @@ export class Machine extends EventEmitter implements VmControl {
         for (const [func, fnode] of snode.children) {
           const name = fnode.get('device');
           if (!name) continue;
-          const emu = findPciDevice(name);
+          const emu = await loadPciDevice(name);
           if (!emu) throw new UserError(`unknown PCI device '${name}' at pci.${bus}.${slot}.${func}`);
           const bdf = { bus: Number(bus), slot: Number(slot), func: Number(func) };
           const fn = emu.create(ctx, fnode, bdf);
@@ -249,15 +249,14 @@ export class Machine extends EventEmitter implements VmControl {
    * arrive, so thread start-up is not part of the guest's downtime).
    */
   async startParked(): Promise<void> {
-    await (this.threadsStarted ??= this.startThreads(true));
+    await (this.threadsStarted ??= this.startThreads());
   }
 
   /** Start the vCPU threads (or let go of those startParked() started); resolves with the exit code when the VM ends. */
   async run(): Promise<ExitCode> {
-    const parked = this.threadsStarted !== undefined;
-    await (this.threadsStarted ??= this.startThreads(false));
-    if (parked) this.vcpus.release();
+    await (this.threadsStarted ??= this.startThreads());
     this.firstRunMs = performance.now();
+    this.vcpus.release();
     this.emit('running');
     watchForHalt(this.vcpus, Number(this.config.get('x86.halt_check_ms') ?? 2000), {
       activity: () => this.activity(),
@@ -268,7 +267,7 @@ export class Machine extends EventEmitter implements VmControl {
     return this.finished;
   }
 
-  private async startThreads(parked: boolean): Promise<void> {
+  private async startThreads(): Promise<void> {
     const doorbell = new SharedArrayBuffer(DB.WORDS * 4);
     const postWrites = this.config.getBool('x86.posted_writes', true);
     const threads = this.vcpuFds.map((v, i) => new VcpuThread(i, v.fd, this.kvm.vcpuMmapSize(), doorbell, this.shadow.buffer, postWrites,
@@ -278,8 +277,11 @@ export class Machine extends EventEmitter implements VmControl {
       (msg) => this.guestLog.log('warn', msg));
     if (this.config.getBool('debug.stats', false)) this.exitServer.byAddress = new Map();
     this.exitServer.start();
-    await Promise.all(threads.map((t) => t.start(parked)));
-    if (parked && !(await this.vcpus.hold())) throw new HostError('a vCPU thread did not park in time');
+    // No vCPU enters the guest before every vCPU thread is up: a thread
+    // still booting Node takes CPU from the guest (seconds in the nested
+    // lab, where an AP's thread used to boot while the guest kernel did).
+    await Promise.all(threads.map((t) => t.start(true)));
+    if (!(await this.vcpus.hold(60_000))) throw new HostError('a vCPU thread did not park in time');
   }
 
   /** Exits, and the work devices do without them: what the halt check watches. */

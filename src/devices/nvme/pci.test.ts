@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { Bus } from '../../bus/bus.js';
 import { ConfigTree } from '../../config/tree.js';
 import { GuestMemory } from '../../memory/guest-memory.js';
-import { findPciDevice, mmioAllocator, persistentPciFunction, type DeviceContext, type PciFunction } from '../../pci/device.js';
+import { findPciDevice, mmioAllocator, persistentPciFunction, type DeviceContext, type PciDeviceEmulation, type PciFunction } from '../../pci/device.js';
 import { StateReader, StateWriter } from '../../snapshot/state.js';
 import { CSTS_RDY, DOORBELLS, REG } from './constants.js';
 import './pci.js';
@@ -28,7 +28,7 @@ function build(opts: string) {
     guestError: () => {}, allocMmio: mmioAllocator(B0, 0xfec00000), vmName: 'vm',
   };
   const t = new ConfigTree();
-  const emu = findPciDevice('nvme')!;
+  const emu = findPciDevice('nvme') as PciDeviceEmulation; // (registered with its model, not lazily)
   emu.legacyConfig!({ set: (k, v) => t.set(`pci.0.4.0.${k}`, v) }, opts);
   const fn = emu.create(ctx, t.node('pci.0.4.0')!, { bus: 0, slot: 4, func: 0 });
   return { mem, mmio, msis, fn };

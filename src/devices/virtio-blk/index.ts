@@ -5,13 +5,12 @@
  * Wiring to a virtio-pci transport and the PCI registry happens elsewhere.
  */
 import type { ConfigNode } from '../../config/tree.js';
-import { parsePciLegacyConfig } from '../../config/options.js';
 import { UserError } from '../../errors.js';
-import type { ConfigTreeWriter } from '../../pci/device.js';
 import { IMAGE_FORMATS, type ImageFormat } from '../block/index.js';
 import { isValidQueueSize, VIRTIO_BLK_MAX_QUEUE_SIZE, type VirtioBlkOptions } from './device.js';
 
 export * from './device.js';
+export { virtioBlkLegacyConfig } from './info.js';
 
 /** Parse bhyve's `sectorsize=L[/P]` value. */
 export function parseSectorSize(v: string, what = 'sectorsize'): { logical: number; physical: number } {
@@ -65,16 +64,4 @@ export function parseVirtioBlkOptions(node: ConfigNode): VirtioBlkOptions {
     opts.serial = ser;
   }
   return opts;
-}
-
-/**
- * bhyve's blockif_legacy_config(): `PATH[,ro][,sectorsize=L/P][,nocache][,direct][,nodelete][,ser=ID]`.
- * The first field is always the path; the rest are `key=value` or bare flags (`key=true`).
- */
-export function virtioBlkLegacyConfig(writer: ConfigTreeWriter, opts: string): void {
-  const comma = opts.indexOf(',');
-  const path = comma < 0 ? opts : opts.slice(0, comma);
-  if (path === '') throw new UserError('virtio-blk: empty backing file path');
-  writer.set('path', path);
-  if (comma >= 0) parsePciLegacyConfig(writer, opts.slice(comma + 1));
 }

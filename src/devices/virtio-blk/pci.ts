@@ -7,13 +7,12 @@
 import { registerPciDevice } from '../../pci/device.js';
 import { VirtioPci, virtioPciOptions } from '../../virtio/pci/transport.js';
 import { VirtioBlk } from './device.js';
-import { parseVirtioBlkOptions, virtioBlkLegacyConfig } from './index.js';
+import { parseVirtioBlkOptions } from './index.js';
+import { virtioBlkInfo } from './info.js';
 import { offloadVirtioBlk } from './offload.js';
 
 registerPciDevice({
-  name: 'virtio-blk',
-  legacyConfig: virtioBlkLegacyConfig,
-  hostPathKeys: ['path'],
+  ...virtioBlkInfo,
   create: (ctx, node, bdf) => {
     const onError = (m: string) => ctx.guestError('virtio-blk', m);
     const opts = parseVirtioBlkOptions(node);

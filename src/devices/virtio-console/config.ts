@@ -8,9 +8,10 @@
 import { existsSync, lstatSync, statSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { ConfigNode } from '../../config/tree.js';
-import type { ConfigTreeWriter } from '../../pci/device.js';
+import type { ConfigTreeWriter, PciDeviceInfo } from '../../pci/device.js';
 import { UserError } from '../../errors.js';
-import { VIRTIO_CONSOLE_MAX_PORTS } from './device.js';
+
+export const VIRTIO_CONSOLE_MAX_PORTS = 16;
 
 export interface ConsolePortConfig {
   name: string;
@@ -69,3 +70,5 @@ export function checkSocketPath(path: string): void {
   if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new UserError(`virtio-console: directory of '${path}' does not exist`);
   if (existsSync(path) && !lstatSync(path).isSocket()) throw new UserError(`virtio-console: ${path} exists and is not a socket`);
 }
+
+export const virtioConsoleInfo: PciDeviceInfo = { name: 'virtio-console', legacyConfig: virtioConsoleLegacyConfig, hostPathKeys: ['port.N.path'] };

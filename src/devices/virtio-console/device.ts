@@ -24,6 +24,7 @@ import { VIRTIO_COMMON_FEATURES, VIRTIO_ID_CONSOLE, featureBit, hasFeature } fro
 import type { VirtioDevice, VirtioInterrupt } from '../../virtio/device.js';
 import { type Virtqueue, VirtqueueError } from '../../virtio/queue.js';
 import type { SerialBackend } from '../backends/types.js';
+import { VIRTIO_CONSOLE_MAX_PORTS } from './config.js';
 
 export const VIRTIO_CONSOLE_F_SIZE = 0;
 export const VIRTIO_CONSOLE_F_MULTIPORT = 1;
@@ -40,7 +41,7 @@ export const VIRTIO_CONSOLE_PORT_NAME = 7;
 
 /** Size of struct virtio_console_control {le32 id; le16 event; le16 value}. */
 export const CONTROL_HEADER_SIZE = 8;
-export const VIRTIO_CONSOLE_MAX_PORTS = 16;
+export { VIRTIO_CONSOLE_MAX_PORTS };
 /** Config space: cols u16, rows u16, max_nr_ports u32, emerg_wr u32. */
 export const VIRTIO_CONSOLE_CONFIG_SIZE = 12;
 

@@ -12,13 +12,11 @@ import { registerPciDevice } from '../../pci/device.js';
 import { VirtioPci, virtioPciOptions } from '../../virtio/pci/transport.js';
 import { openSerialBackend } from '../backends/index.js';
 import { VirtioConsole } from './device.js';
-import { checkSocketPath, parseVirtioConsolePorts, virtioConsoleLegacyConfig } from './config.js';
+import { checkSocketPath, parseVirtioConsolePorts, virtioConsoleInfo } from './config.js';
 import { LazySerialBackend } from './lazy-backend.js';
 
 registerPciDevice({
-  name: 'virtio-console',
-  legacyConfig: virtioConsoleLegacyConfig,
-  hostPathKeys: ['port.N.path'],
+  ...virtioConsoleInfo,
   create: (ctx, node, bdf) => {
     const cfg = parseVirtioConsolePorts(node);
     for (const p of cfg) checkSocketPath(p.path);

@@ -17,7 +17,7 @@ import { createHash } from 'node:crypto';
 import type { ConfigNode } from '../../config/tree.js';
 import { parsePciLegacyConfig } from '../../config/options.js';
 import { UserError } from '../../errors.js';
-import type { ConfigTreeWriter } from '../../pci/device.js';
+import type { ConfigTreeWriter, PciDeviceInfo } from '../../pci/device.js';
 
 export interface NetOptions {
   backend: string;
@@ -95,3 +95,10 @@ export function hostfwdRules(node: ConfigNode): string[] {
   const numbered = [...n.children].filter(([k, c]) => /^[0-9]+$/.test(k) && c.value !== undefined).sort(([a], [b]) => Number(a) - Number(b));
   return [n.value, ...numbered.map(([, c]) => c.value)].flatMap((v) => (v ?? '').split(';')).filter((r) => r !== '');
 }
+
+export const virtioNetInfo: PciDeviceInfo = {
+  name: 'virtio-net',
+  legacyConfig: virtioNetLegacyConfig,
+  // the host side of the link: a restore may use another tap or other forwards
+  hostOnlyKeys: ['backend', 'hostfwd', 'hostfwd.*'],
+};

@@ -15,13 +15,10 @@ import { netBackendFactory } from './backend.js';
 import './backends.js';
 import { NET_COUNTERS, VirtioNet } from './device.js';
 import type { NetIoThreadInit } from './io-thread.js';
-import { parseNetOptions, virtioNetLegacyConfig } from './options.js';
+import { parseNetOptions, virtioNetInfo } from './options.js';
 
 registerPciDevice({
-  name: 'virtio-net',
-  legacyConfig: virtioNetLegacyConfig,
-  // the host side of the link: a restore may use another tap or other forwards
-  hostOnlyKeys: ['backend', 'hostfwd', 'hostfwd.*'],
+  ...virtioNetInfo,
   create: (ctx, node, bdf) => {
     const where = (k: string): string => (node.path ? `${node.path}.${k}` : k);
     const vmName = ctx.vmName ?? 'vm';
