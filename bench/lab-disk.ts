@@ -1,7 +1,8 @@
 /**
- * virtio-blk throughput driver. Runs INSIDE the nested lab (started by
+ * Disk throughput driver. Runs INSIDE the nested lab (started by
  * bench/run.ts through `lab/run`). tshyve and QEMU (Debian's virtio-blk,
- * default writeback cache, like tshyve's buffered file I/O) each boot the
+ * or with --dev nvme both VMMs' NVMe controllers; QEMU with its default
+ * writeback cache, like tshyve's buffered file I/O) each boot the
  * reference guest with a raw image of their own in L1's tmpfs, and BOTH
  * stay up: the guests wait on their serial consoles, and the driver asks
  * them in turn for one pass each (a sequential 1 MiB direct-I/O dd write of
@@ -15,7 +16,7 @@
  * (the VM booted second ran a few per cent faster in a tshyve-against-
  * tshyve control).
  *
- *   node dist/bench/lab-disk.js OUT.json [--runs ROUNDS] [--pairs P] [--mib N] [--only tshyve|qemu]
+ *   node dist/bench/lab-disk.js OUT.json [--runs ROUNDS] [--pairs P] [--mib N] [--only tshyve|qemu] [--dev virtio-blk|nvme]
  *     [--disk-opts ,queuesize=1024] [--node-args '--cpu-prof --cpu-prof-dir=DIR'] [--kvm-stats]
  *
  * --kvm-stats records, per pass, the growth of each of KVM's debugfs
@@ -54,7 +55,10 @@ export interface DiskRound {
   tail?: string;
 }
 
-export interface DiskBench { mib: number; pairs: number; rounds: DiskRound[]; passes: DiskPass[] }
+/** The guest's disk: the device model both VMMs give it. */
+export type DiskDev = 'virtio-blk' | 'nvme';
+
+export interface DiskBench { mib: number; pairs: number; dev?: DiskDev; rounds: DiskRound[]; passes: DiskPass[] }
 
 const kernel = join(GUEST_DIR, 'vmlinuz');
 const initrd = join(GUEST_DIR, 'initrd.img');
@@ -62,27 +66,32 @@ const BOOT_TIMEOUT_MS = 150_000;
 const PASS_TIMEOUT_MS = 90_000;
 
 /** The guest's part: wait for "go" on the console, answer with the kernel's uptime around each dd. */
-function guestScript(mib: number): string {
+function guestScript(mib: number, dev: DiskDev): string {
+  const disk = dev === 'nvme' ? '/dev/nvme0n1' : '/dev/vda';
   const now = '$(cut -d" " -f1 /proc/uptime)';
   return [
     'stty -echo 2>/dev/null',
     'echo DISK-READY',
     'while read -r c; do case "$c" in',
-    ` go) a=${now}; dd if=/dev/zero of=/dev/vda bs=1M count=${mib} oflag=direct 2>/dev/null; b=${now};` +
-      ` dd if=/dev/vda of=/dev/null bs=1M count=${mib} iflag=direct 2>/dev/null; c=${now}; echo "DISK-PASS $a $b $c";;`,
+    ` go) a=${now}; dd if=/dev/zero of=${disk} bs=1M count=${mib} oflag=direct 2>/dev/null; b=${now};` +
+      ` dd if=${disk} of=/dev/null bs=1M count=${mib} iflag=direct 2>/dev/null; c=${now}; echo "DISK-PASS $a $b $c";;`,
     ' q) poweroff -f;;',
     'esac; done',
   ].join('\n');
 }
 
-function command(vmm: Vmm, img: string, mib: number, name: string, diskOpts = '', nodeArgs: string[] = []): [string, string[]] {
-  const cmdline = `console=ttyS0 quiet tshyve.cmd=${Buffer.from(guestScript(mib)).toString('base64')}`;
+function command(vmm: Vmm, dev: DiskDev, img: string, mib: number, name: string, diskOpts = '', nodeArgs: string[] = []): [string, string[]] {
+  const cmdline = `console=ttyS0 quiet tshyve.cmd=${Buffer.from(guestScript(mib, dev)).toString('base64')}`;
   if (vmm === 'tshyve') {
     return [process.execPath, [...nodeArgs, CLI, '-c', '1', '-m', '512M', '-s', '0,hostbridge', '-s', '31,lpc', '-l', 'com1,stdio',
-      '-s', `4,virtio-blk,${img}${diskOpts}`, '-o', `boot.kernel=${kernel}`, '-o', `boot.initrd=${initrd}`, '-o', `boot.cmdline=${cmdline}`, name]];
+      '-s', `4,${dev},${img}${diskOpts}`, '-o', `boot.kernel=${kernel}`, '-o', `boot.initrd=${initrd}`, '-o', `boot.cmdline=${cmdline}`, name]];
   }
+  // cache=writeback is QEMU's default, spelled out: tshyve's raw backend is buffered too (no O_DIRECT, flush = fdatasync)
+  const drive = dev === 'nvme'
+    ? ['-drive', `file=${img},if=none,id=d0,format=raw,cache=writeback`, '-device', 'nvme,drive=d0,serial=bench']
+    : ['-drive', `file=${img},format=raw,if=virtio`];
   return ['qemu-system-x86_64', ['-enable-kvm', '-cpu', 'host', '-m', '512M', '-smp', '1', '-nographic', '-no-reboot',
-    '-drive', `file=${img},format=raw,if=virtio`, '-kernel', kernel, '-initrd', initrd, '-append', cmdline]];
+    ...drive, '-kernel', kernel, '-initrd', initrd, '-append', cmdline]];
 }
 
 const KVM_DEBUGFS = '/sys/kernel/debug/kvm';
@@ -147,6 +156,8 @@ async function main(): Promise<void> {
   const diskOpts = opt('--disk-opts') ?? '';
   const nodeArgs = (opt('--node-args') ?? '').split(' ').filter(Boolean);
   const kvmStats = args.includes('--kvm-stats');
+  const dev = (opt('--dev') ?? 'virtio-blk') as DiskDev;
+  if (dev !== 'virtio-blk' && dev !== 'nvme') throw new Error(`--dev takes virtio-blk or nvme, not '${String(dev)}'`);
   if (kvmStats && !existsSync(KVM_DEBUGFS)) {
     try { execFileSync('mount', ['-t', 'debugfs', 'debugfs', '/sys/kernel/debug']); } catch { /* reported below */ }
     if (!existsSync(KVM_DEBUGFS)) process.stdout.write(`[bench] --kvm-stats: no ${KVM_DEBUGFS}\n`);
@@ -161,7 +172,7 @@ async function main(): Promise<void> {
     return { ...p, kvm, ram: ramMapping(g.pid) };
   };
   const dir = mkdtempSync(join(tmpdir(), 'tshyve-benchdisk-'));
-  const res: DiskBench = { mib, pairs, rounds: [], passes: [] };
+  const res: DiskBench = { mib, pairs, dev, rounds: [], passes: [] };
   const save = (): void => writeFileSync(out, JSON.stringify(res, null, 1));
   try {
     for (let r = 0; r < rounds; r++) {
@@ -173,7 +184,7 @@ async function main(): Promise<void> {
         for (const vmm of order) { // one at a time: a boot is the busiest part
           const img = join(dir, `${vmm}.img`);
           writeFileSync(img, Buffer.alloc(mib << 20));
-          const [cmd, argv] = command(vmm, img, mib, `benchdisk${r}`, diskOpts, nodeArgs);
+          const [cmd, argv] = command(vmm, dev, img, mib, `benchdisk${r}`, diskOpts, nodeArgs);
           const g = new Guest(vmm, cmd, argv);
           guests.push(g);
           await g.waitFor(/DISK-READY/, BOOT_TIMEOUT_MS);

@@ -7,7 +7,7 @@
  * 2. Host start-up bench: exec to first KVM_RUN (and to exit) of a tiny raw
  *    guest on this host's own /dev/kvm.
  *
- *   node dist/bench/run.js [--runs R] [--host-runs N] [--no-lab] [--no-host] [--lab-json FILE] [--only boot|disk|snapshot|net|host]
+ *   node dist/bench/run.js [--runs R] [--host-runs N] [--no-lab] [--no-host] [--lab-json FILE] [--only boot|disk|nvme|snapshot|net|host]
  *
  * --lab-json FILE reprints the table of an earlier lab run's lab-boot.json instead of running the lab.
  *
@@ -25,7 +25,7 @@ import {
 import { blkPathBench } from './blk-path.js';
 
 /** The benches, in the order they run. */
-const SECTIONS = ['boot', 'disk', 'snapshot', 'net', 'host'] as const;
+const SECTIONS = ['boot', 'disk', 'nvme', 'snapshot', 'net', 'host'] as const;
 type Section = typeof SECTIONS[number];
 
 interface Opts { runs: number; hostRuns: number; lab: boolean; host: boolean; labJson?: string; only?: Section }
@@ -301,6 +301,7 @@ async function main(): Promise<void> {
   const want = (s: Section) => o.only === undefined || o.only === s;
   if (want('boot')) { if (o.lab) await labBench(o); else out('lab bench skipped: --no-lab'); out(); }
   if (want('disk')) { if (o.lab) await diskBench(o); else out('disk bench skipped: --no-lab'); out(); }
+  if (want('nvme')) { if (o.lab) await diskBench(o, 'nvme'); else out('nvme bench skipped: --no-lab'); out(); }
   if (want('snapshot')) { if (o.lab) await snapshotBench(o); else out('snapshot bench skipped: --no-lab'); out(); }
   if (want('net')) { if (o.lab) await netBench(o); else out('net bench skipped: --no-lab'); out(); }
   if (want('host')) { if (o.host) await hostBench(o); else out('host bench skipped: --no-host'); }
@@ -323,13 +324,13 @@ async function labDriver<T>(name: string, o: Opts, driverArgs: string[] = ['--ru
   }
 }
 
-/** Sequential direct-I/O dd in the guest on a virtio-blk disk: tshyve vs QEMU, both up, passes interleaved. */
-async function diskBench(o: Opts): Promise<void> {
-  out('== 2. Lab disk bench: virtio-blk sequential throughput in the guest (dd, 1 MiB, O_DIRECT), tshyve vs QEMU ==');
+/** Sequential direct-I/O dd in the guest on a virtio-blk or NVMe disk: tshyve vs QEMU, both up, passes interleaved. */
+async function diskBench(o: Opts, dev: import('./lab-disk.js').DiskDev = 'virtio-blk'): Promise<void> {
+  out(`== 2. Lab disk bench: ${dev} sequential throughput in the guest (dd, 1 MiB, O_DIRECT), tshyve vs QEMU ==`);
   // Rounds alternate the boot order, so an even count weighs both orders alike.
   const rounds = Math.max(2, o.runs + (o.runs % 2));
   // a pass prints every few seconds and a boot within a minute or two: 240 s of silence is a stall
-  const res = await labDriver<import('./lab-disk.js').DiskBench>('disk', o, ['--runs', String(rounds)], 1000 * (Number(process.env.TSHYVE_BENCH_QUIET_S) || 240));
+  const res = await labDriver<import('./lab-disk.js').DiskBench>('disk', o, ['--runs', String(rounds), '--dev', dev], 1000 * (Number(process.env.TSHYVE_BENCH_QUIET_S) || 240));
   if (!res) return;
   const steady = res.passes.filter((p) => p.pair >= 0);
   const cold = res.passes.filter((p) => p.pair < 0);
@@ -351,7 +352,7 @@ async function diskBench(o: Opts): Promise<void> {
   const failed = res.rounds.filter((r) => !r.ok);
   out(`${res.rounds.length} rounds (${res.rounds.map((r) => r.order.map((v) => (v === 'tshyve' ? 'T' : 'Q')).join('')).join(' ')}: boot order), ` +
     `each: both VMMs boot and stay up, one first pass each, then ${res.pairs} pairs of passes in ABBA order;`);
-  out(`a pass is dd of ${res.mib} MiB written then read on a raw image in L1's tmpfs (QEMU: default writeback cache), timed by the guest.`);
+  out(`a pass is dd of ${res.mib} MiB written then read on a raw image in L1's tmpfs (QEMU ${dev === 'nvme' ? '-device nvme, ' : ''}cache=writeback, as tshyve's buffered I/O), timed by the guest.`);
   out('"paired": geometric mean of tshyve/QEMU over the pairs, [95 % interval]; "per round": the same per round.');
   out('Target: paired ratio >= 1 (at least QEMU\'s throughput).');
   for (const r of failed) out(`round ${r.round + 1} failed: ${r.error ?? 'did not finish'}`);
