@@ -36,6 +36,17 @@ async function waitFor(pred: () => boolean, ms = 20_000): Promise<void> {
 }
 const lineCount = (f: string) => (existsSync(f) ? readFileSync(f, 'utf8').split('\n').length - 1 : 0);
 
+/** The file once it has stopped growing: console output the paused guest printed is written asynchronously (in chunks). */
+async function settled(f: string): Promise<string> {
+  let last = readFileSync(f, 'utf8');
+  for (;;) {
+    await sleep(100);
+    const now = readFileSync(f, 'utf8');
+    if (now === last) return now;
+    last = now;
+  }
+}
+
 let shared: string | undefined; // a snapshot the CLI tests below reuse
 /** what the guest had printed when `shared` was taken: a restore of it may begin mid-line */
 let sharedBefore = '';
@@ -49,7 +60,7 @@ test('checkpoint while running: the guest keeps running; a restore goes on from 
   await m.pause();
   const progress: number[] = [];
   const r = await m.checkpoint(snap, { onProgress: (p) => progress.push(p.done) });
-  const before = readFileSync(out, 'utf8');
+  const before = await settled(out);
   assert.equal(r.ramBytes, 16 * 2 ** 20);
   assert.equal(progress.at(-1), 16 * 2 ** 20, 'progress reaches the total');
   assert.equal(statSync(r.ramFile).size, 16 * 2 ** 20);
@@ -80,7 +91,7 @@ test('suspend ends the VM with exit 0; two restores from one snapshot both go on
   await waitFor(() => lineCount(out) >= 3);
   await m.suspend(snap);
   assert.equal(await done, ExitCode.REBOOT, 'exit 0 after a suspend');
-  const before = readFileSync(out, 'utf8');
+  const before = await settled(out);
   for (const run of ['r1', 'r2']) {
     const o = join(dir, `${run}.out`);
     const m2 = await Machine.create(config(o), { restore: readSnapshot(snap) });
