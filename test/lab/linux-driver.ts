@@ -19,6 +19,7 @@ import { pathToFileURL } from 'node:url';
 import { ROOT, CLI } from '../helpers.js';
 import { snapshotScenarios } from './snapshot-scenarios.js';
 import { netScenarios } from './net-scenarios.js';
+import { qcow2Scenarios } from './qcow2-scenarios.js';
 
 /** How often the driver says it is alive; the host's watchdog allows a few missed. */
 export const BEAT_MS = 20_000;
@@ -28,8 +29,10 @@ export interface BootResult {
   name: string; code: number | null; stdout: string; stderr: string; ms: number; tcp?: string;
   /** virtio-blk: checksum of the file put in the image, and what the host read back afterwards */
   expectedMd5?: string; hostReadBack?: string;
-  /** virtio-net: sha256 of the file the host sent */
+  /** virtio-net: sha256 of the file the host sent; qcow2: of the file in the base image */
   expectedSha256?: string;
+  /** qcow2 overlay: what L1 found in the images afterwards */
+  qcow2?: import('./qcow2-scenarios.js').Qcow2Host;
   /** allocated 512-byte blocks of the image before and after the guest's fstrim */
   blocksBefore?: number; blocksAfter?: number;
   /** per-disk sha256 before and after, for the multi-disk check */
@@ -272,6 +275,7 @@ const scenarios: Record<string, () => Promise<BootResult>> = {
   },
   ...snapshotScenarios,
   ...netScenarios,
+  ...qcow2Scenarios,
 };
 
 /** Why this result is the lab's failure rather than the scenario's: a hang, or a triple fault no scenario provokes. */
