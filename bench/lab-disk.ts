@@ -16,7 +16,13 @@
  * tshyve control).
  *
  *   node dist/bench/lab-disk.js OUT.json [--runs ROUNDS] [--pairs P] [--mib N] [--only tshyve|qemu]
- *     [--disk-opts ,queuesize=1024] [--node-args '--cpu-prof --cpu-prof-dir=DIR'] [--kvm-stats]
+ *     [--format raw|qcow2] [--disk-opts ,queuesize=1024] [--node-args '--cpu-prof --cpu-prof-dir=DIR'] [--kvm-stats]
+ *
+ * --format qcow2 gives both VMMs a fresh qcow2 image each round, made by
+ * qemu-img (64 KiB clusters), large enough for every pass to begin with a
+ * write of N MiB no pass wrote before: that write allocates every cluster
+ * it touches (the first-write figure), then the pass writes and reads the
+ * first N MiB, allocated by the first pass, as on a raw disk.
  *
  * --kvm-stats records, per pass, the growth of each of KVM's debugfs
  * counters for that VM (exits, halt_exits, mmio_exits, irq_injections...)
@@ -38,6 +44,8 @@ export interface DiskPass {
   pair: number;
   writeMBs: number;
   readMBs: number;
+  /** qcow2: a write of clusters nothing wrote before (they are allocated) */
+  allocMBs?: number;
   /** with --kvm-stats: how much each of L1 KVM's counters for this VM (debugfs) grew over the pass */
   kvm?: Record<string, number>;
   /** with --kvm-stats: the VMM's guest RAM mapping after the pass (smaps kB) */
@@ -53,35 +61,43 @@ export interface DiskRound {
   tail?: string;
 }
 
-export interface DiskBench { mib: number; pairs: number; rounds: DiskRound[]; passes: DiskPass[] }
+export interface DiskBench { mib: number; pairs: number; format: Format; rounds: DiskRound[]; passes: DiskPass[] }
+
+export type Format = 'raw' | 'qcow2';
 
 const kernel = join(GUEST_DIR, 'vmlinuz');
 const initrd = join(GUEST_DIR, 'initrd.img');
 const BOOT_TIMEOUT_MS = 150_000;
 const PASS_TIMEOUT_MS = 90_000;
 
-/** The guest's part: wait for "go" on the console, answer with the kernel's uptime around each dd. */
-function guestScript(mib: number): string {
+/**
+ * The guest's part: wait for "go" on the console, answer with the kernel's
+ * uptime around each dd. For qcow2, the pass's first dd writes the next
+ * untouched N MiB (pass n: from n * N MiB, n from 1), and its stamp comes last.
+ */
+function guestScript(mib: number, format: Format): string {
   const now = '$(cut -d" " -f1 /proc/uptime)';
+  const alloc = format === 'qcow2'
+    ? ` n=$((n+1)); z=${now}; dd if=/dev/zero of=/dev/vda bs=1M count=${mib} seek=$((n*${mib})) oflag=direct 2>/dev/null;` : '';
   return [
     'stty -echo 2>/dev/null',
-    'echo DISK-READY',
+    'n=0; echo DISK-READY',
     'while read -r c; do case "$c" in',
-    ` go) a=${now}; dd if=/dev/zero of=/dev/vda bs=1M count=${mib} oflag=direct 2>/dev/null; b=${now};` +
-      ` dd if=/dev/vda of=/dev/null bs=1M count=${mib} iflag=direct 2>/dev/null; c=${now}; echo "DISK-PASS $a $b $c";;`,
+    ` go)${alloc} a=${now}; dd if=/dev/zero of=/dev/vda bs=1M count=${mib} oflag=direct 2>/dev/null; b=${now};` +
+      ` dd if=/dev/vda of=/dev/null bs=1M count=${mib} iflag=direct 2>/dev/null; c=${now}; echo "DISK-PASS $a $b $c${alloc ? ' $z' : ''}";;`,
     ' q) poweroff -f;;',
     'esac; done',
   ].join('\n');
 }
 
-function command(vmm: Vmm, img: string, mib: number, name: string, diskOpts = '', nodeArgs: string[] = []): [string, string[]] {
-  const cmdline = `console=ttyS0 quiet tshyve.cmd=${Buffer.from(guestScript(mib)).toString('base64')}`;
+function command(vmm: Vmm, img: string, mib: number, format: Format, name: string, diskOpts = '', nodeArgs: string[] = []): [string, string[]] {
+  const cmdline = `console=ttyS0 quiet tshyve.cmd=${Buffer.from(guestScript(mib, format)).toString('base64')}`;
   if (vmm === 'tshyve') {
     return [process.execPath, [...nodeArgs, CLI, '-c', '1', '-m', '512M', '-s', '0,hostbridge', '-s', '31,lpc', '-l', 'com1,stdio',
-      '-s', `4,virtio-blk,${img}${diskOpts}`, '-o', `boot.kernel=${kernel}`, '-o', `boot.initrd=${initrd}`, '-o', `boot.cmdline=${cmdline}`, name]];
+      '-s', `4,virtio-blk,${img},format=${format}${diskOpts}`, '-o', `boot.kernel=${kernel}`, '-o', `boot.initrd=${initrd}`, '-o', `boot.cmdline=${cmdline}`, name]];
   }
   return ['qemu-system-x86_64', ['-enable-kvm', '-cpu', 'host', '-m', '512M', '-smp', '1', '-nographic', '-no-reboot',
-    '-drive', `file=${img},format=raw,if=virtio`, '-kernel', kernel, '-initrd', initrd, '-append', cmdline]];
+    '-drive', `file=${img},format=${format},if=virtio`, '-kernel', kernel, '-initrd', initrd, '-append', cmdline]];
 }
 
 /** A guest whose console we talk to: send a line, wait for a line that matches. */
@@ -195,13 +211,13 @@ function ramMapping(pid: number | undefined): Record<string, number> | undefined
   return { Size: Size!, Rss: Rss!, AnonHugePages: AnonHugePages ?? 0, ShmemPmdMapped: ShmemPmdMapped ?? 0, FilePmdMapped: FilePmdMapped ?? 0 };
 }
 
-/** One pass: MB/s written and read, from the guest's uptime stamps. */
-async function pass(g: Guest, mib: number): Promise<{ writeMBs: number; readMBs: number }> {
+/** One pass: MB/s written and read (and, for qcow2, written to new clusters), from the guest's uptime stamps. */
+async function pass(g: Guest, mib: number): Promise<{ writeMBs: number; readMBs: number; allocMBs?: number }> {
   g.send('go');
-  const m = await g.waitFor(/DISK-PASS ([\d.]+) ([\d.]+) ([\d.]+)/, PASS_TIMEOUT_MS);
+  const m = await g.waitFor(/DISK-PASS ([\d.]+) ([\d.]+) ([\d.]+)(?: ([\d.]+))?/, PASS_TIMEOUT_MS);
   const [a, b, c] = m.slice(1, 4).map(Number) as [number, number, number];
   const rate = (x: number, y: number): number => mib / Math.max(y - x, 0.01);
-  return { writeMBs: rate(a, b), readMBs: rate(b, c) };
+  return { writeMBs: rate(a, b), readMBs: rate(b, c), ...(m[4] === undefined ? {} : { allocMBs: rate(Number(m[4]), a) }) };
 }
 
 async function main(): Promise<void> {
@@ -213,6 +229,8 @@ async function main(): Promise<void> {
   const pairs = Number(opt('--pairs') ?? 0) || 12;
   const mib = Number(opt('--mib') ?? 0) || 64;
   const only = opt('--only') as Vmm | undefined;
+  const format = (opt('--format') ?? 'raw') as Format;
+  if (format !== 'raw' && format !== 'qcow2') throw new Error(`--format takes raw or qcow2, not ${format}`);
   const diskOpts = opt('--disk-opts') ?? '';
   const nodeArgs = (opt('--node-args') ?? '').split(' ').filter(Boolean);
   const kvmStats = args.includes('--kvm-stats');
@@ -230,7 +248,7 @@ async function main(): Promise<void> {
     return { ...p, kvm, ram: ramMapping(g.pid) };
   };
   const dir = mkdtempSync(join(tmpdir(), 'tshyve-benchdisk-'));
-  const res: DiskBench = { mib, pairs, rounds: [], passes: [] };
+  const res: DiskBench = { mib, pairs, format, rounds: [], passes: [] };
   const save = (): void => writeFileSync(out, JSON.stringify(res, null, 1));
   try {
     for (let r = 0; r < rounds; r++) {
@@ -240,16 +258,19 @@ async function main(): Promise<void> {
       const guests: Guest[] = [];
       try {
         for (const vmm of order) { // one at a time: a boot is the busiest part
-          const img = join(dir, `${vmm}.img`);
-          writeFileSync(img, Buffer.alloc(mib << 20));
-          const [cmd, argv] = command(vmm, img, mib, `benchdisk${r}`, diskOpts, nodeArgs);
+          const img = join(dir, `${vmm}-${r}.img`);
+          // qcow2: room for the pairs' and the first pass's new clusters, after the first N MiB
+          if (format === 'qcow2') execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=65536', img, `${mib * (pairs + 2)}M`]);
+          else writeFileSync(img, Buffer.alloc(mib << 20));
+          const [cmd, argv] = command(vmm, img, mib, format, `benchdisk${r}`, diskOpts, nodeArgs);
           const g = new Guest(vmm, cmd, argv);
           guests.push(g);
           await g.waitFor(/DISK-READY/, BOOT_TIMEOUT_MS);
         }
         const log = (p: DiskPass): void => {
           res.passes.push(p); save();
-          process.stdout.write(`[bench] disk round ${r + 1} ${p.pair < 0 ? 'first' : `pair ${p.pair + 1}`} ${p.vmm.padEnd(6)} write ${p.writeMBs.toFixed(1)} MB/s, read ${p.readMBs.toFixed(1)} MB/s\n`);
+          process.stdout.write(`[bench] disk round ${r + 1} ${p.pair < 0 ? 'first' : `pair ${p.pair + 1}`} ${p.vmm.padEnd(6)} write ${p.writeMBs.toFixed(1)} MB/s, read ${p.readMBs.toFixed(1)} MB/s` +
+            `${p.allocMBs === undefined ? '' : `, first write ${p.allocMBs.toFixed(1)} MB/s`}\n`);
         };
         for (const g of guests) log({ vmm: g.vmm, round: r, pair: -1, ...await measure(g) });
         for (let j = 0; j < pairs; j++) {
@@ -262,6 +283,8 @@ async function main(): Promise<void> {
         process.stdout.write(`[bench] disk round ${r + 1} FAILED: ${round.error}\n`);
       } finally {
         await Promise.all(guests.map((g) => g.close()));
+        // a fresh image per round (and L1's tmpfs holds two at a time)
+        for (const vmm of order) rmSync(join(dir, `${vmm}-${r}.img`), { force: true });
         save();
       }
     }
