@@ -17,7 +17,13 @@
  * tshyve control).
  *
  *   node dist/bench/lab-disk.js OUT.json [--runs ROUNDS] [--pairs P] [--mib N] [--only tshyve|qemu] [--dev virtio-blk|nvme]
- *     [--disk-opts ,queuesize=1024] [--node-args '--cpu-prof --cpu-prof-dir=DIR'] [--kvm-stats]
+ *     [--format raw|qcow2] [--disk-opts ,queuesize=1024] [--node-args '--cpu-prof --cpu-prof-dir=DIR'] [--kvm-stats]
+ *
+ * --format qcow2 gives both VMMs a fresh qcow2 image each round, made by
+ * qemu-img (64 KiB clusters), large enough for every pass to begin with a
+ * write of N MiB no pass wrote before: that write allocates every cluster
+ * it touches (the first-write figure), then the pass writes and reads the
+ * first N MiB, allocated by the first pass, as on a raw disk.
  *
  * --kvm-stats records, per pass, the growth of each of KVM's debugfs
  * counters for that VM (exits, halt_exits, mmio_exits, irq_injections...)
@@ -40,6 +46,8 @@ export interface DiskPass {
   pair: number;
   writeMBs: number;
   readMBs: number;
+  /** qcow2: a write of clusters nothing wrote before (they are allocated) */
+  allocMBs?: number;
   /** with --kvm-stats: how much each of L1 KVM's counters for this VM (debugfs) grew over the pass */
   kvm?: Record<string, number>;
   /** with --kvm-stats: the VMM's guest RAM mapping after the pass (smaps kB) */
@@ -58,38 +66,46 @@ export interface DiskRound {
 /** The guest's disk: the device model both VMMs give it. */
 export type DiskDev = 'virtio-blk' | 'nvme';
 
-export interface DiskBench { mib: number; pairs: number; dev?: DiskDev; rounds: DiskRound[]; passes: DiskPass[] }
+export interface DiskBench { mib: number; pairs: number; dev?: DiskDev; format: Format; rounds: DiskRound[]; passes: DiskPass[] }
+
+export type Format = 'raw' | 'qcow2';
 
 const kernel = join(GUEST_DIR, 'vmlinuz');
 const initrd = join(GUEST_DIR, 'initrd.img');
 const BOOT_TIMEOUT_MS = 150_000;
 const PASS_TIMEOUT_MS = 90_000;
 
-/** The guest's part: wait for "go" on the console, answer with the kernel's uptime around each dd. */
-function guestScript(mib: number, dev: DiskDev): string {
+/**
+ * The guest's part: wait for "go" on the console, answer with the kernel's
+ * uptime around each dd. For qcow2, the pass's first dd writes the next
+ * untouched N MiB (pass n: from n * N MiB, n from 1), and its stamp comes last.
+ */
+function guestScript(mib: number, dev: DiskDev, format: Format): string {
   const disk = dev === 'nvme' ? '/dev/nvme0n1' : '/dev/vda';
   const now = '$(cut -d" " -f1 /proc/uptime)';
+  const alloc = format === 'qcow2'
+    ? ` n=$((n+1)); z=${now}; dd if=/dev/zero of=${disk} bs=1M count=${mib} seek=$((n*${mib})) oflag=direct 2>/dev/null;` : '';
   return [
     'stty -echo 2>/dev/null',
-    'echo DISK-READY',
+    'n=0; echo DISK-READY',
     'while read -r c; do case "$c" in',
-    ` go) a=${now}; dd if=/dev/zero of=${disk} bs=1M count=${mib} oflag=direct 2>/dev/null; b=${now};` +
-      ` dd if=${disk} of=/dev/null bs=1M count=${mib} iflag=direct 2>/dev/null; c=${now}; echo "DISK-PASS $a $b $c";;`,
+    ` go)${alloc} a=${now}; dd if=/dev/zero of=${disk} bs=1M count=${mib} oflag=direct 2>/dev/null; b=${now};` +
+      ` dd if=${disk} of=/dev/null bs=1M count=${mib} iflag=direct 2>/dev/null; c=${now}; echo "DISK-PASS $a $b $c${alloc ? ' $z' : ''}";;`,
     ' q) poweroff -f;;',
     'esac; done',
   ].join('\n');
 }
 
-function command(vmm: Vmm, dev: DiskDev, img: string, mib: number, name: string, diskOpts = '', nodeArgs: string[] = []): [string, string[]] {
-  const cmdline = `console=ttyS0 quiet tshyve.cmd=${Buffer.from(guestScript(mib, dev)).toString('base64')}`;
+function command(vmm: Vmm, dev: DiskDev, img: string, mib: number, format: Format, name: string, diskOpts = '', nodeArgs: string[] = []): [string, string[]] {
+  const cmdline = `console=ttyS0 quiet tshyve.cmd=${Buffer.from(guestScript(mib, dev, format)).toString('base64')}`;
   if (vmm === 'tshyve') {
     return [process.execPath, [...nodeArgs, CLI, '-c', '1', '-m', '512M', '-s', '0,hostbridge', '-s', '31,lpc', '-l', 'com1,stdio',
-      '-s', `4,${dev},${img}${diskOpts}`, '-o', `boot.kernel=${kernel}`, '-o', `boot.initrd=${initrd}`, '-o', `boot.cmdline=${cmdline}`, name]];
+      '-s', `4,${dev},${img}${format === 'raw' ? '' : `,format=${format}`}${diskOpts}`, '-o', `boot.kernel=${kernel}`, '-o', `boot.initrd=${initrd}`, '-o', `boot.cmdline=${cmdline}`, name]];
   }
   // cache=writeback is QEMU's default, spelled out: tshyve's raw backend is buffered too (no O_DIRECT, flush = fdatasync)
   const drive = dev === 'nvme'
-    ? ['-drive', `file=${img},if=none,id=d0,format=raw,cache=writeback`, '-device', 'nvme,drive=d0,serial=bench']
-    : ['-drive', `file=${img},format=raw,if=virtio`];
+    ? ['-drive', `file=${img},if=none,id=d0,format=${format},cache=writeback`, '-device', 'nvme,drive=d0,serial=bench']
+    : ['-drive', `file=${img},format=${format},if=virtio`];
   return ['qemu-system-x86_64', ['-enable-kvm', '-cpu', 'host', '-m', '512M', '-smp', '1', '-nographic', '-no-reboot',
     ...drive, '-kernel', kernel, '-initrd', initrd, '-append', cmdline]];
 }
@@ -136,12 +152,12 @@ function ramMapping(pid: number | undefined): Record<string, number> | undefined
 }
 
 /** One pass: MB/s written and read, from the guest's uptime stamps. */
-async function pass(g: Guest<Vmm>, mib: number): Promise<{ writeMBs: number; readMBs: number }> {
+async function pass(g: Guest<Vmm>, mib: number): Promise<{ writeMBs: number; readMBs: number; allocMBs?: number }> {
   g.send('go');
-  const m = await g.waitFor(/DISK-PASS ([\d.]+) ([\d.]+) ([\d.]+)/, PASS_TIMEOUT_MS);
+  const m = await g.waitFor(/DISK-PASS ([\d.]+) ([\d.]+) ([\d.]+)(?: ([\d.]+))?/, PASS_TIMEOUT_MS);
   const [a, b, c] = m.slice(1, 4).map(Number) as [number, number, number];
   const rate = (x: number, y: number): number => mib / Math.max(y - x, 0.01);
-  return { writeMBs: rate(a, b), readMBs: rate(b, c) };
+  return { writeMBs: rate(a, b), readMBs: rate(b, c), ...(m[4] === undefined ? {} : { allocMBs: rate(Number(m[4]), a) }) };
 }
 
 async function main(): Promise<void> {
@@ -157,6 +173,9 @@ async function main(): Promise<void> {
   const nodeArgs = (opt('--node-args') ?? '').split(' ').filter(Boolean);
   const kvmStats = args.includes('--kvm-stats');
   const dev = (opt('--dev') ?? 'virtio-blk') as DiskDev;
+  const format = (opt('--format') ?? 'raw') as Format;
+  if (format !== 'raw' && format !== 'qcow2') throw new Error(`--format takes raw or qcow2, not ${format}`);
+  if (format === 'qcow2' && dev === 'nvme') throw new Error('NVMe namespaces take raw images');
   if (dev !== 'virtio-blk' && dev !== 'nvme') throw new Error(`--dev takes virtio-blk or nvme, not '${String(dev)}'`);
   if (kvmStats && !existsSync(KVM_DEBUGFS)) {
     try { execFileSync('mount', ['-t', 'debugfs', 'debugfs', '/sys/kernel/debug']); } catch { /* reported below */ }
@@ -172,7 +191,7 @@ async function main(): Promise<void> {
     return { ...p, kvm, ram: ramMapping(g.pid) };
   };
   const dir = mkdtempSync(join(tmpdir(), 'tshyve-benchdisk-'));
-  const res: DiskBench = { mib, pairs, dev, rounds: [], passes: [] };
+  const res: DiskBench = { mib, pairs, dev, format, rounds: [], passes: [] };
   const save = (): void => writeFileSync(out, JSON.stringify(res, null, 1));
   try {
     for (let r = 0; r < rounds; r++) {
@@ -182,16 +201,19 @@ async function main(): Promise<void> {
       const guests: Guest<Vmm>[] = [];
       try {
         for (const vmm of order) { // one at a time: a boot is the busiest part
-          const img = join(dir, `${vmm}.img`);
-          writeFileSync(img, Buffer.alloc(mib << 20));
-          const [cmd, argv] = command(vmm, dev, img, mib, `benchdisk${r}`, diskOpts, nodeArgs);
+          const img = join(dir, `${vmm}-${r}.img`);
+          // qcow2: room for the pairs' and the first pass's new clusters, after the first N MiB
+          if (format === 'qcow2') execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=65536', img, `${mib * (pairs + 2)}M`]);
+          else writeFileSync(img, Buffer.alloc(mib << 20));
+          const [cmd, argv] = command(vmm, dev, img, mib, format, `benchdisk${r}`, diskOpts, nodeArgs);
           const g = new Guest(vmm, cmd, argv);
           guests.push(g);
           await g.waitFor(/DISK-READY/, BOOT_TIMEOUT_MS);
         }
         const log = (p: DiskPass): void => {
           res.passes.push(p); save();
-          process.stdout.write(`[bench] disk round ${r + 1} ${p.pair < 0 ? 'first' : `pair ${p.pair + 1}`} ${p.vmm.padEnd(6)} write ${p.writeMBs.toFixed(1)} MB/s, read ${p.readMBs.toFixed(1)} MB/s\n`);
+          process.stdout.write(`[bench] disk round ${r + 1} ${p.pair < 0 ? 'first' : `pair ${p.pair + 1}`} ${p.vmm.padEnd(6)} write ${p.writeMBs.toFixed(1)} MB/s, read ${p.readMBs.toFixed(1)} MB/s` +
+            `${p.allocMBs === undefined ? '' : `, first write ${p.allocMBs.toFixed(1)} MB/s`}\n`);
         };
         for (const g of guests) log({ vmm: g.vmm, round: r, pair: -1, ...await measure(g) });
         for (let j = 0; j < pairs; j++) {
@@ -204,6 +226,8 @@ async function main(): Promise<void> {
         process.stdout.write(`[bench] disk round ${r + 1} FAILED: ${round.error}\n`);
       } finally {
         await Promise.all(guests.map((g) => g.close()));
+        // a fresh image per round (and L1's tmpfs holds two at a time)
+        for (const vmm of order) rmSync(join(dir, `${vmm}-${r}.img`), { force: true });
         save();
       }
     }

@@ -7,7 +7,7 @@
  * 2. Host start-up bench: exec to first KVM_RUN (and to exit) of a tiny raw
  *    guest on this host's own /dev/kvm.
  *
- *   node dist/bench/run.js [--runs R] [--host-runs N] [--no-lab] [--no-host] [--lab-json FILE] [--only boot|disk|nvme|snapshot|net|host]
+ *   node dist/bench/run.js [--runs R] [--host-runs N] [--no-lab] [--no-host] [--lab-json FILE] [--only boot|disk|nvme|qcow2|snapshot|net|host]
  *
  * --lab-json FILE reprints the table of an earlier lab run's lab-boot.json instead of running the lab.
  *
@@ -25,7 +25,7 @@ import {
 import { blkPathBench } from './blk-path.js';
 
 /** The benches, in the order they run. */
-const SECTIONS = ['boot', 'disk', 'nvme', 'snapshot', 'net', 'host'] as const;
+const SECTIONS = ['boot', 'disk', 'nvme', 'qcow2', 'snapshot', 'net', 'host'] as const;
 type Section = typeof SECTIONS[number];
 
 interface Opts { runs: number; hostRuns: number; lab: boolean; host: boolean; labJson?: string; only?: Section }
@@ -302,6 +302,7 @@ async function main(): Promise<void> {
   if (want('boot')) { if (o.lab) await labBench(o); else out('lab bench skipped: --no-lab'); out(); }
   if (want('disk')) { if (o.lab) await diskBench(o); else out('disk bench skipped: --no-lab'); out(); }
   if (want('nvme')) { if (o.lab) await diskBench(o, 'nvme'); else out('nvme bench skipped: --no-lab'); out(); }
+  if (want('qcow2')) { if (o.lab) await diskBench(o, 'virtio-blk', 'qcow2'); else out('qcow2 bench skipped: --no-lab'); out(); }
   if (want('snapshot')) { if (o.lab) await snapshotBench(o); else out('snapshot bench skipped: --no-lab'); out(); }
   if (want('net')) { if (o.lab) await netBench(o); else out('net bench skipped: --no-lab'); out(); }
   if (want('host')) { if (o.host) await hostBench(o); else out('host bench skipped: --no-host'); }
@@ -324,27 +325,32 @@ async function labDriver<T>(name: string, o: Opts, driverArgs: string[] = ['--ru
   }
 }
 
-/** Sequential direct-I/O dd in the guest on a virtio-blk or NVMe disk: tshyve vs QEMU, both up, passes interleaved. */
-async function diskBench(o: Opts, dev: import('./lab-disk.js').DiskDev = 'virtio-blk'): Promise<void> {
-  out(`== 2. Lab disk bench: ${dev} sequential throughput in the guest (dd, 1 MiB, O_DIRECT), tshyve vs QEMU ==`);
+/** Sequential direct-I/O dd in the guest on a virtio-blk or NVMe disk, raw or qcow2: tshyve vs QEMU, both up, passes interleaved. */
+async function diskBench(o: Opts, dev: import('./lab-disk.js').DiskDev = 'virtio-blk', format: import('./lab-disk.js').Format = 'raw'): Promise<void> {
+  const qcow2 = format === 'qcow2';
+  out(qcow2 ? '== 2b. Lab qcow2 bench: virtio-blk on a qcow2 image (64 KiB clusters), sequential and first-write throughput, tshyve vs QEMU =='
+    : `== 2. Lab disk bench: ${dev} sequential throughput in the guest (dd, 1 MiB, O_DIRECT), tshyve vs QEMU ==`);
   // Rounds alternate the boot order, so an even count weighs both orders alike.
   const rounds = Math.max(2, o.runs + (o.runs % 2));
+  // qcow2: each pass also writes 64 MiB of new clusters, which the image (in L1's tmpfs) keeps: fewer pairs
+  const args = ['--runs', String(rounds), '--dev', dev, ...(qcow2 ? ['--format', 'qcow2', '--pairs', '6'] : [])];
   // a pass prints every few seconds and a boot within a minute or two: 240 s of silence is a stall
-  const res = await labDriver<import('./lab-disk.js').DiskBench>('disk', o, ['--runs', String(rounds), '--dev', dev], 1000 * (Number(process.env.TSHYVE_BENCH_QUIET_S) || 240));
+  const res = await labDriver<import('./lab-disk.js').DiskBench>('disk', o, args, 1000 * (Number(process.env.TSHYVE_BENCH_QUIET_S) || 240));
   if (!res) return;
   const steady = res.passes.filter((p) => p.pair >= 0);
   const cold = res.passes.filter((p) => p.pair < 0);
-  const pick = (ps: typeof steady, vmm: string, k: 'writeMBs' | 'readMBs') => stats(ps.filter((x) => x.vmm === vmm).map((x) => x[k]));
+  const pick = (ps: typeof steady, vmm: string, k: 'writeMBs' | 'readMBs' | 'allocMBs') => stats(ps.filter((x) => x.vmm === vmm).map((x) => x[k]).filter((v): v is number => v !== undefined));
   const fmtG = (g: GeoMean | undefined) => (g ? `${g.gmean.toFixed(3)} [${g.lo.toFixed(3)}-${g.hi.toFixed(3)}] (${g.gmean >= 1 ? 'ok' : '< 1'})` : '-');
   const rows = [['metric', 'tshyve MB/s', 'QEMU MB/s', 'tshyve/QEMU, paired', 'per round', 'pairs tshyve >= QEMU']];
-  for (const [label, k] of [['write', 'writeMBs'], ['read', 'readMBs']] as const) {
+  const metrics = [['write', 'writeMBs'], ['read', 'readMBs'], ...(qcow2 ? [['first write (allocating)', 'allocMBs']] as const : [])] as const;
+  for (const [label, k] of metrics) {
     const pr = pairedRatios(steady, (x) => x[k]);
     const perRound = res.rounds.map((r) => geoMean(pairedRatios(steady.filter((p) => p.round === r.round), (x) => x[k]))?.gmean.toFixed(2) ?? '-');
     const a = pick(steady, 'tshyve', k), b = pick(steady, 'qemu', k);
     rows.push([label, fmtStats(a, 1, 1, a?.n ?? 1), fmtStats(b, 1, 1, b?.n ?? 1),
       fmtG(geoMean(pr)), perRound.join(' '), `${pr.filter((x) => x >= 1).length}/${pr.length}`]);
   }
-  for (const [label, k] of [['first pass: write', 'writeMBs'], ['first pass: read', 'readMBs']] as const) {
+  for (const [label, k] of [['first pass: write', 'writeMBs'], ['first pass: read', 'readMBs'], ...(qcow2 ? [['first pass: first write', 'allocMBs']] as const : [])] as const) {
     const a = pick(cold, 'tshyve', k), b = pick(cold, 'qemu', k);
     rows.push([label, fmtStats(a, 1, 1, a?.n ?? 1), fmtStats(b, 1, 1, b?.n ?? 1), a && b ? `${(a.median / b.median).toFixed(2)} (medians)` : '-', '', '']);
   }
@@ -352,7 +358,10 @@ async function diskBench(o: Opts, dev: import('./lab-disk.js').DiskDev = 'virtio
   const failed = res.rounds.filter((r) => !r.ok);
   out(`${res.rounds.length} rounds (${res.rounds.map((r) => r.order.map((v) => (v === 'tshyve' ? 'T' : 'Q')).join('')).join(' ')}: boot order), ` +
     `each: both VMMs boot and stay up, one first pass each, then ${res.pairs} pairs of passes in ABBA order;`);
-  out(`a pass is dd of ${res.mib} MiB written then read on a raw image in L1's tmpfs (QEMU ${dev === 'nvme' ? '-device nvme, ' : ''}cache=writeback, as tshyve's buffered I/O), timed by the guest.`);
+  out(qcow2
+    ? `a pass is dd of ${res.mib} MiB written to clusters no pass wrote before (first write), then of the first ${res.mib} MiB written and read;\n` +
+      '  images: qemu-img create -f qcow2 -o cluster_size=65536, a fresh one per VMM and round, in L1\'s tmpfs (QEMU: default writeback cache).'
+    : `a pass is dd of ${res.mib} MiB written then read on a raw image in L1's tmpfs (QEMU ${dev === 'nvme' ? '-device nvme, ' : ''}cache=writeback, as tshyve's buffered I/O), timed by the guest.`);
   out('"paired": geometric mean of tshyve/QEMU over the pairs, [95 % interval]; "per round": the same per round.');
   out('Target: paired ratio >= 1 (at least QEMU\'s throughput).');
   for (const r of failed) out(`round ${r.round + 1} failed: ${r.error ?? 'did not finish'}`);

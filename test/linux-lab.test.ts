@@ -495,3 +495,20 @@ test('virtio-net slirp: checkpointed while pinging, killed (its passt ends too) 
   assert.deepEqual(r.passt.afterKill, [], 'no passt left after tshyve was killed with SIGKILL');
   assert.deepEqual(r.passt.afterEnd, [], 'no passt left after the restored VM powered off');
 });
+
+// ---- qcow2 (issue 15) ----
+
+test('virtio-blk on a qcow2 overlay of a qcow2 base: the guest reads the base\'s file and writes one; qemu-img finds the overlay clean, the base unchanged and the new file in it', { skip }, () => {
+  const r = get('virtio-blk-qcow2-overlay');
+  const q = r.qcow2;
+  assert.ok(q, about(r));
+  assert.match(r.stdout, new RegExp(`GUEST_SHA256=${r.expectedSha256}`), `the guest read payload.bin through the overlay; ${about(r)}`);
+  assert.match(r.stdout, /GUEST_WROTE=yes/, about(r));
+  assert.equal(r.code, 1, r.stderr);
+  assert.equal(q.checkCode, 0, `qemu-img check: ${q.check}`);
+  assert.match(q.check, /No errors were found on the image/);
+  assert.equal(q.backing, 'base.qcow2');
+  assert.equal(q.baseAfter, q.baseBefore, 'the backing file is byte-identical after the run');
+  assert.equal(q.payloadSha256, r.expectedSha256, 'payload.bin, read from the overlay by qemu-img and debugfs');
+  assert.equal(q.fromGuest, 'written-on-a-qcow2-overlay\n', 'the guest\'s file, read from the overlay by qemu-img and debugfs');
+});

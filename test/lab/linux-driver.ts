@@ -21,6 +21,7 @@ import { snapshotScenarios } from './snapshot-scenarios.js';
 import { netScenarios } from './net-scenarios.js';
 import { nvmeScenarios } from './nvme-scenarios.js';
 import { migrationScenarios } from './migration-scenarios.js';
+import { qcow2Scenarios } from './qcow2-scenarios.js';
 
 /** How often the driver says it is alive; the host's watchdog allows a few missed. */
 export const BEAT_MS = 20_000;
@@ -30,10 +31,12 @@ export interface BootResult {
   name: string; code: number | null; stdout: string; stderr: string; ms: number; tcp?: string;
   /** virtio-blk: checksum of the file put in the image, and what the host read back afterwards */
   expectedMd5?: string; hostReadBack?: string;
-  /** virtio-net: sha256 of the file the host sent (of each, space-separated, when it sent several) */
+  /** virtio-net: sha256 of the file the host sent (of each, space-separated, when it sent several); qcow2: of the file in the base image */
   expectedSha256?: string;
   /** virtio-net slirp: passt processes seen while the VM ran, after it was killed, after the restored one ended */
   passt?: { during: string[]; afterKill: string[]; afterEnd: string[] };
+  /** qcow2 overlay: what L1 found in the images afterwards */
+  qcow2?: import('./qcow2-scenarios.js').Qcow2Host;
   /** allocated 512-byte blocks of the image before and after the guest's fstrim */
   blocksBefore?: number; blocksAfter?: number;
   /** per-disk sha256 before and after, for the multi-disk check */
@@ -280,6 +283,7 @@ const scenarios: Record<string, () => Promise<BootResult>> = {
   ...netScenarios,
   ...nvmeScenarios,
   ...migrationScenarios,
+  ...qcow2Scenarios,
 };
 
 /** Why this result is the lab's failure rather than the scenario's: a hang, or a triple fault no scenario provokes. */
