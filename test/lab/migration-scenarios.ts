@@ -125,9 +125,9 @@ export const migrationScenarios: Record<string, () => Promise<BootResult>> = {
     const fromA = lastCount(a.stdout, 0);
     // 2: B runs on; live migration over TCP into namespace B.
     const c = new Vm('c', NS_B, args('c', `${IP_B},${PORT}`));
-    await b.until(both(fromA + 5), 90_000);
-    await c.until(listening);
-    try {
+    if (!(await b.until(both(fromA + 5), 90_000))) lab.liveError = 'the guest did not go on counting in B after the warm migration';
+    else if (!(await c.until(listening))) lab.liveError = 'C did not listen for the migration';
+    if (lab.liveError === undefined) try {
       const vb = await connectVm(ctl('b'));
       lab.live = await vb.migrate(`${IP_B},${PORT}`, { live: true });
       vb.close();
@@ -135,6 +135,12 @@ export const migrationScenarios: Record<string, () => Promise<BootResult>> = {
       lab.liveError = (e as Error).message;
     }
     phases.push(await b.phase());
+    if (lab.liveError !== undefined) {
+      // nothing runs in C: say so with what C printed, not with a failed connection below
+      c.p.child.kill('SIGKILL');
+      phases.push(await c.phase());
+      return result(null);
+    }
     // 3: C runs on; a live migration to D, killed mid-transfer; C goes on.
     const fromB = lastCount(b.stdout, 0);
     await c.until(both(fromB + 5), 90_000);
