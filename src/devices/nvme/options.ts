@@ -10,7 +10,7 @@ import { createHash } from 'node:crypto';
 import type { ConfigNode } from '../../config/tree.js';
 import { parsePciLegacyConfig } from '../../config/options.js';
 import { UserError } from '../../errors.js';
-import type { ConfigTreeWriter } from '../../pci/device.js';
+import type { ConfigTreeWriter, PciDeviceInfo } from '../../pci/device.js';
 
 export interface NvmeOptions {
   /** the disk: a file or block device, or RAM of this many MiB */
@@ -94,3 +94,11 @@ export function nvmeLegacyConfig(writer: ConfigTreeWriter, opts: string): void {
   else throw new UserError('empty backing file path');
   if (comma >= 0) parsePciLegacyConfig(writer, opts.slice(comma + 1));
 }
+
+/** What `-s N,nvme,...` parsing and snapshots need, without the model (devices/all.ts registers it lazily from this). */
+export const nvmeInfo: PciDeviceInfo = {
+  name: 'nvme',
+  legacyConfig: nvmeLegacyConfig,
+  hostPathKeys: ['path'],
+  hostOnlyKeys: ['nocache', 'direct', 'sync', 'ioslots'],
+};

@@ -28,7 +28,7 @@ function build(opts: string) {
     guestError: () => {}, allocMmio: mmioAllocator(B0, 0xfec00000), vmName: 'vm',
   };
   const t = new ConfigTree();
-  const emu = findPciDevice('nvme') as PciDeviceEmulation; // (registered with its model, not lazily)
+  const emu = findPciDevice('nvme') as PciDeviceEmulation; // (this file imports the model: its full entry)
   emu.legacyConfig!({ set: (k, v) => t.set(`pci.0.4.0.${k}`, v) }, opts);
   const fn = emu.create(ctx, t.node('pci.0.4.0')!, { bus: 0, slot: 4, func: 0 });
   return { mem, mmio, msis, fn };

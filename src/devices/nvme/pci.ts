@@ -24,7 +24,7 @@ import { PCI_DEVICE, PCI_VENDOR } from './identify.js';
 import { Stat } from './io.js';
 import { FATAL_DOORBELL, type IoQueues } from './io-queues.js';
 import { IoThreadQueues } from './offload.js';
-import { nvmeLegacyConfig, parseNvmeOptions, type NvmeOptions } from './options.js';
+import { nvmeInfo, parseNvmeOptions, type NvmeOptions } from './options.js';
 
 const MSIX_BAR = 4, MSIX_BAR_SIZE = 0x4000, MSIX_PBA = 0x2000;
 
@@ -182,10 +182,7 @@ export class NvmePci implements PciFunction {
 }
 
 registerPciDevice({
-  name: 'nvme',
-  legacyConfig: nvmeLegacyConfig,
-  hostPathKeys: ['path'],
-  hostOnlyKeys: ['nocache', 'direct', 'sync', 'ioslots'],
+  ...nvmeInfo,
   create: (ctx, node, bdf) => {
     const opts = parseNvmeOptions(node, bdf, ctx.vmName ?? '');
     const useThread = ctx.guestRam !== undefined && ctx.bindIoeventfd !== undefined;
