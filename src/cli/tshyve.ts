@@ -11,8 +11,6 @@ import { pciDeviceNames } from '../pci/device.js';
 import '../devices/all.js';
 import { TshyveError, UserError } from '../errors.js';
 import { Machine } from '../vm/machine.js';
-import { receiveMigration } from '../vm/migrate-in.js';
-import { formatAddress } from '../migration/transport.js';
 import { ExitCode } from '../vm/exit-codes.js';
 import { restoreTerminals } from '../devices/backends/index.js';
 import { log } from '../log.js';
@@ -48,6 +46,8 @@ async function main(argv: string[]): Promise<number> {
   let m: Machine;
   if (from) {
     // The control socket is made before the source lets go of its guest: if it cannot be, the source keeps it.
+    // loaded only here: start-up of a VM that is not migrating does not pay for it
+    const [{ receiveMigration }, { formatAddress }] = await Promise.all([import('../vm/migrate-in.js'), import('../migration/transport.js')]);
     m = await receiveMigration(config, from, {
       onListening: () => log('info', `waiting for a migration on ${formatAddress(from)}`),
       beforeReady: async (vm) => { control = await startControl(vm, config); },

@@ -40,7 +40,6 @@ import { loadRamImage, type LoadedSnapshot, type VmState } from '../snapshot/fil
 import type { PersistentDevice } from '../snapshot/persist.js';
 import { IrqRouting } from './irq-routing.js';
 import { setupVcpus, vcpuCpuid, VcpuHolds, watchForHalt } from './vcpus.js';
-import { migrateOut } from './migrate-out.js';
 import { parseMigrationAddress } from '../migration/transport.js';
 import type { MachineFacts } from '../migration/hello.js';
 import type { RamSlot } from '../migration/dirty-log.js';
@@ -365,6 +364,7 @@ export class Machine extends EventEmitter implements VmControl {
     if (this.vcpus.threads.length === 0) throw new UserError('the VM is not running yet');
     this.saving = true;
     try {
+      const { migrateOut } = await import('./migrate-out.js'); // (loaded when a VM migrates, not at start-up)
       return await migrateOut({
         vm: this.vm, ram: this.ram, slots: this.slots, dirtyMap: this.dirtyMap, config: this.config, snapshots: this.snapshots,
         facts: () => this.facts(),
