@@ -95,7 +95,13 @@ export class IoCommands {
   private transfer(write: boolean, off: number, len: number): void {
     const b = this.ns.backend, p = this.prp, mem = this.mem;
     if (p.native && (write ? b.writev : b.readv) && this.iov.fill(p.segs, 0, p.count, 0, len)) {
-      if (write) b.writev!(this.iov, off); else b.readv!(this.iov, off);
+      if (write) b.writev!(this.iov, off);
+      else {
+        b.readv!(this.iov, off);
+        // the data went into guest RAM past GuestMemory (mem.slice below marks its own):
+        // a live migration must send these pages again
+        for (let i = 0; i < p.count; i++) mem.markDirty(p.segs[3 * i]!, p.segs[3 * i + 1]!);
+      }
     } else {
       let at = off;
       for (let i = 0; i < p.count; i++) {
@@ -104,9 +110,6 @@ export class IoCommands {
         at += page.length;
       }
     }
-    // the data went into guest RAM past GuestMemory's own writes: a live
-    // migration must send these pages again
-    if (!write) for (let i = 0; i < p.count; i++) mem.markDirty(p.segs[3 * i]!, p.segs[3 * i + 1]!);
   }
 
   private writeZeroes(sqe: DataView): number {
