@@ -268,8 +268,8 @@ export class Machine extends EventEmitter implements VmControl {
 
   private async startThreads(): Promise<void> {
     const doorbell = new SharedArrayBuffer(DB.WORDS * 4);
-    const postWrites = this.config.getBool('x86.posted_writes', true);
-    const threads = this.vcpuFds.map((v, i) => new VcpuThread(i, v.fd, this.kvm.vcpuMmapSize(), doorbell, this.shadow.buffer, postWrites,
+    const posting = { enabled: this.config.getBool('x86.posted_writes', true), unpostedMmio: this.mmio.unpostedRanges() };
+    const threads = this.vcpuFds.map((v, i) => new VcpuThread(i, v.fd, this.kvm.vcpuMmapSize(), doorbell, this.shadow.buffer, posting,
       (e) => this.onVcpuEvent(e)));
     this.vcpus.threads = threads;
     this.exitServer = new ExitServer(new Int32Array(doorbell), threads.map((t) => t.mailbox), this.pio, this.mmio,
