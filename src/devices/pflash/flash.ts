@@ -80,11 +80,8 @@ export function varsSizeFor(romSize: number): number {
 
 export async function createFirmwareFlash(opts: FirmwareFlashOptions): Promise<FirmwareFlash> {
   const rom = readRom(opts.romPath);
-  const varsSize = varsSizeFor(rom.length);
-  if (rom.length + varsSize > FLASH_MAX_BYTES) {
-    throw new UserError(`bootrom ${opts.romPath}: ${rom.length} bytes with a ${varsSize}-byte variable store do not fit the ${FLASH_MAX_BYTES / 2 ** 20} MiB flash window below 4 GiB`);
-  }
-  const store = openStore(opts, rom.length, varsSize);
+  // At most 8 MiB, so the power of two it belongs to (CODE and VARS) fits the window too.
+  const store = openStore(opts, rom.length, varsSizeFor(rom.length));
   return new Flash(opts, rom, store);
 }
 

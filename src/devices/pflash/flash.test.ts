@@ -1,0 +1,238 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { chmodSync, copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Bus } from '../../bus/bus.js';
+import { MEM_READONLY } from '../../kvm/abi.js';
+import { UserError } from '../../errors.js';
+import { StateReader, StateWriter, SnapshotError } from '../../snapshot/state.js';
+import { CMD, SR } from './cfi01.js';
+import { createFirmwareFlash, varsSizeFor, type FirmwareFlash, type FlashSlotApi } from './flash.js';
+
+const OVMF = '/usr/share/OVMF';
+const CODE_4M = 0x37c000, VARS_4M = 0x84000;
+
+/** A VM's slot call that keeps the slots as KVM would. */
+function fakeVm() {
+  const slots = new Map<number, { gpa: number; size: number; flags: number }>();
+  const calls: { slot: number; size: number }[] = [];
+  const vm: FlashSlotApi = {
+    setUserMemoryRegion(slot, gpa, size, _host, flags = 0) {
+      calls.push({ slot, size });
+      if (size === 0) slots.delete(slot); else slots.set(slot, { gpa, size, flags });
+    },
+  };
+  return { vm, slots, calls };
+}
+
+function tmp(): string { return mkdtempSync(join(tmpdir(), 'tshyve-pflash-')); }
+const pattern = (n: number, k: number) => Buffer.from(new Uint8Array(n).map((_, i) => (i * k + 1) & 0xff));
+
+async function make(dir: string, opts: { rom?: number; vars?: Buffer | 'none'; romName?: string } = {}) {
+  const romPath = join(dir, opts.romName ?? 'OVMF_CODE_4M.fd');
+  if (!existsSync(romPath)) writeFileSync(romPath, pattern(opts.rom ?? CODE_4M, 3));
+  let varsPath: string | undefined;
+  if (opts.vars !== 'none') {
+    varsPath = join(dir, 'vm.vars');
+    if (!existsSync(varsPath)) writeFileSync(varsPath, opts.vars ?? pattern(VARS_4M, 5));
+  }
+  const bus = new Bus('mmio');
+  const { vm, slots, calls } = fakeVm();
+  const flash = await createFirmwareFlash({ romPath, varsPath, mem: { vm, firstSlot: 2 }, bus, guestError: () => {} });
+  return { flash, bus, slots, calls, romPath, varsPath };
+}
+
+async function refused(p: Promise<unknown>, re: RegExp): Promise<void> {
+  await assert.rejects(p, (e: unknown) => e instanceof UserError && re.test(e.message) && !e.message.includes('\n'));
+}
+
+/** OVMF's QemuFlashWrite through the MMIO bus. */
+function busWrite(bus: Bus, addr: number, data: number[]): void {
+  for (let i = 0; i < data.length; i++) { bus.write(addr + i, 1, CMD.PROGRAM); bus.write(addr + i, 1, data[i]!); }
+  bus.write(addr + data.length - 1, 1, CMD.READ_ARRAY);
+}
+
+test('the VARS size a ROM needs: the next power of two minus the ROM', () => {
+  assert.equal(varsSizeFor(CODE_4M), VARS_4M);
+  assert.equal(varsSizeFor(0x1e0000), 0x20000);
+  assert.equal(varsSizeFor(0x200000), 0);
+});
+
+test('CODE ends at 4 GiB on a read-only slot, VARS right below it; the probe switches the VARS slot', async () => {
+  const dir = tmp();
+  try {
+    const { flash, bus, slots } = await make(dir);
+    assert.equal(flash.codeBase, 0x1_0000_0000 - CODE_4M);
+    assert.equal(flash.varsBase, 0xffc00000);
+    assert.deepEqual(slots.get(2), { gpa: flash.codeBase, size: CODE_4M, flags: MEM_READONLY });
+    assert.deepEqual(slots.get(3), { gpa: 0xffc00000, size: VARS_4M, flags: MEM_READONLY });
+    assert.deepEqual(bus.unpostedRanges(), [0xffc00000, flash.codeBase], 'VARS writes are not posted');
+    bus.write(0xffc00000, 1, CMD.CLEAR_STATUS);
+    assert.ok(slots.has(3), 'clear status stays in read-array mode');
+    bus.write(0xffc00000, 1, CMD.READ_STATUS);
+    assert.ok(!slots.has(3), 'status mode: reads must exit');
+    assert.equal(bus.read(0xffc00000, 1), 0, 'the probe reads cleared status: flash');
+    bus.write(0xffc00000, 1, CMD.READ_ARRAY);
+    assert.deepEqual(slots.get(3), { gpa: 0xffc00000, size: VARS_4M, flags: MEM_READONLY });
+    // CODE: writes dropped.
+    bus.write(flash.codeBase + 16, 1, CMD.ERASE);
+    bus.write(flash.codeBase + 16, 1, CMD.CONFIRM);
+    assert.equal(bus.read(flash.codeBase + 16, 1), pattern(CODE_4M, 3)[16]);
+    flash.close();
+    assert.ok(!slots.has(2) && !slots.has(3), 'close removes both slots');
+    assert.equal(bus.read(flash.codeBase, 1), 0xff, 'and the bus ranges');
+  } finally { rmSync(dir, { recursive: true }); }
+});
+
+test('VARFILE: programs and erases reach the file and persist into the next run', async () => {
+  const dir = tmp();
+  try {
+    const first = await make(dir);
+    const base = first.flash.varsBase;
+    busWrite(first.bus, base + 0x1000 + 5, [0xde, 0xad, 0xbe, 0xef]);
+    let file = readFileSync(first.varsPath!);
+    assert.deepEqual([...file.subarray(0x1005, 0x1009)], [0xde, 0xad, 0xbe, 0xef], 'written when the flash is back in read-array mode');
+    first.bus.write(base + 0x3000, 1, CMD.ERASE);
+    first.bus.write(base + 0x3000, 1, CMD.CONFIRM);
+    file = readFileSync(first.varsPath!);
+    assert.ok(file.subarray(0x3000, 0x4000).every((b) => b === 0xff), 'an erase is written when it completes');
+    assert.equal(first.bus.read(base + 0x3000, 1), SR.READY);
+    first.flash.close();
+    const second = await make(dir);
+    assert.deepEqual([...second.flash.vars.subarray(0x1005, 0x1009)], [0xde, 0xad, 0xbe, 0xef]);
+    assert.equal(second.flash.vars[0x3000], 0xff);
+    assert.equal(second.flash.vars[0x2fff], pattern(VARS_4M, 5)[0x2fff], 'nothing else changed');
+    second.flash.close();
+  } finally { rmSync(dir, { recursive: true }); }
+});
+
+test('without VARFILE: the template beside the ROM, in memory; erased flash without one', async () => {
+  const dir = tmp();
+  try {
+    const template = pattern(VARS_4M, 9);
+    writeFileSync(join(dir, 'OVMF_VARS_4M.fd'), template);
+    const a = await make(dir, { vars: 'none', romName: 'OVMF_CODE_4M.secboot.fd' });
+    assert.deepEqual(Buffer.from(a.flash.vars), template);
+    busWrite(a.bus, a.flash.varsBase, [1, 2, 3]);
+    assert.deepEqual(readFileSync(join(dir, 'OVMF_VARS_4M.fd')), template, 'the template is never written');
+    assert.deepEqual([...a.flash.vars.subarray(0, 3)], [1, 2, 3]);
+    a.flash.close();
+    const b = await make(dir, { vars: 'none', romName: 'OTHER_CODE.fd', rom: CODE_4M });
+    assert.ok(b.flash.vars.every((x) => x === 0xff), 'erased: OVMF formats it');
+    b.flash.close();
+  } finally { rmSync(dir, { recursive: true }); }
+});
+
+test('bad ROMs and VARFILEs are refused with one line', async () => {
+  const dir = tmp();
+  try {
+    await refused(make(dir, { vars: pattern(VARS_4M - 0x1000, 1) }), /VARFILE .* is 536576 bytes, bootrom .* needs a 540672-byte variable store/);
+    rmSync(join(dir, 'vm.vars'));
+    await refused(make(dir, { romName: 'odd.fd', rom: 0x1234, vars: 'none' }), /not a whole number of 4 KiB blocks/);
+    await refused(make(dir, { romName: 'big.fd', rom: 0x800000 + 0x1000, vars: 'none' }), /is 8392704 bytes: a firmware image is 4 KiB to 8 MiB/);
+    await refused(make(dir, { romName: 'empty.fd', rom: 0, vars: 'none' }), /is 0 bytes/);
+    await refused(make(dir, { romName: 'whole.fd', rom: 0x200000 }), /holds its own variable store .* takes no VARFILE/);
+    await refused(createFirmwareFlash({ romPath: join(dir, 'missing.fd'), mem: { vm: fakeVm().vm, firstSlot: 2 }, bus: new Bus('mmio') }), /cannot read bootrom .*missing\.fd/);
+    await refused(createFirmwareFlash({ romPath: join(dir, 'whole.fd'), varsPath: dir, mem: { vm: fakeVm().vm, firstSlot: 2 }, bus: new Bus('mmio') }), /takes no VARFILE/);
+    await refused(createFirmwareFlash({ romPath: join(dir, 'OVMF_CODE_4M.fd'), varsPath: dir, mem: { vm: fakeVm().vm, firstSlot: 2 }, bus: new Bus('mmio') }), /VARFILE/);
+    const whole = await make(dir, { romName: 'whole.fd', vars: 'none' });
+    assert.equal(whole.flash.varsSize, 0, 'a whole volume has no VARS flash');
+    assert.equal(whole.slots.size, 1);
+    whole.flash.close();
+  } finally { rmSync(dir, { recursive: true }); }
+});
+
+test('a VARFILE that cannot be written is refused with one line', async (t) => {
+  const dir = tmp();
+  try {
+    const rom = join(dir, 'OVMF_CODE_4M.fd');
+    writeFileSync(rom, pattern(CODE_4M, 3));
+    let varsPath = join(dir, 'ro.vars');
+    writeFileSync(varsPath, pattern(VARS_4M, 1));
+    chmodSync(varsPath, 0o444);
+    if (process.getuid?.() === 0) {
+      // root writes through file modes: a sysfs attribute without a write method refuses it.
+      varsPath = '/sys/devices/system/cpu/cpu0/topology/core_id';
+      if (!existsSync(varsPath)) { t.skip('running as root and no read-only sysfs attribute to try'); return; }
+    }
+    await refused(createFirmwareFlash({ romPath: rom, varsPath, mem: { vm: fakeVm().vm, firstSlot: 2 }, bus: new Bus('mmio') }), /VARFILE .* is not writable/);
+  } finally { rmSync(dir, { recursive: true }); }
+});
+
+function save(f: FirmwareFlash): StateReader {
+  const w = new StateWriter();
+  f.saveState(w);
+  return new StateReader(JSON.parse(JSON.stringify(w.obj)), 'pflash');
+}
+
+test('snapshot: mode, status and the store are saved and restored (into VARFILE too); another ROM is refused', async () => {
+  const dir = tmp(), dir2 = tmp();
+  try {
+    const a = await make(dir);
+    busWrite(a.bus, a.flash.varsBase + 0x10, [7, 8, 9]);
+    a.bus.write(a.flash.varsBase, 1, CMD.ERASE); // pending: reads status
+    const state = save(a.flash);
+    const b = await make(dir2);
+    b.flash.restoreState(state);
+    assert.ok(!b.slots.has(3), 'restored out of read-array mode: the VARS slot is away');
+    assert.equal(b.bus.read(b.flash.varsBase, 1), SR.READY);
+    assert.deepEqual([...b.flash.vars.subarray(0x10, 0x13)], [7, 8, 9]);
+    assert.deepEqual([...readFileSync(b.varsPath!).subarray(0x10, 0x13)], [7, 8, 9], 'the VARFILE holds the restored store');
+    b.bus.write(b.flash.varsBase, 1, CMD.CONFIRM);
+    assert.equal(b.flash.vars[0], 0xff, 'the restored erase completes');
+    b.flash.close();
+    // A damaged state: refused before anything changes.
+    const c = await make(dir2);
+    const before = Buffer.from(c.flash.vars);
+    const w = new StateWriter();
+    a.flash.saveState(w);
+    const bad: Record<string, unknown> = { ...w.obj };
+    bad['vars$b64'] = Buffer.alloc(16).toString('base64');
+    assert.throws(() => c.flash.restoreState(new StateReader(bad, 'pflash')), SnapshotError);
+    bad['vars$b64'] = Buffer.from(a.flash.vars).toString('base64');
+    bad['pending$u8'] = 9;
+    assert.throws(() => c.flash.restoreState(new StateReader(bad, 'pflash')), SnapshotError);
+    assert.deepEqual(Buffer.from(c.flash.vars), before);
+    c.flash.close();
+    a.flash.close();
+    writeFileSync(join(dir2, 'OVMF_CODE_4M.fd'), pattern(CODE_4M, 4));
+    const d = await make(dir2);
+    assert.throws(() => d.flash.restoreState(state), /another firmware image/);
+    d.flash.close();
+  } finally { rmSync(dir, { recursive: true }); rmSync(dir2, { recursive: true }); }
+});
+
+const haveOvmf = existsSync(join(OVMF, 'OVMF_CODE_4M.fd')) && existsSync(join(OVMF, 'OVMF_VARS_4M.fd'));
+test("Debian's OVMF: 4M and 2M builds fit, the template is found, OVMF's probe finds flash, mismatches refused",
+  { skip: haveOvmf ? false : `Debian's OVMF is not installed (${OVMF}: apt-get install ovmf)` }, async () => {
+    const dir = tmp();
+    try {
+      for (const [code, vars, base] of [['OVMF_CODE_4M.fd', 'OVMF_VARS_4M.fd', 0xffc00000], ['OVMF_CODE.fd', 'OVMF_VARS.fd', 0xffe00000]] as const) {
+        if (!existsSync(join(OVMF, code))) continue;
+        const bus = new Bus('mmio');
+        const { vm } = fakeVm();
+        const f = await createFirmwareFlash({ romPath: join(OVMF, code), mem: { vm, firstSlot: 1 }, bus });
+        assert.equal(f.varsBase, base);
+        assert.deepEqual(Buffer.from(f.vars), readFileSync(join(OVMF, vars)), 'the in-memory store starts as the template');
+        assert.equal(Buffer.from(f.vars.subarray(0x28, 0x2c)).toString('latin1'), '_FVH', 'a firmware volume');
+        // QemuFlashDetected: the first byte that is neither 0x50, 0x70 nor 0x00, clear status, read status.
+        let off = 0;
+        while ([0x50, 0x70, 0x00].includes(bus.read(base + off, 1))) off++;
+        bus.write(base + off, 1, CMD.CLEAR_STATUS);
+        bus.write(base + off, 1, CMD.READ_STATUS);
+        assert.equal(bus.read(base + off, 1), 0x00);
+        bus.write(base + off, 1, CMD.READ_ARRAY);
+        f.close();
+        const copy = join(dir, vars);
+        copyFileSync(join(OVMF, vars), copy);
+        const g = await createFirmwareFlash({ romPath: join(OVMF, code), varsPath: copy, mem: { vm, firstSlot: 1 }, bus: new Bus('mmio') });
+        g.close();
+      }
+      copyFileSync(join(OVMF, 'OVMF_VARS_4M.fd'), join(dir, 'v4'));
+      if (existsSync(join(OVMF, 'OVMF_CODE.fd'))) {
+        await refused(createFirmwareFlash({ romPath: join(OVMF, 'OVMF_CODE.fd'), varsPath: join(dir, 'v4'), mem: { vm: fakeVm().vm, firstSlot: 1 }, bus: new Bus('mmio') }),
+          /is 540672 bytes, bootrom .* needs a 131072-byte variable store/);
+      }
+    } finally { rmSync(dir, { recursive: true }); }
+  });
