@@ -10,23 +10,7 @@ VARS    equ 0xffc00000
 CODE    equ 0xffc84000
         bits 16
         org 0x1000
-start:  cli
-        xor ax, ax
-        mov ds, ax
-        mov ss, ax
-        mov sp, 0x7000
-        lgdt [gdtr]
-        mov eax, cr0
-        or eax, 1
-        mov cr0, eax
-        jmp 0x08:pm
-
-        bits 32
-pm:     mov ax, 0x10
-        mov ds, ax
-        mov es, ax
-        mov ss, ax
-        mov esp, 0x7000
+start:  ENTER_PM32
         mov ebx, VARS + 3
         mov al, [ebx]               ; the array: the store's byte 3
         call hex
@@ -101,9 +85,4 @@ putc:   push edx
         pop edx
         ret
 
-        align 8
-gdt:    dq 0
-        dq 0x00cf9a000000ffff       ; 0x08: 32-bit code
-        dq 0x00cf92000000ffff       ; 0x10: data
-gdtr:   dw gdtr - gdt - 1
-        dd gdt
+        FLAT_GDT
