@@ -98,7 +98,12 @@ test('VARFILE: programs and erases reach the file and persist into the next run'
     file = readFileSync(first.varsPath!);
     assert.ok(file.subarray(0x3000, 0x4000).every((b) => b === 0xff), 'an erase is written when it completes');
     assert.equal(first.bus.read(base + 0x3000, 1), SR.READY);
+    // A program the guest never ends with read array reaches the file when the VM ends.
+    first.bus.write(base + 0x20, 1, CMD.PROGRAM);
+    first.bus.write(base + 0x20, 1, 0x77);
+    assert.equal(readFileSync(first.varsPath!)[0x20], pattern(VARS_4M, 5)[0x20]);
     first.flash.close();
+    assert.equal(readFileSync(first.varsPath!)[0x20], 0x77);
     const second = await make(dir);
     assert.deepEqual([...second.flash.vars.subarray(0x1005, 0x1009)], [0xde, 0xad, 0xbe, 0xef]);
     assert.equal(second.flash.vars[0x3000], 0xff);
