@@ -161,7 +161,7 @@ export class Machine extends EventEmitter implements VmControl {
       await m.buildPci();
       await m.buildPlatform();
       performance.mark('devices');
-      setupVcpus(kvm, fds, topo, host);
+      setupVcpus(kvm, fds, topo, host, isLinux);
       // A restore copies the image's data into the VM's own RAM (see docs/security.md).
       if (snap) loadRamImage(snap, ram, config.getBool('snapshot.verify_ram', false));
       if (snap) m.snapshots.restore(snap); else if (boot) loadBoot(boot, mem, fds[0]!, topo.cpus, ram.size);
