@@ -9,7 +9,7 @@ import { dirname, join } from 'node:path';
 
 /** The checkout: this file is dist/bench/common.js once compiled. */
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
-export const CLI = join(ROOT, 'dist', 'src', 'cli', 'tshyve.js');
+export const CLI = join(ROOT, 'dist', 'bundle', 'cli', 'tshyve.js');
 export const GUEST_DIR = join(ROOT, 'lab', 'out', 'guest');
 export const GUEST_CMDLINE = 'console=ttyS0 quiet tshyve.run=poweroff';
 export const DEFAULT_RUNS = 3;

@@ -16,7 +16,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CLI, GUEST_DIR, ROOT, VCPU_RUNNING, timedRun } from './common.js';
 
-const CTL = join(ROOT, 'dist', 'src', 'cli', 'tshyvectl.js');
+const CTL = join(ROOT, 'dist', 'bundle', 'cli', 'tshyvectl.js');
 const SAVED = /in ([\d.]+) s \(vCPUs paused ([\d.]+) s\)/;
 
 export interface SnapshotBench {

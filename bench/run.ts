@@ -88,7 +88,7 @@ function labUnavailable(): string | undefined {
     [join(GUEST_DIR, 'vmlinuz'), 'the reference guest is not built (scripts/setup-lab.sh)'],
     [join(GUEST_DIR, 'initrd.img'), 'the reference guest is not built (scripts/setup-lab.sh)'],
     [join(ROOT, 'dist', 'bench', 'lab-boot.js'), 'dist/bench/lab-boot.js is missing (npm run build)'],
-    [CLI, 'dist/src/cli/tshyve.js is missing (npm run build)'],
+    [CLI, 'dist/bundle/cli/tshyve.js is missing (npm run build)'],
   ];
   for (const [f, why] of need) if (!existsSync(f)) return why;
   if (spawnSync('sh', ['-c', 'command -v qemu-system-x86_64'], { encoding: 'utf8' }).status !== 0) return 'qemu-system-x86_64 is not installed';
@@ -166,7 +166,7 @@ async function labBench(o: Opts): Promise<void> {
   const others = otherLabVms();
   out(`guest: ${join('lab', 'out', 'guest')}/{vmlinuz,initrd.img} (Debian cloud kernel ${readIf(join(GUEST_DIR, 'kernel-release'))} + busybox initrd),`);
   out(`       -m 512M, cmdline "console=ttyS0 quiet tshyve.run=poweroff": boot to init, print, poweroff -f`);
-  out(`tshyve: node ${process.version} dist/src/cli/tshyve.js -s 0,hostbridge -s 31,lpc -l com1,stdio (direct kernel boot)`);
+  out(`tshyve: node ${process.version} dist/bundle/cli/tshyve.js -s 0,hostbridge -s 31,lpc -l com1,stdio (direct kernel boot)`);
   out(`QEMU:   qemu-system-x86_64 ${qemuVersion()} -enable-kvm -cpu host -nographic -no-reboot -kernel -initrd (default SeaBIOS + option ROM)`);
   out(`plan: ${o.runs} boot(s) per VMM and vCPU count (-c 1, -c 2), alternating VMMs, after one untimed warm-up boot of each;`);
   out(`      ${perBootS} s timeout per boot, ${budgetS} s budget for all boots; scratch ${scratch}`);
@@ -258,7 +258,7 @@ async function hostBench(o: Opts): Promise<void> {
     try { accessSync('/dev/kvm', constants.R_OK | constants.W_OK); } catch { why = 'no permission to use /dev/kvm'; }
   }
   if (!why && !existsSync(raw)) why = 'dist/guests/long.bin is missing (npm run build)';
-  if (!why && !existsSync(CLI)) why = 'dist/src/cli/tshyve.js is missing (npm run build)';
+  if (!why && !existsSync(CLI)) why = 'dist/bundle/cli/tshyve.js is missing (npm run build)';
   if (why) { out(`skipped: ${why}`); return; }
 
   const args = [CLI, '-m', '16M', '-l', 'com1,stdio', '-o', `boot.raw=${raw}`, '-o', 'debug.timing=1', 'bench'];

@@ -8,7 +8,7 @@
 //      MINBEATS (fewer lines counts as a failure), EXTRA (tshyve args), CMDLINE_EXTRA
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-const ROOT = fileURLToPath(new URL('..', import.meta.url)).replace(/\/$/, ''), GUEST = `${ROOT}/lab/out/guest`, CLI = `${ROOT}/dist/src/cli/tshyve.js`;
+const ROOT = fileURLToPath(new URL('..', import.meta.url)).replace(/\/$/, ''), GUEST = `${ROOT}/lab/out/guest`, CLI = `${ROOT}/dist/bundle/cli/tshyve.js`;
 const N = Number(process.env.N ?? 10), SECS = Number(process.env.SECS ?? 40), VMM = process.env.VMM ?? 'tshyve', CPUS = process.env.CPUS ?? '2';
 const extra = (process.env.EXTRA ?? '').split(' ').filter(Boolean);
 const US = process.env.USLEEP ?? '100000';

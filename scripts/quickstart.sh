@@ -10,11 +10,11 @@ ARGS=(-c 2 -m 512M -s 0,hostbridge -s 31,lpc -l com1,stdio
   -o "boot.kernel=$G/vmlinuz" -o "boot.initrd=$G/initrd.img"
   -o "boot.cmdline=console=ttyS0 quiet tshyve.run=poweroff" quickstart)
 set +e
-if node dist/src/cli/tshyve.js "${ARGS[@]}" </dev/null; rc=$?; [ $rc -ne 4 ]; then
+if node dist/bundle/cli/tshyve.js "${ARGS[@]}" </dev/null; rc=$?; [ $rc -ne 4 ]; then
   echo "quickstart: tshyve exited $rc (1 = the guest powered off)"; exit 0
 fi
 echo "quickstart: booting the same guest inside the nested lab (lab/run) instead" >&2
-lab/run -- node dist/src/cli/tshyve.js "${ARGS[@]}"
+lab/run -- node dist/bundle/cli/tshyve.js "${ARGS[@]}"
 rc=$?
 echo "quickstart: tshyve exited $rc in the lab (1 = the guest powered off)"
 [ $rc -eq 1 ]

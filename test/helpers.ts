@@ -9,9 +9,9 @@ import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
-export const CLI = join(ROOT, 'dist', 'src', 'cli', 'tshyve.js');
+export const CLI = join(ROOT, 'dist', 'bundle', 'cli', 'tshyve.js');
 export const GUESTS = join(ROOT, 'dist', 'guests');
-export const CTL = join(ROOT, 'dist', 'src', 'cli', 'tshyvectl.js');
+export const CTL = join(ROOT, 'dist', 'bundle', 'cli', 'tshyvectl.js');
 
 /**
  * The tshyve processes of this test process serve their control sockets

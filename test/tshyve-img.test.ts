@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { ROOT, guestBin, kvmUnavailable, runCli } from './helpers.js';
 import { qemuImg, scratchDir, skipNoQemu } from '../src/devices/block/qcow2/testing.js';
 
-const IMG = join(ROOT, 'dist', 'src', 'cli', 'tshyve-img.js');
+const IMG = join(ROOT, 'dist', 'bundle', 'cli', 'tshyve-img.js');
 
 function img(...args: string[]): { status: number; stdout: string; stderr: string } {
   const r = spawnSync(process.execPath, [IMG, ...args], { encoding: 'utf8' });

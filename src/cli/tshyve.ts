@@ -19,6 +19,8 @@ import { ControlServer } from '../control/server.js';
 import { controlSocketPath } from '../control/config.js';
 import type { ConfigTree } from '../config/tree.js';
 
+performance.mark('modules');
+
 function fail(msg: string): never {
   restoreTerminals();
   process.stderr.write(`tshyve: ${msg}\n`);
@@ -74,7 +76,7 @@ async function main(argv: string[]): Promise<number> {
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
   if (config.getBool('debug.timing', false)) {
-    m.once('running', () => process.stderr.write(`tshyve: vCPUs running ${m.firstRunMs?.toFixed(1)} ms after process start\n`));
+    m.once('running', () => process.stderr.write(`tshyve: vCPUs running ${m.firstRunMs?.toFixed(1)} ms after process start (${startupTimeline()})\n`));
   }
   const code = await m.run();
   // Answer what is in flight (a --suspend's reply) before exiting.
@@ -82,6 +84,23 @@ async function main(argv: string[]): Promise<number> {
   if (code === ExitCode.ERROR && m.errorMessage) process.stderr.write(`tshyve: ${m.errorMessage}\n`);
   if (config.getBool('debug.stats', false)) process.stderr.write(`tshyve: exits ${JSON.stringify(m.exitStats)}\n`);
   return code;
+}
+
+/**
+ * Where start-up went, for debug.timing: Node's own bootstrap, then each
+ * performance mark (modules loaded, KVM set up, devices built, boot payload
+ * loaded, each vCPU thread spawned, its first line run (its modules loaded)
+ * and its word received, all parked), in ms from the step before.
+ */
+function startupTimeline(): string {
+  const node = performance.nodeTiming.bootstrapComplete;
+  let at = node;
+  const steps = [`node ${node.toFixed(1)}`];
+  for (const e of performance.getEntriesByType('mark').sort((a, b) => a.startTime - b.startTime)) {
+    steps.push(`${e.name} +${(e.startTime - at).toFixed(1)}`);
+    at = e.startTime;
+  }
+  return steps.join(', ');
 }
 
 /**

@@ -54,7 +54,8 @@ export function newMailbox(sab = new SharedArrayBuffer(WORDS * 4)): Mailbox {
 
 /** Messages a vCPU thread posts to the main thread (rare events only). */
 export type VcpuEvent =
-  | { type: 'started'; index: number; tid: number }
+  /** ready: when the thread ran its first line (its modules loaded), on the process's performance clock */
+  | { type: 'started'; index: number; tid: number; ready: number }
   | { type: 'shutdown'; index: number }                 // triple fault
   | { type: 'system-event'; index: number; event: number }
   | { type: 'error'; index: number; message: string }

@@ -43,11 +43,17 @@ export class VcpuThread {
       mailbox: this.mailbox.words.buffer as SharedArrayBuffer, doorbell: this.doorbell,
       shadow: this.shadow, postWrites: this.posting.enabled, unpostedMmio: this.posting.unpostedMmio,
     };
+    performance.mark(`vcpu${this.index}:spawn`);
     const worker = new Worker(new URL('./worker.js', import.meta.url), { workerData: wd, stdout: false, stderr: false });
     let started!: () => void;
     const ready = new Promise<void>((res) => { started = res; });
     worker.on('message', (e: VcpuEvent) => {
-      if (e.type === 'started') started();
+      if (e.type === 'started') {
+        // a worker's performance clock is the process's
+        performance.mark(`vcpu${this.index}:loaded`, { startTime: e.ready });
+        performance.mark(`vcpu${this.index}:started`);
+        started();
+      }
       this.onEvent(e);
     });
     worker.on('error', (err) => this.onEvent({ type: 'error', index: this.index, message: `vCPU thread crashed: ${err.message}` }));

@@ -25,7 +25,7 @@ let head = 0;
 
 setThreadName(`vcpu${wd.index}`);
 Atomics.store(w, MB.TID, libc.gettid());
-post({ type: 'started', index: wd.index, tid: Atomics.load(w, MB.TID) });
+post({ type: 'started', index: wd.index, tid: Atomics.load(w, MB.TID), ready: performance.now() });
 
 /** Wait until the device thread has served every posted write. */
 function drainPosted(): void {

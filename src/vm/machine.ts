@@ -153,16 +153,19 @@ export class Machine extends EventEmitter implements VmControl {
     vm.createPit2();
     const fds: VcpuFd[] = [];
     for (let i = 0; i < topo.cpus; i++) fds.push(new VcpuFd(vm.createVcpu(i)));
+    performance.mark('kvm');
     const m = new Machine(config, kvm, vm, host, ram, mem, topo, fds);
     m.slots = slots;
     m.dirtyMap = dirty;
     try {
       await m.buildPci();
       await m.buildPlatform();
-      setupVcpus(kvm, fds, topo, host);
+      performance.mark('devices');
+      setupVcpus(kvm, fds, topo, host, isLinux);
       // A restore copies the image's data into the VM's own RAM (see docs/security.md).
       if (snap) loadRamImage(snap, ram, config.getBool('snapshot.verify_ram', false));
       if (snap) m.snapshots.restore(snap); else if (boot) loadBoot(boot, mem, fds[0]!, topo.cpus, ram.size);
+      performance.mark('boot');
     } catch (e) {
       // A refused snapshot leaves nothing behind: no device thread or poller, no backend, no KVM VM.
       await m.finish(ExitCode.ERROR);
@@ -257,6 +260,8 @@ export class Machine extends EventEmitter implements VmControl {
     this.firstRunMs = performance.now();
     this.vcpus.release();
     this.emit('running');
+    // the start-up's marks (debug.timing reads them on 'running'): a process that runs many VMs does not pile them up
+    performance.clearMarks();
     watchForHalt(this.vcpus, Number(this.config.get('x86.halt_check_ms') ?? 2000), {
       activity: () => this.activity(),
       mayCheck: () => !this.userPaused && !this.saving,
@@ -281,6 +286,7 @@ export class Machine extends EventEmitter implements VmControl {
     // lab, where an AP's thread used to boot while the guest kernel did).
     await Promise.all(threads.map((t) => t.start(true)));
     if (!(await this.vcpus.hold(60_000))) throw new HostError('a vCPU thread did not park in time');
+    performance.mark('parked');
   }
 
   /** Exits, and the work devices do without them: what the halt check watches. */

@@ -5,7 +5,7 @@
 import { CAP, type Kvm, type VcpuFd } from '../kvm/kvm.js';
 import { MP_STATE, type CpuidEntry } from '../kvm/abi.js';
 import { log } from '../log.js';
-import { guestCpuid, type Topology } from '../x86/cpuid.js';
+import { bootXcr0, guestCpuid, type Topology } from '../x86/cpuid.js';
 import type { VcpuThread } from '../vcpu/vcpu-thread.js';
 import type { HostReport } from './host-check.js';
 
@@ -20,11 +20,17 @@ export function vcpuCpuid(kvm: Kvm, i: number, topo: Topology, host: HostReport,
   return guestCpuid(supported, i, topo, { hideCx16: host.emulated, tscDeadline: kvm.checkExtension(CAP.TSC_DEADLINE_TIMER) > 0 });
 }
 
-/** CPUID, the MSRs a BIOS would leave, FPU defaults, LINT0 ExtINT and LINT1 NMI, on every vCPU. */
-export function setupVcpus(kvm: Kvm, fds: readonly VcpuFd[], topo: Topology, host: HostReport): void {
+/**
+ * CPUID, the MSRs a BIOS would leave, FPU defaults, LINT0 ExtINT and LINT1
+ * NMI, on every vCPU; for a Linux kernel, XCR0 as a bootloader leaves it.
+ */
+export function setupVcpus(kvm: Kvm, fds: readonly VcpuFd[], topo: Topology, host: HostReport, linux: boolean): void {
   const supported = kvm.supportedCpuid();
   fds.forEach((v, i) => {
-    v.setCpuid(vcpuCpuid(kvm, i, topo, host, supported));
+    const cpuid = vcpuCpuid(kvm, i, topo, host, supported);
+    v.setCpuid(cpuid);
+    const xcr0 = linux ? bootXcr0(cpuid) : undefined;
+    if (xcr0 !== undefined) setXcr0(v, i, xcr0);
     const msrs = [
       { index: MSR.SYSENTER_CS, data: 0n }, { index: MSR.SYSENTER_ESP, data: 0n }, { index: MSR.SYSENTER_EIP, data: 0n },
       { index: MSR.STAR, data: 0n }, { index: MSR.LSTAR, data: 0n }, { index: MSR.CSTAR, data: 0n },
@@ -45,6 +51,18 @@ export function setupVcpus(kvm: Kvm, fds: readonly VcpuFd[], topo: Topology, hos
     lapic.writeUInt32LE((lapic.readUInt32LE(LVT_LINT1) & ~0x700) | 0x400, LVT_LINT1); // NMI
     v.setLapic(lapic);
   });
+}
+
+/** struct kvm_xcrs with XCR0 alone; a KVM that refuses it leaves the reset value (the guest may then turn XSAVE off). */
+function setXcr0(v: VcpuFd, i: number, value: bigint): void {
+  const b = Buffer.alloc(392);
+  b.writeUInt32LE(1, 0); // nr_xcrs; xcrs[0].xcr = 0 (XCR0)
+  b.writeBigUInt64LE(value, 16);
+  try {
+    v.setXcrs(b);
+  } catch (e) {
+    log('debug', `vCPU ${i}: KVM refused XCR0 0x${value.toString(16)}: ${(e as Error).message}`);
+  }
 }
 
 /**

@@ -91,3 +91,20 @@ export function guestCpuid(supported: CpuidEntry[], index: number, topo: Topolog
   }
   return out;
 }
+
+/**
+ * XCR0 as a bootloader leaves it for Linux: every user state component the
+ * guest's CPUID offers (leaf 0xD.0 EDX:EAX, x87 always); undefined without
+ * XSAVE. KVM sizes leaf 0xD.0 EBX (the save area for the components XCR0
+ * enables) from the vCPU's XCR0 as it knows it, and Linux checks that size
+ * against the components the leaf lists. In the nested lab KVM does not see
+ * the guest's own XSETBV: EBX stayed at the reset value's 576 bytes against
+ * the 2696 of x87|SSE|AVX|PKRU, and the guest, under QEMU as under tshyve,
+ * warned "XSAVE consistency problem" and turned XSAVE off.
+ */
+export function bootXcr0(cpuid: readonly CpuidEntry[]): bigint | undefined {
+  const l1 = cpuid.find((e) => e.function === 1);
+  const xsave = cpuid.find((e) => e.function === 0xd && e.index === 0);
+  if (!l1 || (l1.ecx & (1 << 26)) === 0 || !xsave) return undefined;
+  return (BigInt(xsave.edx >>> 0) << 32n) | BigInt(xsave.eax >>> 0) | 1n;
+}

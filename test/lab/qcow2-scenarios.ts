@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { ROOT } from '../helpers.js';
 import { guestCmd, hostReads, tshyve, vmArgs, type BootResult } from './linux-driver.js';
 
-const IMG = join(ROOT, 'dist', 'src', 'cli', 'tshyve-img.js');
+const IMG = join(ROOT, 'dist', 'bundle', 'cli', 'tshyve-img.js');
 
 /** What L1 found in the images after the guest's run. */
 export interface Qcow2Host {

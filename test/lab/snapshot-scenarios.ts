@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { ROOT, CLI } from '../helpers.js';
 import { ext4WithPayload, guestCmd, hostReads, vmArgs, type BootResult } from './linux-driver.js';
 
-const CTL = join(ROOT, 'dist', 'src', 'cli', 'tshyvectl.js');
+const CTL = join(ROOT, 'dist', 'bundle', 'cli', 'tshyvectl.js');
 
 export interface Phase {
   what: string;
