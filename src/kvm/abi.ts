@@ -64,6 +64,8 @@ export const KVM = {
 
 /** kvm_userspace_memory_region.flags: KVM logs the slot's pages the guest writes (KVM_GET_DIRTY_LOG). */
 export const MEM_LOG_DIRTY_PAGES = 1;
+/** kvm_userspace_memory_region.flags: guest writes to the slot exit to user space as MMIO (firmware ROM). */
+export const MEM_READONLY = 2;
 
 /** KVM_CHECK_EXTENSION capability numbers. */
 export const CAP = {
@@ -86,6 +88,7 @@ export const CAP = {
   MAX_VCPUS: 66,
   IRQ_ROUTING: 25,
   TSC_DEADLINE_TIMER: 72,
+  READONLY_MEM: 81,
 } as const;
 
 export const EXIT = {
