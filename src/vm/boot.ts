@@ -13,6 +13,7 @@ import type { BootCpuState, Segment as BootSegment } from '../x86/boot/cpu-state
 import { loadLinux } from '../x86/boot/linux.js';
 import { buildAcpiTables } from '../x86/acpi/index.js';
 import { platformAcpiOptions } from '../pci/acpi-options.js';
+import { checkFirmwareFiles } from '../devices/firmware.js';
 
 export type BootSource =
   | { kind: 'linux'; kernel: Buffer; initrd?: Buffer; cmdline: string }
@@ -26,6 +27,7 @@ export function bootSource(c: ConfigTree): BootSource {
   const raw = c.get('boot.raw');
   if (c.get('lpc.bootrom') !== undefined) {
     if (raw) throw new UserError('boot.raw and -l bootrom both say what to boot: give one');
+    checkFirmwareFiles(c.get('lpc.bootrom')!, c.get('lpc.bootvars')); // before the host is touched (the flash device checks again on a restore)
     return { kind: 'firmware' };
   }
   if (kernel) {
