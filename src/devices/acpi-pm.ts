@@ -26,6 +26,8 @@ export interface AcpiPmOptions {
   now?: () => bigint;
   /** also claim port 0x64 for the 8042 reset command (default true) */
   keyboardReset?: boolean;
+  /** SLP_TYP values that power off besides our \_S5's */
+  softOffTypes?: readonly number[];
 }
 
 // PM1 status/enable bits
@@ -124,7 +126,8 @@ export class AcpiPm implements Snapshottable {
     write: (offset, size, value) => {
       const v = merge(this.cnt, offset, size, value) & 0xffff;
       this.cnt = (v & CNT_MASK) | SCI_EN;
-      if ((v & SLP_EN) && ((v >>> 10) & 7) === SLP_TYP_S5) this.cb.onPowerOff();
+      const type = (v >>> 10) & 7;
+      if ((v & SLP_EN) && (type === SLP_TYP_S5 || this.opts.softOffTypes?.includes(type))) this.cb.onPowerOff();
     },
   };
 
@@ -188,10 +191,12 @@ export function attachAcpiPm(pio: Bus, callbacks: AcpiPmCallbacks, opts: AcpiPmO
 registerPlatformDevice({
   name: 'pm', kind: 'acpi-pm', node: 'pm',
   create: (ctx) => {
-    // With firmware, the blocks are where it programs the PIIX4 PM function's PMBA (the FADT says 0xB000).
+    // With firmware, the blocks are where it programs the PIIX4 PM function's PMBA (the FADT says 0xB000),
+    // and SLP_TYP 0 is soft off as on QEMU's PIIX4 (OVMF's ResetShutdown writes it).
     const firmware = ctx.config.get('lpc.bootrom') !== undefined;
     const cb = { onPowerOff: () => ctx.powerOff(), onReset: () => ctx.reset() };
-    const pm = attachAcpiPm(ctx.pio, cb, { sci: ctx.irq(9), ports: firmware ? pmPortsAt(PIIX4_PM_BASE) : undefined }, firmware);
+    const opts = firmware ? { sci: ctx.irq(9), ports: pmPortsAt(PIIX4_PM_BASE), softOffTypes: [0] } : { sci: ctx.irq(9) };
+    const pm = attachAcpiPm(ctx.pio, cb, opts, firmware);
     if (firmware) ctx.addPciFunction(PIIX4_PM_BDF, 'piix4-pm', piix4PmFunction(ctx.pio, pm));
     return pm;
   },

@@ -2,7 +2,8 @@
 ; bytes (the reset vector, 0xFFFFFFF0). It reads the fw_cfg signature
 ; through the ports, the file directory's entry count through DMA, and the
 ; host bridge's id, prints them on com1, then programs the PIIX4 PM
-; function's PMBA and powers off through the PM1 control block there.
+; function's PMBA and powers off through the PM1 control block there as
+; OVMF's ResetShutdown does (SLP_TYP 0, QEMU's PIIX4 soft off).
 %include "common.inc"
         bits 16
         org 0xf000              ; CS base 0xffff0000: this page is CS:F000-CS:FFFF
@@ -74,7 +75,7 @@ start:  cli
         mov al, 1
         out dx, al
         mov dx, PM_BASE + 4
-        mov ax, SLP_S5
+        mov ax, 1 << 13         ; SLP_EN, SLP_TYP 0
         out dx, ax
 .spin:  jmp .spin
 .bad:   mov al, 'E'
