@@ -12,6 +12,12 @@ if ! command -v nasm >/dev/null; then
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends nasm >/dev/null
 fi
+if [ ! -f /usr/share/OVMF/OVMF_CODE_4M.fd ]; then
+  echo "setup: installing ovmf (UEFI firmware for -l bootrom)" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends ovmf >/dev/null
+fi
 if [ ! -d node_modules/koffi ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm ci --no-audit --no-fund
 fi
