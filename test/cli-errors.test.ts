@@ -46,6 +46,7 @@ const cases: [string, string[], RegExp][] = [
   ['a bootrom and variables larger than the window', [...std, '-l', `bootrom,${rom('15m.fd', 15 * 1024 * 1024)},${rom('2m.fd', 2 * 1024 * 1024)}`, 'vm'], /together, more than the 16 MiB firmware window/],
   ['a missing variable file', [...std, '-l', `bootrom,${goodRom},${join(dir, 'novars.fd')}`, 'vm'], /cannot read bootrom variable file .*novars\.fd: no such file/],
   ...(readOnlyFile ? [['a variable file that is not writable', [...std, '-l', `bootrom,${goodRom},${readOnlyFile}`, 'vm'], /bootrom variable file .* is not writable/] as [string, string[], RegExp]] : []),
+  ['a bootrom without a host bridge at slot 0', ['-s', '31,lpc', '-l', `bootrom,${goodRom}`, 'vm'], /-l bootrom needs the host bridge at slot 0/],
   ['boot.raw with a bootrom', [...std, '-l', `bootrom,${goodRom},${vars}`, '-o', `boot.raw=${goodRom}`, 'vm'], /boot\.raw and -l bootrom/],
   ['a bad host bridge id', ['-s', '0,hostbridge,devid=0x12345', '-s', '31,lpc', '-l', `bootrom,${goodRom}`, '-o', 'control.enable=false', 'vm'], /pci\.0\.0\.0\.devid: '0x12345' is not a 16-bit PCI id/],
 ];

@@ -27,6 +27,10 @@ export function bootSource(c: ConfigTree): BootSource {
   const raw = c.get('boot.raw');
   if (c.get('lpc.bootrom') !== undefined) {
     if (raw) throw new UserError('boot.raw and -l bootrom both say what to boot: give one');
+    const bridge = c.get('pci.0.0.0.device');
+    if (bridge !== 'hostbridge' && bridge !== 'amd_hostbridge') {
+      throw new UserError('-l bootrom needs the host bridge at slot 0 (-s 0,hostbridge): the firmware knows the platform by it');
+    }
     checkFirmwareFiles(c.get('lpc.bootrom')!, c.get('lpc.bootvars')); // before the host is touched (the flash device checks again on a restore)
     return { kind: 'firmware' };
   }

@@ -16,18 +16,7 @@ start:  cli
         mov ss, ax
         mov sp, 0x7000
         mov byte [FLAG], 0
-        mov dx, 0xcf8           ; PIIX4 PM (00:01.3): PMBA, then PMREGMISC.PMIOSE
-        mov eax, 0x80000b40
-        out dx, eax
-        mov dx, 0xcfc
-        mov eax, PM_BASE
-        out dx, eax
-        mov dx, 0xcf8
-        mov eax, 0x80000b80
-        out dx, eax
-        mov dx, 0xcfc
-        mov al, 1
-        out dx, al
+        PIIX4_PM_ON PM_BASE
         mov dx, FWCFG
         xor ax, ax
         out dx, ax              ; select FW_CFG_SIGNATURE

@@ -62,18 +62,7 @@ start:  cli
         mov ebp, eax
         PRINT_COUNT
         ; --- PIIX4 PM (00:01.3): PMBA, then PMREGMISC.PMIOSE; power off there ---
-        mov dx, 0xcf8
-        mov eax, 0x80000b40
-        out dx, eax
-        mov dx, 0xcfc
-        mov eax, PM_BASE
-        out dx, eax
-        mov dx, 0xcf8
-        mov eax, 0x80000b80
-        out dx, eax
-        mov dx, 0xcfc
-        mov al, 1
-        out dx, al
+        PIIX4_PM_ON PM_BASE
         mov dx, PM_BASE + 4
         mov ax, 1 << 13         ; SLP_EN, SLP_TYP 0
         out dx, ax

@@ -6,35 +6,26 @@
  */
 import { readFileSync } from 'node:fs';
 import { createGuestRam } from '../../memory/ram.js';
-import { libc } from '../../host/libc.js';
 import { FIRMWARE_WINDOW_END } from '../../x86/layout.js';
 import type { PlatformContext, PlatformModel } from '../platform.js';
-
-/** The flash as a platform device: its state under the device contract, and teardown. */
-export interface FirmwareFlash extends PlatformModel {
-  /** Guest-physical address of the lowest flash byte (the code image's base here). */
-  readonly base: number;
-}
 
 /**
  * Map the firmware: `romPath` (checked by the caller: a regular file, a
  * whole number of pages, fitting the window) ends at 4 GiB; `varsPath`, a
  * writable copy of the variable store, or undefined (variables in memory).
  */
-export function createFirmwareFlash(ctx: PlatformContext, romPath: string, varsPath: string | undefined): FirmwareFlash {
+export function createFirmwareFlash(ctx: PlatformContext, romPath: string, varsPath: string | undefined): PlatformModel {
   void varsPath;
   const rom = readFileSync(romPath);
   const mem = createGuestRam(rom.length, 'tshyve-bootrom', { hugePages: false });
   mem.bytes.set(rom);
   const base = FIRMWARE_WINDOW_END - rom.length;
-  const slot = ctx.mapMemory(base, rom.length, mem.hostAddr, { readOnly: true });
+  ctx.mapMemory(base, rom.length, mem.hostAddr, { readOnly: true });
   return {
-    base,
     saveState: (w) => { w.u32('codeSize', rom.length); },
     restoreState: (r) => {
       const size = r.u32('codeSize');
       if (size !== rom.length) r.fail('codeSize', `the snapshot's firmware is ${size} bytes, ${romPath} is ${rom.length}`);
     },
-    destroy: () => { slot.unmap(); libc.close(mem.memfd); },
   };
 }
