@@ -1,7 +1,8 @@
 /**
  * What a VM boots: a Linux kernel (bzImage or ELF vmlinux, with an initrd
- * and a command line, ACPI tables and Linux's 64-bit boot protocol) or a
- * flat binary started in real mode (tshyve's own test programs).
+ * and a command line, ACPI tables and Linux's 64-bit boot protocol), a
+ * flat binary started in real mode (tshyve's own test programs), or the
+ * firmware of -l bootrom, started at the reset vector.
  */
 import type { VcpuFd } from '../kvm/kvm.js';
 import type { Sregs, Segment as KvmSegment } from '../kvm/abi.js';
