@@ -10,7 +10,7 @@ export interface BusDevice {
   write(offset: number, size: number, value: number): void;
 }
 
-interface Range { base: number; len: number; dev: BusDevice; name: string }
+interface Range { base: number; len: number; dev: BusDevice; name: string; posted: boolean }
 
 export class Bus {
   private ranges: Range[] = [];
@@ -19,19 +19,29 @@ export class Bus {
 
   constructor(readonly kind: 'pio' | 'mmio') {}
 
-  register(base: number, len: number, dev: BusDevice, name: string): void {
+  /**
+   * `posted: false`: a vCPU waits for each write to be served before it goes
+   * on (a write there may change what the guest then reads from memory, as
+   * a flash leaving read-array mode does); other writes are posted.
+   */
+  register(base: number, len: number, dev: BusDevice, name: string, opts: { posted?: boolean } = {}): void {
     if (len <= 0) throw new Error(`bad ${this.kind} range length for ${name}`);
     for (const r of this.ranges) {
       if (base < r.base + r.len && r.base < base + len) {
         throw new Error(`${this.kind} range 0x${base.toString(16)}+${len} of ${name} overlaps ${r.name}`);
       }
     }
-    this.ranges.push({ base, len, dev, name });
+    this.ranges.push({ base, len, dev, name, posted: opts.posted ?? true });
     this.ranges.sort((a, b) => a.base - b.base);
   }
 
   unregister(dev: BusDevice): void {
     this.ranges = this.ranges.filter((r) => r.dev !== dev);
+  }
+
+  /** The ranges registered with `posted: false`, as flat [base, end) pairs (for the vCPU threads). */
+  unpostedRanges(): number[] {
+    return this.ranges.filter((r) => !r.posted).flatMap((r) => [r.base, r.base + r.len]);
   }
 
   private find(addr: number): Range | undefined {

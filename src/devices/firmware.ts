@@ -1,16 +1,16 @@
 /**
  * `-l bootrom,ROMFILE[,VARFILE]` (bhyve's lpc.bootrom and lpc.bootvars):
  * the firmware image, checked here as bhyve's bootrom.c does (a regular
- * file of whole pages that fits the window with the variable store below
- * it; the variable store a writable file), then mapped by the flash device
- * (devices/pflash) so that it ends at 4 GiB.
+ * file of whole pages that fits the window; the variable store a writable
+ * file of the size the flash needs), then the flash device (devices/pflash)
+ * that maps it so that it ends at 4 GiB, with the variable store below.
  */
 import { openSync, closeSync } from 'node:fs';
 import { UserError } from '../errors.js';
 import { statUserFile } from '../config/user-file.js';
 import { FIRMWARE_WINDOW_SIZE, PAGE_SIZE } from '../x86/layout.js';
 import { registerPlatformDevice } from './platform.js';
-import { createFirmwareFlash } from './pflash/index.js';
+import { checkVarsSize, createFirmwareFlash } from './pflash/flash.js';
 
 const MiB = 1024 * 1024;
 
@@ -20,20 +20,19 @@ function wholePages(path: string, what: string): number {
   return size;
 }
 
-/** The ROM and variable files as bhyve accepts them; throws UserError with one line. */
+/** The ROM and variable files as bhyve accepts them, sized as the flash needs; throws UserError with one line. */
 export function checkFirmwareFiles(rom: string, vars: string | undefined): void {
   const romSize = wholePages(rom, 'bootrom');
   if (romSize > FIRMWARE_WINDOW_SIZE) throw new UserError(`bootrom ${rom} is ${romSize} bytes, more than the ${FIRMWARE_WINDOW_SIZE / MiB} MiB firmware window`);
   if (vars === undefined) return;
-  const varsSize = wholePages(vars, 'bootrom variable file');
+  const varsSize = statUserFile(vars, 'bootrom variable file').size;
   try {
     closeSync(openSync(vars, 'r+'));
   } catch (e) {
     throw new UserError(`bootrom variable file ${vars} is not writable (${(e as NodeJS.ErrnoException).code ?? String(e)}): give a copy of the firmware's variable store of your own`);
   }
-  if (romSize + varsSize > FIRMWARE_WINDOW_SIZE) {
-    throw new UserError(`bootrom ${rom} and variable file ${vars} are ${romSize + varsSize} bytes together, more than the ${FIRMWARE_WINDOW_SIZE / MiB} MiB firmware window`);
-  }
+  // The flash's rule: ROM + VARS is a power of two, so it fits the window too.
+  checkVarsSize(rom, romSize, vars, varsSize);
 }
 
 registerPlatformDevice({
@@ -51,6 +50,6 @@ registerPlatformDevice({
     if (rom === undefined) return undefined;
     const vars = node.get('bootvars');
     checkFirmwareFiles(rom, vars);
-    return createFirmwareFlash(ctx, rom, vars);
+    return createFirmwareFlash({ romPath: rom, varsPath: vars, map: ctx.mapMemory, bus: ctx.mmio, guestError: ctx.guestError });
   },
 });

@@ -42,6 +42,8 @@ export interface PlatformContext {
    * MMIO exits. Firmware images live in such slots.
    */
   mapMemory(gpa: number, size: number, hostAddr: bigint, opts: { readOnly: boolean }): { unmap(): void };
+  /** A guest's misuse of a device, logged rate-limited. */
+  guestError(dev: string, msg: string): void;
   /** Add a PCI function the platform device brings (saved and restored as `pci.B.S.F` of `kind`). */
   addPciFunction(bdf: { bus: number; slot: number; func: number }, kind: string, fn: PciFunction): void;
 }

@@ -64,7 +64,7 @@ export const KVM = {
 
 /** kvm_userspace_memory_region.flags: KVM logs the slot's pages the guest writes (KVM_GET_DIRTY_LOG). */
 export const MEM_LOG_DIRTY_PAGES = 1;
-/** kvm_userspace_memory_region.flags: guest writes to the slot exit to user space as MMIO (firmware ROM). */
+/** A slot the guest reads and executes from; its writes exit as MMIO (KVM_CAP_READONLY_MEM). */
 export const MEM_READONLY = 2;
 
 /** KVM_CHECK_EXTENSION capability numbers. */

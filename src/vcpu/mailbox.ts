@@ -70,4 +70,6 @@ export interface VcpuWorkerData {
   shadow: SharedArrayBuffer;
   /** post writes instead of waiting for them (default true) */
   postWrites: boolean;
+  /** MMIO [base, end) pairs, flat, whose writes are never posted (Bus.unpostedRanges) */
+  unpostedMmio: readonly number[];
 }

@@ -28,7 +28,7 @@ export class VcpuThread {
     private readonly runSize: number,
     private readonly doorbell: SharedArrayBuffer,
     private readonly shadow: SharedArrayBuffer,
-    private readonly postWrites: boolean,
+    private readonly posting: { enabled: boolean; unpostedMmio: readonly number[] },
     private readonly onEvent: (e: VcpuEvent) => void,
   ) {
     this.run = mapKvmRun(vcpuFd, runSize);
@@ -41,7 +41,7 @@ export class VcpuThread {
     const wd: VcpuWorkerData = {
       index: this.index, vcpuFd: this.vcpuFd, runSize: this.runSize,
       mailbox: this.mailbox.words.buffer as SharedArrayBuffer, doorbell: this.doorbell,
-      shadow: this.shadow, postWrites: this.postWrites,
+      shadow: this.shadow, postWrites: this.posting.enabled, unpostedMmio: this.posting.unpostedMmio,
     };
     const worker = new Worker(new URL('./worker.js', import.meta.url), { workerData: wd, stdout: false, stderr: false });
     let started!: () => void;

@@ -70,9 +70,16 @@ function postWrite(kind: MbKind, addr: number, size: number, data: Uint8Array): 
   ring();
 }
 
-/** Hand one access to the device thread; reads wait for the answer, writes are posted. */
+const unposted = wd.unpostedMmio;
+/** A write to an MMIO range that must not be posted (see Bus.register). */
+function unpostedMmio(addr: number): boolean {
+  for (let i = 0; i < unposted.length; i += 2) if (addr >= unposted[i]! && addr < unposted[i + 1]!) return true;
+  return false;
+}
+
+/** Hand one access to the device thread; reads wait for the answer, writes are posted (but for unposted ranges). */
 function access(kind: MbKind, dir: number, addr: number, size: number, data: Uint8Array): void {
-  if (dir === 1 && wd.postWrites) { postWrite(kind, addr, size, data); return; }
+  if (dir === 1 && wd.postWrites && !(kind === MbKind.MMIO && unposted.length > 0 && unpostedMmio(addr))) { postWrite(kind, addr, size, data); return; }
   if (kind === MbKind.PIO && dir === 0 && size === 1) {
     const v = shadow.lookup(addr, Atomics.load(w, MB.TAIL) === head ? -1 : queuedPort);
     if (v !== undefined) { data[0] = v; return; }

@@ -92,6 +92,7 @@ export class Machine extends EventEmitter implements VmControl {
   private slots: RamSlot[] = [];
   /** the next KVM slot for a device's memory (firmware images), clear of RAM's */
   private nextDeviceSlot = FIRST_DEVICE_SLOT;
+  private readonly freeDeviceSlots: number[] = [];
   /** pages tshyve's own threads wrote (GuestMemory's dirty map) */
   private dirtyMap = new Uint8Array(new SharedArrayBuffer(0));
   /** an incoming migration's numbers, for --get-stats (migration_*) */
@@ -244,6 +245,7 @@ export class Machine extends EventEmitter implements VmControl {
       powerOff: () => void this.finish(ExitCode.POWEROFF),
       reset: () => void this.finish(ExitCode.REBOOT),
       mapMemory: (gpa, size, hostAddr, opts) => this.mapDeviceMemory(gpa, size, hostAddr, opts.readOnly),
+      guestError: (dev, msg) => this.guestLog.log('warn', `${dev}: ${msg}`),
       addPciFunction: (bdf, kind, fn) => {
         if (this.pci.has(bdf.bus, bdf.slot, bdf.func)) throw new UserError(`PCI ${bdf.bus}:${bdf.slot}:${bdf.func} is needed for ${kind}; use another slot for the device configured there`);
         this.pci.add(bdf.bus, bdf.slot, bdf.func, fn);
@@ -256,12 +258,23 @@ export class Machine extends EventEmitter implements VmControl {
     }
   }
 
-  /** A KVM memory slot of its own for device memory (firmware images). */
+  /**
+   * A KVM memory slot of its own for device memory (firmware images); an
+   * unmapped slot is taken again (the flash maps and unmaps its store as the guest switches modes).
+   */
   private mapDeviceMemory(gpa: number, size: number, hostAddr: bigint, readOnly: boolean): { unmap(): void } {
     if (readOnly && !this.kvm.checkExtension(CAP.READONLY_MEM)) throw new HostError('this host\'s KVM cannot map read-only memory (KVM_CAP_READONLY_MEM), which firmware needs');
-    const slot = this.nextDeviceSlot++;
+    const slot = this.freeDeviceSlots.pop() ?? this.nextDeviceSlot++;
     this.vm.setUserMemoryRegion(slot, gpa, size, hostAddr, readOnly ? MEM_READONLY : 0);
-    return { unmap: () => this.vm.setUserMemoryRegion(slot, gpa, 0, 0n) };
+    let mapped = true;
+    return {
+      unmap: () => {
+        if (!mapped) return;
+        mapped = false;
+        this.vm.setUserMemoryRegion(slot, gpa, 0, 0n);
+        this.freeDeviceSlots.push(slot);
+      },
+    };
   }
 
   /**
@@ -290,8 +303,8 @@ export class Machine extends EventEmitter implements VmControl {
 
   private async startThreads(): Promise<void> {
     const doorbell = new SharedArrayBuffer(DB.WORDS * 4);
-    const postWrites = this.config.getBool('x86.posted_writes', true);
-    const threads = this.vcpuFds.map((v, i) => new VcpuThread(i, v.fd, this.kvm.vcpuMmapSize(), doorbell, this.shadow.buffer, postWrites,
+    const posting = { enabled: this.config.getBool('x86.posted_writes', true), unpostedMmio: this.mmio.unpostedRanges() };
+    const threads = this.vcpuFds.map((v, i) => new VcpuThread(i, v.fd, this.kvm.vcpuMmapSize(), doorbell, this.shadow.buffer, posting,
       (e) => this.onVcpuEvent(e)));
     this.vcpus.threads = threads;
     this.exitServer = new ExitServer(new Int32Array(doorbell), threads.map((t) => t.mailbox), this.pio, this.mmio,
@@ -455,7 +468,7 @@ export class Machine extends EventEmitter implements VmControl {
     if (clean.includes(false)) log('debug', 'a vCPU did not leave KVM_RUN when kicked (halted with interrupts off?)');
     this.exitServer?.stop();
     this.irqs.stop();
-    for (const f of this.pci.functions()) {
+    for (const f of [...this.pci.functions(), ...this.platform.map((d) => d.model)]) {
       try { f.destroy?.(); } catch (e) { log('warn', `closing a device: ${(e as Error).message}`); }
     }
     await this.closeBackends();
