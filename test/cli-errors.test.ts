@@ -4,7 +4,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync, existsSync } from 'node:fs';
+import { mkdtempSync, writeFileSync, existsSync, openSync, closeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runCli, ROOT } from './helpers.js';
@@ -13,6 +13,13 @@ const dir = mkdtempSync(join(tmpdir(), 'tshyve-cli-'));
 const notKernel = join(dir, 'notes.txt');
 writeFileSync(notKernel, 'this is not a kernel\n'.repeat(100));
 const std = ['-s', '0,hostbridge', '-s', '31,lpc', '-l', 'com1,stdio'];
+const rom = (name: string, size: number): string => { const p = join(dir, name); writeFileSync(p, Buffer.alloc(size)); return p; };
+const goodRom = rom('fw.fd', 56 * 1024); // with an 8 KiB variable store: 64 KiB, the flash's size rule
+const vars = rom('vars.fd', 8192);
+// A regular file not even root can open for writing (sysfs, read-only attribute), where there is one.
+const readOnlyFile = ['/sys/kernel/mm/transparent_hugepage/hpage_pmd_size', '/sys/kernel/profiling'].find((p) => {
+  try { closeSync(openSync(p, 'r+')); return false; } catch (e) { return (e as NodeJS.ErrnoException).code === 'EACCES'; }
+});
 
 const cases: [string, string[], RegExp][] = [
   ['missing kernel file', [...std, '-o', `boot.kernel=${join(dir, 'nope')}`, 'vm'], /kernel .*nope.*no such file/],
@@ -31,6 +38,17 @@ const cases: [string, string[], RegExp][] = [
   ['a snapshot.dir that is a file', [...std, '-o', `snapshot.dir=${notKernel}`, 'vm'], /snapshot\.dir .* is not a directory/],
   ['a missing snapshot.key', [...std, '-o', `snapshot.key=${join(dir, 'nokey')}`, 'vm'], /snapshot\.key .*nokey cannot be read: ENOENT/],
   ['a snapshot.key readable by others', [...std, '-o', `snapshot.key=${notKernel}`, 'vm'], /snapshot\.key .* is open to group or others/],
+  ['a missing bootrom', [...std, '-l', `bootrom,${join(dir, 'nofw.fd')}`, 'vm'], /cannot read bootrom .*nofw\.fd: no such file/],
+  ['a bootrom that is not whole pages', [...std, '-l', `bootrom,${notKernel}`, 'vm'], /bootrom .*notes\.txt is 2100 bytes, not a whole number of 4 KiB pages/],
+  ['an empty bootrom', [...std, '-l', `bootrom,${rom('empty.fd', 0)}`, 'vm'], /bootrom .* is 0 bytes/],
+  ['a bootrom that is a directory', [...std, '-l', `bootrom,${dir}`, 'vm'], /bootrom .* is not a regular file/],
+  ['a bootrom larger than the window', [...std, '-l', `bootrom,${rom('big.fd', 17 * 1024 * 1024)}`, 'vm'], /more than the 16 MiB firmware window/],
+  ['variables of another size than the bootrom needs', [...std, '-l', `bootrom,${rom('15m.fd', 15 * 1024 * 1024)},${rom('2m.fd', 2 * 1024 * 1024)}`, 'vm'], /VARFILE .*2m\.fd is 2097152 bytes, bootrom .*15m\.fd needs a 1048576-byte variable store/],
+  ['a missing variable file', [...std, '-l', `bootrom,${goodRom},${join(dir, 'novars.fd')}`, 'vm'], /cannot read bootrom variable file .*novars\.fd: no such file/],
+  ...(readOnlyFile ? [['a variable file that is not writable', [...std, '-l', `bootrom,${goodRom},${readOnlyFile}`, 'vm'], /bootrom variable file .* is not writable/] as [string, string[], RegExp]] : []),
+  ['a bootrom without a host bridge at slot 0', ['-s', '31,lpc', '-l', `bootrom,${goodRom}`, 'vm'], /-l bootrom needs the host bridge at slot 0/],
+  ['boot.raw with a bootrom', [...std, '-l', `bootrom,${goodRom},${vars}`, '-o', `boot.raw=${goodRom}`, 'vm'], /boot\.raw and -l bootrom/],
+  ['a bad host bridge id', ['-s', '0,hostbridge,devid=0x12345', '-s', '31,lpc', '-l', `bootrom,${goodRom}`, '-o', 'control.enable=false', 'vm'], /pci\.0\.0\.0\.devid: '0x12345' is not a 16-bit PCI id/],
 ];
 
 for (const [what, args, re] of cases) {

@@ -74,3 +74,10 @@ test('a VM with virtio disks (I/O threads, irqfd vectors) and transitional devic
   assert.equal(r.code, 1, r.stderr);
   assert.ok(r.ms < 20_000, `ended in ${r.ms} ms: the disks' I/O threads stopped`);
 });
+
+test('firmware boot: a ROM given with -l bootrom starts at the reset vector, reads fw_cfg (ports and DMA), sees the i440FX host bridge and powers off through the PIIX4 PM function', { skip: skipReason('fwcfg-rom') }, async () => {
+  const r = await runCli(['-c', '1', '-m', '16M', '-s', '0,hostbridge', '-s', '31,lpc', '-l', 'com1,stdio', '-l', `bootrom,${guestBin('fwcfg-rom')!}`, 'fwvm'], { timeoutMs: 30_000 });
+  // the signature, the file directory's entry count (9 files), 8086:1237
+  assert.equal(r.stdout, 'QEMU\nC00000009\nC12378086\n');
+  assert.equal(r.code, 1, r.stderr);
+});

@@ -12,6 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Machine, ConfigTree, ExitCode } from '../src/index.js';
 import { createFirmwareFlash } from '../src/devices/pflash/flash.js';
+import { MEM_READONLY } from '../src/kvm/abi.js';
 import { kvmUnavailable, guestBin } from './helpers.js';
 
 const skip = kvmUnavailable() ?? (guestBin('pflash') ? undefined : 'guest program pflash.bin not built (nasm missing: run scripts/setup.sh)');
@@ -30,12 +31,13 @@ test('a guest probes, programs and erases the VARS flash, reads it as memory, an
       'boot.raw': guestBin('pflash')!, 'lpc.com1.path': join(dir, 'com1.txt'),
     })) c.set(k, v);
     const m = await Machine.create(c);
-    const flash = await createFirmwareFlash({ romPath: join(dir, 'code.fd'), varsPath: join(dir, 'vars.fd'), mem: { vm: m.vm, firstSlot: 1 }, bus: m.mmio });
+    let slot = 1; // past guest RAM's one slot
+    const flash = await createFirmwareFlash({ romPath: join(dir, 'code.fd'), varsPath: join(dir, 'vars.fd'), map: (gpa, size, host) => { m.vm.setUserMemoryRegion(slot, gpa, size, host, MEM_READONLY); const s = slot++; return { unmap: () => m.vm.setUserMemoryRegion(s, gpa, 0, 0n) }; }, bus: m.mmio });
     const timer = setTimeout(() => void m.finish(ExitCode.ERROR, 'timed out'), 60_000);
     const code = await m.run();
     clearTimeout(timer);
     const mmioExits = m.exitStats?.mmio ?? 0;
-    flash.close();
+    flash.destroy();
     assert.equal(code, ExitCode.POWEROFF, m.errorMessage);
     const expected = [vars[3]!, vars[3]!, 0x00, 0x00, 0x80, 0xa5, 0x80, 0xff, rom[0x100]!].map(hex).join(' ');
     assert.equal(readFileSync(join(dir, 'com1.txt'), 'latin1'), `${expected} \nD\n`);

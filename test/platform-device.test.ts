@@ -43,7 +43,7 @@ function config(...extra: string[]): ConfigTree {
 }
 
 test('-l takes a registered platform device and -l help lists it', () => {
-  assert.deepEqual(supportedLpcDevices(), ['com1', 'com2', 'com3', 'com4', 'probe']);
+  assert.deepEqual(supportedLpcDevices(), ['com1', 'com2', 'com3', 'com4', 'bootrom', 'fwcfg', 'probe']);
   assert.equal(config('-l', 'PROBE,/tmp/p').get('lpc.probe.file'), '/tmp/p');
 });
 

@@ -218,3 +218,24 @@ test('snapshot.verify_ram=true finds a flipped bit in the RAM image before start
   assert.equal(r.code, 4, r.stderr);
   assert.match(r.stderr, /RAM image .* is damaged at offset 0x0 \(CRC mismatch\)/);
 });
+
+test('a firmware-booted VM (-l bootrom) restores with its fw_cfg offset and its PIIX4 PM block in place', { skip: kvmUnavailable() ?? (guestBin('fwcfg-pause') ? undefined : 'guest programs not built (nasm missing)') }, async () => {
+  const fwConfig = (out: string) => parseBhyveArgs(['-m', '16M', '-s', '0,hostbridge', '-s', '31,lpc', '-l', `com1,${out}`,
+    '-l', `bootrom,${guestBin('fwcfg-pause')!}`, '-o', 'x86.halt_check_ms=0', 'fwsnap']).config;
+  const out = join(dir, 'fw.out'), snap = join(dir, 'fw.json');
+  const m = await Machine.create(fwConfig(out));
+  const done = m.run();
+  await waitFor(() => existsSync(out) && readFileSync(out, 'utf8') === 'QE');
+  await m.suspend(snap);
+  assert.equal(await done, ExitCode.REBOOT);
+  const doc = JSON.parse(readFileSync(snap, 'utf8')) as Record<string, any>;
+  assert.deepEqual(device(doc, 'fwcfg')['state'], { 'selector$u16': 0, 'offset$u32': 2, 'dmaHigh$u32': 0 });
+  device(doc, 'bootrom');
+  device(doc, 'pci.0.1.3');
+
+  const out2 = join(dir, 'fw2.out');
+  const m2 = await Machine.create(fwConfig(out2), { restore: readSnapshot(snap) });
+  m2.mem.writeU8(0x500, 1); // let the guest go on
+  assert.equal(await m2.run(), ExitCode.POWEROFF, 'powered off through the PM block at 0xB000');
+  assert.equal(await settled(out2), 'MU\n', 'the signature goes on where the snapshot left it');
+});

@@ -162,7 +162,7 @@ test('-h returns help immediately; usage() lists the options', () => {
 test('-s help / -l help ask for device lists', () => {
   assert.equal(parse('-s', 'help').list, 'pci');
   assert.equal(parse('-l', 'help').list, 'lpc');
-  assert.deepEqual(supportedLpcDevices(), ['com1', 'com2', 'com3', 'com4']);
+  assert.deepEqual(supportedLpcDevices(), ['com1', 'com2', 'com3', 'com4', 'bootrom', 'fwcfg']);
 });
 
 // ------------------------------------------------------------ flags
@@ -315,10 +315,25 @@ test('-l comN sets lpc.comN.path (whole remainder, case-insensitive name)', () =
   assert.equal(cfg('-l', 'com1,stdio', '-l', 'com1,/dev/null', 'vm').get('lpc.com1.path'), '/dev/null');
 });
 
+test('-l bootrom,ROMFILE[,VARFILE] sets lpc.bootrom and lpc.bootvars; -l fwcfg,qemu sets lpc.fwcfg', () => {
+  const c = cfg('-l', 'bootrom,/usr/share/OVMF/OVMF_CODE_4M.fd,/var/vm/vars.fd', '-l', 'fwcfg,qemu', 'vm');
+  assert.equal(c.get('lpc.bootrom'), '/usr/share/OVMF/OVMF_CODE_4M.fd');
+  assert.equal(c.get('lpc.bootvars'), '/var/vm/vars.fd');
+  assert.equal(c.get('lpc.fwcfg'), 'qemu');
+  const d = cfg('-l', 'BOOTROM,/fw.fd', 'vm');
+  assert.equal(d.get('lpc.bootrom'), '/fw.fd');
+  assert.equal(d.get('lpc.bootvars'), undefined);
+});
+
 test('-l errors', () => {
-  throwsUser(() => parse('-l', 'bootrom,/usr/local/share/uefi-firmware/BHYVE_UEFI.fd', 'vm'), "'bootrom'", 'not supported by tshyve yet');
+  throwsUser(() => parse('-l', 'bootrom', 'vm'), "'bootrom'", 'ROMFILE');
+  throwsUser(() => parse('-l', 'bootrom,', 'vm'), "'bootrom'", 'ROMFILE');
+  throwsUser(() => parse('-l', 'bootrom,/a.fd,', 'vm'), "'bootrom'", 'ROMFILE[,VARFILE] only');
+  throwsUser(() => parse('-l', 'bootrom,/a.fd,/b.fd,/c.fd', 'vm'), "'bootrom'", 'ROMFILE[,VARFILE] only');
+  throwsUser(() => parse('-l', 'fwcfg,bhyve', 'vm'), "'fwcfg'", 'fwctl');
+  throwsUser(() => parse('-l', 'fwcfg', 'vm'), "'fwcfg'", 'qemu');
   throwsUser(() => parse('-l', 'tpm,swtpm,/tmp/s', 'vm'), "'tpm'", 'not supported');
-  throwsUser(() => parse('-l', 'com5,stdio', 'vm'), /^unknown LPC device 'com5' \(known: com1, com2, com3, com4\)/);
+  throwsUser(() => parse('-l', 'com5,stdio', 'vm'), /^unknown LPC device 'com5' \(known: com1, com2, com3, com4, bootrom, fwcfg\)/);
   throwsUser(() => parse('-l', 'com1', 'vm'), "'com1'", 'backend');
   throwsUser(() => parse('-l', 'com1,', 'vm'), "'com1'");
 });

@@ -40,7 +40,7 @@ export interface ParseOptions {
 }
 
 /** LPC devices bhyve has that tshyve does not emulate yet. */
-const LPC_UNSUPPORTED = ['bootrom', 'tpm', 'pc-testdev', 'fwcfg'];
+const LPC_UNSUPPORTED = ['tpm', 'pc-testdev'];
 
 /** What `-l help` lists. */
 export function supportedLpcDevices(): string[] {
@@ -102,7 +102,7 @@ export function usage(progname = 'tshyve'): string {
     '       -h: help',
     '       -I: ignored (an I/O APIC is always present)',
     '       -k: key=value flat config file',
-    '       -l: LPC device configuration (com1..com4)',
+    '       -l: LPC device configuration (com1..com4, bootrom,ROMFILE[,VARFILE], fwcfg,qemu)',
     '       -m: memory size (K, M, G, T suffixes; a plain number < 1M is MiB)',
     '       -o: set config \'var\' to \'value\'',
     '       -P: vmexit from the guest on pause',

@@ -8,9 +8,10 @@ import type { Bus, BusDevice, IrqLine } from '../bus/bus.js';
 import type { Snapshottable, StateWriter, StateReader } from '../snapshot/state.js';
 import {
   DEFAULT_PM_PORTS, KBD_STATUS_PORT, PM1_CNT_LEN, PM1_EVT_LEN, PM_TIMER_32BIT, PM_TIMER_HZ, PM_TMR_LEN,
-  SLP_TYP_S5, type PmPorts,
+  PIIX4_PM_BASE, SLP_TYP_S5, pmPortsAt, type PmPorts,
 } from '../x86/acpi/pm-ports.js';
 import { registerPlatformDevice } from './platform.js';
+import { PIIX4_PM_BDF, piix4PmFunction } from './piix4-pm.js';
 
 export interface AcpiPmCallbacks {
   onPowerOff(): void;
@@ -25,6 +26,8 @@ export interface AcpiPmOptions {
   now?: () => bigint;
   /** also claim port 0x64 for the 8042 reset command (default true) */
   keyboardReset?: boolean;
+  /** SLP_TYP values that power off besides our \_S5's */
+  softOffTypes?: readonly number[];
 }
 
 // PM1 status/enable bits
@@ -123,7 +126,8 @@ export class AcpiPm implements Snapshottable {
     write: (offset, size, value) => {
       const v = merge(this.cnt, offset, size, value) & 0xffff;
       this.cnt = (v & CNT_MASK) | SCI_EN;
-      if ((v & SLP_EN) && ((v >>> 10) & 7) === SLP_TYP_S5) this.cb.onPowerOff();
+      const type = (v >>> 10) & 7;
+      if ((v & SLP_EN) && (type === SLP_TYP_S5 || this.opts.softOffTypes?.includes(type))) this.cb.onPowerOff();
     },
   };
 
@@ -149,12 +153,35 @@ export class AcpiPm implements Snapshottable {
   };
 }
 
-export function attachAcpiPm(pio: Bus, callbacks: AcpiPmCallbacks, opts: AcpiPmOptions = {}): AcpiPm {
+/**
+ * Claim the PM1 event, control and timer blocks at `p` (or release them,
+ * undefined). False, with nothing claimed, when `p` overlaps ports another
+ * device has (a guest can program any base).
+ */
+export function mapPmBlocks(pio: Bus, pm: AcpiPm, p: PmPorts | undefined): boolean {
+  const blocks = [pm.evt, pm.control, pm.timer];
+  for (const d of blocks) pio.unregister(d);
+  if (!p) return true;
+  try {
+    pio.register(p.pm1aEvt, PM1_EVT_LEN, pm.evt, 'acpi-pm1a-evt');
+    pio.register(p.pm1aCnt, PM1_CNT_LEN, pm.control, 'acpi-pm1a-cnt');
+    pio.register(p.pmTmr, PM_TMR_LEN, pm.timer, 'acpi-pm-tmr');
+  } catch {
+    for (const d of blocks) pio.unregister(d);
+    return false;
+  }
+  return true;
+}
+
+/**
+ * The PM device with its blocks at opts.ports (the default ports), the
+ * reset register and the 8042 reset; `floating`: the blocks are left
+ * unmapped, for the PIIX4 PM function to place (firmware boot).
+ */
+export function attachAcpiPm(pio: Bus, callbacks: AcpiPmCallbacks, opts: AcpiPmOptions = {}, floating = false): AcpiPm {
   const pm = new AcpiPm(callbacks, opts);
   const p = pm.ports;
-  pio.register(p.pm1aEvt, PM1_EVT_LEN, pm.evt, 'acpi-pm1a-evt');
-  pio.register(p.pm1aCnt, PM1_CNT_LEN, pm.control, 'acpi-pm1a-cnt');
-  pio.register(p.pmTmr, PM_TMR_LEN, pm.timer, 'acpi-pm-tmr');
+  if (!floating) mapPmBlocks(pio, pm, p);
   // One byte only, so the PCI config-address register at 0xCF8 stays separate.
   pio.register(p.reset, 1, pm.reset, 'acpi-reset');
   if (opts.keyboardReset ?? true) pio.register(KBD_STATUS_PORT, 1, pm.keyboard, 'kbd-reset');
@@ -163,5 +190,14 @@ export function attachAcpiPm(pio: Bus, callbacks: AcpiPmCallbacks, opts: AcpiPmO
 
 registerPlatformDevice({
   name: 'pm', kind: 'acpi-pm', node: 'pm',
-  create: (ctx) => attachAcpiPm(ctx.pio, { onPowerOff: () => ctx.powerOff(), onReset: () => ctx.reset() }, { sci: ctx.irq(9) }),
+  create: (ctx) => {
+    // With firmware, the blocks are where it programs the PIIX4 PM function's PMBA (the FADT says 0xB000),
+    // and SLP_TYP 0 is soft off as on QEMU's PIIX4 (OVMF's ResetShutdown writes it).
+    const firmware = ctx.config.get('lpc.bootrom') !== undefined;
+    const cb = { onPowerOff: () => ctx.powerOff(), onReset: () => ctx.reset() };
+    const opts = firmware ? { sci: ctx.irq(9), ports: pmPortsAt(PIIX4_PM_BASE), softOffTypes: [0] } : { sci: ctx.irq(9) };
+    const pm = attachAcpiPm(ctx.pio, cb, opts, firmware);
+    if (firmware) ctx.addPciFunction(PIIX4_PM_BDF, 'piix4-pm', piix4PmFunction(ctx.pio, pm));
+    return pm;
+  },
 });

@@ -16,6 +16,8 @@ import './uart16550.js';
 import './rtc.js';
 import './acpi-pm.js';
 import './post.js';
+import './firmware.js';
+import './fw-cfg/index.js';
 
 registerPciDevice({ name: 'virtio-rnd', load: () => import('./virtio-rnd.js') });
 registerPciDevice({ ...virtioBlkInfo, load: () => import('./virtio-blk/pci.js') });

@@ -7,12 +7,19 @@
  */
 import type { Bus, IrqLine } from '../bus/bus.js';
 import { ConfigNode, type ConfigTree, type ConfigTreeWriter } from '../config/tree.js';
+import type { GuestMemory } from '../memory/guest-memory.js';
+import type { PciFunction } from '../pci/device.js';
 import type { DeviceConfigKeys, PersistentDevice } from '../snapshot/persist.js';
 import type { SerialBackend } from './backends/types.js';
 
 /** What a platform device gets from the VM when it is built. */
 export interface PlatformContext {
   readonly pio: Bus;
+  readonly mmio: Bus;
+  /** Guest RAM, bounds-checked (fw_cfg DMA). */
+  readonly mem: GuestMemory;
+  /** The whole config: what devices that describe the machine to firmware (fw_cfg) read. */
+  readonly config: ConfigTree;
   /** An IOAPIC/PIC pin. */
   irq(gsi: number): IrqLine;
   /** Guest RAM in bytes (the RTC's CMOS reports it). */
@@ -29,6 +36,16 @@ export interface PlatformContext {
   powerOff(): void;
   /** The guest asked for a reset. */
   reset(): void;
+  /**
+   * Map `size` bytes of host memory at `hostAddr` into the guest at `gpa` (a
+   * KVM memory slot of its own); with `readOnly`, guest writes there become
+   * MMIO exits. Firmware images live in such slots.
+   */
+  mapMemory(gpa: number, size: number, hostAddr: bigint, opts: { readOnly: boolean }): { unmap(): void };
+  /** A guest's misuse of a device, logged rate-limited. */
+  guestError(dev: string, msg: string): void;
+  /** Add a PCI function the platform device brings (saved and restored as `pci.B.S.F` of `kind`). */
+  addPciFunction(bdf: { bus: number; slot: number; func: number }, kind: string, fn: PciFunction): void;
 }
 
 /** A built platform device: its state under the device contract, and teardown. */

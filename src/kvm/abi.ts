@@ -88,6 +88,7 @@ export const CAP = {
   MAX_VCPUS: 66,
   IRQ_ROUTING: 25,
   TSC_DEADLINE_TIMER: 72,
+  READONLY_MEM: 81,
 } as const;
 
 export const EXIT = {

@@ -103,6 +103,17 @@ export class PciConfig implements PciConfigSpace {
     return off;
   }
 
+  /**
+   * A device-specific register at `offset` (outside the standard header and
+   * capabilities): `writable` masks its bytes; onWrite is called after each
+   * write that touches it.
+   */
+  addRegister(offset: number, writable: Uint8Array, onWrite: () => void): void {
+    if (offset < 0x40 || offset + writable.length > 256) throw new Error('PCI register outside the device-specific space');
+    this.wmask.set(writable, offset);
+    this.hooks.push({ offset, end: offset + writable.length, onWrite });
+  }
+
   read(offset: number, size: number): number {
     if (offset < 0 || offset + size > 256) return 0xffffffff;
     const dv = this.dv();

@@ -54,6 +54,8 @@ export interface DeviceContext {
    * ioeventfd. Undefined, or undefined returned, when the host cannot.
    */
   bindIoeventfd?(fd: number, addr: number, len: number, opts?: { pio?: boolean; datamatch?: number }): { remove(): void } | undefined;
+  /** The VM boots firmware (-l bootrom): identities default to what the firmware knows (an i440FX host bridge). */
+  readonly firmware?: boolean;
   /** The VM's name (`-n`/config `name`): what stable per-VM identities (a default MAC) derive from. */
   readonly vmName?: string;
   /** Guest RAM as a memfd a worker thread can map itself (undefined in tests or when workers are off). */

@@ -30,6 +30,8 @@ export class PciHost implements BusDevice {
     this.fns.set(k, fn);
   }
 
+  has(bus: number, slot: number, func: number): boolean { return this.fns.has(PciHost.key(bus, slot, func)); }
+
   functions(): PciFunction[] { return [...this.fns.values()]; }
 
   /** The config address latch (0xCF8): part of a snapshot. */

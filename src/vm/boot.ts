@@ -1,45 +1,61 @@
 /**
  * What a VM boots: a Linux kernel (bzImage or ELF vmlinux, with an initrd
- * and a command line, ACPI tables and Linux's 64-bit boot protocol) or a
- * flat binary started in real mode (tshyve's own test programs).
+ * and a command line, ACPI tables and Linux's 64-bit boot protocol), a
+ * flat binary started in real mode (tshyve's own test programs), or the
+ * firmware of -l bootrom, started at the reset vector.
  */
-import { readFileSync, statSync } from 'node:fs';
 import type { VcpuFd } from '../kvm/kvm.js';
 import type { Sregs, Segment as KvmSegment } from '../kvm/abi.js';
 import type { ConfigTree } from '../config/tree.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
 import { UserError } from '../errors.js';
-import { IOAPIC_ADDR, LAPIC_ADDR } from '../x86/layout.js';
+import { readUserFile } from '../config/user-file.js';
 import type { BootCpuState, Segment as BootSegment } from '../x86/boot/cpu-state.js';
 import { loadLinux } from '../x86/boot/linux.js';
 import { buildAcpiTables } from '../x86/acpi/index.js';
-import { intxGsi } from '../pci/device.js';
+import { platformAcpiOptions } from '../pci/acpi-options.js';
+import { checkFirmwareFiles } from '../devices/firmware.js';
 
 export type BootSource =
   | { kind: 'linux'; kernel: Buffer; initrd?: Buffer; cmdline: string }
-  | { kind: 'raw'; file: string; image: Buffer; address: number };
+  | { kind: 'raw'; file: string; image: Buffer; address: number }
+  // The firmware (-l bootrom: its flash and fw_cfg are platform devices, which also hand it boot.kernel).
+  | { kind: 'firmware' };
 
 /** The boot payload the config names (boot.kernel/initrd/cmdline or boot.raw), read and checked. */
 export function bootSource(c: ConfigTree): BootSource {
   const kernel = c.get('boot.kernel');
   const raw = c.get('boot.raw');
+  if (c.get('lpc.bootrom') !== undefined) {
+    if (raw) throw new UserError('boot.raw and -l bootrom both say what to boot: give one');
+    const bridge = c.get('pci.0.0.0.device');
+    if (bridge !== 'hostbridge' && bridge !== 'amd_hostbridge') {
+      throw new UserError('-l bootrom needs the host bridge at slot 0 (-s 0,hostbridge): the firmware knows the platform by it');
+    }
+    checkFirmwareFiles(c.get('lpc.bootrom')!, c.get('lpc.bootvars')); // before the host is touched (the flash device checks again on a restore)
+    return { kind: 'firmware' };
+  }
   if (kernel) {
-    const image = readBootFile(kernel, 'kernel');
+    const image = readUserFile(kernel, 'kernel');
     if (!isLinuxKernel(image)) throw new UserError(`kernel ${kernel} is not a Linux kernel (neither a bzImage nor an ELF vmlinux)`);
     const initrd = c.get('boot.initrd');
-    return { kind: 'linux', kernel: image, initrd: initrd ? readBootFile(initrd, 'initrd') : undefined, cmdline: c.get('boot.cmdline') ?? 'console=ttyS0' };
+    return { kind: 'linux', kernel: image, initrd: initrd ? readUserFile(initrd, 'initrd') : undefined, cmdline: c.get('boot.cmdline') ?? 'console=ttyS0' };
   }
   if (raw) {
     const a = c.get('boot.raw.address') ?? '0x1000';
     const address = Number(a);
     if (!Number.isSafeInteger(address) || address < 0 || address >= 0x100000) throw new UserError(`boot.raw.address '${a}' must be below 1 MiB`);
-    return { kind: 'raw', file: raw, image: readBootFile(raw, 'boot image'), address };
+    return { kind: 'raw', file: raw, image: readUserFile(raw, 'boot image'), address };
   }
-  throw new UserError('nothing to boot: give -o boot.kernel=PATH (a Linux bzImage or vmlinux); tshyve has no firmware boot yet');
+  throw new UserError('nothing to boot: give -o boot.kernel=PATH (a Linux bzImage or vmlinux) or -l bootrom,FIRMWARE');
 }
 
 /** Put the payload in guest memory and the boot vCPU where it starts. */
 export function loadBoot(boot: BootSource, mem: GuestMemory, bsp: VcpuFd, cpus: number, memBytes: number): void {
+  if (boot.kind === 'firmware') {
+    startAtResetVector(bsp);
+    return;
+  }
   if (boot.kind === 'raw') {
     const image = boot.image;
     if (!mem.contains(boot.address, image.length)) throw new UserError(`boot image ${boot.file} does not fit in guest memory at 0x${boot.address.toString(16)}`);
@@ -55,25 +71,9 @@ export function loadBoot(boot: BootSource, mem: GuestMemory, bsp: VcpuFd, cpus: 
     return;
   }
   const { kernel, initrd } = boot;
-  const rsdpAddr = buildAcpiTables(mem, {
-    cpus, ioapicAddr: IOAPIC_ADDR, lapicAddr: LAPIC_ADDR,
-    // INTx routing for drivers that do not use MSI-X
-    dsdt: { pci: { prt: Array.from({ length: 32 }, (_, slot) => ({ slot, pin: 0, gsi: intxGsi(slot) })) } },
-  });
+  const rsdpAddr = buildAcpiTables(mem, platformAcpiOptions(cpus));
   const state = loadLinux(mem, { kernel, initrd, cmdline: boot.cmdline, memBytes, rsdpAddr });
   applyBootState(bsp, state);
-}
-
-function readBootFile(path: string, what: string): Buffer {
-  try {
-    const st = statSync(path);
-    if (!st.isFile()) throw new UserError(`${what} ${path} is not a regular file`);
-    return readFileSync(path);
-  } catch (e) {
-    if (e instanceof UserError) throw e;
-    const code = (e as NodeJS.ErrnoException).code;
-    throw new UserError(`cannot read ${what} ${path}: ${code === 'ENOENT' ? 'no such file' : code ?? String(e)}`);
-  }
 }
 
 /** bzImage setup header magic, or an ELF64 image. */
@@ -81,6 +81,16 @@ function isLinuxKernel(b: Buffer): boolean {
   const bz = b.length > 0x206 && b.readUInt32LE(0x202) === 0x53726448;
   const elf = b.length > 64 && b.readUInt32BE(0) === 0x7f454c46 && b[4] === 2;
   return bz || elf;
+}
+
+/** The x86 reset state's entry: real mode at F000:FFF0 with CS's base at 0xFFFF0000, the firmware's last 16 bytes. */
+function startAtResetVector(v: VcpuFd): void {
+  const s = v.getSregs();
+  s.cs = { ...s.cs, selector: 0xf000, base: 0xffff0000n, limit: 0xffff };
+  v.setSregs(s);
+  const r = v.getRegs();
+  r.rip = 0xfff0n; r.rflags = 2n;
+  v.setRegs(r);
 }
 
 function toKvmSeg(s: BootSegment): KvmSegment {

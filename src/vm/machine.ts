@@ -11,7 +11,7 @@ import { EventEmitter } from 'node:events';
 import { Kvm, type Vm, VcpuFd } from '../kvm/kvm.js';
 import { createGuestRam, type RamMapping } from '../memory/ram.js';
 import { libc } from '../host/libc.js';
-import { SYSTEM_EVENT } from '../kvm/abi.js';
+import { CAP, MEM_READONLY, SYSTEM_EVENT } from '../kvm/abi.js';
 import { GuestMemory, PAGE_SIZE } from '../memory/guest-memory.js';
 import { Bus, type IrqLine } from '../bus/bus.js';
 import { type ConfigTree } from '../config/tree.js';
@@ -58,6 +58,9 @@ function ramSlots(ram: RamMapping): RamSlot[] {
   });
 }
 
+/** KVM memory slots from here on hold device memory (firmware), not RAM: the dirty log and RAM images skip them. */
+const FIRST_DEVICE_SLOT = 16;
+
 export class Machine extends EventEmitter implements VmControl {
   readonly pio = new Bus('pio');
   readonly mmio = new Bus('mmio');
@@ -87,6 +90,9 @@ export class Machine extends EventEmitter implements VmControl {
   private readonly allocPio = mmioAllocator(PCI_PIO_BASE, PCI_PIO_END);
   /** guest RAM's KVM slots */
   private slots: RamSlot[] = [];
+  /** the next KVM slot for a device's memory (firmware images), clear of RAM's */
+  private nextDeviceSlot = FIRST_DEVICE_SLOT;
+  private readonly freeDeviceSlots: number[] = [];
   /** pages tshyve's own threads wrote (GuestMemory's dirty map) */
   private dirtyMap = new Uint8Array(new SharedArrayBuffer(0));
   /** an incoming migration's numbers, for --get-stats (migration_*) */
@@ -179,7 +185,7 @@ export class Machine extends EventEmitter implements VmControl {
   deviceContext(): DeviceContext {
     const ioeventfd = this.config.getBool('virtio.ioeventfd', true);
     return {
-      mem: this.mem, pio: this.pio, mmio: this.mmio, vmName: this.name,
+      mem: this.mem, pio: this.pio, mmio: this.mmio, vmName: this.name, firmware: this.config.get('lpc.bootrom') !== undefined,
       irq: (gsi) => this.irq(gsi),
       msi: (address, data) => { this.vm.signalMsi(address, data); },
       msiVector: this.irqs.irqfdRouter() ? () => this.irqs.msiVector() : undefined,
@@ -232,17 +238,46 @@ export class Machine extends EventEmitter implements VmControl {
     const shadow = this.config.getBool('x86.shadow_regs', true);
     this.platform = await buildPlatformDevices({
       pio: this.pio,
+      mmio: this.mmio,
+      mem: this.mem,
+      config: this.config,
       irq: (gsi) => this.irq(gsi),
       memBytes: this.ram.size,
       shadowRegister: shadow ? (port, writePort) => this.shadow.register(port, writePort) : undefined,
       openSerial: async (spec) => { const b = await openSerialBackend(spec); this.backends.push(b); return b; },
       powerOff: () => void this.finish(ExitCode.POWEROFF),
       reset: () => void this.finish(ExitCode.REBOOT),
+      mapMemory: (gpa, size, hostAddr, opts) => this.mapDeviceMemory(gpa, size, hostAddr, opts.readOnly),
+      guestError: (dev, msg) => this.guestLog.log('warn', `${dev}: ${msg}`),
+      addPciFunction: (bdf, kind, fn) => {
+        if (this.pci.has(bdf.bus, bdf.slot, bdf.func)) throw new UserError(`PCI ${bdf.bus}:${bdf.slot}:${bdf.func} is needed for ${kind}; use another slot for the device configured there`);
+        this.pci.add(bdf.bus, bdf.slot, bdf.func, fn);
+        this.devices.push(persistentPciFunction(bdf, kind, fn));
+      },
     }, this.config);
     for (const d of this.platform) {
       if (d.model instanceof Uart16550) this.uarts.set(d.id, d.model);
       this.devices.push(d);
     }
+  }
+
+  /**
+   * A KVM memory slot of its own for device memory (firmware images); an
+   * unmapped slot is taken again (the flash maps and unmaps its store as the guest switches modes).
+   */
+  private mapDeviceMemory(gpa: number, size: number, hostAddr: bigint, readOnly: boolean): { unmap(): void } {
+    if (readOnly && !this.kvm.checkExtension(CAP.READONLY_MEM)) throw new HostError('this host\'s KVM cannot map read-only memory (KVM_CAP_READONLY_MEM), which firmware needs');
+    const slot = this.freeDeviceSlots.pop() ?? this.nextDeviceSlot++;
+    this.vm.setUserMemoryRegion(slot, gpa, size, hostAddr, readOnly ? MEM_READONLY : 0);
+    let mapped = true;
+    return {
+      unmap: () => {
+        if (!mapped) return;
+        mapped = false;
+        this.vm.setUserMemoryRegion(slot, gpa, 0, 0n);
+        this.freeDeviceSlots.push(slot);
+      },
+    };
   }
 
   /**
@@ -439,7 +474,7 @@ export class Machine extends EventEmitter implements VmControl {
     if (clean.includes(false)) log('debug', 'a vCPU did not leave KVM_RUN when kicked (halted with interrupts off?)');
     this.exitServer?.stop();
     this.irqs.stop();
-    for (const f of this.pci.functions()) {
+    for (const f of [...this.pci.functions(), ...this.platform.map((d) => d.model)]) {
       try { f.destroy?.(); } catch (e) { log('warn', `closing a device: ${(e as Error).message}`); }
     }
     await this.closeBackends();

@@ -14,6 +14,7 @@
  *   0xc0000000  32-bit PCI MMIO window (RAM below 4 GiB never exceeds this)
  *   0xfec00000  IOAPIC
  *   0xfee00000  local APIC
+ *   0xff000000  firmware window (-l bootrom): the flash images end at 4 GiB
  *   0x100000000 RAM that did not fit below 3 GiB
  */
 import { UserError } from '../errors.js';
@@ -64,6 +65,14 @@ export const IOAPIC_ADDR = 0xfec00000;
 export const IOAPIC_SIZE = 0x1000;
 export const LAPIC_ADDR = 0xfee00000;
 export const LAPIC_SIZE = 0x1000;
+
+/**
+ * The firmware window (bhyve's bootrom window): the flash images end at
+ * 4 GiB, the code image on top, the variable store below it.
+ */
+export const FIRMWARE_WINDOW_SIZE = 16 * MiB;
+export const FIRMWARE_WINDOW_END = 4 * GiB;
+export const FIRMWARE_WINDOW_BASE = FIRMWARE_WINDOW_END - FIRMWARE_WINDOW_SIZE;
 
 /** Smallest guest we lay out: the boot structures plus some high memory. */
 export const MIN_MEM_BYTES = 2 * MiB;

@@ -8,22 +8,20 @@ import { MEM_READONLY } from '../../kvm/abi.js';
 import { UserError } from '../../errors.js';
 import { StateReader, StateWriter, SnapshotError } from '../../snapshot/state.js';
 import { CMD, SR } from './cfi01.js';
-import { createFirmwareFlash, varsSizeFor, type FirmwareFlash, type FlashSlotApi } from './flash.js';
+import { createFirmwareFlash, varsSizeFor, type FirmwareFlash, type MapMemory } from './flash.js';
+import { checkFirmwareFiles } from '../firmware.js';
 
 const OVMF = '/usr/share/OVMF';
 const CODE_4M = 0x37c000, VARS_4M = 0x84000;
 
-/** A VM's slot call that keeps the slots as KVM would. */
-function fakeVm() {
+/** The VM's mapMemory, keeping the mapped slots by guest address. */
+function fakeMap() {
   const slots = new Map<number, { gpa: number; size: number; flags: number }>();
-  const calls: { slot: number; size: number }[] = [];
-  const vm: FlashSlotApi = {
-    setUserMemoryRegion(slot, gpa, size, _host, flags = 0) {
-      calls.push({ slot, size });
-      if (size === 0) slots.delete(slot); else slots.set(slot, { gpa, size, flags });
-    },
+  const map: MapMemory = (gpa, size, _host, opts) => {
+    slots.set(gpa, { gpa, size, flags: opts.readOnly ? MEM_READONLY : 0 });
+    return { unmap: () => slots.delete(gpa) };
   };
-  return { vm, slots, calls };
+  return { map, slots };
 }
 
 function tmp(): string { return mkdtempSync(join(tmpdir(), 'tshyve-pflash-')); }
@@ -38,10 +36,14 @@ async function make(dir: string, opts: { rom?: number; vars?: Buffer | 'none'; r
     if (!existsSync(varsPath)) writeFileSync(varsPath, opts.vars ?? pattern(VARS_4M, 5));
   }
   const bus = new Bus('mmio');
-  const { vm, slots, calls } = fakeVm();
-  const flash = await createFirmwareFlash({ romPath, varsPath, mem: { vm, firstSlot: 2 }, bus, guestError: () => {} });
-  return { flash, bus, slots, calls, romPath, varsPath };
+  const { map, slots } = fakeMap();
+  checkFirmwareFiles(romPath, varsPath);
+  const flash = await createFirmwareFlash({ romPath, varsPath, map, bus, guestError: () => {} });
+  return { flash, bus, slots, romPath, varsPath };
 }
+
+/** devices/firmware.ts's checks, which run before the flash is built. */
+const check = async (rom: string, vars: string | undefined) => checkFirmwareFiles(rom, vars);
 
 async function refused(p: Promise<unknown>, re: RegExp): Promise<void> {
   await assert.rejects(p, (e: unknown) => e instanceof UserError && re.test(e.message) && !e.message.includes('\n'));
@@ -65,22 +67,22 @@ test('CODE ends at 4 GiB on a read-only slot, VARS right below it; the probe swi
     const { flash, bus, slots } = await make(dir);
     assert.equal(flash.codeBase, 0x1_0000_0000 - CODE_4M);
     assert.equal(flash.varsBase, 0xffc00000);
-    assert.deepEqual(slots.get(2), { gpa: flash.codeBase, size: CODE_4M, flags: MEM_READONLY });
-    assert.deepEqual(slots.get(3), { gpa: 0xffc00000, size: VARS_4M, flags: MEM_READONLY });
+    assert.deepEqual(slots.get(flash.codeBase), { gpa: flash.codeBase, size: CODE_4M, flags: MEM_READONLY });
+    assert.deepEqual(slots.get(0xffc00000), { gpa: 0xffc00000, size: VARS_4M, flags: MEM_READONLY });
     assert.deepEqual(bus.unpostedRanges(), [0xffc00000, flash.codeBase], 'VARS writes are not posted');
     bus.write(0xffc00000, 1, CMD.CLEAR_STATUS);
-    assert.ok(slots.has(3), 'clear status stays in read-array mode');
+    assert.ok(slots.has(0xffc00000), 'clear status stays in read-array mode');
     bus.write(0xffc00000, 1, CMD.READ_STATUS);
-    assert.ok(!slots.has(3), 'status mode: reads must exit');
+    assert.ok(!slots.has(0xffc00000), 'status mode: reads must exit');
     assert.equal(bus.read(0xffc00000, 1), 0, 'the probe reads cleared status: flash');
     bus.write(0xffc00000, 1, CMD.READ_ARRAY);
-    assert.deepEqual(slots.get(3), { gpa: 0xffc00000, size: VARS_4M, flags: MEM_READONLY });
+    assert.deepEqual(slots.get(0xffc00000), { gpa: 0xffc00000, size: VARS_4M, flags: MEM_READONLY });
     // CODE: writes dropped.
     bus.write(flash.codeBase + 16, 1, CMD.ERASE);
     bus.write(flash.codeBase + 16, 1, CMD.CONFIRM);
     assert.equal(bus.read(flash.codeBase + 16, 1), pattern(CODE_4M, 3)[16]);
-    flash.close();
-    assert.ok(!slots.has(2) && !slots.has(3), 'close removes both slots');
+    flash.destroy();
+    assert.ok(!slots.has(flash.codeBase) && !slots.has(0xffc00000), 'destroy removes both slots');
     assert.equal(bus.read(flash.codeBase, 1), 0xff, 'and the bus ranges');
   } finally { rmSync(dir, { recursive: true }); }
 });
@@ -102,13 +104,13 @@ test('VARFILE: programs and erases reach the file and persist into the next run'
     first.bus.write(base + 0x20, 1, CMD.PROGRAM);
     first.bus.write(base + 0x20, 1, 0x77);
     assert.equal(readFileSync(first.varsPath!)[0x20], pattern(VARS_4M, 5)[0x20]);
-    first.flash.close();
+    first.flash.destroy();
     assert.equal(readFileSync(first.varsPath!)[0x20], 0x77);
     const second = await make(dir);
     assert.deepEqual([...second.flash.vars.subarray(0x1005, 0x1009)], [0xde, 0xad, 0xbe, 0xef]);
     assert.equal(second.flash.vars[0x3000], 0xff);
     assert.equal(second.flash.vars[0x2fff], pattern(VARS_4M, 5)[0x2fff], 'nothing else changed');
-    second.flash.close();
+    second.flash.destroy();
   } finally { rmSync(dir, { recursive: true }); }
 });
 
@@ -122,10 +124,10 @@ test('without VARFILE: the template beside the ROM, in memory; erased flash with
     busWrite(a.bus, a.flash.varsBase, [1, 2, 3]);
     assert.deepEqual(readFileSync(join(dir, 'OVMF_VARS_4M.fd')), template, 'the template is never written');
     assert.deepEqual([...a.flash.vars.subarray(0, 3)], [1, 2, 3]);
-    a.flash.close();
+    a.flash.destroy();
     const b = await make(dir, { vars: 'none', romName: 'OTHER_CODE.fd', rom: CODE_4M });
     assert.ok(b.flash.vars.every((x) => x === 0xff), 'erased: OVMF formats it');
-    b.flash.close();
+    b.flash.destroy();
   } finally { rmSync(dir, { recursive: true }); }
 });
 
@@ -134,17 +136,17 @@ test('bad ROMs and VARFILEs are refused with one line', async () => {
   try {
     await refused(make(dir, { vars: pattern(VARS_4M - 0x1000, 1) }), /VARFILE .* is 536576 bytes, bootrom .* needs a 540672-byte variable store/);
     rmSync(join(dir, 'vm.vars'));
-    await refused(make(dir, { romName: 'odd.fd', rom: 0x1234, vars: 'none' }), /not a whole number of 4 KiB blocks/);
-    await refused(make(dir, { romName: 'big.fd', rom: 0x800000 + 0x1000, vars: 'none' }), /is 8392704 bytes: a firmware image is 4 KiB to 8 MiB/);
+    await refused(make(dir, { romName: 'odd.fd', rom: 0x1234, vars: 'none' }), /not a whole number of 4 KiB pages/);
+    await refused(make(dir, { romName: 'big.fd', rom: 0x1000000 + 0x1000, vars: 'none' }), /is 16781312 bytes, more than the 16 MiB firmware window/);
     await refused(make(dir, { romName: 'empty.fd', rom: 0, vars: 'none' }), /is 0 bytes/);
     await refused(make(dir, { romName: 'whole.fd', rom: 0x200000 }), /holds its own variable store .* takes no VARFILE/);
-    await refused(createFirmwareFlash({ romPath: join(dir, 'missing.fd'), mem: { vm: fakeVm().vm, firstSlot: 2 }, bus: new Bus('mmio') }), /cannot read bootrom .*missing\.fd/);
-    await refused(createFirmwareFlash({ romPath: join(dir, 'whole.fd'), varsPath: dir, mem: { vm: fakeVm().vm, firstSlot: 2 }, bus: new Bus('mmio') }), /takes no VARFILE/);
-    await refused(createFirmwareFlash({ romPath: join(dir, 'OVMF_CODE_4M.fd'), varsPath: dir, mem: { vm: fakeVm().vm, firstSlot: 2 }, bus: new Bus('mmio') }), /VARFILE/);
+    await refused(check(join(dir, 'missing.fd'), undefined), /cannot read bootrom .*missing\.fd/);
+    await refused(check(join(dir, 'whole.fd'), dir), /variable file .* is not a regular file/);
+    await refused(check(join(dir, 'OVMF_CODE_4M.fd'), dir), /variable file .* is not a regular file/);
     const whole = await make(dir, { romName: 'whole.fd', vars: 'none' });
     assert.equal(whole.flash.varsSize, 0, 'a whole volume has no VARS flash');
     assert.equal(whole.slots.size, 1);
-    whole.flash.close();
+    whole.flash.destroy();
   } finally { rmSync(dir, { recursive: true }); }
 });
 
@@ -161,7 +163,7 @@ test('a VARFILE that cannot be written is refused with one line', async (t) => {
       varsPath = '/sys/devices/system/cpu/cpu0/topology/core_id';
       if (!existsSync(varsPath)) { t.skip('running as root and no read-only sysfs attribute to try'); return; }
     }
-    await refused(createFirmwareFlash({ romPath: rom, varsPath, mem: { vm: fakeVm().vm, firstSlot: 2 }, bus: new Bus('mmio') }), /VARFILE .* is not writable/);
+    await refused(check(rom, varsPath), /variable file .* is not writable/);
   } finally { rmSync(dir, { recursive: true }); }
 });
 
@@ -180,13 +182,13 @@ test('snapshot: mode, status and the store are saved and restored (into VARFILE 
     const state = save(a.flash);
     const b = await make(dir2);
     b.flash.restoreState(state);
-    assert.ok(!b.slots.has(3), 'restored out of read-array mode: the VARS slot is away');
+    assert.ok(!b.slots.has(0xffc00000), 'restored out of read-array mode: the VARS slot is away');
     assert.equal(b.bus.read(b.flash.varsBase, 1), SR.READY);
     assert.deepEqual([...b.flash.vars.subarray(0x10, 0x13)], [7, 8, 9]);
     assert.deepEqual([...readFileSync(b.varsPath!).subarray(0x10, 0x13)], [7, 8, 9], 'the VARFILE holds the restored store');
     b.bus.write(b.flash.varsBase, 1, CMD.CONFIRM);
     assert.equal(b.flash.vars[0], 0xff, 'the restored erase completes');
-    b.flash.close();
+    b.flash.destroy();
     // A damaged state: refused before anything changes.
     const c = await make(dir2);
     const before = Buffer.from(c.flash.vars);
@@ -199,12 +201,12 @@ test('snapshot: mode, status and the store are saved and restored (into VARFILE 
     bad['pending$u8'] = 9;
     assert.throws(() => c.flash.restoreState(new StateReader(bad, 'pflash')), SnapshotError);
     assert.deepEqual(Buffer.from(c.flash.vars), before);
-    c.flash.close();
-    a.flash.close();
+    c.flash.destroy();
+    a.flash.destroy();
     writeFileSync(join(dir2, 'OVMF_CODE_4M.fd'), pattern(CODE_4M, 4));
     const d = await make(dir2);
     assert.throws(() => d.flash.restoreState(state), /another firmware image/);
-    d.flash.close();
+    d.flash.destroy();
   } finally { rmSync(dir, { recursive: true }); rmSync(dir2, { recursive: true }); }
 });
 
@@ -216,8 +218,7 @@ test("Debian's OVMF: 4M and 2M builds fit, the template is found, OVMF's probe f
       for (const [code, vars, base] of [['OVMF_CODE_4M.fd', 'OVMF_VARS_4M.fd', 0xffc00000], ['OVMF_CODE.fd', 'OVMF_VARS.fd', 0xffe00000]] as const) {
         if (!existsSync(join(OVMF, code))) continue;
         const bus = new Bus('mmio');
-        const { vm } = fakeVm();
-        const f = await createFirmwareFlash({ romPath: join(OVMF, code), mem: { vm, firstSlot: 1 }, bus });
+        const f = await createFirmwareFlash({ romPath: join(OVMF, code), map: fakeMap().map, bus });
         assert.equal(f.varsBase, base);
         assert.deepEqual(Buffer.from(f.vars), readFileSync(join(OVMF, vars)), 'the in-memory store starts as the template');
         assert.equal(Buffer.from(f.vars.subarray(0x28, 0x2c)).toString('latin1'), '_FVH', 'a firmware volume');
@@ -228,15 +229,15 @@ test("Debian's OVMF: 4M and 2M builds fit, the template is found, OVMF's probe f
         bus.write(base + off, 1, CMD.READ_STATUS);
         assert.equal(bus.read(base + off, 1), 0x00);
         bus.write(base + off, 1, CMD.READ_ARRAY);
-        f.close();
+        f.destroy();
         const copy = join(dir, vars);
         copyFileSync(join(OVMF, vars), copy);
-        const g = await createFirmwareFlash({ romPath: join(OVMF, code), varsPath: copy, mem: { vm, firstSlot: 1 }, bus: new Bus('mmio') });
-        g.close();
+        const g = await createFirmwareFlash({ romPath: join(OVMF, code), varsPath: copy, map: fakeMap().map, bus: new Bus('mmio') });
+        g.destroy();
       }
       copyFileSync(join(OVMF, 'OVMF_VARS_4M.fd'), join(dir, 'v4'));
       if (existsSync(join(OVMF, 'OVMF_CODE.fd'))) {
-        await refused(createFirmwareFlash({ romPath: join(OVMF, 'OVMF_CODE.fd'), varsPath: join(dir, 'v4'), mem: { vm: fakeVm().vm, firstSlot: 1 }, bus: new Bus('mmio') }),
+        await refused(check(join(OVMF, 'OVMF_CODE.fd'), join(dir, 'v4')),
           /is 540672 bytes, bootrom .* needs a 131072-byte variable store/);
       }
     } finally { rmSync(dir, { recursive: true }); }

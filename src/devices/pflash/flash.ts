@@ -22,44 +22,44 @@
  * two is a whole volume (OVMF.fd, with the variables inside): it takes no
  * VARFILE, and OVMF finds its store read-only and keeps variables in memory.
  */
-import { closeSync, fdatasyncSync, fstatSync, openSync, readFileSync, writeSync } from 'node:fs';
+import { closeSync, fdatasyncSync, openSync, readFileSync, writeSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
 import { basename, dirname, join } from 'node:path';
 import type { Bus, BusDevice } from '../../bus/bus.js';
-import { MEM_READONLY } from '../../kvm/abi.js';
 import { createGuestRam, type RamMapping } from '../../memory/ram.js';
 import { libc } from '../../host/libc.js';
 import { UserError } from '../../errors.js';
 import { log } from '../../log.js';
-import type { PersistentDevice } from '../../snapshot/persist.js';
+import { FIRMWARE_WINDOW_END, FIRMWARE_WINDOW_SIZE } from '../../x86/layout.js';
+import type { PlatformContext, PlatformModel } from '../platform.js';
 import type { StateReader, StateWriter } from '../../snapshot/state.js';
 import { SnapshotError } from '../../snapshot/state.js';
 import { Cfi01Flash, Mode, Pending } from './cfi01.js';
 
-/** The flash ends at 4 GiB; like QEMU's pc machines, it may take at most the 8 MiB below. */
-export const FLASH_END = 0x1_0000_0000;
-export const FLASH_MAX_BYTES = 8 * 1024 * 1024;
 /** OVMF's erase block (PcdOvmfFirmwareBlockSize), QEMU's sector length. */
 export const FLASH_BLOCK_SIZE = 0x1000;
 
-/** The KVM memory-slot call of the VM (kvm/kvm.ts's Vm): size 0 deletes a slot. */
-export interface FlashSlotApi {
-  setUserMemoryRegion(slot: number, gpa: number, size: number, hostAddr: bigint, flags?: number): void;
-}
+/** Where the flash gets its memory slots: the VM's (PlatformContext.mapMemory). */
+export type MapMemory = PlatformContext['mapMemory'];
 
+/**
+ * The files were checked before (devices/firmware.ts: regular, whole pages,
+ * within the firmware window; VARFILE writable and of the size checkVarsSize asks).
+ */
 export interface FirmwareFlashOptions {
   romPath: string;
-  varsPath?: string;
-  /** The VM's memory slots: the flash takes `firstSlot` (CODE) and `firstSlot + 1` (VARS), past guest RAM's. */
-  mem: { vm: FlashSlotApi; firstSlot: number };
+  varsPath?: string | undefined;
+  /** The VM's memory slots: CODE takes one, VARS one while in read-array mode. */
+  map: MapMemory;
   /** The MMIO bus. */
   bus: Bus;
   /** A guest's misuse of the flash (rate-limited by the caller); default: a warning. */
   guestError?: (dev: string, msg: string) => void;
 }
 
-/** The flash of a VM: under the device contract (id `pflash`) for snapshots. */
-export interface FirmwareFlash extends PersistentDevice {
+/** The flash of a VM: the platform device `bootrom` (devices/firmware.ts) under the device contract. */
+export interface FirmwareFlash extends PlatformModel {
   readonly codeBase: number;
   readonly codeSize: number;
   readonly varsBase: number;
@@ -69,8 +69,8 @@ export interface FirmwareFlash extends PersistentDevice {
   readonly vars: Uint8Array;
   /** Make the variable store's changes durable in VARFILE (nothing without one). */
   flush(): void;
-  /** Flush, remove the slots and bus ranges, free the buffers. */
-  close(): void;
+  /** Flush, remove the slots and bus ranges, free the buffers (at the VM's end). */
+  destroy(): void;
 }
 
 /** The VARS size a ROM of `romSize` bytes needs (see the top of this file). */
@@ -78,56 +78,39 @@ export function varsSizeFor(romSize: number): number {
   return 2 ** Math.ceil(Math.log2(romSize)) - romSize;
 }
 
-export async function createFirmwareFlash(opts: FirmwareFlashOptions): Promise<FirmwareFlash> {
-  const rom = readRom(opts.romPath);
-  // At most 8 MiB, so the power of two it belongs to (CODE and VARS) fits the window too.
-  const store = openStore(opts, rom.length, varsSizeFor(rom.length));
-  return new Flash(opts, rom, store);
+/**
+ * The flash's size rule for VARFILE beside a ROM of `romSize` bytes (the
+ * ROM itself within the firmware window): throws UserError with one line.
+ */
+export function checkVarsSize(romPath: string, romSize: number, varsPath: string, varsSize: number): void {
+  const need = varsSizeFor(romSize);
+  if (need === 0) throw new UserError(`bootrom ${romPath} holds its own variable store (its size, ${romSize} bytes, is a power of two): it takes no VARFILE`);
+  if (varsSize !== need) throw new UserError(`VARFILE ${varsPath} is ${varsSize} bytes, bootrom ${romPath} needs a ${need}-byte variable store (the VARS image built with that ROM)`);
 }
 
-function readRom(path: string): Buffer {
+export async function createFirmwareFlash(opts: FirmwareFlashOptions): Promise<FirmwareFlash> {
   let rom: Buffer;
-  try {
-    const fd = openSync(path, 'r');
-    try {
-      const st = fstatSync(fd);
-      if (!st.isFile()) throw new UserError(`bootrom ${path} is not a regular file`);
-      if (st.size === 0 || st.size > FLASH_MAX_BYTES) throw new UserError(`bootrom ${path} is ${st.size} bytes: a firmware image is 4 KiB to ${FLASH_MAX_BYTES / 2 ** 20} MiB`);
-      rom = readFileSync(fd);
-    } finally {
-      closeSync(fd);
-    }
-  } catch (e) {
-    if (e instanceof UserError) throw e;
-    throw new UserError(`cannot read bootrom ${path}: ${(e as Error).message}`);
-  }
-  if (rom.length % FLASH_BLOCK_SIZE !== 0) throw new UserError(`bootrom ${path} is ${rom.length} bytes, not a whole number of 4 KiB blocks: not a firmware image`);
-  return rom;
+  try { rom = await readFile(opts.romPath); } catch (e) { throw new UserError(`cannot read bootrom ${opts.romPath}: ${(e as Error).message}`); }
+  // Checked files may still change before they are read: the layout must hold anyway.
+  const size = varsSizeFor(rom.length);
+  if (rom.length === 0 || rom.length % FLASH_BLOCK_SIZE !== 0 || rom.length + size > FIRMWARE_WINDOW_SIZE) throw new UserError(`bootrom ${opts.romPath} changed while it was read`);
+  return new Flash(opts, rom, openStore(opts, size));
 }
 
 interface Store { bytes: Buffer; fd: number | undefined; path: string | undefined }
 
 /** VARFILE opened for writing and read, or the in-memory store. */
-function openStore(opts: FirmwareFlashOptions, romSize: number, size: number): Store {
+function openStore(opts: FirmwareFlashOptions, size: number): Store {
   const path = opts.varsPath;
   if (path !== undefined) {
-    if (size === 0) throw new UserError(`bootrom ${opts.romPath} holds its own variable store (its size, ${romSize} bytes, is a power of two): it takes no VARFILE`);
-    let fd: number;
+    let fd: number | undefined;
     try {
       fd = openSync(path, 'r+');
+      const bytes = readFileSync(fd);
+      if (bytes.length !== size) throw new Error('it changed size');
+      return { bytes, fd, path };
     } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      if (code === 'EACCES' || code === 'EROFS' || code === 'EPERM') throw new UserError(`VARFILE ${path} is not writable: give the VM a writable copy of the firmware's VARS image`);
-      throw new UserError(`cannot open VARFILE ${path}: ${(e as Error).message}`);
-    }
-    try {
-      const st = fstatSync(fd);
-      if (!st.isFile()) throw new UserError(`VARFILE ${path} is not a regular file`);
-      if (st.size !== size) throw new UserError(`VARFILE ${path} is ${st.size} bytes, bootrom ${opts.romPath} needs a ${size}-byte variable store (the VARS image built with that ROM)`);
-      return { bytes: readFileSync(fd), fd, path };
-    } catch (e) {
-      closeSync(fd);
-      if (e instanceof UserError) throw e;
+      if (fd !== undefined) closeSync(fd);
       throw new UserError(`cannot read VARFILE ${path}: ${(e as Error).message}`);
     }
   }
@@ -176,8 +159,6 @@ class RomWrites implements BusDevice {
 }
 
 class Flash implements FirmwareFlash {
-  readonly id = 'pflash';
-  readonly kind = 'pflash-cfi01';
   readonly codeBase: number;
   readonly codeSize: number;
   readonly varsBase: number;
@@ -187,10 +168,9 @@ class Flash implements FirmwareFlash {
   private readonly romDigest: string;
   private readonly cfi: Cfi01Flash | undefined;
   private readonly romDev: RomWrites;
-  private readonly vm: FlashSlotApi;
-  private readonly codeSlot: number;
-  private readonly varsSlot: number;
-  private varsMapped = false;
+  private codeSlot: { unmap(): void } | undefined;
+  /** VARS's slot, while in read-array mode */
+  private varsSlot: { unmap(): void } | undefined;
   /** bytes of the store changed and not yet in VARFILE: [lo, hi) */
   private dirtyLo = Infinity;
   private dirtyHi = 0;
@@ -198,18 +178,15 @@ class Flash implements FirmwareFlash {
 
   constructor(private readonly opts: FirmwareFlashOptions, rom: Buffer, private readonly store: Store) {
     const report = (msg: string) => (opts.guestError ?? ((d, m) => log('warn', `${d}: ${m}`)))('pflash', msg);
-    this.vm = opts.mem.vm;
-    this.codeSlot = opts.mem.firstSlot;
-    this.varsSlot = opts.mem.firstSlot + 1;
     this.codeSize = rom.length;
-    this.codeBase = FLASH_END - rom.length;
+    this.codeBase = FIRMWARE_WINDOW_END - rom.length;
     this.varsSize = store.bytes.length;
     this.varsBase = this.codeBase - this.varsSize;
     this.romDigest = createHash('sha256').update(rom).digest('hex');
     this.code = hostBuffer(rom, 'tshyve-pflash-code');
     this.romDev = new RomWrites(this.code.bytes, report);
     try {
-      this.vm.setUserMemoryRegion(this.codeSlot, this.codeBase, this.codeSize, this.code.hostAddr, MEM_READONLY);
+      this.codeSlot = opts.map(this.codeBase, this.codeSize, this.code.hostAddr, { readOnly: true });
       opts.bus.register(this.codeBase, this.codeSize, this.romDev, 'pflash-code');
       if (this.varsSize > 0) {
         this.varsMem = hostBuffer(store.bytes, 'tshyve-pflash-vars');
@@ -223,7 +200,7 @@ class Flash implements FirmwareFlash {
         this.mapVars(true);
       }
     } catch (e) {
-      this.close();
+      this.destroy();
       throw e;
     }
   }
@@ -232,9 +209,9 @@ class Flash implements FirmwareFlash {
 
   /** Map the store as read-only memory (read-array mode) or take it away (reads exit to the device). */
   private mapVars(on: boolean): void {
-    if (on === this.varsMapped || !this.varsMem) return;
-    this.vm.setUserMemoryRegion(this.varsSlot, this.varsBase, on ? this.varsSize : 0, this.varsMem.hostAddr, MEM_READONLY);
-    this.varsMapped = on;
+    if (on === (this.varsSlot !== undefined) || !this.varsMem) return;
+    if (on) this.varsSlot = this.opts.map(this.varsBase, this.varsSize, this.varsMem.hostAddr, { readOnly: true });
+    else { this.varsSlot!.unmap(); this.varsSlot = undefined; }
   }
 
   flush(): void {
@@ -275,17 +252,18 @@ class Flash implements FirmwareFlash {
     this.cfi.setState({ mode, pending, status });
   }
 
-  close(): void {
+  destroy(): void {
     if (this.closed) return;
     this.closed = true;
     this.flush();
     this.opts.bus.unregister(this.romDev);
     if (this.cfi) this.opts.bus.unregister(this.cfi);
-    for (const [slot, gpa, m, mapped] of [[this.codeSlot, this.codeBase, this.code, true], [this.varsSlot, this.varsBase, this.varsMem, this.varsMapped]] as const) {
+    for (const slot of [this.codeSlot, this.varsSlot]) {
+      try { slot?.unmap(); } catch { /* the VM is going away */ }
+    }
+    this.codeSlot = this.varsSlot = undefined;
+    for (const m of [this.code, this.varsMem]) {
       if (!m) continue;
-      if (mapped) {
-        try { this.vm.setUserMemoryRegion(slot, gpa, 0, m.hostAddr, MEM_READONLY); } catch { /* the VM is going away */ }
-      }
       libc.munmap(m.host, m.size);
       libc.close(m.memfd);
     }

@@ -37,3 +37,13 @@ export interface PmPorts {
 export const DEFAULT_PM_PORTS: PmPorts = {
   pm1aEvt: PM1A_EVT, pm1aCnt: PM1A_CNT, pmTmr: PM_TMR, reset: RESET_PORT, timer32: PM_TIMER_32BIT,
 };
+
+/**
+ * With firmware, the PM blocks sit where the PIIX4 PM function's PMBA puts
+ * them (PIIX4 layout: PM1 status/enable at +0, control at +4, timer at
+ * +8); OVMF and SeaBIOS both program 0xB000, which the FADT then says.
+ */
+export const PIIX4_PM_BASE = 0xb000;
+export function pmPortsAt(base: number): PmPorts {
+  return { ...DEFAULT_PM_PORTS, pm1aEvt: base, pm1aCnt: base + 4, pmTmr: base + 8 };
+}

@@ -218,21 +218,91 @@ class Placer {
   }
 }
 
+/** Where each table went: guest addresses, or offsets in the firmware's blob. */
+interface Placed { facs: number; dsdt: number; madt: number; fadt: number; rsdt: number; xsdt: number }
+
+/** Every table but the RSDP, each handed to `put` (which returns where it went) after those it points to. */
+function placeTables(o: AcpiOptions, oemId: string, put: (bytes: Uint8Array, align?: number) => number): Placed {
+  const pm = o.pm ?? DEFAULT_PM_PORTS;
+  const facs = put(buildFacs(), 64);
+  const dsdt = put(buildDsdt(oemId, o.dsdt));
+  const madt = put(buildMadt(oemId, {
+    cpus: o.cpus, ioapicId: o.ioapicId ?? 0, ioapicAddr: o.ioapicAddr ?? IOAPIC_ADDR, lapicAddr: o.lapicAddr ?? LAPIC_ADDR,
+  }));
+  const fadt = put(buildFadt(oemId, pm, facs, dsdt));
+  const rsdt = put(buildRsdt(oemId, [fadt, madt]));
+  const xsdt = put(buildXsdt(oemId, [fadt, madt]));
+  return { facs, dsdt, madt, fadt, rsdt, xsdt };
+}
+
 /** Write every table; returns the RSDP's guest-physical address. */
 export function buildAcpiTables(mem: GuestMemory, o: AcpiOptions): number {
   const oemId = (o.oemId ?? 'TSHYVE').slice(0, 6);
-  const pm = o.pm ?? DEFAULT_PM_PORTS;
   mem.fill(ACPI_TABLES_ADDR, ACPI_TABLES_SIZE, 0);
   const place = new Placer(mem, ACPI_TABLES_ADDR, ACPI_TABLES_ADDR + ACPI_TABLES_SIZE);
   const rsdpAddr = place.put(new Uint8Array(RSDP_SIZE)); // first, 16-byte aligned: found by the scan
-  const facs = place.put(buildFacs(), 64);
-  const dsdt = place.put(buildDsdt(oemId, o.dsdt));
-  const madt = place.put(buildMadt(oemId, {
-    cpus: o.cpus, ioapicId: o.ioapicId ?? 0, ioapicAddr: o.ioapicAddr ?? IOAPIC_ADDR, lapicAddr: o.lapicAddr ?? LAPIC_ADDR,
-  }));
-  const fadt = place.put(buildFadt(oemId, pm, facs, dsdt));
-  const rsdt = place.put(buildRsdt(oemId, [fadt, madt]));
-  const xsdt = place.put(buildXsdt(oemId, [fadt, madt]));
-  mem.write(rsdpAddr, buildRsdp(oemId, rsdt, xsdt));
+  const t = placeTables(o, oemId, (b, align) => place.put(b, align));
+  mem.write(rsdpAddr, buildRsdp(oemId, t.rsdt, t.xsdt));
   return rsdpAddr;
+}
+
+/** The two blobs of QEMU's table loader: every table, and the RSDP apart. */
+export type AcpiBlobName = 'tables' | 'rsdp';
+/** A field of `size` bytes at `offset` in blob `in` that holds an offset into the tables blob. */
+export interface AcpiPointer { in: AcpiBlobName; offset: number; size: 4 | 8 }
+/** A checksum byte at `at` in blob `in` over [start, start + length), to compute once the pointers are patched. */
+export interface AcpiChecksum { in: AcpiBlobName; at: number; start: number; length: number }
+export interface AcpiBlobs {
+  tables: Uint8Array;
+  rsdp: Uint8Array;
+  /** in the order firmware must patch them */
+  pointers: AcpiPointer[];
+  /** in the order firmware must compute them, every checksum byte left 0 */
+  checksums: AcpiChecksum[];
+}
+
+/**
+ * The same tables for firmware to place (QEMU's etc/acpi/tables and
+ * etc/acpi/rsdp): pointers hold offsets into the tables blob and checksum
+ * bytes are 0, so that the firmware's loader adds its addresses and then
+ * computes every checksum.
+ */
+export function buildAcpiBlobs(o: AcpiOptions): AcpiBlobs {
+  const oemId = (o.oemId ?? 'TSHYVE').slice(0, 6);
+  const parts: Uint8Array[] = [];
+  let size = 0;
+  const placed = new Map<number, number>(); // offset -> length
+  const t = placeTables(o, oemId, (b, align = 16) => {
+    const at = Math.ceil(size / align) * align;
+    if (at > size) parts.push(new Uint8Array(at - size));
+    parts.push(b);
+    size = at + b.length;
+    placed.set(at, b.length);
+    return at;
+  });
+  const tables = new Uint8Array(size);
+  let p = 0;
+  for (const part of parts) { tables.set(part, p); p += part.length; }
+  const rsdp = buildRsdp(oemId, t.rsdt, t.xsdt);
+  const checksums: AcpiChecksum[] = [
+    // every table but the FACS, which has no checksum
+    ...[...placed].filter(([at]) => at !== t.facs).map(([at, length]) => ({ in: 'tables' as const, at: at + 9, start: at, length })),
+    { in: 'rsdp', at: 8, start: 0, length: 20 },
+    { in: 'rsdp', at: 32, start: 0, length: RSDP_SIZE },
+  ];
+  for (const c of checksums) (c.in === 'tables' ? tables : rsdp)[c.at] = 0;
+  const entries = (base: number, size: 4 | 8): AcpiPointer[] =>
+    Array.from({ length: (placed.get(base)! - SDT_HEADER_SIZE) / size }, (_, i) => ({ in: 'tables', offset: base + SDT_HEADER_SIZE + size * i, size }));
+  return {
+    tables, rsdp, checksums,
+    pointers: [
+      { in: 'tables', offset: t.fadt + FADT.FIRMWARE_CTRL, size: 4 },
+      { in: 'tables', offset: t.fadt + FADT.DSDT, size: 4 },
+      { in: 'tables', offset: t.fadt + FADT.X_DSDT, size: 8 },
+      ...entries(t.rsdt, 4),
+      ...entries(t.xsdt, 8),
+      { in: 'rsdp', offset: 16, size: 4 },
+      { in: 'rsdp', offset: 24, size: 8 },
+    ],
+  };
 }

@@ -53,6 +53,11 @@ export function isBzImage(k: Uint8Array): boolean {
   return k.length >= 0x210 && view(k).getUint32(HDR.HEADER, true) === HDRS_MAGIC;
 }
 
+/** Bytes of a bzImage's real-mode part (boot sector and setup): the protected-mode kernel follows. */
+export function bzImageSetupSize(k: Uint8Array): number {
+  return ((k[HDR.SETUP_SECTS]! || 4) + 1) * 512;
+}
+
 export function isElf(k: Uint8Array): boolean {
   return k.length >= 4 && k[0] === 0x7f && k[1] === 0x45 && k[2] === 0x4c && k[3] === 0x46;
 }
@@ -71,8 +76,7 @@ export function loadBzImage(mem: GuestMemory, k: Uint8Array, lowEnd: number): Ke
   }
   if (!(k[HDR.LOADFLAGS]! & LOADED_HIGH)) throw new UserError('kernel bzImage is a zImage (must load high)');
 
-  const setupSects = k[HDR.SETUP_SECTS]! || 4;
-  const pmOffset = (setupSects + 1) * 512;
+  const pmOffset = bzImageSetupSize(k);
   const pmLen = k.length - pmOffset;
   const syssize = dv.getUint32(HDR.SYSSIZE, true) * 16;
   if (pmLen <= 0 || pmLen < syssize) throw new UserError('kernel bzImage is truncated');
