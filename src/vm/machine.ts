@@ -89,6 +89,8 @@ export class Machine extends EventEmitter implements VmControl {
   private slots: RamSlot[] = [];
   /** pages tshyve's own threads wrote (GuestMemory's dirty map) */
   private dirtyMap = new Uint8Array(new SharedArrayBuffer(0));
+  /** an incoming migration's VM built early: when its disks are ours (DeviceContext.storageGate) */
+  private storageGate: Promise<void> | undefined;
   /** an incoming migration's numbers, for --get-stats (migration_*) */
   migrationStats: Record<string, number> | undefined;
   /** the reason the VM stopped with ExitCode.ERROR */
@@ -117,9 +119,14 @@ export class Machine extends EventEmitter implements VmControl {
   /**
    * `restore`: a snapshot read from files; `incoming`: a migration's RAM
    * (being received) and its source's config: the VM is built without a
-   * boot payload, and restoreIncoming() gives it its state.
+   * boot payload, and restoreIncoming() gives it its state. With
+   * `storageGate`, it is built while the source still uses the disks
+   * (only if buildsBeforeStorage(config)): devices touch them once it resolves.
    */
-  static async create(config: ConfigTree, opts: { restore?: LoadedSnapshot; incoming?: { ram: RamMapping; sourceConfig: Map<string, string> } } = {}): Promise<Machine> {
+  static async create(config: ConfigTree, opts: {
+    restore?: LoadedSnapshot;
+    incoming?: { ram: RamMapping; sourceConfig: Map<string, string>; storageGate?: Promise<void> };
+  } = {}): Promise<Machine> {
     const snap = opts.restore;
     if (snap) checkSnapshotConfig(snap, config);
     const topo = resolveCpus(config);
@@ -156,6 +163,7 @@ export class Machine extends EventEmitter implements VmControl {
     const m = new Machine(config, kvm, vm, host, ram, mem, topo, fds);
     m.slots = slots;
     m.dirtyMap = dirty;
+    m.storageGate = opts.incoming?.storageGate;
     try {
       await m.buildPci();
       await m.buildPlatform();
@@ -189,6 +197,7 @@ export class Machine extends EventEmitter implements VmControl {
       guestRam: this.config.getBool('virtio.workers', true)
         ? { hostAddr: this.ram.hostAddr, size: this.ram.size, regions: this.ramRegions, dirty: this.dirtyMap.buffer }
         : undefined,
+      ...(this.storageGate && { storageGate: this.storageGate }),
     };
   }
 
