@@ -36,7 +36,7 @@ import { ShadowRegisters } from '../vcpu/shadow.js';
 import { DB, type VcpuEvent } from '../vcpu/mailbox.js';
 import type { VmControl, SnapshotOptions, SnapshotResult, MigrationOptions, MigrationResult } from './control.js';
 import { SnapshotError } from '../snapshot/state.js';
-import { loadRamImage, type LoadedSnapshot, type VmState } from '../snapshot/file.js';
+import { loadRamImage, type LoadedSnapshot, type SnapshotParts, type VmState } from '../snapshot/file.js';
 import type { PersistentDevice } from '../snapshot/persist.js';
 import { IrqRouting } from './irq-routing.js';
 import { setupVcpus, vcpuCpuid, VcpuHolds, watchForHalt } from './vcpus.js';
@@ -349,6 +349,20 @@ export class Machine extends EventEmitter implements VmControl {
     return out;
   }
 
+  /**
+   * An incoming migration's VM built early, its vCPU threads parked: put its
+   * own fresh state back through `roundTrip` (the stream's encoding and
+   * checks) and restoreIncoming, so that the code a restore runs is compiled
+   * before the source pauses the guest (cold code costs hundreds of ms where
+   * user space is slow). The real state replaces all of it.
+   */
+  rehearseRestore(roundTrip: (parts: SnapshotParts) => VmState): void {
+    this.restoreIncoming(roundTrip(this.snapshots.capture()));
+  }
+
+  /** true once the VM is ending (or has ended) */
+  get isEnding(): boolean { return this.ending; }
+
   /** Apply an incoming migration's state (every field checked; SnapshotError on bad input) before run(). */
   restoreIncoming(state: VmState): void {
     checkSnapshotConfig(state, this.config);
@@ -370,7 +384,7 @@ export class Machine extends EventEmitter implements VmControl {
     const addr = parseMigrationAddress(target);
     if (this.ending) throw new UserError('the VM is shutting down');
     if (this.saving) throw new UserError('a save or migration is already in progress');
-    if (this.vcpus.threads.length === 0) throw new UserError('the VM is not running yet');
+    if (this.firstRunMs === undefined) throw new UserError('the VM is not running yet');
     this.saving = true;
     try {
       const { migrateOut } = await import('./migrate-out.js'); // (loaded when a VM migrates, not at start-up)
@@ -404,7 +418,7 @@ export class Machine extends EventEmitter implements VmControl {
   private async save(file: string, opts: SnapshotOptions, thenExit: boolean): Promise<SnapshotResult> {
     if (this.ending) throw new UserError('the VM is shutting down');
     if (this.saving) throw new UserError('a save is already in progress');
-    if (this.vcpus.threads.length === 0) throw new UserError('the VM is not running yet');
+    if (this.firstRunMs === undefined) throw new UserError('the VM is not running yet');
     this.saving = true;
     const t0 = performance.now();
     try {

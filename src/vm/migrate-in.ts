@@ -25,7 +25,7 @@ import { log } from '../log.js';
 import { inspectHost } from './host-check.js';
 import { vcpuCpuid } from './vcpus.js';
 import { buildsBeforeStorage, configKeyRules } from './snapshot.js';
-import { STATE_PARTS } from './migrate-out.js';
+import { STATE_PARTS, statePayload } from './migrate-out.js';
 import { Machine } from './machine.js';
 import { ExitCode } from './exit-codes.js';
 
@@ -36,9 +36,9 @@ export interface IncomingOptions {
   /** told once the listener is up (tests, scripts waiting for it) */
   onListening?(): void;
   /**
-   * Last preparations once the VM is built and its state applied, before
-   * READY: what fails here (a control socket that cannot be made) is
-   * refused, and the source keeps its guest.
+   * Last preparations once the VM is built (its vCPU threads parked; it runs
+   * only after READY): what fails here (a control socket that cannot be
+   * made) is refused, and the source keeps its guest.
    */
   beforeReady?(m: Machine): Promise<void>;
 }
@@ -73,7 +73,15 @@ export async function receiveMigration(config: ConfigTree, from: MigrationAddres
       ram = undefined;
       building = Machine.create(config, { incoming: { ram: mapping, sourceConfig: hello.facts.config, ...(storageGate && { storageGate }) } })
         .then(async (vm) => {
-          try { await vm.startParked(); } catch (e) { await vm.finish(ExitCode.ERROR); throw e; }
+          try {
+            await vm.startParked();
+            // built early: the restore's code compiled, the control socket made, all before the guest pauses
+            if (storageGate) vm.rehearseRestore((parts) => readState(statePayload(parts)));
+            await opts.beforeReady?.(vm);
+          } catch (e) {
+            await vm.finish(ExitCode.ERROR);
+            throw e;
+          }
           return vm;
         });
       building.catch((e: Error) => { buildFailed = e; });
@@ -107,8 +115,7 @@ export async function receiveMigration(config: ConfigTree, from: MigrationAddres
     steps!.mark('build_wait');
     m.restoreIncoming(state);
     steps!.mark('restore');
-    await opts.beforeReady?.(m);
-    steps!.mark('control_socket');
+    if (m.isEnding) throw new MigrationError('the VM here was ended before it took the guest over');
     await ch.send(jsonFrame(F.READY, {}));
     await ch.recv([F.COMMIT], IDLE_MS);
     steps!.mark('ready_commit');

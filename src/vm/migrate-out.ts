@@ -10,7 +10,7 @@
 import type { ConfigTree } from '../config/tree.js';
 import { HostError, UserError } from '../errors.js';
 import { ramDataRanges, type RamMapping } from '../memory/ram.js';
-import { partSums, stateBody } from '../snapshot/file.js';
+import { partSums, stateBody, type SnapshotParts } from '../snapshot/file.js';
 import { StateWriter } from '../snapshot/state.js';
 import { Channel, F, MigrationError, encodeFrame, jsonFrame } from '../migration/wire.js';
 import { connectTo, formatAddress, type MigrationAddress } from '../migration/transport.js';
@@ -25,6 +25,12 @@ import type { MigrationOptions, MigrationProgress, MigrationResult } from './con
 
 /** The parts of a migration's STATE frame, each with its SHA-256. */
 export const STATE_PARTS = ['config', 'vm', 'vcpus', 'devices'] as const;
+
+/** The STATE frame's payload: the snapshot format's parts, each with its SHA-256. */
+export function statePayload(parts: SnapshotParts): Buffer {
+  const body = stateBody(parts);
+  return Buffer.from(JSON.stringify({ ...body, checksums: partSums(body, STATE_PARTS) }));
+}
 
 /** What the source side needs of the machine. */
 export interface SourceVm {
@@ -135,9 +141,9 @@ export async function migrateOut(s: SourceVm, target: MigrationAddress, opts: Mi
       await sendDataRanges('switchover', 0);
     }
     steps.mark('pages');
-    const body = stateBody(s.snapshots.capture());
+    const parts = s.snapshots.capture();
     steps.mark('capture');
-    const stateFrame = jsonFrame(F.STATE, { ...body, checksums: partSums(body, STATE_PARTS) });
+    const stateFrame = encodeFrame(F.STATE, statePayload(parts));
     steps.mark('encode');
     await ch.send(stateFrame);
     await ch.send(jsonFrame(F.END, new StateWriter().int('pages', sender.pages).int('dataPages', sender.dataPages).obj));
