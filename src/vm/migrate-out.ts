@@ -118,7 +118,7 @@ export async function migrateOut(s: SourceVm, target: MigrationAddress, opts: Mi
         rounds++;
       }
     }
-    s.snapshots.prepareCapture(); // what a capture can learn while the guest runs (the MSRs KVM lets us read)
+    s.snapshots.rehearseCapture(statePayload);
     // Switch over: the guest stops here until the destination runs it.
     const tPause = performance.now();
     const steps = new StepTimer();

@@ -112,16 +112,30 @@ export class VmSnapshots {
     for (const d of this.t.devices) d.unquiesce?.();
   }
 
-  /** Learn which MSRs KVM lets us read (hundreds of ioctls): done once, before a migration pauses the guest. */
-  prepareCapture(): number[] {
+  /** Which MSRs KVM lets us read (hundreds of ioctls, learnt once). */
+  private readableMsrs(): number[] {
     const t = this.t;
     return this.msrList ??= readableMsrs(t.vcpuFds[0]!, t.kvm.msrIndexList());
+  }
+
+  /**
+   * While the guest runs, before a migration pauses it: learn the readable
+   * MSRs, and run the capture's and `encode`'s code on what can be read
+   * without parking the vCPUs (the VM-wide KVM state), the result dropped,
+   * so that this code is compiled before the pause (cold code costs
+   * hundreds of ms where user space is slow).
+   */
+  rehearseCapture(encode: (parts: SnapshotParts) => unknown): void {
+    this.readableMsrs();
+    const vm = new StateWriter();
+    saveVmState(vm, this.t.vm);
+    encode({ config: Object.fromEntries(this.t.config.entries()), vm, vcpus: [], devices: [] });
   }
 
   /** The KVM and device state of the quiesced VM (everything but RAM). */
   capture(): SnapshotParts {
     const t = this.t;
-    const msrs = this.prepareCapture();
+    const msrs = this.readableMsrs();
     const vm = new StateWriter();
     saveVmState(vm, t.vm);
     const vcpus = t.vcpuFds.map((v) => { const w = new StateWriter(); saveVcpu(w, v, msrs); return w; });
