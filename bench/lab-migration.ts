@@ -226,6 +226,7 @@ async function main(): Promise<void> {
       for (const vmm of order) {
         const run: MigrationRun = { vmm, load, round: r, ok: false };
         res.runs.push(run);
+        process.stdout.write(`[bench] migration round ${r + 1} ${load} ${vmm}: booting the source and the destination\n`);
         const dir = mkdtempSync(join(tmpdir(), 'tshyve-benchmig-'));
         try {
           await (vmm === 'tshyve' ? oneTshyve : oneQemu)(dir, initrd, load, port++, run);
