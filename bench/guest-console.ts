@@ -10,6 +10,8 @@ export class Guest<V extends string = string> {
   private lines: string[] = [];
   private waiter: { re: RegExp; resolve: (m: RegExpExecArray) => void; reject: (e: Error) => void; timer: NodeJS.Timeout } | undefined;
   private exited: string | undefined;
+  /** told every line as it comes, besides waitFor */
+  onLine: ((line: string) => void) | undefined;
 
   constructor(readonly vmm: V, cmd: string, argv: string[]) {
     this.child = spawn(cmd, argv, { stdio: ['pipe', 'pipe', 'pipe'] });
@@ -18,7 +20,9 @@ export class Guest<V extends string = string> {
       this.output = (this.output + s).slice(-4000);
       this.buf += s;
       for (let i = this.buf.indexOf('\n'); i >= 0; i = this.buf.indexOf('\n')) {
-        this.lines.push(stripTerminal(this.buf.slice(0, i)));
+        const line = stripTerminal(this.buf.slice(0, i));
+        this.onLine?.(line);
+        this.lines.push(line);
         this.buf = this.buf.slice(i + 1);
       }
       this.check();
@@ -60,6 +64,14 @@ export class Guest<V extends string = string> {
   send(line: string): void { if (!this.exited) this.child.stdin!.write(`${line}\n`); }
 
   get tail(): string { return this.output.slice(-1200); }
+
+  /** End the VMM now (SIGKILL); resolves once it has exited. */
+  async kill(): Promise<void> {
+    if (this.exited) return;
+    const gone = new Promise<void>((r) => this.child.once('exit', () => r()));
+    this.child.kill('SIGKILL');
+    await gone;
+  }
 
   /** Ask the guest to power off; kill it if it has not within a few seconds. */
   async close(): Promise<void> {

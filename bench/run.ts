@@ -7,7 +7,7 @@
  * 2. Host start-up bench: exec to first KVM_RUN (and to exit) of a tiny raw
  *    guest on this host's own /dev/kvm.
  *
- *   node dist/bench/run.js [--runs R] [--host-runs N] [--no-lab] [--no-host] [--lab-json FILE] [--only boot|disk|nvme|qcow2|snapshot|net|host]
+ *   node dist/bench/run.js [--runs R] [--host-runs N] [--no-lab] [--no-host] [--lab-json FILE] [--only boot|disk|nvme|qcow2|snapshot|migration|net|host]
  *
  * --lab-json FILE reprints the table of an earlier lab run's lab-boot.json instead of running the lab.
  *
@@ -23,9 +23,11 @@ import {
   type LabResults, type LabRun, type Stats, type Vmm,
 } from './common.js';
 import { blkPathBench } from './blk-path.js';
+import { buildGapInitrd } from './guest-tools.js';
+import { formatSteps } from '../src/migration/steps.js';
 
 /** The benches, in the order they run. */
-const SECTIONS = ['boot', 'disk', 'nvme', 'qcow2', 'snapshot', 'net', 'host'] as const;
+const SECTIONS = ['boot', 'disk', 'nvme', 'qcow2', 'snapshot', 'migration', 'net', 'host'] as const;
 type Section = typeof SECTIONS[number];
 
 interface Opts { runs: number; hostRuns: number; lab: boolean; host: boolean; labJson?: string; only?: Section }
@@ -304,6 +306,7 @@ async function main(): Promise<void> {
   if (want('nvme')) { if (o.lab) await diskBench(o, 'nvme'); else out('nvme bench skipped: --no-lab'); out(); }
   if (want('qcow2')) { if (o.lab) await diskBench(o, 'virtio-blk', 'qcow2'); else out('qcow2 bench skipped: --no-lab'); out(); }
   if (want('snapshot')) { if (o.lab) await snapshotBench(o); else out('snapshot bench skipped: --no-lab'); out(); }
+  if (want('migration')) { if (o.lab) await migrationBench(o); else out('migration bench skipped: --no-lab'); out(); }
   if (want('net')) { if (o.lab) await netBench(o); else out('net bench skipped: --no-lab'); out(); }
   if (want('host')) { if (o.host) await hostBench(o); else out('host bench skipped: --no-host'); }
 }
@@ -391,6 +394,50 @@ async function snapshotBench(o: Opts): Promise<void> {
   out('ms from process start to the first KVM_RUN; the dd ratio is dd time / save time (target >= 0.8).');
   for (const e of res.errors) out(`error: ${e}`);
 }
+
+/** Live migration of an idle and a busy 512 MiB guest on L1's loopback: tshyve vs QEMU, the VMMs' own figures and the gap the guest saw. */
+async function migrationBench(o: Opts): Promise<void> {
+  out('== 3b. Lab migration bench: live migration of a 512 MiB, 2-vCPU guest, idle and busy, tshyve vs QEMU ==');
+  let initrd: string;
+  try {
+    initrd = buildGapInitrd(mkdtempSync(join(tmpdir(), 'tshyve-benchmig-')));
+  } catch (e) {
+    out(`migration bench skipped: cannot build its guest tool (gcc -static, cpio): ${(e as Error).message.split('\n')[0]}`);
+    return;
+  }
+  // a migration prints within minutes (two VMMs starting, a boot, 3.5 s of baseline, the migration, 3 s after; L1 shared, up to ~4 min)
+  const res = await labDriver<import('./lab-migration.js').MigrationBench>('migration', o, ['--runs', String(o.runs), '--initrd', initrd],
+    1000 * (Number(process.env.TSHYVE_BENCH_QUIET_S) || 600));
+  if (!res) return;
+  const rows = [['guest', 'metric', 'tshyve', 'QEMU', 'tshyve/QEMU']];
+  type K = 'totalMs' | 'downtimeMs' | 'guestGapMs' | 'baselineGapMs';
+  const metrics: [string, K][] = [['total time (ms)', 'totalMs'], ['downtime, the VMM\'s own (ms)', 'downtimeMs'],
+    ['largest gap the guest saw after it (ms)', 'guestGapMs'], ['largest gap in the 3 s before (ms)', 'baselineGapMs']];
+  for (const load of ['idle', 'busy'] as const) {
+    const ok = (vmm: string) => res.runs.filter((r) => r.vmm === vmm && r.load === load && r.ok);
+    // a gap under 5 ms is not printed by the guest: it counts as 5 (an upper bound)
+    const vals = (vmm: string, k: K) => ok(vmm).map((r) => r[k] ?? (k === 'guestGapMs' || k === 'baselineGapMs' ? 5 : undefined)).filter((v): v is number => v !== undefined);
+    for (const [i, [label, k]] of metrics.entries()) {
+      const a = stats(vals('tshyve', k)), b = stats(vals('qemu', k));
+      rows.push([i === 0 ? load : '', label, fmtStats(a, 1, 0, a?.n ?? 1), fmtStats(b, 1, 0, b?.n ?? 1), a && b && b.median > 0 ? (a.median / b.median).toFixed(2) : '-']);
+    }
+  }
+  for (const l of table(rows, 2)) out(l);
+  out(`${new Set(res.runs.map((r) => r.round)).size} rounds; each: per guest (idle; busy: rewriting every page of ${res.busyMiB} MiB, a pass every ~20 ms), each VMM in turn`);
+  out('  (the order alternates): boot the source, start a destination waiting on 127.0.0.1 (tshyve -R / qemu -incoming), migrate live');
+  out('  (tshyvectl\'s migrate / HMP migrate, QEMU\'s max-bandwidth lifted; both with a 300 ms downtime target). Values: median [min-max].');
+  out('  The VMM\'s downtime: tshyve from pausing the guest to the destination\'s word that it runs it; QEMU\'s `info migrate` downtime.');
+  out('  Guest gap: gapclock (bench/guest/gapclock.c) reads CLOCK_MONOTONIC every 200 us and prints the largest gap of each second');
+  out('  when >= 5 ms (< 5 counts as 5). Both VMMs stop the guest\'s clock while it is paused, so the gap is the part of the');
+  out('  switchover during which the guest\'s clock ran but its vCPUs did not. Target: tshyve\'s downtime <= QEMU\'s, < 100 ms idle.');
+  for (const r of res.runs.filter((x) => x.srcSteps)) {
+    out(`  tshyve ${r.load} round ${r.round + 1} steps (ms): source ${fmtSteps(r.srcSteps)}; destination ${fmtSteps(r.dstSteps)}`);
+  }
+  for (const r of res.runs.filter((x) => !x.ok)) out(`${r.vmm} ${r.load} round ${r.round + 1} failed: ${r.error}`);
+  for (const r of res.runs.filter((x) => x.ok && x.converged === false)) out(`${r.vmm} ${r.load} round ${r.round + 1}: pre-copy did not converge`);
+}
+
+const fmtSteps = (s: Record<string, number> | undefined): string => (s ? formatSteps(s) : '-');
 
 /** virtio-net on a tap: TCP both ways (iperf3) and ping RTTs, tshyve vs QEMU with vhost off and on, passes interleaved. */
 async function netBench(o: Opts): Promise<void> {

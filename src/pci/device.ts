@@ -60,11 +60,25 @@ export interface DeviceContext {
   readonly vmName?: string;
   /** Guest RAM as a memfd a worker thread can map itself (undefined in tests or when workers are off). */
   readonly guestRam?: { hostAddr: bigint; size: number; regions: { gpa: number; offset: number; size: number }[]; dirty?: SharedArrayBuffer };
+  /**
+   * Set when the VM is an incoming migration's, built while its source
+   * still uses the disks: resolves once the source has flushed them and let
+   * go. Only devices whose registry entry says waitsForStorageGate are built
+   * so; they read and write their storage only after it (opening it for
+   * its size before is allowed).
+   */
+  readonly storageGate?: Promise<void>;
 }
 
 /** A PCI device emulation; its config keys (hostOnlyKeys, hostPathKeys) are relative to `pci.B.S.F`. */
 export interface PciDeviceEmulation extends DeviceConfigKeys {
   readonly name: string;
+  /**
+   * Configured by `node`, and with I/O threads (virtio.workers and
+   * virtio.ioeventfd on), does the function use its host paths only after
+   * DeviceContext.storageGate? Then a migration's destination may build it early.
+   */
+  waitsForStorageGate?(node: ConfigNode): boolean;
   /**
    * Parse bhyve's legacy option string (what follows `NAME,` in `-s`) into
    * config keys on the device node. Optional: the default accepts

@@ -58,6 +58,8 @@ export interface MigrationResult {
   converged: boolean;
   /** why pre-copy stopped, when it did not converge */
   note?: string;
+  /** ms of each step of the switchover on the source (pause, quiesce, dirty_log, pages, capture, ... wait_running) */
+  steps?: Record<string, number>;
 }
 
 export interface VmControl {

@@ -36,7 +36,7 @@ import { ShadowRegisters } from '../vcpu/shadow.js';
 import { DB, type VcpuEvent } from '../vcpu/mailbox.js';
 import type { VmControl, SnapshotOptions, SnapshotResult, MigrationOptions, MigrationResult } from './control.js';
 import { SnapshotError } from '../snapshot/state.js';
-import { loadRamImage, type LoadedSnapshot, type VmState } from '../snapshot/file.js';
+import { loadRamImage, type LoadedSnapshot, type SnapshotParts, type VmState } from '../snapshot/file.js';
 import type { PersistentDevice } from '../snapshot/persist.js';
 import { IrqRouting } from './irq-routing.js';
 import { setupVcpus, vcpuCpuid, VcpuHolds, watchForHalt } from './vcpus.js';
@@ -95,6 +95,8 @@ export class Machine extends EventEmitter implements VmControl {
   private readonly freeDeviceSlots: number[] = [];
   /** pages tshyve's own threads wrote (GuestMemory's dirty map) */
   private dirtyMap = new Uint8Array(new SharedArrayBuffer(0));
+  /** an incoming migration's VM built early: when its disks are ours (DeviceContext.storageGate) */
+  private storageGate: Promise<void> | undefined;
   /** an incoming migration's numbers, for --get-stats (migration_*) */
   migrationStats: Record<string, number> | undefined;
   /** the reason the VM stopped with ExitCode.ERROR */
@@ -123,9 +125,14 @@ export class Machine extends EventEmitter implements VmControl {
   /**
    * `restore`: a snapshot read from files; `incoming`: a migration's RAM
    * (being received) and its source's config: the VM is built without a
-   * boot payload, and restoreIncoming() gives it its state.
+   * boot payload, and restoreIncoming() gives it its state. With
+   * `storageGate`, it is built while the source still uses the disks
+   * (only if buildsBeforeStorage(config)): devices touch them once it resolves.
    */
-  static async create(config: ConfigTree, opts: { restore?: LoadedSnapshot; incoming?: { ram: RamMapping; sourceConfig: Map<string, string> } } = {}): Promise<Machine> {
+  static async create(config: ConfigTree, opts: {
+    restore?: LoadedSnapshot;
+    incoming?: { ram: RamMapping; sourceConfig: Map<string, string>; storageGate?: Promise<void> };
+  } = {}): Promise<Machine> {
     const snap = opts.restore;
     if (snap) checkSnapshotConfig(snap, config);
     const topo = resolveCpus(config);
@@ -163,6 +170,7 @@ export class Machine extends EventEmitter implements VmControl {
     const m = new Machine(config, kvm, vm, host, ram, mem, topo, fds);
     m.slots = slots;
     m.dirtyMap = dirty;
+    m.storageGate = opts.incoming?.storageGate;
     try {
       await m.buildPci();
       await m.buildPlatform();
@@ -198,6 +206,7 @@ export class Machine extends EventEmitter implements VmControl {
       guestRam: this.config.getBool('virtio.workers', true)
         ? { hostAddr: this.ram.hostAddr, size: this.ram.size, regions: this.ramRegions, dirty: this.dirtyMap.buffer }
         : undefined,
+      ...(this.storageGate && { storageGate: this.storageGate }),
     };
   }
 
@@ -381,6 +390,20 @@ export class Machine extends EventEmitter implements VmControl {
     return out;
   }
 
+  /**
+   * An incoming migration's VM built early, its vCPU threads parked: put its
+   * own fresh state back through `roundTrip` (the stream's encoding and
+   * checks) and restoreIncoming, so that the code a restore runs is compiled
+   * before the source pauses the guest (cold code costs hundreds of ms where
+   * user space is slow). The real state replaces all of it.
+   */
+  rehearseRestore(roundTrip: (parts: SnapshotParts) => VmState): void {
+    this.restoreIncoming(roundTrip(this.snapshots.capture()));
+  }
+
+  /** true once the VM is ending (or has ended) */
+  get isEnding(): boolean { return this.ending; }
+
   /** Apply an incoming migration's state (every field checked; SnapshotError on bad input) before run(). */
   restoreIncoming(state: VmState): void {
     checkSnapshotConfig(state, this.config);
@@ -402,7 +425,7 @@ export class Machine extends EventEmitter implements VmControl {
     const addr = parseMigrationAddress(target);
     if (this.ending) throw new UserError('the VM is shutting down');
     if (this.saving) throw new UserError('a save or migration is already in progress');
-    if (this.vcpus.threads.length === 0) throw new UserError('the VM is not running yet');
+    if (this.firstRunMs === undefined) throw new UserError('the VM is not running yet');
     this.saving = true;
     try {
       const { migrateOut } = await import('./migrate-out.js'); // (loaded when a VM migrates, not at start-up)
@@ -436,7 +459,7 @@ export class Machine extends EventEmitter implements VmControl {
   private async save(file: string, opts: SnapshotOptions, thenExit: boolean): Promise<SnapshotResult> {
     if (this.ending) throw new UserError('the VM is shutting down');
     if (this.saving) throw new UserError('a save is already in progress');
-    if (this.vcpus.threads.length === 0) throw new UserError('the VM is not running yet');
+    if (this.firstRunMs === undefined) throw new UserError('the VM is not running yet');
     this.saving = true;
     const t0 = performance.now();
     try {

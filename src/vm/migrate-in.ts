@@ -1,8 +1,8 @@
 /**
  * The destination side of a migration (`tshyve ... -R HOST,PORT`): wait for
- * one source, compare machines, take RAM into a fresh mapping, then the
- * state; only then build the VM (opening its disks, which the source has
- * flushed and stopped using) and apply the state. The VM runs once the
+ * one source, compare machines, take RAM into a fresh mapping and build the
+ * VM meanwhile (its disks opened only once the source has flushed and
+ * stopped using them), then apply the state. The VM runs once the
  * source says COMMIT. Everything from the source is untrusted and checked
  * before use (wire.ts, ram-pages.ts, the snapshot format's readers); on any
  * failure the source is told why (it resumes its guest) and nothing here
@@ -20,10 +20,12 @@ import { Channel, F, MigrationError, jsonFrame } from '../migration/wire.js';
 import { acceptOne, type MigrationAddress } from '../migration/transport.js';
 import { decodeHello, helloMismatch } from '../migration/hello.js';
 import { applyPages } from '../migration/ram-pages.js';
+import { StepTimer, formatSteps } from '../migration/steps.js';
+import { log } from '../log.js';
 import { inspectHost } from './host-check.js';
 import { vcpuCpuid } from './vcpus.js';
-import { configKeyRules } from './snapshot.js';
-import { STATE_PARTS } from './migrate-out.js';
+import { buildsBeforeStorage, configKeyRules } from './snapshot.js';
+import { STATE_PARTS, statePayload } from './migrate-out.js';
 import { Machine } from './machine.js';
 import { ExitCode } from './exit-codes.js';
 
@@ -34,9 +36,9 @@ export interface IncomingOptions {
   /** told once the listener is up (tests, scripts waiting for it) */
   onListening?(): void;
   /**
-   * Last preparations once the VM is built and its state applied, before
-   * READY: what fails here (a control socket that cannot be made) is
-   * refused, and the source keeps its guest.
+   * Last preparations once the VM is built (its vCPU threads parked; it runs
+   * only after READY): what fails here (a control socket that cannot be
+   * made) is refused, and the source keeps its guest.
    */
   beforeReady?(m: Machine): Promise<void>;
 }
@@ -51,11 +53,15 @@ export async function receiveMigration(config: ConfigTree, from: MigrationAddres
   const sock = await acceptOne(from, opts.onListening);
   const ch = new Channel(sock, `the source (${sock.remoteAddress ?? 'unix socket'})`);
   const t0 = performance.now();
-  /** the RAM mapping while this function still owns it (Machine.create does from the switchover) */
+  /** the RAM mapping while this function still owns it (Machine.create does once called) */
   let ram: RamMapping | undefined, m: Machine | undefined;
-  // Built from the switchover on (the source has flushed and let go of the
-  // disks), while the last pages and the state come in.
-  let building: Promise<Machine> | undefined;
+  // The VM, its devices and parked vCPU threads are built while RAM comes in
+  // (thread start-up is seconds where user space is slow), its disks opened
+  // only once the source has flushed and let go of them (SWITCHOVER); a VM
+  // whose devices cannot wait so is built from the switchover on.
+  let building: Promise<Machine> | undefined, buildFailed: Error | undefined;
+  let letGoOfStorage = (): void => {};
+  const early = buildsBeforeStorage(config);
   try {
     const hello = decodeHello((await ch.recv([F.HELLO], IDLE_MS)).payload);
     const why = helloMismatch(hello.facts, here, configKeyRules([...hello.facts.config, ...config.entries()]));
@@ -63,26 +69,42 @@ export async function receiveMigration(config: ConfigTree, from: MigrationAddres
     await ch.send(jsonFrame(F.WELCOME, {}));
     const mapping = createGuestRam(memBytes, `tshyve-${config.get('name') ?? 'vm'}`, { hugePages: config.getBool('memory.hugepages', true) });
     ram = mapping;
+    const build = (storageGate?: Promise<void>): void => {
+      ram = undefined;
+      building = Machine.create(config, { incoming: { ram: mapping, sourceConfig: hello.facts.config, ...(storageGate && { storageGate }) } })
+        .then(async (vm) => {
+          try {
+            await vm.startParked();
+            // built early: the restore's code compiled, the control socket made, all before the guest pauses
+            if (storageGate) vm.rehearseRestore((parts) => readState(statePayload(parts)));
+            await opts.beforeReady?.(vm);
+          } catch (e) {
+            await vm.finish(ExitCode.ERROR);
+            throw e;
+          }
+          return vm;
+        });
+      building.catch((e: Error) => { buildFailed = e; });
+    };
+    if (early) build(new Promise((resolve) => { letGoOfStorage = resolve; }));
     let pages = 0, dataPages = 0, rounds = 0, tSwitch = 0;
+    let steps: StepTimer | undefined;
     let state: VmState | undefined;
     while (!state) {
       const f = await ch.recv(tSwitch ? [F.PAGES, F.STATE] : [F.PAGES, F.SWITCHOVER], IDLE_MS);
+      if (buildFailed) throw buildFailed;
       if (f.type === F.PAGES) {
         const n = applyPages(f.payload, mapping.bytes);
         pages += n.pages; dataPages += n.dataPages;
       } else if (f.type === F.SWITCHOVER) {
         tSwitch = performance.now();
+        steps = new StepTimer();
         rounds = new StateReader(parseDocument(f.payload.toString('utf8'), 'the SWITCHOVER frame', 'a migration frame'), 'switchover').u32('rounds', 1000);
-        ram = undefined;
-        // vCPU threads too, parked: their start-up is then not part of the downtime.
-        building = Machine.create(config, { incoming: { ram: mapping, sourceConfig: hello.facts.config } })
-          .then(async (vm) => {
-            try { await vm.startParked(); } catch (e) { await vm.finish(ExitCode.ERROR); throw e; }
-            return vm;
-          });
-        building.catch(() => { /* awaited below */ });
+        if (early) letGoOfStorage(); else build();
       } else {
+        steps!.mark('pages_and_state');
         state = readState(f.payload);
+        steps!.mark('parse_state');
       }
     }
     const end = new StateReader((await ch.recvJson([F.END], IDLE_MS)).value, 'end');
@@ -90,15 +112,22 @@ export async function receiveMigration(config: ConfigTree, from: MigrationAddres
       throw new MigrationError(`the source says it sent ${end.int('pages', 0)} pages, ${pages} arrived (stream damaged)`, 'EPROTO');
     }
     m = await building!;
+    steps!.mark('build_wait');
     m.restoreIncoming(state);
-    await opts.beforeReady?.(m);
+    steps!.mark('restore');
+    if (m.isEnding) throw new MigrationError('the VM here was ended before it took the guest over');
     await ch.send(jsonFrame(F.READY, {}));
     await ch.recv([F.COMMIT], IDLE_MS);
+    steps!.mark('ready_commit');
     // The guest's downtime ends when its vCPUs run here (run(), by the caller): then DONE tells the source.
-    const vm = m;
+    const vm = m, timer = steps!;
     vm.once('running', () => {
       const tEnd = performance.now();
+      timer.mark('start_vcpus');
+      const stepMs = timer.steps;
       vm.migrationStats = { total_ms: Math.round(tEnd - t0), downtime_ms: Math.round(tEnd - tSwitch), bytes: ch.received, rounds, pages };
+      for (const [k, v] of Object.entries(stepMs)) vm.migrationStats[`step_${k}_ms`] = v;
+      if (config.getBool('debug.timing', false)) log('info', `migration switchover on the destination (ms): ${formatSteps(stepMs)}${early ? '' : ' (built at the switchover)'}`);
       void ch.send(jsonFrame(F.DONE, {})).catch(() => undefined).then(() => ch.end());
     });
     return m;

@@ -10,19 +10,27 @@
 import type { ConfigTree } from '../config/tree.js';
 import { HostError, UserError } from '../errors.js';
 import { ramDataRanges, type RamMapping } from '../memory/ram.js';
-import { partSums, stateBody } from '../snapshot/file.js';
+import { partSums, stateBody, type SnapshotParts } from '../snapshot/file.js';
 import { StateWriter } from '../snapshot/state.js';
 import { Channel, F, MigrationError, encodeFrame, jsonFrame } from '../migration/wire.js';
 import { connectTo, formatAddress, type MigrationAddress } from '../migration/transport.js';
 import { encodeHello, type MachineFacts } from '../migration/hello.js';
 import { PAGE, PageSender } from '../migration/ram-pages.js';
 import { DirtyLog, type RamSlot } from '../migration/dirty-log.js';
+import { StepTimer, formatSteps } from '../migration/steps.js';
+import { log } from '../log.js';
 import type { Vm } from '../kvm/kvm.js';
 import type { VmSnapshots } from './snapshot.js';
 import type { MigrationOptions, MigrationProgress, MigrationResult } from './control.js';
 
 /** The parts of a migration's STATE frame, each with its SHA-256. */
 export const STATE_PARTS = ['config', 'vm', 'vcpus', 'devices'] as const;
+
+/** The STATE frame's payload: the snapshot format's parts, each with its SHA-256. */
+export function statePayload(parts: SnapshotParts): Buffer {
+  const body = stateBody(parts);
+  return Buffer.from(JSON.stringify({ ...body, checksums: partSums(body, STATE_PARTS) }));
+}
 
 /** What the source side needs of the machine. */
 export interface SourceVm {
@@ -64,7 +72,7 @@ export async function migrateOut(s: SourceVm, target: MigrationAddress, opts: Mi
   const progress = (p: Omit<MigrationProgress, 'total'>) => opts.onProgress?.({ ...p, total: ramBytes });
   progress({ phase: 'handshake', done: 0, round: 0, dirtyRate: 0, expectedDowntimeMs: 0 });
   const ch = new Channel(await connectTo(target), `the destination ${where}`);
-  const log = new DirtyLog(s.vm, s.slots, s.dirtyMap);
+  const dirtyLog = new DirtyLog(s.vm, s.slots, s.dirtyMap);
   let paused = false, quiesced = false, committed = false;
   try {
     await ch.send(encodeFrame(F.HELLO, encodeHello(s.facts(), live)));
@@ -84,7 +92,7 @@ export async function migrateOut(s: SourceVm, target: MigrationAddress, opts: Mi
     };
     let rounds = 0, converged = true, note: string | undefined;
     if (live) {
-      log.start();
+      dirtyLog.start();
       let tRound = performance.now(), sentBefore = ch.sent;
       await sendDataRanges('copy', 1);
       rounds = 1;
@@ -92,7 +100,7 @@ export async function migrateOut(s: SourceVm, target: MigrationAddress, opts: Mi
         if (s.ending()) throw new MigrationError('the VM ended during the migration');
         const now = performance.now(), roundMs = Math.max(1, now - tRound);
         const bandwidth = Math.max(1, (ch.sent - sentBefore) / roundMs); // bytes per ms
-        const dirty = log.harvest();
+        const dirty = dirtyLog.harvest();
         const left = PageSender.frameBytes(dirty.length);
         const expectedDowntimeMs = left / bandwidth;
         progress({ phase: 'copy', done: ch.sent, round: rounds, dirtyRate: Math.round(dirty.length * PAGE / roundMs * 1000), expectedDowntimeMs });
@@ -110,43 +118,58 @@ export async function migrateOut(s: SourceVm, target: MigrationAddress, opts: Mi
         rounds++;
       }
     }
+    s.snapshots.rehearseCapture(statePayload);
     // Switch over: the guest stops here until the destination runs it.
     const tPause = performance.now();
+    const steps = new StepTimer();
     if (!(await s.hold())) { paused = true; throw new HostError('a vCPU did not pause in time'); }
     paused = true;
+    steps.mark('pause');
     if (s.ending()) throw new MigrationError('the VM ended during the migration');
     await s.snapshots.quiesce(); // in-flight requests done, disks flushed
     quiesced = true;
+    steps.mark('quiesce');
     progress({ phase: 'switchover', done: ch.sent, round: rounds, dirtyRate: 0, expectedDowntimeMs: 0 });
     await ch.send(jsonFrame(F.SWITCHOVER, new StateWriter().u32('rounds', rounds).obj));
+    steps.mark('switchover');
     if (live) {
-      await sender.addAll(log.harvest());
+      const dirty = dirtyLog.harvest();
+      steps.mark('dirty_log');
+      await sender.addAll(dirty);
       await sender.flush();
     } else {
       await sendDataRanges('switchover', 0);
     }
-    const body = stateBody(s.snapshots.capture());
-    await ch.send(jsonFrame(F.STATE, { ...body, checksums: partSums(body, STATE_PARTS) }));
+    steps.mark('pages');
+    const parts = s.snapshots.capture();
+    steps.mark('capture');
+    const stateFrame = encodeFrame(F.STATE, statePayload(parts));
+    steps.mark('encode');
+    await ch.send(stateFrame);
     await ch.send(jsonFrame(F.END, new StateWriter().int('pages', sender.pages).int('dataPages', sender.dataPages).obj));
+    steps.mark('send_state');
     await ch.recv([F.READY], 120_000);
+    steps.mark('wait_ready');
     await ch.send(jsonFrame(F.COMMIT, {}));
     committed = true;
     progress({ phase: 'commit', done: ch.sent, round: rounds, dirtyRate: 0, expectedDowntimeMs: 0 });
     // The guest is the destination's from here, whatever it says next.
     let confirmed = true;
     try { await ch.recv([F.DONE], 30_000); } catch { confirmed = false; }
+    steps.mark('wait_running');
     const tEnd = performance.now();
+    if (s.config.getBool('debug.timing', false)) log('info', `migration switchover on the source (ms): ${formatSteps(steps.steps)}`);
     void ch.end();
     s.handedOver(`migrated to ${where}`);
     if (!confirmed) note = `${note ? `${note}; ` : ''}the destination did not confirm that it runs the guest`;
     return {
       target: where, live, rounds, bytes: ch.sent, pages: sender.pages, zeroPages: sender.zeroPages,
-      totalMs: tEnd - t0, downtimeMs: tEnd - tPause, converged, ...(note ? { note } : {}),
+      totalMs: tEnd - t0, downtimeMs: tEnd - tPause, converged, steps: steps.steps, ...(note ? { note } : {}),
     };
   } catch (e) {
     if (committed) throw e;
     // Nothing was handed over: the guest goes on here, as it was.
-    log.stop();
+    dirtyLog.stop();
     if (quiesced) s.snapshots.unquiesce();
     if (paused) s.release();
     const why = e instanceof MigrationError ? e : new MigrationError((e as Error).message);

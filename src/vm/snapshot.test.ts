@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { configKeyRules } from './snapshot.js';
+import { buildsBeforeStorage, configKeyRules } from './snapshot.js';
+import { parseBhyveArgs } from '../cli/args.js';
 import { guestVisibleConfig } from '../snapshot/config-match.js';
 import '../devices/all.js';
 
@@ -33,4 +34,15 @@ test('the keys a restore ignores or treats as host paths come from the VM and th
     before.set(k, BEFORE_PATHS.some((re) => re.test(k)) ? '(a path)' : v);
   }
   assert.deepEqual(guestVisibleConfig(config, configKeyRules(config)), before);
+});
+
+test('an incoming VM is built before its source lets go of the disks only when every PCI host path waits for the storage gate', () => {
+  const built = (...argv: string[]) => buildsBeforeStorage(parseBhyveArgs(['-s', '0,hostbridge', '-s', '31,lpc', '-l', 'com1,stdio', ...argv, 'vm']).config);
+  assert.equal(built(), true, 'no disk');
+  assert.equal(built('-s', '3,virtio-blk,/d.img', '-s', '4,virtio-blk,/e.img,ro', '-s', '5,virtio-rnd'), true, 'virtio-blk on I/O threads');
+  assert.equal(built('-s', '3,virtio-blk,/d.img', '-s', '4,virtio-blk,/e.img,worker=false'), false, 'a disk served on the main thread');
+  assert.equal(built('-s', '3,virtio-blk,/d.img', '-o', 'virtio.workers=false'), false, 'no I/O threads');
+  assert.equal(built('-s', '3,virtio-blk,/d.img', '-o', 'virtio.ioeventfd=false'), false, 'no ioeventfds: no I/O threads');
+  assert.equal(built('-s', '3,nvme,/d.img'), false, 'NVMe opens its disk on the main thread');
+  assert.equal(built('-s', '3,virtio-console,console=/c.sock'), false, 'a PCI device with host paths that does not wait');
 });

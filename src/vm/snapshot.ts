@@ -11,7 +11,7 @@ import type { ConfigTree } from '../config/tree.js';
 import { SnapshotError, StateWriter } from '../snapshot/state.js';
 import { saveOptionsFrom, writeSnapshot, type SnapshotParts, type SnapshotProgress, type VmState } from '../snapshot/file.js';
 import { readableMsrs, readVcpu, readVmState, saveVcpu, saveVmState } from '../snapshot/kvm-state.js';
-import { checkConfigMatches, type ConfigKeyRules } from '../snapshot/config-match.js';
+import { checkConfigMatches, keyPattern, type ConfigKeyRules } from '../snapshot/config-match.js';
 import { matchDevices, saveDevices, type DeviceConfigKeys, type PersistentDevice } from '../snapshot/persist.js';
 import { findPciDevice } from '../pci/device.js';
 import { platformDevices } from '../devices/platform.js';
@@ -41,6 +41,24 @@ export function configKeyRules(entries: Iterable<[string, string]>): ConfigKeyRu
     if (emu) add(m[1]!, emu);
   }
   return { hostOnly, hostPaths };
+}
+
+/**
+ * May an incoming migration's VM of `config` be built before its source has
+ * let go of the disks (DeviceContext.storageGate)? Only when every PCI host
+ * path belongs to a device that uses it after the gate, on its I/O thread.
+ */
+export function buildsBeforeStorage(config: ConfigTree): boolean {
+  if (!config.getBool('virtio.workers', true) || !config.getBool('virtio.ioeventfd', true)) return false;
+  const entries = config.entries();
+  const paths = configKeyRules(entries).hostPaths.map(keyPattern);
+  return entries.every(([k]) => {
+    const fn = /^pci\.[0-9]+\.[0-9]+\.[0-9]+(?=\.)/.exec(k)?.[0];
+    if (!fn || !paths.some((re) => re.test(k))) return true;
+    const node = config.node(fn);
+    const emu = findPciDevice(config.get(`${fn}.device`) ?? '');
+    return node !== undefined && emu?.waitsForStorageGate?.(node) === true;
+  });
 }
 
 /** Throws SnapshotError when `config` does not describe the machine the snapshot was taken of. */
@@ -94,11 +112,30 @@ export class VmSnapshots {
     for (const d of this.t.devices) d.unquiesce?.();
   }
 
+  /** Which MSRs KVM lets us read (hundreds of ioctls, learnt once). */
+  private readableMsrs(): number[] {
+    const t = this.t;
+    return this.msrList ??= readableMsrs(t.vcpuFds[0]!, t.kvm.msrIndexList());
+  }
+
+  /**
+   * While the guest runs, before a migration pauses it: learn the readable
+   * MSRs, and run the capture's and `encode`'s code on what can be read
+   * without parking the vCPUs (the VM-wide KVM state), the result dropped,
+   * so that this code is compiled before the pause (cold code costs
+   * hundreds of ms where user space is slow).
+   */
+  rehearseCapture(encode: (parts: SnapshotParts) => unknown): void {
+    this.readableMsrs();
+    const vm = new StateWriter();
+    saveVmState(vm, this.t.vm);
+    encode({ config: Object.fromEntries(this.t.config.entries()), vm, vcpus: [], devices: [] });
+  }
+
   /** The KVM and device state of the quiesced VM (everything but RAM). */
   capture(): SnapshotParts {
     const t = this.t;
-    this.msrList ??= readableMsrs(t.vcpuFds[0]!, t.kvm.msrIndexList());
-    const msrs = this.msrList;
+    const msrs = this.readableMsrs();
     const vm = new StateWriter();
     saveVmState(vm, t.vm);
     const vcpus = t.vcpuFds.map((v) => { const w = new StateWriter(); saveVcpu(w, v, msrs); return w; });

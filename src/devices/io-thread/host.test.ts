@@ -21,7 +21,7 @@ import { EchoDevice, HOLD, type EchoInit } from './testing/echo-device.js';
 
 const RAM = 1 << 20;
 
-function setup(init: EchoInit = {}, waitMs?: number) {
+function setup(init: EchoInit = {}, waitMs?: number, openAfter?: Promise<void>) {
   const ram = createGuestRam(RAM, 'tshyve-io-thread-test');
   const mem = new GuestMemory([{ gpa: 0, bytes: ram.bytes, hostAddr: ram.hostAddr }]);
   const errors: string[] = [];
@@ -31,7 +31,7 @@ function setup(init: EchoInit = {}, waitMs?: number) {
   const dev = new IoThreadHost<EchoInit>(inner, {
     worker: new URL('./testing/echo-worker.js', import.meta.url), init,
     ram: { hostAddr: ram.hostAddr, size: RAM, regions: [{ gpa: 0, offset: 0, size: RAM }] },
-    label: 'echo', threadName, onError: (m) => errors.push(m), ...(waitMs !== undefined && { waitMs }),
+    label: 'echo', threadName, onError: (m) => errors.push(m), ...(waitMs !== undefined && { waitMs }), ...(openAfter && { openAfter }),
   });
   const raised: number[] = [];
   const core = new VirtioCore(dev, mem, {
@@ -225,6 +225,31 @@ test('an activation during the warm-up ends it, and its queues are served', asyn
   } finally {
     s.close();
   }
+});
+
+test('openAfter: the thread warms up, makes its model only once the gate opens, then serves; a stop before that ends it promptly', async () => {
+  let open!: () => void;
+  const created = new SharedArrayBuffer(4);
+  const s = setup({ warmUp: true, created }, undefined, new Promise((r) => { open = r; }));
+  try {
+    await sleep(300);
+    assert.equal(Atomics.load(new Int32Array(created), 0), 0, 'no model (no storage opened) before the gate');
+    open();
+    await until(() => Atomics.load(new Int32Array(created), 0) === 1);
+    assert.deepEqual(s.errors, ['echo warm-up stopped']);
+    const [d0] = s.start() as [MockSplitQueue, MockSplitQueue];
+    d0.addChain({ readable: [Buffer.from('g')], writable: [4] });
+    s.notify(0);
+    await until(() => d0.usedIdx === 1);
+  } finally {
+    s.close();
+  }
+  const never = setup({}, undefined, new Promise(() => {}));
+  await until(() => threadNames().includes(never.threadName));
+  const t0 = Date.now();
+  never.close();
+  assert.ok(Date.now() - t0 < 2000, `destroy before the gate took ${Date.now() - t0} ms`);
+  await until(() => !threadNames().includes(never.threadName));
 });
 
 test('a model with saveState is refused unless its state lives on the main thread (mainThreadState): then it is saved and restored there', () => {

@@ -42,6 +42,11 @@ export interface IoThreadHostOptions<I> {
   /** How long reset and teardown wait for the worker; default WAIT_MS. */
   waitMs?: number;
   /**
+   * The worker makes its model (opening the device's storage) only once this
+   * resolves (DeviceContext.storageGate); it warms up meanwhile.
+   */
+  openAfter?: Promise<void>;
+  /**
    * `inner`'s saveState/restoreState keep state that lives on this thread
    * (its config space, say), none of the worker's: save and restore them.
    */
@@ -100,7 +105,7 @@ export class IoThreadHost<I> implements VirtioDevice {
     const data: IoThreadData<I> = {
       port: port2, ack: this.ack.buffer as SharedArrayBuffer, directIrq: directIrq.buffer as SharedArrayBuffer,
       served: served.buffer as SharedArrayBuffer, notifyFds: this.notifyFds, ctlFd: this.ctlFd, ram: opts.ram,
-      name: opts.threadName, init: opts.init,
+      name: opts.threadName, init: opts.init, openWhenTold: opts.openAfter !== undefined,
     };
     const onError = opts.onError;
     this.worker = new Worker(opts.worker, { workerData: data, transferList: [port2] });
@@ -108,6 +113,7 @@ export class IoThreadHost<I> implements VirtioDevice {
     this.worker.on('error', (e) => { this.dead = e.message; onError(`${this.label} I/O thread failed: ${e.message}`); });
     port1.on('message', (m: FromIoThread) => this.onMessage(m, onError));
     port1.unref();
+    void opts.openAfter?.then(() => { if (!this.stopped) this.post({ t: 'open' }); });
     this.offload = {
       notifyFd: (q) => this.notifyFds[q] ?? -1,
       directIrq,

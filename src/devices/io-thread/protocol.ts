@@ -8,6 +8,7 @@
  *   quiesce {gen}                     stop taking requests; reply quiesced {gen, states}
  *   unquiesce                         go on
  *   stop {seq}                        destroy the model; ack; end the thread
+ *   open                              (openWhenTold) make the model now: its storage is ours
  * Acks: ack[0] = seq, then Atomics.notify (the main thread may wait on it).
  */
 import type { MessagePort } from 'node:worker_threads';
@@ -54,6 +55,11 @@ export interface IoThreadData<I> {
   name: string;
   /** the device's own start-up data, for its factory */
   init: I;
+  /**
+   * make the model (which opens its storage) only at an 'open' message: an
+   * incoming migration's VM is built before the source lets go of its disks
+   */
+  openWhenTold?: boolean;
 }
 
 export type ToIoThread =
@@ -61,7 +67,8 @@ export type ToIoThread =
   | { t: 'reset'; seq: number }
   | { t: 'quiesce'; gen: number }
   | { t: 'unquiesce' }
-  | { t: 'stop'; seq: number };
+  | { t: 'stop'; seq: number }
+  | { t: 'open' };
 
 export type FromIoThread =
   | { t: 'irq'; gen: number; q: number }

@@ -16,7 +16,7 @@
  * epoll buffer, the per-queue kick flags and the interrupt object are made
  * once.
  */
-import { workerData, receiveMessageOnPort } from 'node:worker_threads';
+import { workerData, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { setFlagsFromString } from 'node:v8';
 import { libc, errno, viewAt, setThreadName } from '../../host/libc.js';
 import { signalEventfd } from '../../host/eventfd.js';
@@ -64,6 +64,40 @@ function acknowledge(ack: Int32Array, seq: number): void {
   Atomics.notify(ack, 0);
 }
 
+/**
+ * Before the model exists (openWhenTold): block until the host says 'open'
+ * (true) or 'stop' (false: acknowledged, the thread ends). `pending`: a
+ * ctlFd count was already taken for a message on the port.
+ */
+function waitForOpen(port: MessagePort, ctlFd: number, ack: Int32Array, scratch: Buffer, pending: boolean): boolean {
+  const ep = libc.epollCreate1(EPOLL_CLOEXEC);
+  if (ep < 0) throw new Error(`epoll_create1: errno ${errno()}`);
+  try {
+    const ev = Buffer.alloc(EPOLL_EVENT_BYTES);
+    ev.writeUInt32LE(EPOLLIN, 0);
+    if (libc.epollCtl(ep, EPOLL_CTL_ADD, ctlFd, ev) < 0) throw new Error(`epoll_ctl: errno ${errno()}`);
+    for (;;) {
+      if (!pending) {
+        libc.epollWait(ep, ev, 1, 1000);
+        libc.read(ctlFd, scratch, 8);
+      }
+      pending = false;
+      for (let m = receiveMessageOnPort(port); m; m = receiveMessageOnPort(port)) {
+        const msg = m.message as ToIoThread;
+        switch (msg.t) {
+          case 'open': return true;
+          case 'stop': acknowledge(ack, msg.seq); port.close(); return false;
+          case 'reset': acknowledge(ack, msg.seq); break;
+          case 'quiesce': port.postMessage({ t: 'quiesced', gen: msg.gen, states: [] } satisfies FromIoThread); break;
+          default: throw new Error(`'${msg.t}' before the device was opened`);
+        }
+      }
+    }
+  } finally {
+    libc.close(ep);
+  }
+}
+
 function serve<I>(spec: IoThreadDevice<I>, d: IoThreadData<I>, ack: Int32Array): void {
   // For measuring when V8 optimizes the request path (bench/README.md): V8
   // flags set before the thread's request code first runs, e.g.
@@ -78,27 +112,9 @@ function serve<I>(spec: IoThreadDevice<I>, d: IoThreadData<I>, ack: Int32Array):
   const mem = new GuestMemory(d.ram.regions.map((r) => ({
     gpa: r.gpa, bytes: all.subarray(r.offset, r.offset + r.size), hostAddr: base + BigInt(r.offset), ramOffset: r.offset,
   })), d.ram.dirty && new Uint8Array(d.ram.dirty));
-  const dev = spec.create(d.init, (msg) => port.postMessage({ t: 'log', msg } satisfies FromIoThread));
-
-  // epoll data: the queue number for a notify fd, numQueues for the control
-  // fd, numQueues + 1 + i for the model's own fd i (edge-triggered: the
-  // model reads it, not this loop)
   const numQueues = d.notifyFds.length;
-  const ownFds = dev.pollFds?.() ?? [];
-  const fds = [...d.notifyFds, d.ctlFd, ...ownFds];
-  const ep = libc.epollCreate1(EPOLL_CLOEXEC);
-  if (ep < 0) throw new Error(`epoll_create1: errno ${errno()}`);
-  const ev = Buffer.alloc(EPOLL_EVENT_BYTES);
-  for (const [i, fd] of fds.entries()) {
-    ev.writeUInt32LE((i > numQueues ? EPOLLIN | EPOLLET : EPOLLIN) >>> 0, 0); ev.writeUInt32LE(i, 4); ev.writeUInt32LE(0, 8);
-    if (libc.epollCtl(ep, EPOLL_CTL_ADD, fd, ev) < 0) throw new Error(`epoll_ctl: errno ${errno()}`);
-  }
-  const events = Buffer.alloc(fds.length * EPOLL_EVENT_BYTES);
   const scratch = Buffer.alloc(8);
   const kicks = new Uint8Array(numQueues);
-  const numOwn = ownFds.length;
-  /** the model's fds that became readable (an edge not yet passed on) */
-  const readable = new Uint8Array(numOwn);
 
   /** the queues being served, by number (all undefined while inactive) */
   const queues: (Virtqueue | undefined)[] = new Array<Virtqueue | undefined>(numQueues).fill(undefined);
@@ -129,7 +145,8 @@ function serve<I>(spec: IoThreadDevice<I>, d: IoThreadData<I>, ack: Int32Array):
   // queue is set. A control message (the guest activating the device) ends it
   // early; the ctlFd count it took then stands for that message.
   let pendingControl = false;
-  if (spec.warmUp) {
+  const warmUp = (): void => {
+    if (!spec.warmUp) return;
     warming = true;
     try {
       const line = spec.warmUp(d.init, interrupt, () => (pendingControl = libc.read(d.ctlFd, scratch, 8) === 8));
@@ -139,7 +156,32 @@ function serve<I>(spec: IoThreadDevice<I>, d: IoThreadData<I>, ack: Int32Array):
     } finally {
       warming = false;
     }
+  };
+  // An incoming migration's device: warm up while the source still uses the storage, make the model once told.
+  if (d.openWhenTold) {
+    warmUp();
+    if (!waitForOpen(port, d.ctlFd, ack, scratch, pendingControl)) return;
+    pendingControl = true; // what came after 'open'
   }
+  const dev = spec.create(d.init, (msg) => port.postMessage({ t: 'log', msg } satisfies FromIoThread));
+
+  // epoll data: the queue number for a notify fd, numQueues for the control
+  // fd, numQueues + 1 + i for the model's own fd i (edge-triggered: the
+  // model reads it, not this loop)
+  const ownFds = dev.pollFds?.() ?? [];
+  const fds = [...d.notifyFds, d.ctlFd, ...ownFds];
+  const ep = libc.epollCreate1(EPOLL_CLOEXEC);
+  if (ep < 0) throw new Error(`epoll_create1: errno ${errno()}`);
+  const ev = Buffer.alloc(EPOLL_EVENT_BYTES);
+  for (const [i, fd] of fds.entries()) {
+    ev.writeUInt32LE((i > numQueues ? EPOLLIN | EPOLLET : EPOLLIN) >>> 0, 0); ev.writeUInt32LE(i, 4); ev.writeUInt32LE(0, 8);
+    if (libc.epollCtl(ep, EPOLL_CTL_ADD, fd, ev) < 0) throw new Error(`epoll_ctl: errno ${errno()}`);
+  }
+  const events = Buffer.alloc(fds.length * EPOLL_EVENT_BYTES);
+  const numOwn = ownFds.length;
+  /** the model's fds that became readable (an edge not yet passed on) */
+  const readable = new Uint8Array(numOwn);
+  if (!d.openWhenTold) warmUp();
 
   for (;;) {
     const n = libc.epollWait(ep, events, fds.length, pendingControl ? 0 : 1000);

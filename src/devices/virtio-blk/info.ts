@@ -18,4 +18,8 @@ export function virtioBlkLegacyConfig(writer: ConfigTreeWriter, opts: string): v
   if (comma >= 0) parsePciLegacyConfig(writer, opts.slice(comma + 1));
 }
 
-export const virtioBlkInfo: PciDeviceInfo = { name: 'virtio-blk', legacyConfig: virtioBlkLegacyConfig, hostPathKeys: ['path'] };
+export const virtioBlkInfo: PciDeviceInfo = {
+  name: 'virtio-blk', legacyConfig: virtioBlkLegacyConfig, hostPathKeys: ['path'],
+  // on its I/O thread, the disk is read and written by the thread's instance, which opens it after the gate
+  waitsForStorageGate: (node) => node.getBool('worker', true),
+};

@@ -9,13 +9,13 @@ import type { VirtioBlk, VirtioBlkOptions } from './device.js';
 import type { BlkIoThreadInit } from './io-thread.js';
 
 export function offloadVirtioBlk(inner: VirtioBlk, opts: VirtioBlkOptions, ram: SharedGuestRam, onError: (msg: string) => void,
-  threadName = 'blk-io'): IoThreadHost<BlkIoThreadInit> {
+  threadName = 'blk-io', openAfter?: Promise<void>): IoThreadHost<BlkIoThreadInit> {
   return new IoThreadHost<BlkIoThreadInit>(inner, {
     worker: new URL('./io-thread.js', import.meta.url),
     init: {
       path: opts.path, readonly: inner.readonly, sectorSize: inner.sectorSize, physicalSectorSize: inner.physicalSectorSize,
       serial: inner.serial, format: opts.format, nodelete: opts.nodelete, direct: opts.direct, nocache: opts.nocache, queueSize: inner.maxQueueSize,
     },
-    ram, label: 'virtio-blk', threadName, onError,
+    ram, label: 'virtio-blk', threadName, onError, ...(openAfter && { openAfter }),
   });
 }

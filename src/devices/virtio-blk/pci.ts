@@ -17,9 +17,10 @@ registerPciDevice({
     const onError = (m: string) => ctx.guestError('virtio-blk', m);
     const opts = parseVirtioBlkOptions(node);
     const useWorker = ctx.guestRam !== undefined && ctx.bindIoeventfd !== undefined && node.getBool('worker', true);
+    if (ctx.storageGate && !useWorker) throw new Error('virtio-blk: built before its storage gate without an I/O thread');
     // with a worker, the worker's instance of the image does the I/O; this one serves the config
     const dev = new VirtioBlk({ ...opts, onError, passive: useWorker });
-    const model = useWorker ? offloadVirtioBlk(dev, opts, ctx.guestRam!, onError, `blk-io@${bdf.slot}`) : dev;
+    const model = useWorker ? offloadVirtioBlk(dev, opts, ctx.guestRam!, onError, `blk-io@${bdf.slot}`, ctx.storageGate) : dev;
     const fn = new VirtioPci(ctx, model, bdf, `virtio-blk@${bdf.slot}`, virtioPciOptions(node));
     fn.onDestroy = () => model.destroy();
     return fn;

@@ -21,6 +21,8 @@ export interface EchoInit {
   /** an eventfd of the model's own (pollFds): onReadable drains it and adds 1 to `seen` word 0 */
   ownFd?: number;
   seen?: SharedArrayBuffer;
+  /** word 0 is set to 1 when the model is made */
+  created?: SharedArrayBuffer;
 }
 
 export class EchoDevice implements VirtioDevice {
@@ -35,6 +37,7 @@ export class EchoDevice implements VirtioDevice {
 
   constructor(private readonly init: EchoInit = {}) {
     if (init.fail) throw new Error(init.fail);
+    if (init.created) Atomics.store(new Int32Array(init.created), 0, 1);
   }
 
   readConfig(): number { return 0xec40; }
