@@ -8,6 +8,9 @@
  * firmware-qemu is the reference: QEMU (KVM in L1) with the same firmware,
  * disk and variable-store template that tshyve's run uses (`-l bootrom`).
  * Each VMM's scenario is `firmwareBoots(name, argv)` with its own command.
+ *
+ * Opt-in (TSHYVE_LAB_FIRMWARE=1) until OVMF boots reliably in the nested lab:
+ * see lab/firmware-notes.md. A boot that never gets anywhere costs minutes.
  */
 import { copyFileSync, existsSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -21,6 +24,8 @@ import type { Phase } from './snapshot-scenarios.js';
 export const OVMF_CODE = '/usr/share/OVMF/OVMF_CODE_4M.fd';
 export const OVMF_VARS = '/usr/share/OVMF/OVMF_VARS_4M.fd';
 export const EFI_DISK = join(ROOT, 'lab', 'out', 'efi', 'disk.img');
+
+export const FIRMWARE_ENABLED = process.env.TSHYVE_LAB_FIRMWARE === '1';
 
 /**
  * One firmware boot: OVMF, GRUB and the guest's kernel, under nested KVM
@@ -57,11 +62,12 @@ export async function firmwareBoots(name: string, argv: (vars: string) => string
   for (const what of ['first boot', 'second boot, same variable store']) {
     const { code, signal, stdout, stderr, ms } = await bounded(argv(vars), BOOT_MS).done;
     phases.push({ what, code, signal, stdout, stderr, ms });
+    if (!stdout.includes('TSHYVE-EFIVAR=')) break;   // the guest never got there: a second boot tells nothing more
   }
   const first = phases[0]!;
   return { name, code: first.code, stdout: first.stdout, stderr: first.stderr, ms: first.ms, phases };
 }
 
-export const firmwareScenarios: Record<string, () => Promise<BootResult>> = {
+export const firmwareScenarios: Record<string, () => Promise<BootResult>> = FIRMWARE_ENABLED ? {
   'firmware-qemu': () => firmwareBoots('firmware-qemu', qemuFirmwareArgv),
-};
+} : {};
