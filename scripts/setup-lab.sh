@@ -11,8 +11,11 @@ cd "$(dirname "$0")/.."
 # payloads; kmod: depmod/modprobe for module order; e2fsprogs: disk images;
 # python3-minimal: the idle VM L1 keeps for its whole run (lab/l1/init);
 # passt: virtio-net's slirp backend; iperf3: network throughput in L1;
-# ethtool: copied into the reference guest (offloads off in the network tests).
-PKGS="qemu-system-x86 qemu-utils busybox-static cpio gzip lz4 xz-utils kmod e2fsprogs coreutils python3-minimal passt iperf3 ethtool"
+# ethtool: copied into the reference guest (offloads off in the network tests);
+# ovmf: the UEFI firmware of the firmware tests; grub-efi-amd64-bin, mtools,
+# dosfstools, fdisk: their EFI boot disk (lab/build-efi-disk.sh).
+PKGS="qemu-system-x86 qemu-utils busybox-static cpio gzip lz4 xz-utils kmod e2fsprogs coreutils python3-minimal passt iperf3 ethtool
+      ovmf grub-efi-amd64-bin mtools dosfstools fdisk"
 missing=
 for p in $PKGS; do
   dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
@@ -32,4 +35,5 @@ fi
 
 lab/build-l1.sh "$@"
 lab/build-guest.sh "$@"
+lab/build-efi-disk.sh "$@"
 echo "setup-lab: ready. Try: lab/run -- sh -c 'ls /dev/kvm; uname -r'  (or lab/selftest.sh)" >&2

@@ -15,6 +15,7 @@ import type { Phase } from './lab/snapshot-scenarios.js';
 import { whereAreL1Cpus } from './lab/l1-monitor.js';
 import { NET_ENABLED } from './lab/net-scenarios.js';
 import { FILES } from './lab/nvme-scenarios.js';
+import { FIRMWARE_ENABLED } from './lab/firmware-scenarios.js';
 
 const labRun = join(ROOT, 'lab', 'run');
 const guest = join(ROOT, 'lab', 'out', 'guest', 'vmlinuz');
@@ -511,4 +512,27 @@ test('virtio-blk on a qcow2 overlay of a qcow2 base: the guest reads the base\'s
   assert.equal(q.baseAfter, q.baseBefore, 'the backing file is byte-identical after the run');
   assert.equal(q.payloadSha256, r.expectedSha256, 'payload.bin, read from the overlay by qemu-img and debugfs');
   assert.equal(q.fromGuest, 'written-on-a-qcow2-overlay\n', 'the guest\'s file, read from the overlay by qemu-img and debugfs');
+});
+
+// ---- UEFI firmware (issue 17): QEMU's boots are the reference for tshyve's ----
+
+const fwSkip = skip || (FIRMWARE_ENABLED ? false : 'firmware lab scenarios are opt-in (TSHYVE_LAB_FIRMWARE=1): lab/firmware-notes.md');
+
+/** A firmware scenario's two boots: GRUB from the disk loads the guest, which creates an EFI variable, then finds it. */
+function checkFirmwareBoots(name: string, poweroffExit: number): void {
+  const r = get(name);
+  const [first, second] = r.phases ?? [];
+  assert.ok(first && second, about(r));
+  for (const p of [first, second]) {
+    const why = `${p.what}: exit ${p.code} after ${p.ms} ms\nstderr: ${p.stderr.slice(-800)}\nconsole tail: ${p.stdout.slice(-1500)}`;
+    assert.match(p.stdout, /TSHYVE-GRUB: loading the kernel/, `GRUB ran from the EFI system partition; ${why}`);
+    assert.match(p.stdout, /TSHYVE-GUEST-OK/, why);
+    assert.equal(p.code, poweroffExit, `the guest's poweroff -f ends the VM; ${why}`);
+  }
+  assert.match(first.stdout, /TSHYVE-EFIVAR=written/, `the guest created its EFI variable; ${first.stdout.slice(-1500)}`);
+  assert.match(second.stdout, /TSHYVE-EFIVAR=found:tshyve-lab/, `the variable was in the store at the next boot; ${second.stdout.slice(-1500)}`);
+}
+
+test('QEMU with Debian\'s OVMF boots the lab\'s EFI disk (GRUB on the ESP) to init and powers off (exit 0); an EFI variable the guest creates is there at the next boot', { skip: fwSkip }, () => {
+  checkFirmwareBoots('firmware-qemu', 0);
 });

@@ -22,6 +22,7 @@ import { netScenarios } from './net-scenarios.js';
 import { nvmeScenarios } from './nvme-scenarios.js';
 import { migrationScenarios } from './migration-scenarios.js';
 import { qcow2Scenarios } from './qcow2-scenarios.js';
+import { firmwareScenarios } from './firmware-scenarios.js';
 
 /** How often the driver says it is alive; the host's watchdog allows a few missed. */
 export const BEAT_MS = 20_000;
@@ -284,6 +285,7 @@ const scenarios: Record<string, () => Promise<BootResult>> = {
   ...nvmeScenarios,
   ...migrationScenarios,
   ...qcow2Scenarios,
+  ...firmwareScenarios,
 };
 
 /** Why this result is the lab's failure rather than the scenario's: a hang, or a triple fault no scenario provokes. */
