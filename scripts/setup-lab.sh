@@ -11,8 +11,9 @@ cd "$(dirname "$0")/.."
 # payloads; kmod: depmod/modprobe for module order; e2fsprogs: disk images;
 # python3-minimal: the idle VM L1 keeps for its whole run (lab/l1/init);
 # passt: virtio-net's slirp backend; iperf3: network throughput in L1;
-# ethtool: copied into the reference guest (offloads off in the network tests).
-PKGS="qemu-system-x86 qemu-utils busybox-static cpio gzip lz4 xz-utils kmod e2fsprogs coreutils python3-minimal passt iperf3 ethtool"
+# ethtool: copied into the reference guest (offloads off in the network tests);
+# gcc, libc6-dev: the guest's static randio (lab/guest-tools/randio.c, 4 KiB random I/O bench).
+PKGS="qemu-system-x86 qemu-utils busybox-static cpio gzip lz4 xz-utils kmod e2fsprogs coreutils python3-minimal passt iperf3 ethtool gcc libc6-dev"
 missing=
 for p in $PKGS; do
   dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
