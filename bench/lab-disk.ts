@@ -17,7 +17,12 @@
  * tshyve control).
  *
  *   node dist/bench/lab-disk.js OUT.json [--runs ROUNDS] [--pairs P] [--mib N] [--only tshyve|qemu] [--dev virtio-blk|nvme]
- *     [--format raw|qcow2] [--disk-opts ,queuesize=1024] [--node-args '--cpu-prof --cpu-prof-dir=DIR'] [--kvm-stats]
+ *     [--format raw|qcow2] [--rand SECS] [--disk-opts ,queuesize=1024] [--node-args '--cpu-prof --cpu-prof-dir=DIR'] [--kvm-stats]
+ *
+ * --rand SECS adds 4 KiB random I/O to every pass, after the dd's: the
+ * guest's randio (lab/guest-tools/randio.c, in the reference initrd) reads
+ * for SECS seconds, then writes for SECS seconds, O_DIRECT at random 4 KiB
+ * offsets of the whole disk with RAND_DEPTH requests in flight (Linux AIO).
  *
  * --format qcow2 gives both VMMs a fresh qcow2 image each round, made by
  * qemu-img (64 KiB clusters), large enough for every pass to begin with a
@@ -48,6 +53,9 @@ export interface DiskPass {
   readMBs: number;
   /** qcow2: a write of clusters nothing wrote before (they are allocated) */
   allocMBs?: number;
+  /** with --rand: 4 KiB random reads and writes per second (IOPS) */
+  randReadIops?: number;
+  randWriteIops?: number;
   /** with --kvm-stats: how much each of L1 KVM's counters for this VM (debugfs) grew over the pass */
   kvm?: Record<string, number>;
   /** with --kvm-stats: the VMM's guest RAM mapping after the pass (smaps kB) */
@@ -66,7 +74,7 @@ export interface DiskRound {
 /** The guest's disk: the device model both VMMs give it. */
 export type DiskDev = 'virtio-blk' | 'nvme';
 
-export interface DiskBench { mib: number; pairs: number; dev?: DiskDev; format: Format; rounds: DiskRound[]; passes: DiskPass[] }
+export interface DiskBench { mib: number; pairs: number; dev?: DiskDev; format: Format; randSecs?: number; randDepth?: number; rounds: DiskRound[]; passes: DiskPass[] }
 
 export type Format = 'raw' | 'qcow2';
 
@@ -74,15 +82,18 @@ const kernel = join(GUEST_DIR, 'vmlinuz');
 const initrd = join(GUEST_DIR, 'initrd.img');
 const BOOT_TIMEOUT_MS = 150_000;
 const PASS_TIMEOUT_MS = 90_000;
+/** requests in flight for --rand (fio's iodepth) */
+const RAND_DEPTH = 32;
 
 /**
  * The guest's part: wait for "go" on the console, answer with the kernel's
  * uptime around each dd. For qcow2, the pass's first dd writes the next
  * untouched N MiB (pass n: from n * N MiB, n from 1), and its stamp comes last.
  */
-function guestScript(mib: number, dev: DiskDev, format: Format): string {
+function guestScript(mib: number, dev: DiskDev, format: Format, randSecs: number): string {
   const disk = dev === 'nvme' ? '/dev/nvme0n1' : '/dev/vda';
   const now = '$(cut -d" " -f1 /proc/uptime)';
+  const rand = randSecs > 0 ? ` randio ${disk} read ${randSecs} ${RAND_DEPTH}; randio ${disk} write ${randSecs} ${RAND_DEPTH};` : '';
   const alloc = format === 'qcow2'
     ? ` n=$((n+1)); z=${now}; dd if=/dev/zero of=${disk} bs=1M count=${mib} seek=$((n*${mib})) oflag=direct 2>/dev/null;` : '';
   return [
@@ -90,14 +101,14 @@ function guestScript(mib: number, dev: DiskDev, format: Format): string {
     'n=0; echo DISK-READY',
     'while read -r c; do case "$c" in',
     ` go)${alloc} a=${now}; dd if=/dev/zero of=${disk} bs=1M count=${mib} oflag=direct 2>/dev/null; b=${now};` +
-      ` dd if=${disk} of=/dev/null bs=1M count=${mib} iflag=direct 2>/dev/null; c=${now}; echo "DISK-PASS $a $b $c${alloc ? ' $z' : ''}";;`,
+      ` dd if=${disk} of=/dev/null bs=1M count=${mib} iflag=direct 2>/dev/null; c=${now}; echo "DISK-PASS $a $b $c${alloc ? ' $z' : ''}";${rand};`,
     ' q) poweroff -f;;',
     'esac; done',
   ].join('\n');
 }
 
-function command(vmm: Vmm, dev: DiskDev, img: string, mib: number, format: Format, name: string, diskOpts = '', nodeArgs: string[] = []): [string, string[]] {
-  const cmdline = `console=ttyS0 quiet tshyve.cmd=${Buffer.from(guestScript(mib, dev, format)).toString('base64')}`;
+function command(vmm: Vmm, dev: DiskDev, img: string, mib: number, format: Format, randSecs: number, name: string, diskOpts = '', nodeArgs: string[] = []): [string, string[]] {
+  const cmdline = `console=ttyS0 quiet tshyve.cmd=${Buffer.from(guestScript(mib, dev, format, randSecs)).toString('base64')}`;
   if (vmm === 'tshyve') {
     return [process.execPath, [...nodeArgs, CLI, '-c', '1', '-m', '512M', '-s', '0,hostbridge', '-s', '31,lpc', '-l', 'com1,stdio',
       '-s', `4,${dev},${img}${format === 'raw' ? '' : `,format=${format}`}${diskOpts}`, '-o', `boot.kernel=${kernel}`, '-o', `boot.initrd=${initrd}`, '-o', `boot.cmdline=${cmdline}`, name]];
@@ -151,13 +162,20 @@ function ramMapping(pid: number | undefined): Record<string, number> | undefined
   return { Size: Size!, Rss: Rss!, AnonHugePages: AnonHugePages ?? 0, ShmemPmdMapped: ShmemPmdMapped ?? 0, FilePmdMapped: FilePmdMapped ?? 0 };
 }
 
-/** One pass: MB/s written and read, from the guest's uptime stamps. */
-async function pass(g: Guest<Vmm>, mib: number): Promise<{ writeMBs: number; readMBs: number; allocMBs?: number }> {
+type PassFigures = Pick<DiskPass, 'writeMBs' | 'readMBs' | 'allocMBs' | 'randReadIops' | 'randWriteIops'>;
+
+/** One pass: MB/s written and read, from the guest's uptime stamps; with `rand`, randio's IOPS. */
+async function pass(g: Guest<Vmm>, mib: number, rand: boolean): Promise<PassFigures> {
   g.send('go');
   const m = await g.waitFor(/DISK-PASS ([\d.]+) ([\d.]+) ([\d.]+)(?: ([\d.]+))?/, PASS_TIMEOUT_MS);
   const [a, b, c] = m.slice(1, 4).map(Number) as [number, number, number];
   const rate = (x: number, y: number): number => mib / Math.max(y - x, 0.01);
-  return { writeMBs: rate(a, b), readMBs: rate(b, c), ...(m[4] === undefined ? {} : { allocMBs: rate(Number(m[4]), a) }) };
+  const p: PassFigures = { writeMBs: rate(a, b), readMBs: rate(b, c), ...(m[4] === undefined ? {} : { allocMBs: rate(Number(m[4]), a) }) };
+  if (rand) {
+    p.randReadIops = Number((await g.waitFor(/RANDIO read ([\d.]+)/, PASS_TIMEOUT_MS))[1]);
+    p.randWriteIops = Number((await g.waitFor(/RANDIO write ([\d.]+)/, PASS_TIMEOUT_MS))[1]);
+  }
+  return p;
 }
 
 async function main(): Promise<void> {
@@ -174,8 +192,9 @@ async function main(): Promise<void> {
   const kvmStats = args.includes('--kvm-stats');
   const dev = (opt('--dev') ?? 'virtio-blk') as DiskDev;
   const format = (opt('--format') ?? 'raw') as Format;
+  const randSecs = Number(opt('--rand') ?? 0);
+  if (!(randSecs >= 0 && randSecs <= 30)) throw new Error('--rand takes 0-30 seconds');
   if (format !== 'raw' && format !== 'qcow2') throw new Error(`--format takes raw or qcow2, not ${format}`);
-  if (format === 'qcow2' && dev === 'nvme') throw new Error('NVMe namespaces take raw images');
   if (dev !== 'virtio-blk' && dev !== 'nvme') throw new Error(`--dev takes virtio-blk or nvme, not '${String(dev)}'`);
   if (kvmStats && !existsSync(KVM_DEBUGFS)) {
     try { execFileSync('mount', ['-t', 'debugfs', 'debugfs', '/sys/kernel/debug']); } catch { /* reported below */ }
@@ -183,7 +202,7 @@ async function main(): Promise<void> {
   }
   const measure = async (g: Guest<Vmm>): Promise<Omit<DiskPass, 'vmm' | 'round' | 'pair'>> => {
     const before = kvmStats ? kvmCounters(g.pid) : undefined;
-    const p = await pass(g, mib);
+    const p = await pass(g, mib, randSecs > 0);
     const after = before && kvmCounters(g.pid);
     if (!before || !after) return p;
     const kvm: Record<string, number> = {};
@@ -191,7 +210,7 @@ async function main(): Promise<void> {
     return { ...p, kvm, ram: ramMapping(g.pid) };
   };
   const dir = mkdtempSync(join(tmpdir(), 'tshyve-benchdisk-'));
-  const res: DiskBench = { mib, pairs, dev, format, rounds: [], passes: [] };
+  const res: DiskBench = { mib, pairs, dev, format, ...(randSecs > 0 ? { randSecs, randDepth: RAND_DEPTH } : {}), rounds: [], passes: [] };
   const save = (): void => writeFileSync(out, JSON.stringify(res, null, 1));
   try {
     for (let r = 0; r < rounds; r++) {
@@ -205,7 +224,7 @@ async function main(): Promise<void> {
           // qcow2: room for the pairs' and the first pass's new clusters, after the first N MiB
           if (format === 'qcow2') execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=65536', img, `${mib * (pairs + 2)}M`]);
           else writeFileSync(img, Buffer.alloc(mib << 20));
-          const [cmd, argv] = command(vmm, dev, img, mib, format, `benchdisk${r}`, diskOpts, nodeArgs);
+          const [cmd, argv] = command(vmm, dev, img, mib, format, randSecs, `benchdisk${r}`, diskOpts, nodeArgs);
           const g = new Guest(vmm, cmd, argv);
           guests.push(g);
           await g.waitFor(/DISK-READY/, BOOT_TIMEOUT_MS);
@@ -213,7 +232,8 @@ async function main(): Promise<void> {
         const log = (p: DiskPass): void => {
           res.passes.push(p); save();
           process.stdout.write(`[bench] disk round ${r + 1} ${p.pair < 0 ? 'first' : `pair ${p.pair + 1}`} ${p.vmm.padEnd(6)} write ${p.writeMBs.toFixed(1)} MB/s, read ${p.readMBs.toFixed(1)} MB/s` +
-            `${p.allocMBs === undefined ? '' : `, first write ${p.allocMBs.toFixed(1)} MB/s`}\n`);
+            `${p.allocMBs === undefined ? '' : `, first write ${p.allocMBs.toFixed(1)} MB/s`}` +
+            `${p.randReadIops === undefined ? '' : `, 4 KiB random read ${p.randReadIops.toFixed(0)} / write ${p.randWriteIops?.toFixed(0)} IOPS`}\n`);
         };
         for (const g of guests) log({ vmm: g.vmm, round: r, pair: -1, ...await measure(g) });
         for (let j = 0; j < pairs; j++) {

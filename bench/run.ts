@@ -331,21 +331,25 @@ async function labDriver<T>(name: string, o: Opts, driverArgs: string[] = ['--ru
 /** Sequential direct-I/O dd in the guest on a virtio-blk or NVMe disk, raw or qcow2: tshyve vs QEMU, both up, passes interleaved. */
 async function diskBench(o: Opts, dev: import('./lab-disk.js').DiskDev = 'virtio-blk', format: import('./lab-disk.js').Format = 'raw'): Promise<void> {
   const qcow2 = format === 'qcow2';
+  // NVMe: 4 KiB random I/O too (randio, 2 s of reads and 2 s of writes per pass; 8 pairs a round, so that two rounds fit the lab's 900 s)
+  const rand = dev === 'nvme';
   out(qcow2 ? '== 2b. Lab qcow2 bench: virtio-blk on a qcow2 image (64 KiB clusters), sequential and first-write throughput, tshyve vs QEMU =='
-    : `== 2. Lab disk bench: ${dev} sequential throughput in the guest (dd, 1 MiB, O_DIRECT), tshyve vs QEMU ==`);
+    : `== 2. Lab disk bench: ${dev} sequential throughput in the guest (dd, 1 MiB, O_DIRECT)${rand ? ' and 4 KiB random I/O' : ''}, tshyve vs QEMU ==`);
   // Rounds alternate the boot order, so an even count weighs both orders alike.
   const rounds = Math.max(2, o.runs + (o.runs % 2));
   // qcow2: each pass also writes 64 MiB of new clusters, which the image (in L1's tmpfs) keeps: fewer pairs
-  const args = ['--runs', String(rounds), '--dev', dev, ...(qcow2 ? ['--format', 'qcow2', '--pairs', '6'] : [])];
+  const args = ['--runs', String(rounds), '--dev', dev, ...(qcow2 ? ['--format', 'qcow2', '--pairs', '6'] : []), ...(rand ? ['--rand', '2', '--pairs', '8'] : [])];
   // a pass prints every few seconds and a boot within a minute or two: 240 s of silence is a stall
   const res = await labDriver<import('./lab-disk.js').DiskBench>('disk', o, args, 1000 * (Number(process.env.TSHYVE_BENCH_QUIET_S) || 240));
   if (!res) return;
   const steady = res.passes.filter((p) => p.pair >= 0);
   const cold = res.passes.filter((p) => p.pair < 0);
-  const pick = (ps: typeof steady, vmm: string, k: 'writeMBs' | 'readMBs' | 'allocMBs') => stats(ps.filter((x) => x.vmm === vmm).map((x) => x[k]).filter((v): v is number => v !== undefined));
+  type K = 'writeMBs' | 'readMBs' | 'allocMBs' | 'randReadIops' | 'randWriteIops';
+  const pick = (ps: typeof steady, vmm: string, k: K) => stats(ps.filter((x) => x.vmm === vmm).map((x) => x[k]).filter((v): v is number => v !== undefined));
   const fmtG = (g: GeoMean | undefined) => (g ? `${g.gmean.toFixed(3)} [${g.lo.toFixed(3)}-${g.hi.toFixed(3)}] (${g.gmean >= 1 ? 'ok' : '< 1'})` : '-');
   const rows = [['metric', 'tshyve MB/s', 'QEMU MB/s', 'tshyve/QEMU, paired', 'per round', 'pairs tshyve >= QEMU']];
-  const metrics = [['write', 'writeMBs'], ['read', 'readMBs'], ...(qcow2 ? [['first write (allocating)', 'allocMBs']] as const : [])] as const;
+  const metrics = [['write', 'writeMBs'], ['read', 'readMBs'], ...(qcow2 ? [['first write (allocating)', 'allocMBs']] as const : []),
+    ...(res.randSecs ? [['4 KiB random read (IOPS)', 'randReadIops'], ['4 KiB random write (IOPS)', 'randWriteIops']] as const : [])] as const;
   for (const [label, k] of metrics) {
     const pr = pairedRatios(steady, (x) => x[k]);
     const perRound = res.rounds.map((r) => geoMean(pairedRatios(steady.filter((p) => p.round === r.round), (x) => x[k]))?.gmean.toFixed(2) ?? '-');
@@ -365,6 +369,7 @@ async function diskBench(o: Opts, dev: import('./lab-disk.js').DiskDev = 'virtio
     ? `a pass is dd of ${res.mib} MiB written to clusters no pass wrote before (first write), then of the first ${res.mib} MiB written and read;\n` +
       '  images: qemu-img create -f qcow2 -o cluster_size=65536, a fresh one per VMM and round, in L1\'s tmpfs (QEMU: default writeback cache).'
     : `a pass is dd of ${res.mib} MiB written then read on a raw image in L1's tmpfs (QEMU ${dev === 'nvme' ? '-device nvme, ' : ''}cache=writeback, as tshyve's buffered I/O), timed by the guest.`);
+  if (res.randSecs) out(`then 4 KiB random O_DIRECT reads for ${res.randSecs} s and writes for ${res.randSecs} s over the whole disk, ${res.randDepth} in flight (the guest's randio, Linux AIO).`);
   out('"paired": geometric mean of tshyve/QEMU over the pairs, [95 % interval]; "per round": the same per round.');
   out('Target: paired ratio >= 1 (at least QEMU\'s throughput).');
   for (const r of failed) out(`round ${r.round + 1} failed: ${r.error ?? 'did not finish'}`);

@@ -3,7 +3,8 @@
 #   lab/out/guest/vmlinuz     bzImage (as shipped)
 #   lab/out/guest/vmlinux     ELF kernel, decompressed from the bzImage's LZ4 payload
 #   lab/out/guest/initrd.img  gzip'd newc cpio: busybox-static, virtio modules,
-#                             /init (see lab/guest/init), /workloads/*.sh
+#                             /init (see lab/guest/init), /workloads/*.sh,
+#                             /bin/randio (lab/guest-tools/randio.c, static)
 # Skips all work when the outputs match the current package and inputs.
 # Usage: lab/build-guest.sh [--force]
 set -euo pipefail
@@ -12,7 +13,7 @@ set -euo pipefail
 G=$OUT_DIR/guest
 PKG=$(resolve_kernel linux-image-cloud-amd64)
 VER=$(apt-cache policy "$PKG" | awk '$1 == "Candidate:" { print $2 }')
-STAMP="$PKG $VER $(inputs_hash "$0" "$LAB_DIR/lib.sh" "$LAB_DIR/guest/init" "$LAB_DIR"/guest/workloads/*.sh)"
+STAMP="$PKG $VER $(inputs_hash "$0" "$LAB_DIR/lib.sh" "$LAB_DIR/guest/init" "$LAB_DIR"/guest/workloads/*.sh "$LAB_DIR"/guest-tools/*.c)"
 if [ "${1:-}" != --force ] && [ -f "$G/initrd.img" ] && [ "$(cat "$G/stamp" 2>/dev/null)" = "$STAMP" ]; then
   log "up to date: $PKG $VER"; exit 0
 fi
@@ -45,6 +46,8 @@ for prog in ethtool iperf3; do
     install -D -m 755 "$lib" "$R$lib"   # (the ELF interpreter must be executable)
   done
 done
+# randio: 4 KiB random direct I/O with a queue depth (the disk bench's fio stand-in).
+gcc -static -O2 -Wall -o "$R/bin/randio" "$LAB_DIR/guest-tools/randio.c" || die "cannot build randio (gcc and libc6-dev)"
 install -m 755 "$LAB_DIR/guest/init" "$R/init"
 mkdir -p "$R/workloads"; cp "$LAB_DIR"/guest/workloads/*.sh "$R/workloads/"
 echo "$KREL" > "$R/etc/tshyve-kernel"

@@ -14,8 +14,9 @@ cd "$(dirname "$0")/.."
 # ethtool: copied into the reference guest (offloads off in the network tests);
 # ovmf: the UEFI firmware of the firmware tests; grub-efi-amd64-bin, mtools,
 # dosfstools, fdisk: their EFI boot disk (lab/build-efi-disk.sh).
+# gcc, libc6-dev: the guest's static randio (lab/guest-tools/randio.c, 4 KiB random I/O bench).
 PKGS="qemu-system-x86 qemu-utils busybox-static cpio gzip lz4 xz-utils kmod e2fsprogs coreutils python3-minimal passt iperf3 ethtool
-      ovmf grub-efi-amd64-bin mtools dosfstools fdisk"
+      ovmf grub-efi-amd64-bin mtools dosfstools fdisk gcc libc6-dev"
 missing=
 for p in $PKGS; do
   dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

@@ -401,6 +401,21 @@ test('two NVMe controllers and a virtio-blk disk in one VM; the `ro` namespace r
   assert.match(r.stdout, new RegExp(`^VBLK_MD5=${vblkMd5}$`, 'm'), 'and the virtio-blk disk beside it');
 });
 
+test('NVMe on a qcow2 overlay: the guest reads the base through it, writes and deallocates; qemu-img finds it clean, with the write, and the base unchanged', { skip }, () => {
+  const r = get('nvme-disks');
+  const q = r.nvmeQcow2;
+  assert.ok(q, about(r));
+  assert.match(r.stdout, new RegExp(`^QBASE_MD5=${q.baseMd5}$`, 'm'), `the base's data through the overlay; ${about(r)}`);
+  assert.match(r.stdout, /^QW_EXIT=0$/m, about(r));
+  assert.match(r.stdout, /^QDISCARD_EXIT=0$/m, about(r));
+  const written = /^QW_MD5=(\w+)$/m.exec(r.stdout)?.[1];
+  assert.ok(written, about(r));
+  assert.match(r.stdout, new RegExp(`^QREAD_MD5=${written}$`, 'm'), 'the guest reads back what it wrote');
+  assert.equal(q.writtenMd5, written, 'the write is in the overlay (qemu-img convert)');
+  assert.equal(q.checkCode, 0, `qemu-img check: ${q.check}`);
+  assert.equal(q.baseAfter, q.baseBefore, 'the base is unchanged');
+});
+
 test('NVMe: a guest writing files is paused, checkpointed, killed and restored; it finishes its writes with every checksum right', { skip }, () => {
   const r = get('nvme-snapshot');
   const ph = r.phases ?? [];

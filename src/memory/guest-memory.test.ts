@@ -54,3 +54,12 @@ test('the dirty map: writes mark their pages (by RAM offset, across regions), re
   m.markDirty(0x100000 + 3 * PAGE_SIZE, 1);
   assert.deepEqual([...dirty], [1, 1, 0, 0, 0, 0, 1, 1]);
 });
+
+test('markDirtyPieces marks the pieces [from, to) of (gpa, len, host) triples, and only those', () => {
+  const dirty = new Uint8Array(8);
+  const m = new GuestMemory([{ gpa: 0, bytes: new Uint8Array(8 * PAGE_SIZE), ramOffset: 0 }], dirty);
+  const pieces = new Float64Array([0, 16, 0, PAGE_SIZE + 8, PAGE_SIZE, 0, 4 * PAGE_SIZE, 512, 0, 6 * PAGE_SIZE, 1, 0]);
+  m.markDirtyPieces(pieces, 1, 3);
+  assert.deepEqual([...dirty], [0, 1, 1, 0, 1, 0, 0, 0]);
+  GuestMemory.ofSize(PAGE_SIZE).markDirtyPieces(pieces, 0, 1); // no dirty map: nothing to do
+});

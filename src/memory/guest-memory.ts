@@ -163,6 +163,16 @@ export class GuestMemory {
     if (this.dirty && this.locate(gpa, len) >= 0) this.mark(this.at, len);
   }
 
+  /**
+   * markDirty() for pieces [from, to) of packed (gpa, len, host address)
+   * triples, the shape devices keep a request's guest buffers in (virtio
+   * chains, NVMe PRP walks), after a vectored read into them.
+   */
+  markDirtyPieces(pieces: Float64Array, from: number, to: number): void {
+    if (!this.dirty) return;
+    for (let i = from; i < to; i++) this.markDirty(pieces[3 * i]!, pieces[3 * i + 1]!);
+  }
+
   /** Set the dirty bytes of [at, at+len) of the region located last (this.hit). */
   private mark(at: number, len: number): void {
     const d = this.dirty;

@@ -116,11 +116,6 @@ function asQueueError(e: unknown): VirtqueueError {
  */
 const NO_BUFS = new Float64Array(0);
 
-/** Mark buffers [from, to) of packed (gpa, len, host) triples as written (see DescriptorChain.markWritten). */
-export function markWrittenBuffers(mem: GuestMemory, bufs: Float64Array, from: number, to: number): void {
-  for (let i = from; i < to; i++) mem.markDirty(bufs[3 * i]!, bufs[3 * i + 1]!);
-}
-
 export class DescriptorChain {
   // set by reuse(), which the constructor calls too
   private _head = 0;
@@ -170,7 +165,7 @@ export class DescriptorChain {
    * data is in, so a live migration sends them again.
    */
   markWritten(): void {
-    markWrittenBuffers(this.mem, this.bufs, this._readableCount, this.count);
+    this.mem.markDirtyPieces(this.bufs, this._readableCount, this.count);
   }
   get readable(): GuestBuffer[] { return this.list(0, this.readableCount); }
   get writable(): GuestBuffer[] { return this.list(this.readableCount, this.bufferCount); }

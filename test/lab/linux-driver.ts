@@ -38,6 +38,8 @@ export interface BootResult {
   passt?: { during: string[]; afterKill: string[]; afterEnd: string[] };
   /** qcow2 overlay: what L1 found in the images afterwards */
   qcow2?: import('./qcow2-scenarios.js').Qcow2Host;
+  /** nvme-disks: the NVMe namespace on a qcow2 overlay, as the host found it afterwards */
+  nvmeQcow2?: import('./nvme-scenarios.js').NvmeQcow2Host;
   /** allocated 512-byte blocks of the image before and after the guest's fstrim */
   blocksBefore?: number; blocksAfter?: number;
   /** per-disk sha256 before and after, for the multi-disk check */

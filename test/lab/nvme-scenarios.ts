@@ -9,13 +9,18 @@
  *   large file and runs fstrim (the image's st_blocks must drop), and reads
  *   from each vCPU so that both hardware queues carry I/O. The second
  *   controller is `ro` and must refuse a write; the virtio-blk disk is read.
+ *   A third controller's namespace is a qcow2 overlay (qemu-img's) of a raw
+ *   base: the guest reads the base's data through it, writes 1 MiB and
+ *   discards another written MiB (deallocate on qcow2); afterwards the host
+ *   finds the overlay clean (`qemu-img check`), the write in it and the base
+ *   unchanged.
  * - nvme-snapshot: a guest writing files to its NVMe disk (its I/O doorbells
  *   KVM ioeventfds: the stats count those that were exits) is paused,
  *   checkpointed (the disk copied with it), killed, restored from the
  *   checkpoint and its copy of the disk, finishes its writes and checks
  *   every file's checksum against what it computed when writing.
  */
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -23,9 +28,20 @@ import { join } from 'node:path';
 import { guestCmd, hostReads, tshyve, vmArgs, type BootResult } from './linux-driver.js';
 import { Vm, restoreArgs, tshyvectl, type Phase } from './snapshot-scenarios.js';
 
-/** The block device of the NVMe controller whose serial is `ser`, into shell variable `v`. */
-const nvmeBySerial = (v: string, ser: string): string =>
-  `for c in /sys/class/nvme/nvme*; do [ "$(cat $c/serial | tr -d " ")" = ${ser} ] && ${v}=$(basename $c)n1; done`;
+/** Each NVMe controller's block device into the shell variable its serial names (serials are names: NVA, NVR...). */
+const NVME_BY_SERIAL = 'for c in /sys/class/nvme/nvme*; do eval "$(tr -d " " < $c/serial)=$(basename $c)n1"; done';
+/** `m`: the md5 of stdin or of the files named (the command line has room for little: ~1500 bytes of script) */
+const MD5 = 'm() { md5sum "$@" | cut -d" " -f1; }';
+
+/** What the host found in the nvme-disks scenario's qcow2 overlay and its base afterwards. */
+export interface NvmeQcow2Host {
+  /** `qemu-img check` of the overlay: exit status and output */
+  checkCode: number | null; check: string;
+  /** md5 of the base's first MiB (the guest reads it through the overlay), and of the MiB at 4 MiB in the overlay afterwards */
+  baseMd5: string; writtenMd5: string;
+  /** sha256 of the base file before and after the boot */
+  baseBefore: string; baseAfter: string;
+}
 
 /** Files the snapshot scenario's guest writes: enough that it is still writing when the pause lands (each tshyvectl takes seconds in L1). */
 export const FILES = 150;
@@ -45,12 +61,18 @@ export const nvmeScenarios: Record<string, () => Promise<BootResult>> = {
     writeFileSync(vblk, vblkData);
     const sha = (f: string): string => createHash('sha256').update(readFileSync(f)).digest('hex');
     const roBefore = sha(ro);
+    // the qcow2 namespace: an overlay of a raw base of random data
+    const qbase = join(dir, 'qbase.raw'), overlay = join(dir, 'overlay.qcow2');
+    const qbaseData = randomBytes(16 << 20);
+    writeFileSync(qbase, qbaseData);
+    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=65536', '-b', qbase, '-F', 'raw', overlay]);
+    const qbaseBefore = sha(qbase);
     const cmd = guestCmd([
-      'for i in $(seq 100); do [ -b /dev/vda ] && [ $(ls /sys/class/nvme | wc -l) -ge 2 ] && break; sleep 0.1; done',
-      nvmeBySerial('A', 'NVA'), nvmeBySerial('R', 'NVR'),
+      'for i in $(seq 100); do [ -b /dev/vda ] && [ $(ls /sys/class/nvme | wc -l) -ge 3 ] && break; sleep 0.1; done',
+      NVME_BY_SERIAL, 'A=$NVA R=$NVR Q=$NVQ', MD5,
       'echo NVME_DEVS=$A,$R',
       'mkdir -p /mnt && mount -t ext4 /dev/$A /mnt',
-      'echo GUEST_MD5=$(md5sum /mnt/payload.bin | cut -d" " -f1)',
+      'echo GUEST_MD5=$(m /mnt/payload.bin)',
       'echo written-on-nvme > /mnt/from-guest.txt && sync && echo GUEST_WROTE=yes',
       'rm /mnt/big.bin && sync && fstrim -v /mnt; echo FSTRIM_EXIT=$?',
       'umount /mnt',
@@ -60,19 +82,33 @@ export const nvmeScenarios: Record<string, () => Promise<BootResult>> = {
       'C=${A%n1}; grep "${C}q[1-9]" /proc/interrupts | while read irq a b rest; do echo QIRQ=${rest##* }:$((a + b)); done',
       'echo RO=$(cat /sys/block/$R/ro)',
       'if echo marker | dd of=/dev/$R bs=512 seek=1 conv=sync,fsync 2>/dev/null; then echo RO_WRITE=ok; else echo RO_WRITE=refused; fi',
-      'echo RO_MD5=$(dd if=/dev/$R bs=64k iflag=direct 2>/dev/null | md5sum | cut -d" " -f1)',
-      'echo VBLK_MD5=$(dd if=/dev/vda bs=64k iflag=direct 2>/dev/null | md5sum | cut -d" " -f1)',
+      'r() { dd if=/dev/$1 bs=64k iflag=direct $2 2>/dev/null | m; }',
+      'echo RO_MD5=$(r $R); echo VBLK_MD5=$(r vda); echo QBASE_MD5=$(r $Q count=16)',
+      // the qcow2 overlay: 1 MiB written at 4 MiB; 1 MiB at 8 MiB written, then deallocated
+      'w() { dd if=/tmp/w of=/dev/$Q bs=64k seek=$1 oflag=direct conv=fsync 2>/dev/null; }',
+      'dd if=/dev/urandom of=/tmp/w bs=64k count=16 2>/dev/null; echo QW_MD5=$(m /tmp/w)',
+      'w 64; echo QW_EXIT=$?',
+      'w 128 && blkdiscard -o $((8 << 20)) -l $((1 << 20)) /dev/$Q; echo QDISCARD_EXIT=$?',
+      'echo QREAD_MD5=$(r $Q "skip=64 count=16")',
       'poweroff -f',
     ]);
     const blocksBefore = statSync(img).blocks;
     const r = await tshyve(vmArgs(2, `hello tshyve.cmd=${cmd}`, 'stdio', [
-      '-s', `5,nvme,${img},ser=NVA`, '-s', `6,nvme,${ro},ro,ser=NVR,maxq=1`, '-s', `7,virtio-blk,${vblk}`,
+      '-s', `5,nvme,${img},ser=NVA`, '-s', `6,nvme,${ro},ro,ser=NVR,maxq=1`, '-s', `7,virtio-blk,${vblk}`, '-s', `8,nvme,${overlay},ser=NVQ`,
     ]), 240_000);
+    const check = spawnSync('qemu-img', ['check', overlay], { encoding: 'utf8' });
+    const flat = join(dir, 'flat.raw');
+    execFileSync('qemu-img', ['convert', '-O', 'raw', overlay, flat]);
     const md5 = (b: Buffer): string => createHash('md5').update(b).digest('hex');
     return {
       ...r, name: 'nvme-disks', expectedMd5: md5(payload), hostReadBack: hostReads(img, '/from-guest.txt'),
       blocksBefore, blocksAfter: statSync(img).blocks,
       hashes: [{ name: 'ro.img', before: roBefore, after: sha(ro) }, { name: `ro:${md5(roData)} vblk:${md5(vblkData)}`, before: '', after: '' }],
+      nvmeQcow2: {
+        checkCode: check.status, check: check.stdout + check.stderr,
+        baseMd5: md5(qbaseData.subarray(0, 1 << 20)), writtenMd5: md5(readFileSync(flat).subarray(4 << 20, 5 << 20)),
+        baseBefore: qbaseBefore, baseAfter: sha(qbase),
+      },
     };
   },
 

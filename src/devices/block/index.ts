@@ -5,5 +5,6 @@
  */
 export { BlockIoError, type BlockBackend, type BlockSnapshots } from './backend.js';
 export { FileBlockBackend, type FileBackendOptions } from './file.js';
-export { IMAGE_FORMATS, MAX_CHAIN, openImage, probeFormat, resolveBacking, type ImageFormat, type OpenImageOptions } from './open.js';
+export { IMAGE_FORMATS, parseImageFormat, type ImageFormat } from './format.js';
+export { MAX_CHAIN, openImage, probeFormat, resolveBacking, type OpenImageOptions } from './open.js';
 export { Qcow2Backend } from './qcow2/image.js';

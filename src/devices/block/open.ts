@@ -12,12 +12,11 @@ import * as path from 'node:path';
 import { TshyveError, UserError } from '../../errors.js';
 import type { BlockBackend } from './backend.js';
 import { FileBlockBackend, type FileBackendOptions } from './file.js';
+import type { ImageFormat } from './format.js';
 import { QCOW2_MAGIC, V3_HEADER_BYTES, badImage, parseHeader } from './qcow2/header.js';
 import { Qcow2Backend } from './qcow2/image.js';
 import { repairRefcounts } from './qcow2/check.js';
 
-export type ImageFormat = 'raw' | 'qcow2';
-export const IMAGE_FORMATS: readonly ImageFormat[] = ['raw', 'qcow2'];
 
 /** Backing files below an image, at most. */
 export const MAX_CHAIN = 16;

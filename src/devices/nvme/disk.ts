@@ -1,11 +1,13 @@
 /**
  * The namespace's storage and the I/O queues over it, built the same way
  * on the main thread and on the controller's I/O thread: a raw file or
- * block device (devices/block), or bhyve's RAM disk.
+ * block device or a qcow2 image (devices/block's openImage), or bhyve's RAM
+ * disk. When the I/O thread serves the queues, the main thread's instance
+ * is passive (an image format keeps its metadata in one instance): it gives
+ * the geometry and flushes.
  */
 import type { GuestMemory } from '../../memory/guest-memory.js';
-import { UserError } from '../../errors.js';
-import { FileBlockBackend, probeFormat, type BlockBackend } from '../block/index.js';
+import { openImage, type BlockBackend, type ImageFormat } from '../block/index.js';
 import { IoCommands, type Namespace } from './io.js';
 import { IoQueues, type IoQueueLimits } from './io-queues.js';
 import { RamBlockBackend } from './ram-backend.js';
@@ -13,6 +15,8 @@ import { RamBlockBackend } from './ram-backend.js';
 /** What it takes to open the disk (structured-cloneable: the I/O thread opens it again). */
 export interface DiskInit {
   path?: string;
+  /** undefined: probed from the file's header */
+  format?: ImageFormat;
   /** the RAM disk's bytes */
   ram?: SharedArrayBuffer;
   readonly: boolean;
@@ -26,16 +30,10 @@ export interface DiskInit {
   stats: SharedArrayBuffer;
 }
 
-export function openBackend(d: DiskInit, label: string): BlockBackend {
+/** The namespace's storage; `passive`: another instance (the I/O thread's) does the I/O. */
+export function openBackend(d: DiskInit, label: string, passive = false): BlockBackend {
   if (d.ram) return new RamBlockBackend(d.ram);
-  const file = FileBlockBackend.open({ path: d.path!, readonly: d.readonly, nocache: d.nocache, direct: d.direct, label });
-  // A qcow2 image read as raw would show the guest qcow2's metadata: refuse
-  // it until the namespace opens images through the block layer's probe.
-  if (probeFormat(file) !== 'raw') {
-    file.close();
-    throw new UserError(`${label}: '${d.path}' is a qcow2 image; NVMe namespaces take raw files for now (virtio-blk takes qcow2)`, 'EBADIMAGE');
-  }
-  return file;
+  return openImage({ path: d.path!, format: d.format, readonly: d.readonly, nocache: d.nocache, direct: d.direct, label, passive });
 }
 
 /** The I/O queues over `backend`. */

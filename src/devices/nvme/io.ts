@@ -100,7 +100,7 @@ export class IoCommands {
         b.readv!(this.iov, off);
         // the data went into guest RAM past GuestMemory (mem.slice below marks its own):
         // a live migration must send these pages again
-        for (let i = 0; i < p.count; i++) mem.markDirty(p.segs[3 * i]!, p.segs[3 * i + 1]!);
+        mem.markDirtyPieces(p.segs, 0, p.count);
       }
     } else {
       let at = off;

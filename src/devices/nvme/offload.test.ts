@@ -6,11 +6,20 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { signalEventfd } from '../../host/eventfd.js';
 import { libc } from '../../host/libc.js';
 import { GuestMemory } from '../../memory/guest-memory.js';
 import { createGuestRam } from '../../memory/ram.js';
+import { openImage, Qcow2Backend, type BlockBackend } from '../block/index.js';
+import { checkImage } from '../block/qcow2/check.js';
+import { createQcow2 } from '../block/qcow2/create.js';
+import { mapImage } from '../block/qcow2/map.js';
+import { openBackend, type DiskInit } from './disk.js';
 import { CSTS_CFS, DOORBELLS, REG, SC } from './constants.js';
 import { IoThreadQueues } from './offload.js';
 import { RamBlockBackend } from './ram-backend.js';
@@ -26,19 +35,23 @@ async function until<T>(f: () => T | undefined, ms = 10_000): Promise<T> {
   }
 }
 
-function setup() {
+/** The queues on their thread over a RAM disk, or over the image at `path` (this thread's instance passive, as in a VM). */
+function setup(path?: string) {
   const ram = createGuestRam(MEM, 'tshyve-nvme-test');
   const mem = new GuestMemory([{ gpa: 0, bytes: ram.bytes, hostAddr: ram.hostAddr }]);
-  const backend = RamBlockBackend.ofMiB(4);
+  const ramDisk = path === undefined ? RamBlockBackend.ofMiB(4) : undefined;
+  const disk = (stats: SharedArrayBuffer): DiskInit => ({
+    ...(ramDisk ? { ram: ramDisk.shared } : { path }), readonly: false, nocache: false, direct: false, sectorSize: 512, dsm: true,
+    limits: { maxq: 2, maxEntries: 64, vectors: 3 }, stats,
+  });
+  const backend: BlockBackend = ramDisk ?? openBackend(disk(new SharedArrayBuffer(64)), 'nvme', true);
   let thread: IoThreadQueues | undefined;
   const d = new NvmeTestDriver({
     mem, backend, maxq: 2,
-    queues: (signal, stats) => (thread = new IoThreadQueues({
-      ram: backend.shared, readonly: false, nocache: false, direct: false, sectorSize: 512, dsm: true,
-      limits: { maxq: 2, maxEntries: 64, vectors: 3 }, stats: stats.buffer as SharedArrayBuffer,
-    }, { hostAddr: ram.hostAddr, size: MEM, regions: [{ gpa: 0, offset: 0, size: MEM }] }, 'nvme-test', signal, (m) => d.errors.push(m))),
+    queues: (signal, stats) => (thread = new IoThreadQueues(disk(stats.buffer as SharedArrayBuffer),
+      { hostAddr: ram.hostAddr, size: MEM, regions: [{ gpa: 0, offset: 0, size: MEM }] }, 'nvme-test', signal, (m) => d.errors.push(m))),
   });
-  const close = (): void => { thread!.destroy(); libc.close(ram.memfd); };
+  const close = (): void => { thread!.destroy(); backend.close(); libc.close(ram.memfd); };
   return { d, thread: thread!, backend, close };
 }
 
@@ -98,5 +111,55 @@ test('I/O on the I/O thread: queues created by admin commands, MMIO doorbells, t
     assert.equal(d.reg(DOORBELLS), 0);
   } finally {
     close();
+  }
+});
+
+test('a qcow2 namespace on the I/O thread: writes allocate clusters, deallocate discards them, the image checks clean', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'tshyve-nvme-qcow2-'));
+  const path = join(dir, 'disk.qcow2');
+  createQcow2(path, { size: 4 << 20, clusterSize: 65536 });
+  const { d, backend, close } = setup(path);
+  try {
+    assert.ok(backend instanceof Qcow2Backend, 'probed as qcow2');
+    d.enable();
+    assert.equal(d.createCq(1).status, 0);
+    assert.equal(d.createSq(1).status, 0);
+    d.mem.fill(DATA, 4096, 0x77);
+    for (const slba of [0, 128, 256]) { // clusters 0, 1 and 2 (128 sectors of 512 bytes each)
+      d.put(1, { opcode: 0x01, nsid: 1, prp1: DATA, cdw10: slba, cdw12: 7 });
+      d.ring(1);
+      assert.equal((await one(d, 1)).status, 0);
+    }
+    // deallocate all of cluster 1 and half of cluster 2 (which keeps its data)
+    d.mem.fill(0x200000, 32);
+    d.mem.writeU32(0x200000 + 4, 128); d.mem.writeU32(0x200000 + 8, 128);
+    d.mem.writeU32(0x200000 + 16 + 4, 64); d.mem.writeU32(0x200000 + 16 + 8, 320);
+    d.put(1, { opcode: 0x09, nsid: 1, prp1: 0x200000, cdw10: 1, cdw11: 4 });
+    d.ring(1);
+    assert.equal((await one(d, 1)).status, 0);
+    d.put(1, { opcode: 0x02, nsid: 1, prp1: DATA + 8192, cdw10: 256, cdw12: 7 });
+    d.ring(1);
+    assert.equal((await one(d, 1)).status, 0);
+    assert.equal(d.mem.readU8(DATA + 8192 + 4095), 0x77);
+  } finally {
+    close();
+  }
+  try {
+    const img = openImage({ path, readonly: true });
+    assert.ok(img instanceof Qcow2Backend);
+    const b = new Uint8Array(4096);
+    img.read(b, 0);
+    assert.equal(b[4095], 0x77, 'the thread\'s write is in the image');
+    img.read(b, 128 * 512);
+    assert.equal(b[0], 0, 'deallocated');
+    assert.deepEqual(mapImage(img).filter((r) => r.data).map((r) => [r.start, r.length]), [[0, 65536], [131072, 65536]], 'cluster 1 is gone');
+    const c = checkImage(img, false);
+    assert.deepEqual([c.corruptions, c.leaks, c.flagErrors], [0, 0, 0], c.messages.join('; '));
+    img.close();
+    let qemuImg = true;
+    try { execFileSync('qemu-img', ['--version'], { stdio: 'ignore' }); } catch { qemuImg = false; }
+    if (qemuImg) execFileSync('qemu-img', ['check', '-q', path]); // throws on a non-zero exit: errors or leaks
+  } finally {
+    rmSync(dir, { recursive: true });
   }
 });

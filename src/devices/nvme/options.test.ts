@@ -28,6 +28,7 @@ test('bhyve\'s defaults; values checked with one line naming the key', () => {
   assert.equal(o.eui64 >> 40n, 0x589cfcn, 'the FreeBSD OUI');
   assert.equal(o.eui64 & 0xffffn, 1n, 'the NSID');
   assert.equal(parse('/d.img').eui64, o.eui64, 'stable');
+  assert.deepEqual([o.format, parse('/d.qcow2,format=qcow2').format, parse('/d.img,format=raw').format], [undefined, 'qcow2', 'raw'], 'format: probed unless given');
   assert.notEqual(parse('/d.img', 'vm2').eui64, o.eui64, 'per VM');
   const p = parse('ram=64,maxq=4,qsz=512,sectsz=4096,ser=ABC,eui64=0x1234,dsm=enable,ro');
   assert.deepEqual([p.ramMiB, p.path, p.maxq, p.qsz, p.sectorSize, p.serial, p.eui64, p.dsm, p.readonly], [64, undefined, 4, 512, 4096, 'ABC', 0x1234n, 'enable', true]);
@@ -40,5 +41,7 @@ test('bhyve\'s defaults; values checked with one line naming the key', () => {
     ['/d.img,eui64=0x10000000000000000', /eui64/],
     ['ram=0', /ram/],
     ['ram=64,path=/d.img', /not both/],
+    ['/d.img,format=vmdk', /pci\.0\.4\.0\.format: 'vmdk' is not raw or qcow2/],
+    ['ram=64,format=qcow2', /format: a ram= disk has no image format/],
   ] as const) assert.throws(() => parse(bad), (e: Error) => e instanceof UserError && msg.test(e.message), bad);
 });

@@ -1,7 +1,8 @@
 /**
  * bhyve's nvme options (pci_nvme.c, bhyve_config(5)): `-s N,nvme,PATH[,opts]`
  * or `-s N,nvme,ram=MiB[,opts]`, the keys pci.B.S.F.{path, ram, ro, maxq, qsz,
- * ioslots, sectsz, ser, eui64, dsm} (plus blockif's nocache, direct/sync), with
+ * ioslots, sectsz, ser, eui64, dsm} (plus blockif's nocache, direct/sync, and
+ * virtio-blk's format=raw|qcow2, tshyve's: probed from the header when absent), with
  * bhyve's defaults: 16 queue pairs of 2048 entries, 8 I/O slots, 512-byte
  * sectors, serial NVME-SLOT-FUNC, an EUI-64 derived from the VM's name and
  * the device's address, deallocate when the storage can.
@@ -10,11 +11,14 @@ import { createHash } from 'node:crypto';
 import type { ConfigNode } from '../../config/tree.js';
 import { parsePciLegacyConfig } from '../../config/options.js';
 import { UserError } from '../../errors.js';
+import { parseImageFormat, type ImageFormat } from '../block/format.js';
 import type { ConfigTreeWriter, PciDeviceInfo } from '../../pci/device.js';
 
 export interface NvmeOptions {
   /** the disk: a file or block device, or RAM of this many MiB */
   path?: string;
+  /** the file's image format; undefined: probed from its header */
+  format?: ImageFormat;
   ramMiB?: number;
   readonly: boolean;
   nocache: boolean;
@@ -80,8 +84,14 @@ export function parseNvmeOptions(node: ConfigNode, bdf: { bus: number; slot: num
     eui64,
     dsm,
   };
-  if (ram !== undefined) opts.ramMiB = intOpt(node, where, 'ram', 0, 1, 16384);
-  else opts.path = path;
+  const format = parseImageFormat(node.get('format'), where('format'));
+  if (ram !== undefined) {
+    if (format !== undefined) throw new UserError(`${where('format')}: a ram= disk has no image format`);
+    opts.ramMiB = intOpt(node, where, 'ram', 0, 1, 16384);
+  } else {
+    opts.path = path;
+    if (format !== undefined) opts.format = format;
+  }
   return opts;
 }
 

@@ -61,8 +61,8 @@ export class NvmePci implements PciFunction {
       limits: { maxq: opts.maxq, maxEntries: opts.qsz, vectors }, stats: this.counters.buffer as SharedArrayBuffer,
     };
     if (opts.ramMiB !== undefined) disk.ram = new SharedArrayBuffer(opts.ramMiB * 1024 * 1024);
-    else disk.path = opts.path;
-    this.backend = openBackend(disk, label);
+    else { disk.path = opts.path; disk.format = opts.format; }
+    this.backend = openBackend(disk, label, useThread);
     // dsm=auto: deallocate when the storage can (a RAM disk, a writable file or block device)
     disk.dsm = opts.dsm === 'enable' || (opts.dsm === 'auto' && !opts.readonly);
     const signal = (v: number): void => { this.msix.signal(v); };

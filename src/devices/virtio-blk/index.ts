@@ -6,7 +6,7 @@
  */
 import type { ConfigNode } from '../../config/tree.js';
 import { UserError } from '../../errors.js';
-import { IMAGE_FORMATS, type ImageFormat } from '../block/index.js';
+import { parseImageFormat } from '../block/index.js';
 import { isValidQueueSize, VIRTIO_BLK_MAX_QUEUE_SIZE, type VirtioBlkOptions } from './device.js';
 
 export * from './device.js';
@@ -53,11 +53,8 @@ export function parseVirtioBlkOptions(node: ConfigNode): VirtioBlkOptions {
     if (!isValidQueueSize(n)) throw new UserError(`${where('queuesize')}: '${qs}' is not a power of two between 4 and ${VIRTIO_BLK_MAX_QUEUE_SIZE}`);
     opts.queueSize = n;
   }
-  const format = node.get('format');
-  if (format !== undefined) {
-    if (!(IMAGE_FORMATS as readonly string[]).includes(format)) throw new UserError(`${where('format')}: '${format}' is not ${IMAGE_FORMATS.join(' or ')}`);
-    opts.format = format as ImageFormat;
-  }
+  const format = parseImageFormat(node.get('format'), where('format'));
+  if (format !== undefined) opts.format = format;
   const ser = node.get('ser');
   if (ser !== undefined) {
     if (Buffer.byteLength(ser, 'utf8') > 20) throw new UserError(`${where('ser')}: serial '${ser}' is longer than 20 bytes`);

@@ -37,7 +37,7 @@ import { IoVecs } from '../../memory/iovec.js';
 import { EAGAIN, libc } from '../../host/libc.js';
 import { VIRTIO_COMMON_FEATURES, VIRTIO_ID_NET, featureBit, hasFeature } from '../../virtio/constants.js';
 import type { VirtioDevice, VirtioInterrupt } from '../../virtio/device.js';
-import { markWrittenBuffers, type DescriptorChain, type Virtqueue } from '../../virtio/queue.js';
+import type { DescriptorChain, Virtqueue } from '../../virtio/queue.js';
 import type { StateReader, StateWriter } from '../../snapshot/state.js';
 import { TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, VIRTIO_NET_HDR_SIZE, type NetBackend } from './backend.js';
 
@@ -381,7 +381,7 @@ export class VirtioNet implements VirtioDevice {
       return -1;
     }
     const total = n + start;
-    markWrittenBuffers(vq.mem, this.rxBufs, 0, nb); // the frame went in through host addresses (the spill buffer is ours)
+    vq.mem.markDirtyPieces(this.rxBufs, 0, nb); // the frame went in through host addresses (the spill buffer is ours)
     if (total > room + spill || total <= VIRTIO_NET_HDR_SIZE) {
       // too big for the room (truncated), or no frame at all: the buffers serve the next one
       vq.unpopChains(held);
