@@ -212,7 +212,7 @@ export class ControlServer {
   private async run(req: Request, onProgress: (p: SnapshotProgress | MigrationProgress) => void): Promise<unknown> {
     const vm = this.control;
     switch (req.op) {
-      case 'info': return { name: vm.name, pid: process.pid, paused: vm.paused, sandbox: sandboxOf(vm) } satisfies VmInfo;
+      case 'info': return { name: vm.name, pid: process.pid, paused: vm.paused, sandbox: vm.sandbox?.on ? `on (${vm.sandbox.layers})` : 'off' } satisfies VmInfo;
       case 'stats': return vm.stats();
       case 'pause': await vm.pause(); return { paused: vm.paused };
       case 'resume': vm.resume(); return { paused: vm.paused };
@@ -304,10 +304,4 @@ async function clearStale(path: string): Promise<void> {
   if (state !== 'stale') throw new UserError(`cannot check control socket ${path}: ${state}`);
   try { unlinkSync(path); } catch { /* gone already */ }
   log('debug', `removed stale control socket ${path}`);
-}
-
-/** `on (LAYERS)` or `off`, from the VM's stats. */
-function sandboxOf(vm: VmControl): string {
-  const s = vm.stats();
-  return s.sandbox === 'on' ? `on (${String(s.sandbox_layers)})` : 'off';
 }

@@ -94,7 +94,7 @@ export function lockDown(opts: SandboxOptions, dirs: SandboxDirs): SandboxStatus
     } finally {
       libc.close(fd);
     }
-    layers.push(`landlock(abi ${abi})`);
+    layers.push(`landlock(abi=${abi})`);
   }
   if (opts.user) {
     switchUser(opts.user);
