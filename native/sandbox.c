@@ -108,8 +108,8 @@ static int is_kernel_worker(pid_t tid) {
   buf[len] = 0;
   char *p = strrchr(buf, ')');
   if (!p) return 0;
-  /* after the name: state ppid pgrp session tty_nr tpgid flags */
-  for (int field = 0; field < 6 && p; field++) p = strchr(p + 1, ' ');
+  /* after the name: " state ppid pgrp session tty_nr tpgid flags": the flags follow the 7th space */
+  for (int field = 0; field < 7 && p; field++) p = strchr(p + 1, ' ');
   if (!p) return 0;
   unsigned long flags = strtoul(p + 1, NULL, 10);
   return (flags & (0x4000 /* PF_USER_WORKER */ | 0x10 /* PF_IO_WORKER */)) != 0;

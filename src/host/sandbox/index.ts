@@ -13,8 +13,7 @@
  * a refused system call fail with EPERM instead of ending tshyve.
  */
 import { readdirSync, readlinkSync, fstatSync, realpathSync } from 'node:fs';
-import { dirname } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { dirname, join } from 'node:path';
 import type { ConfigTree } from '../../config/tree.js';
 import { UserError } from '../../errors.js';
 import { log } from '../../log.js';
@@ -22,7 +21,7 @@ import { F_GETFL, libc } from '../libc.js';
 import { ALLOWED } from './allowed.js';
 import { buildFilter } from './bpf.js';
 import { buildRuleset, FS, landlockAbi, READ, READ_WRITE, type PathRule } from './landlock.js';
-import { onEveryThread, installSigsysHandler } from './native.js';
+import { onEveryThread, installSigsysHandler, PACKAGE_ROOT } from './native.js';
 import { dropBoundingSet, dropCapabilities, lookUpUser, setNoNewPrivs, switchUser, type TargetUser } from './privileges.js';
 import { prepareProbe } from './probe.js';
 import { installFilter } from './seccomp.js';
@@ -121,14 +120,12 @@ const RARE: readonly string[] = [
   'pwritev2', 'timerfd_create', 'timerfd_settime', 'timerfd_gettime', 'lstat', 'stat', 'sched_getparam', 'sched_getscheduler',
 ];
 
-/** The package's root (dist/src/host/sandbox/ is four levels down). */
-const ROOT = fileURLToPath(new URL('../../../../', import.meta.url));
 
 function fileRules(dirs: SandboxDirs, tcp: boolean): PathRule[] {
   const real = (p: string): string => { try { return realpathSync(p); } catch { return p; } };
   const rules: PathRule[] = [
     // What node still loads: tshyve's own code (device models and the migration code load lazily), its packages, node's libraries.
-    ...['dist', 'build', 'package.json', 'node_modules'].map((p) => ({ path: real(`${ROOT}${p}`), access: READ })),
+    ...['dist', 'build', 'package.json', 'node_modules'].map((p) => ({ path: real(join(PACKAGE_ROOT, p)), access: READ })),
     { path: real(dirname(process.execPath)), access: READ },
     ...['/usr/lib', '/lib', '/lib64', '/usr/lib64'].map((path) => ({ path, access: READ })),
     { path: `/proc/${process.pid}`, access: READ },

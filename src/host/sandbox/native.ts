@@ -4,11 +4,14 @@
  * handler that reports a refused one. Loaded through koffi, on first use.
  */
 import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import koffi from 'koffi';
 import { HostError } from '../../errors.js';
 
-const PATH = fileURLToPath(new URL('../../../../build/Release/tshyve_sandbox.node', import.meta.url));
+/** the package's root: this file is dist/src/host/sandbox/native.js */
+export const PACKAGE_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', '..');
+const PATH = join(PACKAGE_ROOT, 'build', 'Release', 'tshyve_sandbox.node');
 
 interface Native {
   allThreads: (nr: number, a0: number | bigint, a1: number | bigint, a2: number | bigint, a3: number | bigint, a4: number | bigint, a5: number | bigint) => number | bigint;
