@@ -22,11 +22,11 @@ import {
   stripTerminal, timedRun, type LabResults, type LabRun, type Vmm,
 } from './common.js';
 
-interface Opts { out: string; runs: number; cpus: number[]; warmup: number; timeoutS: number; budgetS: number }
+interface Opts { out: string; runs: number; cpus: number[]; warmup: number; timeoutS: number; budgetS: number; sandbox: string }
 
 function parseArgs(argv: string[]): Opts {
   const envRuns = Number(process.env.TSHYVE_BENCH_RUNS);
-  const o: Opts = { out: '', runs: envRuns > 0 ? envRuns : DEFAULT_RUNS, cpus: [1, 2], warmup: 1, timeoutS: 120, budgetS: 660 };
+  const o: Opts = { out: '', runs: envRuns > 0 ? envRuns : DEFAULT_RUNS, cpus: [1, 2], warmup: 1, timeoutS: 120, budgetS: 660, sandbox: 'on' };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i], v = () => { const x = argv[++i]; if (x === undefined) throw new Error(`${a} needs a value`); return x; };
     if (a === '--runs') o.runs = Number(v());
@@ -34,6 +34,7 @@ function parseArgs(argv: string[]): Opts {
     else if (a === '--warmup') o.warmup = Number(v());
     else if (a === '--timeout') o.timeoutS = Number(v());
     else if (a === '--budget') o.budgetS = Number(v());
+    else if (a === '--sandbox') o.sandbox = v();
     else if (!o.out && a !== undefined) o.out = a;
     else throw new Error(`unexpected argument ${a}`);
   }
@@ -45,11 +46,11 @@ function parseArgs(argv: string[]): Opts {
 const kernel = join(GUEST_DIR, 'vmlinuz');
 const initrd = join(GUEST_DIR, 'initrd.img');
 
-function command(vmm: Vmm, cpus: number): [string, string[]] {
+function command(vmm: Vmm, cpus: number, sandbox: string): [string, string[]] {
   if (vmm === 'tshyve') {
     return [process.execPath, [CLI, '-c', String(cpus), '-m', '512M', '-s', '0,hostbridge', '-s', '31,lpc', '-l', 'com1,stdio',
       '-o', `boot.kernel=${kernel}`, '-o', `boot.initrd=${initrd}`, '-o', `boot.cmdline=${GUEST_CMDLINE}`,
-      '-o', 'debug.timing=1', `bench${cpus}`]];
+      '-o', 'debug.timing=1', '-o', `sandbox=${sandbox}`, `bench${cpus}`]];
   }
   return ['qemu-system-x86_64', ['-enable-kvm', '-cpu', 'host', '-m', '512M', '-smp', String(cpus), '-nographic', '-no-reboot',
     '-kernel', kernel, '-initrd', initrd, '-append', GUEST_CMDLINE]];
@@ -58,8 +59,8 @@ function command(vmm: Vmm, cpus: number): [string, string[]] {
 /** tshyve exits 1 on guest power-off (bhyve's convention); QEMU with -no-reboot exits 0. */
 const EXPECTED_EXIT: Record<Vmm, number> = { tshyve: 1, qemu: 0 };
 
-async function boot(vmm: Vmm, cpus: number, run: number, timeoutMs: number): Promise<LabRun> {
-  const [cmd, args] = command(vmm, cpus);
+async function boot(vmm: Vmm, cpus: number, run: number, timeoutMs: number, sandbox: string): Promise<LabRun> {
+  const [cmd, args] = command(vmm, cpus, sandbox);
   const t = await timedRun(cmd, args, timeoutMs, /TSHYVE-GUEST-OK/);
   const out = stripTerminal(t.output);
   const r: LabRun = { vmm, cpus, run, ok: false, wallMs: Math.round(t.wallMs), code: t.code, signal: t.signal };
@@ -114,7 +115,7 @@ async function main(): Promise<void> {
       process.stdout.write(`[bench] ${res.note}\n`);
       break;
     }
-    const r = await boot(vmm, cpus, run, Math.min(o.timeoutS, leftS) * 1000);
+    const r = await boot(vmm, cpus, run, Math.min(o.timeoutS, leftS) * 1000, o.sandbox);
     res.runs.push(r);
     save();
     const what = run < 0 ? 'warm-up' : `#${run + 1}/${o.runs}`;

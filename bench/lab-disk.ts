@@ -107,11 +107,11 @@ function guestScript(mib: number, dev: DiskDev, format: Format, randSecs: number
   ].join('\n');
 }
 
-function command(vmm: Vmm, dev: DiskDev, img: string, mib: number, format: Format, randSecs: number, name: string, diskOpts = '', nodeArgs: string[] = []): [string, string[]] {
+function command(vmm: Vmm, dev: DiskDev, img: string, mib: number, format: Format, randSecs: number, name: string, diskOpts = '', nodeArgs: string[] = [], sandbox = 'on'): [string, string[]] {
   const cmdline = `console=ttyS0 quiet tshyve.cmd=${Buffer.from(guestScript(mib, dev, format, randSecs)).toString('base64')}`;
   if (vmm === 'tshyve') {
     return [process.execPath, [...nodeArgs, CLI, '-c', '1', '-m', '512M', '-s', '0,hostbridge', '-s', '31,lpc', '-l', 'com1,stdio',
-      '-s', `4,${dev},${img}${format === 'raw' ? '' : `,format=${format}`}${diskOpts}`, '-o', `boot.kernel=${kernel}`, '-o', `boot.initrd=${initrd}`, '-o', `boot.cmdline=${cmdline}`, name]];
+      '-s', `4,${dev},${img}${format === 'raw' ? '' : `,format=${format}`}${diskOpts}`, '-o', `boot.kernel=${kernel}`, '-o', `boot.initrd=${initrd}`, '-o', `boot.cmdline=${cmdline}`, '-o', `sandbox=${sandbox}`, name]];
   }
   // cache=writeback is QEMU's default, spelled out: tshyve's raw backend is buffered too (no O_DIRECT, flush = fdatasync)
   const drive = dev === 'nvme'
@@ -189,6 +189,7 @@ async function main(): Promise<void> {
   const only = opt('--only') as Vmm | undefined;
   const diskOpts = opt('--disk-opts') ?? '';
   const nodeArgs = (opt('--node-args') ?? '').split(' ').filter(Boolean);
+  const sandbox = opt('--sandbox') ?? 'on';
   const kvmStats = args.includes('--kvm-stats');
   const dev = (opt('--dev') ?? 'virtio-blk') as DiskDev;
   const format = (opt('--format') ?? 'raw') as Format;
@@ -224,7 +225,7 @@ async function main(): Promise<void> {
           // qcow2: room for the pairs' and the first pass's new clusters, after the first N MiB
           if (format === 'qcow2') execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=65536', img, `${mib * (pairs + 2)}M`]);
           else writeFileSync(img, Buffer.alloc(mib << 20));
-          const [cmd, argv] = command(vmm, dev, img, mib, format, randSecs, `benchdisk${r}`, diskOpts, nodeArgs);
+          const [cmd, argv] = command(vmm, dev, img, mib, format, randSecs, `benchdisk${r}`, diskOpts, nodeArgs, sandbox);
           const g = new Guest(vmm, cmd, argv);
           guests.push(g);
           await g.waitFor(/DISK-READY/, BOOT_TIMEOUT_MS);

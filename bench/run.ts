@@ -7,7 +7,8 @@
  * 2. Host start-up bench: exec to first KVM_RUN (and to exit) of a tiny raw
  *    guest on this host's own /dev/kvm.
  *
- *   node dist/bench/run.js [--runs R] [--host-runs N] [--no-lab] [--no-host] [--lab-json FILE] [--only boot|disk|nvme|qcow2|snapshot|migration|net|host]
+ *   node dist/bench/run.js [--runs R] [--host-runs N] [--no-lab] [--no-host] [--lab-json FILE] [--sandbox on|off] [--only boot|disk|nvme|qcow2|snapshot|migration|net|host]
+ * --sandbox off runs tshyve with -o sandbox=off in the boot and disk benches (the sandbox's cost: one run each way).
  *
  * --lab-json FILE reprints the table of an earlier lab run's lab-boot.json instead of running the lab.
  *
@@ -30,14 +31,14 @@ import { formatSteps } from '../src/migration/steps.js';
 const SECTIONS = ['boot', 'disk', 'nvme', 'qcow2', 'snapshot', 'migration', 'net', 'host'] as const;
 type Section = typeof SECTIONS[number];
 
-interface Opts { runs: number; hostRuns: number; lab: boolean; host: boolean; labJson?: string; only?: Section }
+interface Opts { runs: number; hostRuns: number; lab: boolean; host: boolean; labJson?: string; only?: Section; sandbox: 'on' | 'off' }
 
 function parseArgs(argv: string[]): Opts {
   const num = (s: string | undefined, d: number) => { const n = Number(s); return Number.isInteger(n) && n > 0 ? n : d; };
   const o: Opts = {
     runs: num(process.env.TSHYVE_BENCH_RUNS, DEFAULT_RUNS),
     hostRuns: num(process.env.TSHYVE_BENCH_HOST_RUNS, 10),
-    lab: true, host: true,
+    lab: true, host: true, sandbox: 'on',
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -46,11 +47,15 @@ function parseArgs(argv: string[]): Opts {
     else if (a === '--no-lab') o.lab = false;
     else if (a === '--no-host') o.host = false;
     else if (a === '--lab-json') o.labJson = argv[++i];
-    else if (a === '--only') {
+    else if (a === '--sandbox') {
+      const s = argv[++i];
+      if (s !== 'on' && s !== 'off') { process.stderr.write(`bench: --sandbox takes on or off, not '${s}'\n`); process.exit(2); }
+      o.sandbox = s;
+    } else if (a === '--only') {
       const s = argv[++i] ?? '';
       if (!(SECTIONS as readonly string[]).includes(s)) { process.stderr.write(`bench: --only takes one of ${SECTIONS.join(', ')}, not '${s}'\n`); process.exit(2); }
       o.only = s as Section;
-    } else { process.stderr.write(`bench: unknown argument ${a}\nusage: run.js [--runs R] [--host-runs N] [--no-lab] [--no-host] [--lab-json FILE] [--only ${SECTIONS.join('|')}]\n`); process.exit(2); }
+    } else { process.stderr.write(`bench: unknown argument ${a}\nusage: run.js [--runs R] [--host-runs N] [--no-lab] [--no-host] [--lab-json FILE] [--sandbox on|off] [--only ${SECTIONS.join('|')}]\n`); process.exit(2); }
   }
   if (Number.isNaN(o.runs) || Number.isNaN(o.hostRuns)) { process.stderr.write('bench: --runs/--host-runs need a positive integer\n'); process.exit(2); }
   return o;
@@ -179,7 +184,7 @@ async function labBench(o: Opts): Promise<void> {
   const loadBefore = loadavg()[0];
   const r = await runLab(['--timeout', String(labTimeoutS), '--scratch', scratch, '--',
     process.execPath, join(ROOT, 'dist', 'bench', 'lab-boot.js'), file,
-    '--runs', String(o.runs), '--timeout', String(perBootS), '--budget', String(budgetS)], (labTimeoutS + 60) * 1000);
+    '--runs', String(o.runs), '--timeout', String(perBootS), '--budget', String(budgetS), '--sandbox', o.sandbox], (labTimeoutS + 60) * 1000);
   const labS = (Date.now() - t0) / 1000;
 
   let res: LabResults | undefined;
@@ -338,7 +343,7 @@ async function diskBench(o: Opts, dev: import('./lab-disk.js').DiskDev = 'virtio
   // Rounds alternate the boot order, so an even count weighs both orders alike.
   const rounds = Math.max(2, o.runs + (o.runs % 2));
   // qcow2: each pass also writes 64 MiB of new clusters, which the image (in L1's tmpfs) keeps: fewer pairs
-  const args = ['--runs', String(rounds), '--dev', dev, ...(qcow2 ? ['--format', 'qcow2', '--pairs', '6'] : []), ...(rand ? ['--rand', '2', '--pairs', '8'] : [])];
+  const args = ['--runs', String(rounds), '--dev', dev, '--sandbox', o.sandbox, ...(qcow2 ? ['--format', 'qcow2', '--pairs', '6'] : []), ...(rand ? ['--rand', '2', '--pairs', '8'] : [])];
   // a pass prints every few seconds and a boot within a minute or two: 240 s of silence is a stall
   const res = await labDriver<import('./lab-disk.js').DiskBench>('disk', o, args, 1000 * (Number(process.env.TSHYVE_BENCH_QUIET_S) || 240));
   if (!res) return;

@@ -98,7 +98,8 @@ test('warm migration over a unix socket: the guest counts on at the destination;
 
 test('live migration over TCP of a guest rewriting 128 pages a round: every page it checks is right after the move', { skip }, async () => {
   const port = 20000 + (process.pid % 20000);
-  const p = await pair('dirtier', `127.0.0.1,${port}`);
+  // (the sandbox lets the source connect over TCP only when asked to)
+  const p = await pair('dirtier', `127.0.0.1,${port}`, { srcExtra: ['-o', 'sandbox.migrate_tcp=true'] });
   const c = await ctl(`--vm=${p.srcName}`, `--migrate-live=127.0.0.1,${port}`);
   assert.equal(c.code, 0, c.stderr);
   assert.match(c.stdout, /\(live, \d+ rounds?\)/);

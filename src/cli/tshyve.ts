@@ -18,6 +18,8 @@ import { loadOptionsFrom, readSnapshot, saveOptionsFrom, type LoadedSnapshot } f
 import { ControlServer } from '../control/server.js';
 import { controlSocketPath } from '../control/config.js';
 import type { ConfigTree } from '../config/tree.js';
+import { lockDown, sandboxOptions, type SandboxDirs } from '../host/sandbox/index.js';
+import { dirname } from 'node:path';
 
 performance.mark('modules');
 
@@ -38,6 +40,7 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   saveOptionsFrom(config); // a bad snapshot.dir or snapshot.key is refused now, not at the first checkpoint
+  const sandbox = sandboxOptions(config);
   if (args.restoreFile !== undefined && args.migrateFrom) throw new UserError('-r and -R cannot be used together');
   let restore: LoadedSnapshot | undefined;
   if (args.restoreFile) restore = readSnapshot(args.restoreFile, loadOptionsFrom(config));
@@ -58,6 +61,16 @@ async function main(argv: string[]): Promise<number> {
     m = await Machine.create(config, { restore });
     try {
       control = await startControl(m, config);
+    } catch (e) {
+      await m.finish(ExitCode.ERROR);
+      throw e;
+    }
+  }
+  // Everything is open and every thread started (the vCPUs' parked): lock down before the guest's first instruction.
+  await m.startParked();
+  if (sandbox) {
+    try {
+      m.sandbox = lockDown(sandbox, sandboxDirs(config, control));
     } catch (e) {
       await m.finish(ExitCode.ERROR);
       throw e;
@@ -101,6 +114,18 @@ function startupTimeline(): string {
     at = e.startTime;
   }
   return steps.join(', ');
+}
+
+/**
+ * Where the sandboxed VM may write: snapshot.dir, or else the control
+ * socket's directory, which then becomes snapshot.dir (a save elsewhere is
+ * refused in one line, before anything is written).
+ */
+function sandboxDirs(config: ConfigTree, control: ControlServer | undefined): SandboxDirs {
+  const controlDir = control?.path === undefined ? undefined : dirname(control.path);
+  const snapshotDir = config.get('snapshot.dir') ?? controlDir;
+  if (snapshotDir !== undefined) config.set('snapshot.dir', snapshotDir);
+  return { snapshotDir, controlDir };
 }
 
 /**

@@ -27,7 +27,7 @@ export interface ProgressEvent { id: RequestId; progress: SnapshotProgress | Mig
 export type ServerMessage = Response | ProgressEvent;
 
 /** What `info` answers: enough for `tshyvectl --list` and a liveness check. */
-export interface VmInfo { name: string; pid: number; paused: boolean }
+export interface VmInfo { name: string; pid: number; paused: boolean; sandbox: string }
 
 /** Longest line either side accepts; longer is a broken or hostile peer. */
 export const MAX_LINE_BYTES = 1 << 20;

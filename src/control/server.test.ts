@@ -96,7 +96,7 @@ test('every operation reaches the VmControl and answers', async () => {
   assert.equal(statSync(path).mode & 0o777, 0o600, 'socket is private');
   const c = await ControlClient.connect(path);
   assert.equal(c.name, 'fake');
-  assert.deepEqual(await c.info(), { name: 'fake', pid: process.pid, paused: false });
+  assert.deepEqual(await c.info(), { name: 'fake', pid: process.pid, paused: false, sandbox: 'off' });
   assert.deepEqual(await c.stats(), { name: 'fake', exits_pio: 42, state: 'running' });
   await c.pause();
   assert.equal((await c.info()).paused, true);
@@ -176,7 +176,7 @@ test('raw framing: split and merged request lines, a garbage line gets an error 
   const out = await rawExchange(path, ['{"id":1,"o', 'p":"info"}\n{"id":2,"op":"stats"}\nthis is not json\n{"id":3,"op":"frob"}\n', '\n{"id":4,"op":"info"}\n'], 5);
   // Replies come as operations finish, not in request order: the id pairs them.
   const byId = (id: unknown) => out.find((m) => (m as { id: unknown }).id === id);
-  assert.deepEqual(byId(1), { id: 1, ok: true, result: { name: 'fake', pid: process.pid, paused: false } });
+  assert.deepEqual(byId(1), { id: 1, ok: true, result: { name: 'fake', pid: process.pid, paused: false, sandbox: 'off' } });
   assert.equal((byId(2) as { ok: boolean }).ok, true);
   assert.deepEqual(byId(null), { id: null, ok: false, error: 'bad request: not JSON' });
   assert.deepEqual(byId(3), { id: 3, ok: false, error: "unknown operation 'frob'" });
@@ -192,7 +192,7 @@ test('a line longer than 64 KiB (or 1 MiB) is refused and the peer dropped; a lo
   }
   const long = '{"id":1,"op":"info","args":{"pad":"' + 'x'.repeat(MAX_REQUEST_BYTES - 64) + '"}}';
   assert.ok(Buffer.byteLength(long) <= MAX_REQUEST_BYTES);
-  assert.deepEqual((await rawExchange(path, [long + '\n'], 1))[0], { id: 1, ok: true, result: { name: 'fake', pid: process.pid, paused: false } });
+  assert.deepEqual((await rawExchange(path, [long + '\n'], 1))[0], { id: 1, ok: true, result: { name: 'fake', pid: process.pid, paused: false, sandbox: 'off' } });
   const c = await ControlClient.connect(path);
   assert.equal((await c.info()).name, 'fake');
   c.close();

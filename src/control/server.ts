@@ -212,7 +212,7 @@ export class ControlServer {
   private async run(req: Request, onProgress: (p: SnapshotProgress | MigrationProgress) => void): Promise<unknown> {
     const vm = this.control;
     switch (req.op) {
-      case 'info': return { name: vm.name, pid: process.pid, paused: vm.paused } satisfies VmInfo;
+      case 'info': return { name: vm.name, pid: process.pid, paused: vm.paused, sandbox: vm.sandbox?.on ? `on (${vm.sandbox.layers})` : 'off' } satisfies VmInfo;
       case 'stats': return vm.stats();
       case 'pause': await vm.pause(); return { paused: vm.paused };
       case 'resume': vm.resume(); return { paused: vm.paused };

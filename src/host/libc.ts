@@ -7,6 +7,9 @@ import { writeFileSync } from 'node:fs';
 import koffi from 'koffi';
 
 const lib = koffi.load('libc.so.6');
+const passwd = koffi.struct('tshyve_passwd', {
+  pw_name: 'char *', pw_passwd: 'char *', pw_uid: 'uint32_t', pw_gid: 'uint32_t', pw_gecos: 'char *', pw_dir: 'char *', pw_shell: 'char *',
+});
 const fcntl = lib.func('int fcntl(int fd, int cmd, ...)') as (fd: number, cmd: number, type: 'int', arg: number) => number;
 
 export const libc = {
@@ -57,6 +60,25 @@ export const libc = {
   fcntlInt: (fd: number, cmd: number, arg: number): number => fcntl(fd, cmd, 'int', arg),
   getsockopt: lib.func('int getsockopt(int fd, int level, int name, void *val, void *len)') as (fd: number, level: number, name: number, val: Buffer, len: Buffer) => number,
   posixFadvise: lib.func('int posix_fadvise(int fd, int64_t offset, int64_t len, int advice)') as (fd: number, offset: number, len: number, advice: number) => number,
+  // The sandbox's calls (src/host/sandbox/). glibc's set*id() and setgroups() change every thread, not just the caller.
+  prctl: lib.func('int prctl(int option, unsigned long a2, unsigned long a3, unsigned long a4, unsigned long a5)') as (
+    option: number, a2: number, a3: number, a4: number, a5: number) => number,
+  /** gids: a Buffer of n u32 */
+  setgroups: lib.func('int setgroups(size_t n, const void *gids)') as (n: number, gids: Buffer) => number,
+  setresgid: lib.func('int setresgid(uint32_t r, uint32_t e, uint32_t s)') as (r: number, e: number, s: number) => number,
+  setresuid: lib.func('int setresuid(uint32_t r, uint32_t e, uint32_t s)') as (r: number, e: number, s: number) => number,
+  getpwnam: ((f: (name: string) => unknown) => (name: string): { uid: number; gid: number } | undefined => {
+    const p = f(name);
+    if (p === null) return undefined;
+    const pw = koffi.decode(p, passwd) as { pw_uid: number; pw_gid: number };
+    return { uid: pw.pw_uid, gid: pw.pw_gid };
+  })(lib.func('void *getpwnam(const char *name)') as (name: string) => unknown),
+  /**
+   * A raw system call with up to six integer arguments (a pointer is a
+   * Buffer's address: libc.bufferAddress); -1 and errno on failure.
+   */
+  syscall: ((f: (...a: unknown[]) => number | bigint) => (nr: number, ...args: (number | bigint)[]): number =>
+    Number(f(nr, ...args.flatMap((a) => ['int64_t', a]))))(lib.func('long syscall(long nr, ...)') as (...a: unknown[]) => number | bigint),
 };
 
 export const errno = (): number => koffi.errno();

@@ -35,6 +35,12 @@ export class SnapshotDir {
     const name = basename(file);
     if (name === '' || name === '.' || name === '..' || file.endsWith('/')) throw new UserError(`snapshot file ${file} must name a file`);
     const dir = dirname(file);
+    const outside = () => new UserError(`cannot save to ${file}: it is outside snapshot.dir ${within}`);
+    // Said before opening: in the sandbox, a directory outside cannot even be opened (the check on the fd below is the one that counts).
+    if (within !== undefined) {
+      const real = realPathOf(dir);
+      if (real !== undefined && !isInside(real, realDir(within))) throw outside();
+    }
     let fd: number;
     try {
       fd = openSync(dir, C.O_RDONLY | C.O_DIRECTORY);
@@ -45,7 +51,7 @@ export class SnapshotDir {
     const d = new SnapshotDir(fd, readlinkSync(`/proc/self/fd/${fd}`));
     if (within !== undefined && !isInside(d.path, realDir(within))) {
       d.close();
-      throw new UserError(`cannot save to ${file}: it is outside snapshot.dir ${within}`);
+      throw outside();
     }
     return d;
   }
@@ -100,6 +106,11 @@ function realDir(dir: string): string {
   try { return realpathSync(dir); } catch (e) {
     throw new UserError(`snapshot.dir ${dir} cannot be used: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
   }
+}
+
+/** The real path of `dir`; undefined when it has none (missing: the open says so). */
+function realPathOf(dir: string): string | undefined {
+  try { return realpathSync(dir); } catch { return undefined; }
 }
 
 function isInside(path: string, dir: string): boolean {

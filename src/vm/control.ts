@@ -66,6 +66,8 @@ export interface VmControl {
   readonly name: string;
   /** true while paused by a controller */
   readonly paused: boolean;
+  /** the sandbox in force (src/host/sandbox): `layers` in words; absent means off */
+  readonly sandbox?: { readonly on: boolean; readonly layers: string };
   pause(): Promise<void>;
   resume(): void;
   /** Counters for --get-stats: exits by kind, vCPUs, RAM, uptime. */

@@ -18,7 +18,7 @@ import { platformDevices } from '../devices/platform.js';
 
 /** The VM's own keys that do not describe the guest's machine (the devices declare theirs). */
 const VM_HOST_ONLY_KEYS = [
-  'name', 'boot.*', 'control.*', 'debug.*', 'config.*', 'snapshot.*', 'kvm.device',
+  'name', 'boot.*', 'control.*', 'debug.*', 'config.*', 'snapshot.*', 'sandbox', 'sandbox.*', 'kvm.device',
   'x86.halt_check_ms', 'x86.posted_writes', 'x86.shadow_regs', 'x86.allow_emulated_kvm',
   'virtio.ioeventfd', 'virtio.irqfd', 'virtio.workers', 'migration.*',
 ];

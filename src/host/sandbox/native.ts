@@ -1,0 +1,47 @@
+/**
+ * The sandbox's native part (native/sandbox.c, built by node-gyp into
+ * build/Release/): a system call made on every thread, and the SIGSYS
+ * handler that reports a refused one. Loaded through koffi, on first use.
+ */
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import koffi from 'koffi';
+import { HostError } from '../../errors.js';
+
+/** the package's root: this file is dist/src/host/sandbox/native.js */
+export const PACKAGE_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', '..');
+const PATH = join(PACKAGE_ROOT, 'build', 'Release', 'tshyve_sandbox.node');
+
+interface Native {
+  allThreads: (nr: number, a0: number | bigint, a1: number | bigint, a2: number | bigint, a3: number | bigint, a4: number | bigint, a5: number | bigint) => number | bigint;
+  sigsysInstall: (table: string, kill: number) => number;
+}
+
+let native: Native | undefined;
+
+function load(): Native {
+  if (native) return native;
+  if (!existsSync(PATH)) throw new HostError(`the sandbox's native part ${PATH} is not built (npm run build builds it; -o sandbox=off runs without the sandbox)`, 'ESANDBOX');
+  const lib = koffi.load(PATH);
+  native = {
+    allThreads: lib.func('long tshyve_all_threads(long nr, long a0, long a1, long a2, long a3, long a4, long a5)') as Native['allThreads'],
+    sigsysInstall: lib.func('int tshyve_sigsys_install(const char *table, int kill)') as Native['sigsysInstall'],
+  };
+  return native;
+}
+
+/** Make system call `nr` on every thread of the process; the number of threads, or throws with the first errno. */
+export function onEveryThread(what: string, nr: number, ...args: (number | bigint)[]): number {
+  const a = [...args, 0, 0, 0, 0, 0, 0];
+  const r = Number(load().allThreads(nr, a[0]!, a[1]!, a[2]!, a[3]!, a[4]!, a[5]!));
+  if (r < 0) throw new HostError(`sandbox: ${what} failed on a thread: errno ${-r}`, 'ESANDBOX');
+  return r;
+}
+
+/** Install the SIGSYS handler: `names` maps numbers to names for its report; `kill` ends the process on a refusal. */
+export function installSigsysHandler(names: Readonly<Record<string, number>>, kill: boolean): void {
+  const table = Object.entries(names).map(([n, nr]) => `${nr} ${n}\n`).join('');
+  const r = load().sigsysInstall(table, kill ? 1 : 0);
+  if (r < 0) throw new HostError(`sandbox: cannot install the SIGSYS handler: errno ${-r}`, 'ESANDBOX');
+}
