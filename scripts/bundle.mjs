@@ -8,8 +8,10 @@
 // Every output file sits one folder deep (cli/, workers/, chunks/), so a
 // worker started with `new URL('./io-thread.js', import.meta.url)` is
 // rewritten to `new URL('../workers/NAME.js', import.meta.url)`, which is
-// right whichever file the module ends up in. Any other use of
-// import.meta.url fails the build: it would name the wrong place.
+// right whichever file the module ends up in. packageRootFrom(import.meta.url)
+// (the sandbox's search upwards for package.json) does not depend on the
+// depth either. Any other use of import.meta.url fails the build: it would
+// name the wrong place.
 import { build } from 'esbuild';
 import { readFileSync, readdirSync } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
@@ -61,7 +63,7 @@ await build({
           rewritten++;
           return `new URL('../workers/${workerName(resolve(dirname(args.path), `${rel}.ts`))}.js', import.meta.url)`;
         });
-        if (contents.split('import.meta.url').length - 1 !== rewritten) {
+        if (contents.split('import.meta.url').length - 1 !== rewritten + contents.split('packageRootFrom(import.meta.url)').length - 1) {
           return { errors: [{ text: `${relative(ROOT, args.path)}: import.meta.url other than in new URL('./FILE.js', import.meta.url) would name a place in dist/bundle` }] };
         }
         return { contents, loader: 'ts' };

@@ -3,14 +3,27 @@
  * build/Release/): a system call made on every thread, and the SIGSYS
  * handler that reports a refused one. Loaded through koffi, on first use.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import koffi from 'koffi';
 import { HostError } from '../../errors.js';
 
-/** the package's root: this file is dist/src/host/sandbox/native.js */
-export const PACKAGE_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', '..');
+/**
+ * The folder of tshyve's package.json, found upwards from a module's URL:
+ * this module is dist/src/host/sandbox/native.js, or part of a bundle in
+ * dist/bundle/, so its depth below the root is not fixed.
+ */
+function packageRootFrom(url: string): string {
+  for (let dir = dirname(fileURLToPath(url)); ; dir = dirname(dir)) {
+    try {
+      if ((JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as { name?: unknown }).name === 'tshyve') return dir;
+    } catch { /* no package.json here, or not ours: go up */ }
+    if (dirname(dir) === dir) throw new HostError(`no tshyve package.json above ${fileURLToPath(url)}`, 'ESANDBOX');
+  }
+}
+
+export const PACKAGE_ROOT = packageRootFrom(import.meta.url);
 const PATH = join(PACKAGE_ROOT, 'build', 'Release', 'tshyve_sandbox.node');
 
 interface Native {
