@@ -7,3 +7,4 @@ export { BlockIoError, type BlockBackend, type BlockSnapshots } from './backend.
 export { FileBlockBackend, type FileBackendOptions } from './file.js';
 export { IMAGE_FORMATS, MAX_CHAIN, openImage, probeFormat, resolveBacking, type ImageFormat, type OpenImageOptions } from './open.js';
 export { Qcow2Backend } from './qcow2/image.js';
+export { checkpointImage } from './checkpoint.js';

@@ -18,4 +18,7 @@ export function virtioBlkLegacyConfig(writer: ConfigTreeWriter, opts: string): v
   if (comma >= 0) parsePciLegacyConfig(writer, opts.slice(comma + 1));
 }
 
-export const virtioBlkInfo: PciDeviceInfo = { name: 'virtio-blk', legacyConfig: virtioBlkLegacyConfig, hostPathKeys: ['path'] };
+export const virtioBlkInfo: PciDeviceInfo = {
+  name: 'virtio-blk', legacyConfig: virtioBlkLegacyConfig, hostPathKeys: ['path'],
+  diskImage: (node) => { const path = node.get('path'); return path ? { path, format: node.get('format') } : undefined; },
+};
