@@ -89,7 +89,7 @@ test('an external checkpoint on the I/O thread: the disk goes on in an overlay w
   const base = s.path('base.img'), overlay = s.path('vm.ckp.pci.0.4.0.qcow2');
   writeFileSync(base, Buffer.alloc(SIZE));
   const d = setup(base, 'raw');
-  let baseSum = '';
+  let baseSum: string | undefined;
   try {
     await d.write(16, A);
     await d.dev.quiesce();
