@@ -14,12 +14,11 @@ import { createGuestRam } from '../../memory/ram.js';
 import { signalEventfd } from '../../host/eventfd.js';
 import { libc } from '../../host/libc.js';
 import { VirtioCore } from '../../virtio/device.js';
-import { MockSplitQueue } from '../../virtio/testing/mock-driver.js';
-import { VIRTIO_F_VERSION_1, featureBit } from '../../virtio/constants.js';
 import { openImage } from '../block/index.js';
 import { createQcow2 } from '../block/qcow2/create.js';
 import { qemuImg, scratchDir, skipNoQemu } from '../block/qcow2/testing.js';
 import { requestHeader as header } from './request.js';
+import { driverOk } from './testing.js';
 import { VirtioBlk, VIRTIO_BLK_T_OUT } from './index.js';
 import { offloadVirtioBlk } from './offload.js';
 
@@ -33,12 +32,7 @@ function setup(path: string, format: 'raw' | 'qcow2') {
   const inner = new VirtioBlk({ path, format, passive: true });
   const dev = offloadVirtioBlk(inner, { path, format }, { hostAddr: ram.hostAddr, size: RAM, regions: [{ gpa: 0, offset: 0, size: RAM }] }, () => {});
   const core = new VirtioCore(dev, mem, { raiseQueueInterrupt: () => {}, raiseConfigInterrupt: () => {}, guestError: () => {} });
-  core.writeStatus(1); core.writeStatus(3);
-  core.writeDriverFeatures(dev.features | featureBit(VIRTIO_F_VERSION_1));
-  core.writeStatus(0x0b);
-  const drv = new MockSplitQueue(mem, 256, { base: 0x10000 });
-  drv.configure(core.queues[0]!);
-  core.writeStatus(0x0f);
+  const drv = driverOk(core, dev.features, mem);
   let done = 0;
   const write = async (sector: number, data: Buffer) => {
     const id = drv.addChain({ readable: [header(VIRTIO_BLK_T_OUT, sector), data], writable: [1] });
