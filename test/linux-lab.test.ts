@@ -519,7 +519,7 @@ test('qcow2 checkpoints of a running guest: internal (tshyvectl --checkpoint) an
   assert.ok(h, about(r));
   const ph = r.phases!;
   const out = (what: string) => ph.find((p) => p.what.startsWith(what))?.stdout ?? '';
-  const line = (text: string, tag: string) => new RegExp(`^${tag} (A=\\S+ B=[0-9a-f]{32})$`, 'm').exec(text)?.[1];
+  const line = (text: string, tag: string) => new RegExp(`^${tag} (A=\\S+ B=[0-9a-f]{32})\\r?$`, 'm').exec(text)?.[1];
   const [ckpt, extCkpt] = ph.filter((p) => /--(ext-)?checkpoint=/.test(p.what));
   // run A, and the internal checkpoint: the qcow2 disk gets the snapshot, the raw mailbox is named in one warning line
   assert.equal(ckpt?.code, 0, ckpt?.stderr);

@@ -120,7 +120,8 @@ export const qcow2CheckpointScenarios: Record<string, () => Promise<BootResult>>
     const args = vmArgs(1, `hello tshyve.cmd=${cmd}`, 'stdio', ['-s', `3,virtio-blk,${disk}`, '-s', `4,virtio-blk,${mbox}`, '-o', `control.path=${sock}`]);
     const phases: Phase[] = [];
     const end = (r: Phase, host?: Qcow2CheckpointHost): BootResult => ({ name: 'virtio-blk-qcow2-checkpoint', code: r.code, stdout: r.stdout, stderr: r.stderr, ms: r.ms, phases, qcow2Ckpt: host });
-    const full = (tag: string) => (o: string) => new RegExp(`^${tag} A=\\S+ B=[0-9a-f]{32}$`, 'm').test(o);
+    // (the guest's tty ends lines with \r\n)
+    const full = (tag: string) => (o: string) => new RegExp(`^${tag} A=\\S+ B=[0-9a-f]{32}\\r?$`, 'm').test(o);
     const kill = async (v: Vm) => { v.child.kill('SIGKILL'); const r = await v.done; phases.push(r); return r; };
     /** the restored VM is built (disks reverted) once its control socket answers */
     const built = async () => { for (let i = 0; i < 300; i++) { if ((await tshyvectl([`--socket=${sock}`, '--get-stats'])).code === 0) return true; await new Promise((r) => setTimeout(r, 200)); } return false; };
