@@ -7,11 +7,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CLI, CTL, kvmUnavailable, guestBin, type RunResult } from './helpers.js';
 import { Machine, ConfigTree, ControlServer, connectVm, ExitCode } from '../src/index.js';
+import { createQcow2 } from '../src/devices/block/qcow2/create.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'tshyve-ctl-l2-'));
 const env = { ...process.env, TSHYVE_CONTROL_DIR: dir };
@@ -220,12 +221,40 @@ test('tshyvectl: bad usage and unknown VMs are one line and a non-zero exit', as
     [['--vm=x', '--frobnicate'], 2, /Unknown option '--frobnicate'/],
     [['--vm=../etc', '--pause'], 2, /invalid VM name/],
     [['--vm=x', '--checkpoint='], 2, /needs a file/],
+    [['--vm=x', '--ext-checkpoint='], 2, /needs a file/],
   ];
   for (const [args, code, re] of cases) {
     const r = await ctl(args);
     assert.equal(r.code, code, `${args.join(' ')}: ${r.stderr}`);
     assert.equal(r.stderr.split('\n').length, 2, `one line: ${r.stderr}`);
     assert.match(r.stderr.trimEnd(), re);
+  }
+});
+
+test('tshyvectl --checkpoint names the qcow2 snapshot and, in one warning line, the raw disk; --ext-checkpoint the overlays', { skip }, async () => {
+  const qcow = join(dir, 'ck.qcow2'), raw = join(dir, 'ck.img');
+  createQcow2(qcow, { size: 1 << 20 });
+  writeFileSync(raw, Buffer.alloc(1 << 20));
+  const vm = await startVm('ctldisk', ['-s', `4,virtio-blk,${qcow}`, '-s', `5,virtio-blk,${raw}`]);
+  try {
+    const c = await ctl(['--vm=ctldisk', `--checkpoint=${join(dir, 'disk.ckp')}`]);
+    assert.equal(c.code, 0, c.stderr);
+    assert.match(c.stdout, new RegExp(`^  disk pci\\.0\\.4\\.0: qcow2 snapshot 'disk\\.ckp' in ${qcow}$`, 'm'));
+    assert.equal(c.stderr, `tshyvectl: warning: raw disks have no snapshots and are not part of the checkpoint (writes after it stay): pci.0.5.0 (${raw})\n`);
+    const e = await ctl(['--vm=ctldisk', `--ext-checkpoint=${join(dir, 'ext.ckp')}`]);
+    assert.equal(e.code, 0, e.stderr);
+    for (const [id, file] of [['4', qcow], ['5', raw]] as const) {
+      assert.match(e.stdout, new RegExp(`^  disk pci\\.0\\.${id}\\.0: now writes to ${dir}/ext\\.ckp\\.pci\\.0\\.${id}\\.0\\.qcow2 \\(backing file ${file}\\)$`, 'm'));
+    }
+    assert.equal(e.stderr, '');
+    // the same file again: its overlays exist, so nothing is replaced and the VM goes on
+    const again = await ctl(['--vm=ctldisk', `--ext-checkpoint=${join(dir, 'ext.ckp')}`]);
+    assert.equal(again.code, 1);
+    assert.match(again.stderr, /^tshyvectl: VM ctldisk: checkpoint of disk pci\.0\.4\.0 failed: .*EEXIST.*; nothing was saved\n$/);
+    assert.equal((await ctl(['--vm=ctldisk', '--get-stats'])).code, 0);
+  } finally {
+    vm.child.kill('SIGKILL');
+    await vm.exited;
   }
 });
 

@@ -529,6 +529,45 @@ test('virtio-blk on a qcow2 overlay of a qcow2 base: the guest reads the base\'s
   assert.equal(q.fromGuest, 'written-on-a-qcow2-overlay\n', 'the guest\'s file, read from the overlay by qemu-img and debugfs');
 });
 
+test('qcow2 checkpoints of a running guest: internal (tshyvectl --checkpoint) and external (--ext-checkpoint), each killed and restored with -r: the disk holds what it held at the checkpoint, the overlay\'s backing file is untouched', { skip }, () => {
+  const r = get('virtio-blk-qcow2-checkpoint');
+  const h = r.qcow2Ckpt;
+  assert.ok(h, about(r));
+  const ph = r.phases!;
+  const out = (what: string) => ph.find((p) => p.what.startsWith(what))?.stdout ?? '';
+  const line = (text: string, tag: string) => new RegExp(`^${tag} (A=\\S+ B=[0-9a-f]{32})\\r?$`, 'm').exec(text)?.[1];
+  const [ckpt, extCkpt] = ph.filter((p) => /--(ext-)?checkpoint=/.test(p.what));
+  // run A, and the internal checkpoint: the qcow2 disk gets the snapshot, the raw mailbox is named in one warning line
+  assert.equal(ckpt?.code, 0, ckpt?.stderr);
+  assert.match(ckpt!.stdout, /disk pci\.0\.3\.0: qcow2 snapshot 'int\.ckp'/);
+  assert.equal(ckpt!.stderr.split('\n').filter((l) => /warning/.test(l)).length, 1, ckpt!.stderr);
+  assert.match(ckpt!.stderr, /^tshyvectl: warning: raw disks .*pci\.0\.4\.0 \(.*mbox\.img\)$/m);
+  assert.match(h.snapshots, /\bint\.ckp\b/);
+  const step1 = line(out('run A'), 'STEP1'), step2a = line(out('run A'), 'STEP2');
+  assert.ok(step1 && step2a, about(r));
+  assert.notEqual(h.afterA, h.snapshot, 'run A wrote after the checkpoint');
+  assert.ok(h.checkAfterA === 0 || h.checkAfterA === 3, `qemu-img check after kill -9: ${h.checkAfterA} (0 clean, 3 leaks only)`);
+  // run B: restored from it, the disk is the snapshot's, and the guest reads STEP1's files back
+  assert.equal(h.restoredB, h.snapshot, 'the disk, as -r left it before the guest ran, is the checkpoint\'s');
+  assert.equal(line(out('run B'), 'SEEN_GO_2'), step1, `the restored guest reads what it had written before the checkpoint; ${about(r)}`);
+  const step2 = line(out('run B'), 'STEP2');
+  assert.ok(step2 && step2 !== step2a, 'run B wrote STEP2 again (new random data)');
+  // the external checkpoint: an overlay on the disk as it was, which stays untouched while the guest goes on
+  assert.equal(extCkpt?.code, 0, extCkpt?.stderr);
+  assert.match(extCkpt!.stdout, /disk pci\.0\.3\.0: now writes to .*ext\.ckp\.pci\.0\.3\.0\.qcow2 \(backing file .*disk\.qcow2\)/);
+  assert.match(h.overlayBacking, /\/disk\.qcow2$/);
+  assert.equal(h.overlayBackingFormat, 'qcow2');
+  assert.ok(line(out('run B'), 'STEP3'), 'the guest went on after the external checkpoint');
+  assert.equal(h.baseFileAfterB, h.baseFileAtExt, 'the backing file is byte-identical after the guest wrote on');
+  assert.ok(h.checkAfterB === 0 || h.checkAfterB === 3, `qemu-img check of the base: ${h.checkAfterB}`);
+  assert.ok(h.checkOverlay === 0 || h.checkOverlay === 3, `qemu-img check of the overlay after kill -9: ${h.checkOverlay}`);
+  // run C: restored from the external checkpoint on the old file: the guest reads run B's STEP2 files, then powers off
+  assert.equal(h.restoredC, h.baseContentAtExt);
+  assert.equal(line(out('run C'), 'SEEN_GO_3'), step2, `the restored guest reads what it had written before the external checkpoint; ${about(r)}`);
+  assert.match(out('run C'), /GUEST_DONE/);
+  assert.equal(r.code, 1, about(r));
+});
+
 // ---- UEFI firmware (issue 17): QEMU's boots are the reference for tshyve's ----
 
 const fwSkip = skip || (FIRMWARE_ENABLED ? false : 'firmware lab scenarios are opt-in (TSHYVE_LAB_FIRMWARE=1): lab/firmware-notes.md');

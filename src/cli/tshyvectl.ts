@@ -2,7 +2,7 @@
 /**
  * `tshyvectl`: bhyvectl's operations on a running tshyve, over its control
  * socket (DIR/NAME.sock; DIR is /run/tshyve for root, see control/paths.ts).
- *   tshyvectl --vm=NAME --get-stats | --pause | --resume | --checkpoint=FILE
+ *   tshyvectl --vm=NAME --get-stats | --pause | --resume | --checkpoint=FILE | --ext-checkpoint=FILE
  *             | --suspend=FILE | --migrate=HOST,PORT | --migrate-live=HOST,PORT
  *             | --force-reset | --force-poweroff | --destroy
  *   tshyvectl --list
@@ -28,6 +28,7 @@ const OPTIONS = {
   pause: { type: 'boolean' },
   resume: { type: 'boolean' },
   checkpoint: { type: 'string' },
+  'ext-checkpoint': { type: 'string' },
   suspend: { type: 'string' },
   migrate: { type: 'string' },
   'migrate-live': { type: 'string' },
@@ -37,7 +38,7 @@ const OPTIONS = {
   help: { type: 'boolean', short: 'h' },
 } as const;
 
-const ACTIONS = ['list', 'get-stats', 'pause', 'resume', 'checkpoint', 'suspend', 'migrate', 'migrate-live', 'force-reset', 'force-poweroff', 'destroy'] as const;
+const ACTIONS = ['list', 'get-stats', 'pause', 'resume', 'checkpoint', 'ext-checkpoint', 'suspend', 'migrate', 'migrate-live', 'force-reset', 'force-poweroff', 'destroy'] as const;
 type Action = (typeof ACTIONS)[number];
 
 export function usage(): string {
@@ -47,7 +48,10 @@ export function usage(): string {
     'Operations:',
     '       --get-stats          print the VM\'s counters, one "key value" a line',
     '       --pause / --resume   stop / restart every vCPU',
-    '       --checkpoint=FILE    save the VM to FILE (and FILE.ram); it keeps running',
+    '       --checkpoint=FILE    save the VM to FILE (and FILE.ram); it keeps running;',
+    '                            each qcow2 disk gets the snapshot BASENAME(FILE)',
+    '       --ext-checkpoint=FILE  the same, each disk going on in a new qcow2 overlay',
+    '                            FILE.pci.B.S.F.qcow2 whose backing file is the disk as it was',
     '       --suspend=FILE       save the VM to FILE, then end it (tshyve exits 0)',
     '       --migrate=HOST,PORT  pause the VM, send it to a tshyve started with -R HOST,PORT',
     '                            (or unix:PATH); it runs there, tshyve here exits 0',
@@ -93,7 +97,7 @@ async function main(argv: string[]): Promise<number> {
   if (values.vm !== undefined) {
     try { validateVmName(values.vm); } catch (e) { throw new UsageError((e as Error).message); }
   }
-  for (const f of ['checkpoint', 'suspend'] as const) {
+  for (const f of ['checkpoint', 'ext-checkpoint', 'suspend'] as const) {
     if (values[f] === '') throw new UsageError(`--${f} needs a file name`);
   }
   for (const f of ['migrate', 'migrate-live'] as const) {
@@ -114,7 +118,7 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
-async function perform(vm: ControlClient, action: Action, values: { checkpoint?: string; suspend?: string; migrate?: string; 'migrate-live'?: string }): Promise<number> {
+async function perform(vm: ControlClient, action: Action, values: { checkpoint?: string; 'ext-checkpoint'?: string; suspend?: string; migrate?: string; 'migrate-live'?: string }): Promise<number> {
   switch (action) {
     case 'get-stats': {
       const stats = await vm.stats();
@@ -127,17 +131,23 @@ async function perform(vm: ControlClient, action: Action, values: { checkpoint?:
     case 'force-reset': await vm.forceReset(); return 0;
     case 'force-poweroff': await vm.forcePoweroff(); return 0;
     case 'destroy': await vm.destroy(); return 0;
-    case 'checkpoint': case 'suspend': {
+    case 'checkpoint': case 'ext-checkpoint': case 'suspend': {
       const file = values[action]!;
-      const bar = new ProgressBar(process.stderr, action);
+      const bar = new ProgressBar(process.stderr, action === 'suspend' ? 'suspend' : 'checkpoint');
+      const onProgress = (p: { done: number; total: number }) => bar.update(p.done, p.total);
       let r: SnapshotResult;
       try {
-        r = await vm[action](file, { onProgress: (p) => bar.update(p.done, p.total) });
+        r = action === 'suspend' ? await vm.suspend(file, { onProgress }) : await vm.checkpoint(file, { onProgress, external: action === 'ext-checkpoint' });
       } finally {
         bar.clear();
       }
       const paused = r.pausedMs !== r.totalMs ? ` (vCPUs paused ${(r.pausedMs / 1000).toFixed(2)} s)` : '';
-      process.stdout.write(`${action === 'checkpoint' ? 'checkpointed' : 'suspended'} VM ${vm.name}: ${formatMiB(r.ramBytes)} of RAM to ${r.file} in ${(r.totalMs / 1000).toFixed(2)} s${paused}\n`);
+      process.stdout.write(`${action === 'suspend' ? 'suspended' : 'checkpointed'} VM ${vm.name}: ${formatMiB(r.ramBytes)} of RAM to ${r.file} in ${(r.totalMs / 1000).toFixed(2)} s${paused}\n`);
+      for (const d of r.disks ?? []) {
+        if (d.snapshot !== undefined) process.stdout.write(`  disk ${d.id}: qcow2 snapshot '${d.snapshot}' in ${d.path}\n`);
+        if (d.overlay !== undefined) process.stdout.write(`  disk ${d.id}: now writes to ${d.overlay} (backing file ${d.path})\n`);
+      }
+      if (r.warning) process.stderr.write(`tshyvectl: warning: ${r.warning}\n`);
       return 0;
     }
     case 'migrate': case 'migrate-live': {

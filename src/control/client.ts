@@ -97,7 +97,7 @@ export class ControlClient {
   async resume(): Promise<void> { await this.call('resume'); }
   /** `file` is resolved against this process's working directory. */
   checkpoint(file: string, opts: SnapshotOptions = {}): Promise<SnapshotResult> {
-    return this.call('checkpoint', { file: resolvePath(file) }, { onProgress: opts.onProgress });
+    return this.call('checkpoint', { file: resolvePath(file), ...(opts.external && { external: true }) }, { onProgress: opts.onProgress });
   }
   suspend(file: string, opts: SnapshotOptions = {}): Promise<SnapshotResult> {
     return this.call('suspend', { file: resolvePath(file) }, { onProgress: opts.onProgress });

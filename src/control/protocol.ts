@@ -2,7 +2,7 @@
  * The control socket's wire format: one JSON object per line (UTF-8, '\n'
  * terminated) over a unix stream socket, in both directions.
  *
- *   request   {"id":1,"op":"checkpoint","args":{"file":"/abs/vm.ckp"}}
+ *   request   {"id":1,"op":"checkpoint","args":{"file":"/abs/vm.ckp"}}   (+ "external":true: --ext-checkpoint)
  *   progress  {"id":1,"progress":{"done":1048576,"total":16777216}}
  *             a migration's also says {"phase":"copy","round":2,"dirtyRate":N,"expectedDowntimeMs":N}
  *   response  {"id":1,"ok":true,"result":{...}}   or   {"id":1,"ok":false,"error":"one line"}

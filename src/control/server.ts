@@ -216,7 +216,7 @@ export class ControlServer {
       case 'stats': return vm.stats();
       case 'pause': await vm.pause(); return { paused: vm.paused };
       case 'resume': vm.resume(); return { paused: vm.paused };
-      case 'checkpoint': return vm.checkpoint(fileArg(req), { onProgress });
+      case 'checkpoint': return vm.checkpoint(fileArg(req), { onProgress, external: req.args.external === true });
       case 'suspend': return vm.suspend(fileArg(req), { onProgress });
       case 'migrate': return vm.migrate(targetArg(req), { live: req.args.live === true, onProgress });
       case 'forceReset': vm.forceReset(); return null;

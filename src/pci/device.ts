@@ -7,6 +7,7 @@ import type { GuestMemory } from '../memory/guest-memory.js';
 import type { Bus, IrqLine } from '../bus/bus.js';
 import type { StateReader, StateWriter } from '../snapshot/state.js';
 import type { DeviceConfigKeys, PersistentDevice } from '../snapshot/persist.js';
+import type { DiskCheckpoint } from '../snapshot/disks.js';
 import type { MsiVector } from './msi.js';
 
 /** A bump allocator over [base, end): naturally aligned blocks, in order. */
@@ -85,6 +86,8 @@ export interface PciDeviceEmulation extends DeviceConfigKeys {
    * `key=value` pairs only.
    */
   legacyConfig?(node: ConfigTreeWriter, opts: string): void;
+  /** Where a device with a disk has it, from its config node (a restore checks and reverts disks before devices open them). */
+  diskImage?(node: ConfigNode): { path: string; format?: string } | undefined;
   /** Build the device from its config node. Throws UserError on bad config. */
   create(ctx: DeviceContext, node: ConfigNode, bdf: { bus: number; slot: number; func: number }): PciFunction;
 }
@@ -108,6 +111,8 @@ export interface PciFunction {
   activity?(): number;
   /** Counters for `tshyvectl --get-stats`, each key prefixed with the function's config path (`pci.0.3.0.rx_packets`). */
   stats?(): Record<string, number>;
+  /** A function with a disk: what checkpoints that include disks do to it (snapshot/disks.ts). */
+  disk?: DiskCheckpoint;
 }
 
 export interface PciConfigSpace {
@@ -179,6 +184,7 @@ export function persistentPciFunction(bdf: { bus: number; slot: number; func: nu
     afterRestore: fn.afterRestore && (() => fn.afterRestore!()),
     quiesce: fn.quiesce && (() => fn.quiesce!()),
     unquiesce: fn.unquiesce && (() => fn.unquiesce!()),
+    disk: fn.disk,
   };
 }
 

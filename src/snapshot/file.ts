@@ -17,6 +17,7 @@ import type { ConfigTree } from '../config/tree.js';
 import { fillGuestRamFromFile, type RamMapping } from '../memory/ram.js';
 import { SnapshotError, StateReader, StateWriter } from './state.js';
 import { MAX_DEVICES } from './persist.js';
+import { MAX_DISKS, readDisks, type DiskRecord } from './disks.js';
 import { SnapshotDir, checkSnapshotDir, openInput, readCapped, readKeyFile } from './secure-files.js';
 
 /** How far a save has got: bytes of guest RAM written so far, of `total`. */
@@ -33,6 +34,8 @@ export const RAM_CHUNK = 256 * 1024;
 /** The parts of the document that carry a checksum, in order. */
 export const PARTS = ['config', 'ram', 'vm', 'vcpus', 'devices'] as const;
 export type PartName = (typeof PARTS)[number];
+/** A part only checkpoints that include disks have (disks.ts); checked like the others when present. */
+const DISKS_PART = 'disks';
 const MAX_DOC_BYTES = 64 * 1024 * 1024;
 /** Deepest nesting a document may have (tshyve writes 7 levels); deeper is refused before anything recurses. */
 const MAX_DEPTH = 32;
@@ -114,6 +117,8 @@ export interface SnapshotParts {
   vm: StateWriter;
   vcpus: StateWriter[];
   devices: StateWriter[];
+  /** the disks' checkpoint records (disks.ts), when the checkpoint includes disks */
+  disks?: StateWriter[];
 }
 
 /** The parts' JSON: what a snapshot document and a migration's state hold. */
@@ -166,13 +171,14 @@ export async function writeSnapshot(file: string, ram: Uint8Array, ranges: [numb
     const ramPart = new StateWriter().str('file', ramName).u64('size', ram.length).u32('chunk', RAM_CHUNK).b64('crc32', result.crcs);
     // CRC-32 finds damage but is easily forged: a keyed snapshot authenticates RAM by SHA-256.
     if (result.sha) ramPart.b64('sha256', result.sha);
-    const body: Record<PartName, unknown> = { ...stateBody(parts), ram: ramPart.obj };
+    const body: Record<string, unknown> = { ...stateBody(parts), ram: ramPart.obj };
+    if (parts.disks) body[DISKS_PART] = parts.disks.map((w) => w.obj);
     const doc: Record<string, unknown> = {
       'magic$str': SNAPSHOT_MAGIC,
       'version$u32': SNAPSHOT_VERSION,
       'created$str': new Date().toISOString(),
       ...body,
-      checksums: partSums(body, PARTS),
+      checksums: partSums(body, parts.disks ? [...PARTS, DISKS_PART] : PARTS),
     };
     if (opts.key) doc[HMAC_KEY] = hmac(opts.key, doc).toString('hex');
     const tmpDoc = dir.createTemp(docName);
@@ -207,6 +213,8 @@ export interface LoadedSnapshot extends VmState {
   ram: { file: string; size: number; chunk: number; crcs: Buffer; sha?: Buffer; dev: number; ino: number };
   /** the document's HMAC was checked against a key */
   authenticated: boolean;
+  /** what the checkpoint did to each disk (absent: it did nothing to them) */
+  disks?: DiskRecord[];
 }
 
 export interface LoadOptions {
@@ -236,7 +244,9 @@ export function readSnapshot(file: string, opts: LoadOptions = {}): LoadedSnapsh
   if (version !== SNAPSHOT_VERSION) throw new SnapshotError(`${file} is a version ${version} snapshot; this tshyve reads version ${SNAPSHOT_VERSION}`);
   const body = doc as Record<string, unknown>;
   if (opts.key) checkHmac(file, body, opts.key);
-  checkPartSums(r, body, PARTS, `snapshot ${file}`);
+  // a checksum for the part, or the part, says it is there: neither can be dropped alone
+  const withDisks = DISKS_PART in body || r.obj('checksums').has(DISKS_PART);
+  checkPartSums(r, body, withDisks ? [...PARTS, DISKS_PART] : PARTS, `snapshot ${file}`);
   const config = readConfigPart(r);
   const rr = r.obj('ram');
   const ramName = rr.str('file', 4096);
@@ -254,6 +264,7 @@ export function readSnapshot(file: string, opts: LoadOptions = {}): LoadedSnapsh
   return {
     file, created: r.str('created', 64), config, ram: { file: ramFile, size, chunk, crcs, sha, dev: st.dev, ino: st.ino },
     authenticated: opts.key !== undefined, vm: r.obj('vm'), vcpus, devices: r.arr('devices', MAX_DEVICES),
+    disks: withDisks ? readDisks(r.arr(DISKS_PART, MAX_DISKS)) : undefined,
   };
 }
 

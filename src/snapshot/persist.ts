@@ -5,6 +5,7 @@
  * restores by one loop over one list.
  */
 import { SnapshotError, StateWriter, type StateReader } from './state.js';
+import type { DiskCheckpoint } from './disks.js';
 
 /**
  * Config keys a device type declares, relative to its config node
@@ -32,6 +33,8 @@ export interface PersistentDevice {
   /** Stop taking new requests; resolves when in-flight ones are complete and the state is readable (save). */
   quiesce?(): Promise<void>;
   unquiesce?(): void;
+  /** A device with a disk: checkpoints that include disks call it, the device quiesced. */
+  readonly disk?: DiskCheckpoint;
 }
 
 /** Longest device list a snapshot may hold (PCI functions and platform devices). */

@@ -3,6 +3,7 @@
  * library users): bhyvectl's operations. Machine implements it.
  */
 import type { SnapshotProgress } from '../snapshot/file.js';
+import type { DiskRecord } from '../snapshot/disks.js';
 
 export type { SnapshotProgress };
 
@@ -16,10 +17,20 @@ export interface SnapshotResult {
   pausedMs: number;
   /** ms the whole save took */
   totalMs: number;
+  /** a checkpoint: what it did to each disk (snapshot/disks.ts) */
+  disks?: DiskRecord[];
+  /** one line about disks the checkpoint could not include (raw disks of an internal one) */
+  warning?: string;
 }
 
 export interface SnapshotOptions {
   onProgress?(p: SnapshotProgress): void;
+  /**
+   * A checkpoint (not a suspend): each disk goes on in a new qcow2 overlay
+   * next to the file (bhyve's --ext-checkpoint) instead of getting an
+   * internal qcow2 snapshot.
+   */
+  external?: boolean;
 }
 
 /** How far a migration has got (JSON on the control socket; tshyvectl draws it). */
@@ -72,7 +83,11 @@ export interface VmControl {
   resume(): void;
   /** Counters for --get-stats: exits by kind, vCPUs, RAM, uptime. */
   stats(): Record<string, number | string>;
-  /** Save the VM to `file` (+ `file`.ram) and keep running. */
+  /**
+   * Save the VM to `file` (+ `file`.ram) and keep running; qcow2 disks get
+   * the snapshot diskSnapshotName(file), or, with opts.external, every disk
+   * goes on in a new overlay (snapshot/disks.ts).
+   */
   checkpoint(file: string, opts?: SnapshotOptions): Promise<SnapshotResult>;
   /** Save the VM to `file`, then end it (tshyve exits 0 after a suspend). */
   suspend(file: string, opts?: SnapshotOptions): Promise<SnapshotResult>;

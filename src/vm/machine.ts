@@ -39,6 +39,7 @@ import type { VmControl, SnapshotOptions, SnapshotResult, MigrationOptions, Migr
 import { SnapshotError } from '../snapshot/state.js';
 import { loadRamImage, type LoadedSnapshot, type SnapshotParts, type VmState } from '../snapshot/file.js';
 import type { PersistentDevice } from '../snapshot/persist.js';
+import { rawDisksWarning } from '../snapshot/disks.js';
 import { IrqRouting } from './irq-routing.js';
 import { setupVcpus, vcpuCpuid, VcpuHolds, watchForHalt } from './vcpus.js';
 import { parseMigrationAddress } from '../migration/transport.js';
@@ -46,6 +47,7 @@ import type { MachineFacts } from '../migration/hello.js';
 import type { RamSlot } from '../migration/dirty-log.js';
 import { bootSource, loadBoot } from './boot.js';
 import { checkSnapshotConfig, VmSnapshots } from './snapshot.js';
+import { applyDiskCheckpoints } from './disk-checkpoint.js';
 
 export { COM_PORTS } from '../devices/uart16550.js';
 
@@ -145,6 +147,8 @@ export class Machine extends EventEmitter implements VmControl {
     }
     if (snap && snap.ram.size !== memBytes) throw new SnapshotError(`the snapshot's RAM is ${snap.ram.size} bytes, this VM has ${memBytes}`, 'EMISMATCH');
     if (snap && snap.vcpus.length !== topo.cpus) throw new SnapshotError(`the snapshot has ${snap.vcpus.length} vCPUs, this VM has ${topo.cpus}`, 'EMISMATCH');
+    // the disks become what they were at the checkpoint before any device opens them
+    if (snap?.disks) applyDiskCheckpoints(snap.file, snap.disks, config);
     if (opts.incoming && opts.incoming.ram.size !== memBytes) throw new SnapshotError(`the incoming RAM is ${opts.incoming.ram.size} bytes, this VM has ${memBytes}`, 'EMISMATCH');
     const saved = snap?.config ?? opts.incoming?.sourceConfig;
     const boot = saved ? undefined : bootSource(config);
@@ -471,10 +475,15 @@ export class Machine extends EventEmitter implements VmControl {
     try {
       if (!(await this.vcpus.hold())) throw new HostError('a vCPU did not pause in time; nothing was saved');
       if (this.ending) throw new UserError('the VM is shutting down');
-      const { ramFile } = await this.snapshots.save(file, opts.onProgress);
+      // a suspended VM's disks stay as they are: only a checkpoint includes them
+      const disks = thenExit ? undefined : opts.external ? 'external' : 'internal';
+      const saved = await this.snapshots.save(file, { onProgress: opts.onProgress, disks });
       const pausedMs = performance.now() - t0;
       if (thenExit) void this.finish(ExitCode.REBOOT, `suspended to ${file}`);
-      return { file, ramFile, ramBytes: this.ram.size, pausedMs, totalMs: performance.now() - t0 };
+      const warning = rawDisksWarning(saved.disks);
+      if (warning) log('warn', `checkpoint ${file}: ${warning}`);
+      const r: SnapshotResult = { file, ramFile: saved.ramFile, ramBytes: this.ram.size, pausedMs, totalMs: performance.now() - t0 };
+      return disks ? { ...r, disks: saved.disks, ...(warning && { warning }) } : r;
     } finally {
       this.saving = false;
       this.vcpus.release();

@@ -13,8 +13,11 @@ import { saveOptionsFrom, writeSnapshot, type SnapshotParts, type SnapshotProgre
 import { readableMsrs, readVcpu, readVmState, saveVcpu, saveVmState } from '../snapshot/kvm-state.js';
 import { checkConfigMatches, keyPattern, type ConfigKeyRules } from '../snapshot/config-match.js';
 import { matchDevices, saveDevices, type DeviceConfigKeys, type PersistentDevice } from '../snapshot/persist.js';
+import { saveDisks, type DiskRecord } from '../snapshot/disks.js';
+import { SnapshotDir } from '../snapshot/secure-files.js';
 import { findPciDevice } from '../pci/device.js';
 import { platformDevices } from '../devices/platform.js';
+import { checkpointDisks } from './disk-checkpoint.js';
 
 /** The VM's own keys that do not describe the guest's machine (the devices declare theirs). */
 const VM_HOST_ONLY_KEYS = [
@@ -85,13 +88,21 @@ export class VmSnapshots {
 
   /**
    * Save the VM, its vCPUs parked: let devices finish in-flight work and
-   * flush disks, take the KVM and device state, write RAM and the document.
+   * flush disks, then, with `disks`, take each disk's checkpoint
+   * (vm/disk-checkpoint.ts), take the KVM and device state, write RAM and
+   * the document.
    */
-  async save(file: string, onProgress?: (p: SnapshotProgress) => void): Promise<{ ramFile: string }> {
+  async save(file: string, opts: { onProgress?: (p: SnapshotProgress) => void; disks?: 'internal' | 'external' } = {}): Promise<{ ramFile: string; disks: DiskRecord[] }> {
     const t = this.t;
+    const save = saveOptionsFrom(t.config);
+    // where the document may go is checked before any disk is touched
+    if (opts.disks) SnapshotDir.open(file, save.within).close();
     await this.quiesce();
     try {
-      return await writeSnapshot(file, t.ram.bytes, ramDataRanges(t.ram), this.capture(), { ...saveOptionsFrom(t.config), onProgress });
+      const disks = opts.disks ? await checkpointDisks(t.devices, file, opts.disks === 'external') : [];
+      const parts = { ...this.capture(), disks: opts.disks ? saveDisks(disks) : undefined };
+      const { ramFile } = await writeSnapshot(file, t.ram.bytes, ramDataRanges(t.ram), parts, { ...save, onProgress: opts.onProgress });
+      return { ramFile, disks };
     } finally {
       this.unquiesce();
     }

@@ -21,7 +21,7 @@ import { snapshotScenarios } from './snapshot-scenarios.js';
 import { netScenarios } from './net-scenarios.js';
 import { nvmeScenarios } from './nvme-scenarios.js';
 import { migrationScenarios } from './migration-scenarios.js';
-import { qcow2Scenarios } from './qcow2-scenarios.js';
+import { qcow2CheckpointScenarios, qcow2Scenarios } from './qcow2-scenarios.js';
 import { firmwareScenarios } from './firmware-scenarios.js';
 
 /** How often the driver says it is alive; the host's watchdog allows a few missed. */
@@ -40,6 +40,8 @@ export interface BootResult {
   qcow2?: import('./qcow2-scenarios.js').Qcow2Host;
   /** nvme-disks: the NVMe namespace on a qcow2 overlay, as the host found it afterwards */
   nvmeQcow2?: import('./nvme-scenarios.js').NvmeQcow2Host;
+  /** qcow2 checkpoints: what L1 found in the images around them */
+  qcow2Ckpt?: import('./qcow2-scenarios.js').Qcow2CheckpointHost;
   /** allocated 512-byte blocks of the image before and after the guest's fstrim */
   blocksBefore?: number; blocksAfter?: number;
   /** per-disk sha256 before and after, for the multi-disk check */
@@ -287,6 +289,7 @@ const scenarios: Record<string, () => Promise<BootResult>> = {
   ...nvmeScenarios,
   ...migrationScenarios,
   ...qcow2Scenarios,
+  ...qcow2CheckpointScenarios,
   ...firmwareScenarios,
 };
 

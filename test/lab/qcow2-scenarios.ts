@@ -8,11 +8,12 @@
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { closeSync, fsyncSync, mkdirSync, mkdtempSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ROOT } from '../helpers.js';
-import { guestCmd, hostReads, tshyve, vmArgs, type BootResult } from './linux-driver.js';
+import { ext4WithPayload, guestCmd, hostReads, tshyve, vmArgs, type BootResult } from './linux-driver.js';
+import { Vm, restoreArgs, tshyvectl, type Phase } from './snapshot-scenarios.js';
 
 const IMG = join(ROOT, 'dist', 'bundle', 'cli', 'tshyve-img.js');
 
@@ -65,5 +66,105 @@ export const qcow2Scenarios: Record<string, () => Promise<BootResult>> = {
       backing: info['backing-filename'] ?? '',
     };
     return { ...r, name: 'virtio-blk-qcow2-overlay', expectedSha256: sha256(payload), qcow2 };
+  },
+};
+
+/** What L1 found around the checkpoints of `virtio-blk-qcow2-checkpoint`. */
+export interface Qcow2CheckpointHost {
+  /** sha256 of the disk's content (converted to raw by qemu-img): the internal checkpoint's snapshot, after run A, when run B started */
+  snapshot: string; afterA: string; restoredB: string;
+  /** the external checkpoint: sha256 of the base file's bytes when it was taken, after run B was killed; its content then and when run C started */
+  baseFileAtExt: string; baseFileAfterB: string; baseContentAtExt: string; restoredC: string;
+  /** the overlay of the qcow2 disk, as `qemu-img info` reports it */
+  overlayBacking: string; overlayBackingFormat: string;
+  /** `qemu-img check` exit status of the qcow2 disk after each kill -9, and of the overlay */
+  checkAfterA: number | null; checkAfterB: number | null; checkOverlay: number | null;
+  /** the qemu-img snapshots of the disk after run A */
+  snapshots: string;
+}
+
+export const qcow2CheckpointScenarios: Record<string, () => Promise<BootResult>> = {
+  /**
+   * A guest on a qcow2 disk (vda) and a raw mailbox disk (vdb) it polls for
+   * the host's go-ahead, so that each checkpoint is taken while its disk is
+   * quiet. Run A: STEP1 written; internal checkpoint; STEP2 written; kill -9.
+   * Run B: -r (the disk reverted: the guest sees STEP1's files); STEP2
+   * again; external checkpoint; STEP3 in the overlays; kill -9. Run C: -r of
+   * the external one on the base (the guest sees run B's STEP2); STEP3;
+   * power-off. Every SEEN line is what the guest read back from the disk.
+   */
+  async 'virtio-blk-qcow2-checkpoint'() {
+    const { dir, img } = ext4WithPayload('tshyve-qckpt-', 4096, 7);
+    const disk = join(dir, 'disk.qcow2'), mbox = join(dir, 'mbox.img'), sock = join(dir, 'ctl.sock');
+    const internal = join(dir, 'int.ckp'), external = join(dir, 'ext.ckp'), overlay = `${external}.pci.0.3.0.qcow2`;
+    execFileSync('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', img, disk]);
+    writeFileSync(mbox, Buffer.alloc(1 << 20));
+    const post = (word: string) => { const fd = openSync(mbox, 'r+'); try { writeSync(fd, word, 0); fsyncSync(fd); } finally { closeSync(fd); } };
+    const content = (file: string, snapshot?: string): string => {
+      const flat = join(dir, 'flat.raw');
+      execFileSync('qemu-img', ['convert', '-U', ...(snapshot ? ['-l', `snapshot.name=${snapshot}`] : []), '-O', 'raw', file, flat]);
+      return sha256(readFileSync(flat));
+    };
+    const fileSha = (f: string) => sha256(readFileSync(f));
+    const check = (f: string) => spawnSync('qemu-img', ['check', '-U', f], { encoding: 'utf8' }).status;
+    const write = (n: number) => `echo step${n} > /mnt/a.txt && dd if=/dev/urandom of=/mnt/b.bin bs=64k count=4 2>/dev/null && sync && show STEP${n}`;
+    const cmd = guestCmd([
+      // nothing written behind the guest's back (atime, lazy inode-table init): the disk is quiet at each checkpoint
+      'mkdir -p /mnt && mount -t ext4 -o noatime,noinit_itable /dev/vda /mnt',
+      // read back from the disk, not the page cache
+      'show() { sync; echo 3 > /proc/sys/vm/drop_caches; echo "$1 A=$(cat /mnt/a.txt) B=$(md5sum /mnt/b.bin | cut -d" " -f1)"; }',
+      'go() { while :; do echo 3 > /proc/sys/vm/drop_caches; [ "$(dd if=/dev/vdb bs=4 count=1 2>/dev/null)" = "$1" ] && break; usleep 200000; done; show SEEN_$1; }',
+      write(1), 'go GO_2', write(2), 'go GO_3', write(3), 'go GO_4',
+      'umount /mnt && echo GUEST_DONE', 'poweroff -f',
+    ]);
+    const args = vmArgs(1, `hello tshyve.cmd=${cmd}`, 'stdio', ['-s', `3,virtio-blk,${disk}`, '-s', `4,virtio-blk,${mbox}`, '-o', `control.path=${sock}`]);
+    const phases: Phase[] = [];
+    const end = (r: Phase, host?: Qcow2CheckpointHost): BootResult => ({ name: 'virtio-blk-qcow2-checkpoint', code: r.code, stdout: r.stdout, stderr: r.stderr, ms: r.ms, phases, qcow2Ckpt: host });
+    // (the guest's tty ends lines with \r\n)
+    const full = (tag: string) => (o: string) => new RegExp(`^${tag} A=\\S+ B=[0-9a-f]{32}\\r?$`, 'm').test(o);
+    const kill = async (v: Vm) => { v.child.kill('SIGKILL'); const r = await v.done; phases.push(r); return r; };
+    /** the restored VM is built (disks reverted) once its control socket answers */
+    const built = async () => { for (let i = 0; i < 300; i++) { if ((await tshyvectl([`--socket=${sock}`, '--get-stats'])).code === 0) return true; await new Promise((r) => setTimeout(r, 200)); } return false; };
+
+    post('WAIT');
+    const a = new Vm('run A', args);
+    if (!(await a.until(full('STEP1'), 240_000))) return end(await kill(a));
+    phases.push(await tshyvectl([`--socket=${sock}`, `--checkpoint=${internal}`]));
+    post('GO_2');
+    await a.until(full('STEP2'));
+    await kill(a);
+    const snapshot = content(disk, 'int.ckp'), afterA = content(disk);
+    const checkAfterA = check(disk);
+    const snapshots = spawnSync('qemu-img', ['snapshot', '-U', '-l', disk], { encoding: 'utf8' }).stdout;
+
+    post('WAIT');
+    const b = new Vm('run B (-r internal)', restoreArgs(args, internal));
+    if (!(await built())) return end(await kill(b));
+    const restoredB = content(disk);
+    post('GO_2');
+    if (!(await b.until(full('STEP2')))) return end(await kill(b));
+    phases.push(await tshyvectl([`--socket=${sock}`, `--ext-checkpoint=${external}`]));
+    const baseFileAtExt = fileSha(disk), baseContentAtExt = content(disk);
+    post('GO_3');
+    await b.until(full('STEP3'));
+    await kill(b);
+    const baseFileAfterB = fileSha(disk), checkAfterB = check(disk), checkOverlay = check(overlay);
+    const infoRun = spawnSync('qemu-img', ['info', '-U', '--output=json', overlay], { encoding: 'utf8' });
+    const info = (infoRun.status === 0 ? JSON.parse(infoRun.stdout) : {}) as Record<string, string>;
+
+    post('WAIT');
+    const c = new Vm('run C (-r external)', restoreArgs(args, external));
+    if (!(await built())) return end(await kill(c));
+    const restoredC = content(disk);
+    post('GO_3');
+    await c.until(full('STEP3'));
+    post('GO_4');
+    const rc = await c.done;
+    phases.push(rc);
+    return end(rc, {
+      snapshot, afterA, restoredB, baseFileAtExt, baseFileAfterB, baseContentAtExt, restoredC,
+      overlayBacking: info['backing-filename'] ?? '', overlayBackingFormat: info['backing-filename-format'] ?? '',
+      checkAfterA, checkAfterB, checkOverlay, snapshots,
+    });
   },
 };

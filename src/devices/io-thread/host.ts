@@ -25,6 +25,7 @@ import type { GuestMemory } from '../../memory/guest-memory.js';
 import type { VirtioDevice, VirtioInterrupt, VirtioOffload } from '../../virtio/device.js';
 import type { Virtqueue } from '../../virtio/queue.js';
 import type { StateReader, StateWriter } from '../../snapshot/state.js';
+import type { DiskCheckpointOp, DiskState } from '../../snapshot/disks.js';
 import type { FromIoThread, IoThreadData, IoThreadModel, SharedGuestRam, ToIoThread } from './protocol.js';
 
 export interface IoThreadHostOptions<I> {
@@ -79,6 +80,7 @@ export class IoThreadHost<I> implements VirtioDevice {
   private interrupt: VirtioInterrupt | undefined;
   private active = false;
   private quiesceWaiters: { gen: number; resolve: () => void; reject: (e: Error) => void }[] = [];
+  private readonly diskWaiters = new Map<number, { resolve: (s: DiskState) => void; reject: (e: Error) => void }>();
   private dead: string | undefined;
   private stopped = false;
 
@@ -129,8 +131,16 @@ export class IoThreadHost<I> implements VirtioDevice {
       case 'config': if (m.gen === this.gen && this.active) this.interrupt?.signalConfig(); break;
       case 'needsReset': if (m.gen === this.gen && this.active) this.interrupt?.needsReset(m.reason); break;
       case 'log': onError(m.msg); break;
+      case 'diskDone': {
+        const w = this.diskWaiters.get(m.seq);
+        this.diskWaiters.delete(m.seq);
+        if (m.state) w?.resolve(m.state); else w?.reject(new Error(m.error ?? 'failed'));
+        break;
+      }
       case 'fatal':
         this.dead = m.msg;
+        for (const w of this.diskWaiters.values()) w.reject(new Error(`${this.label} I/O thread failed: ${m.msg}`));
+        this.diskWaiters.clear();
         onError(`${this.label} I/O thread failed: ${m.msg}`);
         if (this.active) this.interrupt?.needsReset(`I/O thread failed: ${m.msg}`);
         break;
@@ -223,6 +233,24 @@ export class IoThreadHost<I> implements VirtioDevice {
 
   unquiesce(): void {
     if (this.active && !this.dead) this.post({ t: 'unquiesce' });
+  }
+
+  /**
+   * A checkpoint's work on the disk of the worker's model, which owns the
+   * image (snapshot/disks.ts); the device is quiesced. Rejects with the
+   * worker's one-line error.
+   */
+  async checkpointDisk(op: DiskCheckpointOp): Promise<DiskState> {
+    if (this.dead) throw new Error(`${this.label} I/O thread failed: ${this.dead}`);
+    const seq = ++this.seq;
+    const done = new Promise<DiskState>((resolve, reject) => { this.diskWaiters.set(seq, { resolve, reject }); });
+    this.port.ref(); // keep the process alive for the answer
+    try {
+      this.post({ t: 'disk', seq, op });
+      return await done;
+    } finally {
+      this.port.unref();
+    }
   }
 
   /** Before a snapshot: the main thread's model makes the worker's writes durable (e.g. fdatasync on the same file). */

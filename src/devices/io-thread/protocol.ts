@@ -7,6 +7,8 @@
  *   reset {seq}                       stop serving; ack
  *   quiesce {gen}                     stop taking requests; reply quiesced {gen, states}
  *   unquiesce                         go on
+ *   disk {seq, op}                    (quiesced) a checkpoint's work on the model's disk;
+ *                                     reply diskDone {seq, state | error (one line)}
  *   stop {seq}                        destroy the model; ack; end the thread
  *   open                              (openWhenTold) make the model now: its storage is ours
  * Acks: ack[0] = seq, then Atomics.notify (the main thread may wait on it).
@@ -14,6 +16,7 @@
 import type { MessagePort } from 'node:worker_threads';
 import type { VirtioDevice } from '../../virtio/device.js';
 import type { VirtqueueState } from '../../virtio/queue.js';
+import type { DiskCheckpointOp, DiskState } from '../../snapshot/disks.js';
 
 /** Guest RAM as an I/O thread sees it: the process's own mapping (host address) and where each region lives in it. */
 export interface SharedGuestRam {
@@ -35,6 +38,8 @@ export interface SharedGuestRam {
  */
 export type IoThreadModel = VirtioDevice & {
   destroy?(): void;
+  /** A model with a disk: a checkpoint's work on it (snapshot/disks.ts); throws one line. */
+  checkpointDisk?(op: DiskCheckpointOp): DiskState;
   pollFds?(): readonly number[];
   onReadable?(i: number): void;
 };
@@ -67,6 +72,7 @@ export type ToIoThread =
   | { t: 'reset'; seq: number }
   | { t: 'quiesce'; gen: number }
   | { t: 'unquiesce' }
+  | { t: 'disk'; seq: number; op: DiskCheckpointOp }
   | { t: 'stop'; seq: number }
   | { t: 'open' };
 
@@ -76,5 +82,6 @@ export type FromIoThread =
   | { t: 'needsReset'; gen: number; reason: string }
   /** the ready queues' states, by queue number (undefined: not served) */
   | { t: 'quiesced'; gen: number; states: (VirtqueueState | undefined)[] }
+  | { t: 'diskDone'; seq: number; state?: DiskState; error?: string }
   | { t: 'log'; msg: string }
   | { t: 'fatal'; msg: string };

@@ -227,6 +227,17 @@ function serve<I>(spec: IoThreadDevice<I>, d: IoThreadData<I>, ack: Int32Array):
           quiesced = true;
           port.postMessage({ t: 'quiesced', gen: msg.gen, states: queues.map((q) => q?.getState()) } satisfies FromIoThread);
           break;
+        case 'disk': {
+          let reply: FromIoThread;
+          try {
+            if (!dev.checkpointDisk) throw new Error('this device has no disk');
+            reply = { t: 'diskDone', seq: msg.seq, state: dev.checkpointDisk(msg.op) };
+          } catch (e) {
+            reply = { t: 'diskDone', seq: msg.seq, error: (e instanceof Error ? e.message : String(e)).split('\n')[0] };
+          }
+          port.postMessage(reply);
+          break;
+        }
         case 'unquiesce':
           quiesced = false;
           kicks.fill(1);

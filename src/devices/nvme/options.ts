@@ -111,4 +111,5 @@ export const nvmeInfo: PciDeviceInfo = {
   legacyConfig: nvmeLegacyConfig,
   hostPathKeys: ['path'],
   hostOnlyKeys: ['nocache', 'direct', 'sync', 'ioslots'],
+  diskImage: (node) => { const path = node.get('path'); return path ? { path, format: node.get('format') } : undefined; },
 };

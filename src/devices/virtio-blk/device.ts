@@ -39,7 +39,8 @@ import { VIRTIO_COMMON_FEATURES, VIRTIO_ID_BLOCK, featureBit, hasFeature } from 
 import type { VirtioDevice, VirtioInterrupt } from '../../virtio/device.js';
 import { VirtqueueError, type DescriptorChain, type GuestBuffer, type Virtqueue } from '../../virtio/queue.js';
 import { IoVecs } from '../../memory/iovec.js';
-import { openImage, type BlockBackend, type ImageFormat } from '../block/index.js';
+import { checkpointImage, openImage, type BlockBackend, type ImageFormat, type OpenImageOptions } from '../block/index.js';
+import type { DiskCheckpointOp, DiskState } from '../../snapshot/disks.js';
 
 // ---- protocol constants (5.2) ---------------------------------------------------
 
@@ -156,7 +157,8 @@ export class VirtioBlk implements VirtioDevice {
   readonly features: bigint;
   readonly configSize = VIRTIO_BLK_CONFIG_SIZE;
 
-  readonly backend: BlockBackend;
+  /** replaced when an external checkpoint switches the disk to an overlay */
+  backend: BlockBackend;
   readonly readonly: boolean;
   readonly sectorSize: number;
   readonly physicalSectorSize: number;
@@ -170,6 +172,8 @@ export class VirtioBlk implements VirtioDevice {
   private readonly capacityBig: bigint;
   private readonly onError: ((msg: string) => void) | undefined;
   private readonly ownsBackend: boolean;
+  /** how the image was opened (an overlay is opened the same way) */
+  private readonly openOpts: OpenImageOptions;
 
   private queue: Virtqueue | undefined;
   private mem: GuestMemory | undefined;
@@ -201,10 +205,11 @@ export class VirtioBlk implements VirtioDevice {
     this.iov = new IoVecs(qs);
 
     this.ownsBackend = opts.backend === undefined;
-    this.backend = opts.backend ?? openImage({
+    this.openOpts = {
       path: opts.path, readonly: opts.readonly ?? false, direct: opts.direct ?? false, nocache: opts.nocache ?? false, label: 'virtio-blk',
       format: opts.format, passive: opts.passive,
-    });
+    };
+    this.backend = opts.backend ?? openImage(this.openOpts);
     try {
       const host = this.backend.hostSectorSizes;
       const hostL = host.logical !== undefined && isPow2(host.logical) && host.logical >= 512 && host.logical <= 65536 ? host.logical : undefined;
@@ -341,6 +346,24 @@ export class VirtioBlk implements VirtioDevice {
   /** Snapshots: the image must hold everything the guest was told is written. */
   syncForSave(): void {
     if (!this.readonly) this.backend.flush();
+  }
+
+  /**
+   * A checkpoint's work on the disk (devices/block/checkpoint.ts), by the
+   * instance that does the I/O, its queue quiesced. Throws one line.
+   */
+  checkpointDisk(op: DiskCheckpointOp): DiskState {
+    if (!this.ownsBackend) throw new UserError('virtio-blk: this disk was not opened from a file');
+    const { state, backend } = checkpointImage(this.backend, this.openOpts, op);
+    if (backend) this.backend = backend;
+    return state;
+  }
+
+  /** The I/O thread switched the disk to `overlay`: this (passive) instance follows, for its flushes. */
+  followOverlay(overlay: string): void {
+    const next = openImage({ ...this.openOpts, path: overlay, format: 'qcow2' });
+    this.backend.close();
+    this.backend = next;
   }
 
   private report(msg: string): void {

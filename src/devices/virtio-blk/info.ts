@@ -22,4 +22,5 @@ export const virtioBlkInfo: PciDeviceInfo = {
   name: 'virtio-blk', legacyConfig: virtioBlkLegacyConfig, hostPathKeys: ['path'],
   // on its I/O thread, the disk is read and written by the thread's instance, which opens it after the gate
   waitsForStorageGate: (node) => node.getBool('worker', true),
+  diskImage: (node) => { const path = node.get('path'); return path ? { path, format: node.get('format') } : undefined; },
 };

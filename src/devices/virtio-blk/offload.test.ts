@@ -12,9 +12,7 @@ import { createGuestRam } from '../../memory/ram.js';
 import { createEventfd, signalEventfd } from '../../host/eventfd.js';
 import { libc } from '../../host/libc.js';
 import { VirtioCore } from '../../virtio/device.js';
-import { MockSplitQueue } from '../../virtio/testing/mock-driver.js';
-import { VIRTIO_F_VERSION_1, featureBit } from '../../virtio/constants.js';
-import { makeImage } from './testing.js';
+import { driverOk, makeImage } from './testing.js';
 import { requestHeader as header } from './request.js';
 import { VirtioBlk, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from './index.js';
 import { offloadVirtioBlk } from './offload.js';
@@ -36,12 +34,7 @@ function setup() {
   });
   const start = () => {
     core.writeStatus(0);
-    core.writeStatus(1); core.writeStatus(3);
-    core.writeDriverFeatures(dev.features | featureBit(VIRTIO_F_VERSION_1));
-    core.writeStatus(0x0b);
-    const drv = new MockSplitQueue(mem, 256, { base: 0x10000 });
-    drv.configure(core.queues[0]!);
-    core.writeStatus(0x0f);
+    const drv = driverOk(core, dev.features, mem);
     assert.ok(core.active);
     return drv;
   };

@@ -23,6 +23,15 @@ registerPciDevice({
     const model = useWorker ? offloadVirtioBlk(dev, opts, ctx.guestRam!, onError, `blk-io@${bdf.slot}`, ctx.storageGate) : dev;
     const fn = new VirtioPci(ctx, model, bdf, `virtio-blk@${bdf.slot}`, virtioPciOptions(node));
     fn.onDestroy = () => model.destroy();
+    fn.disk = {
+      // the instance that does the I/O owns the image; with a worker, this one follows it to an overlay
+      checkpointDisk: async (op) => {
+        if (model === dev) return dev.checkpointDisk(op);
+        const state = await model.checkpointDisk(op);
+        if (state.overlay !== undefined) dev.followOverlay(state.overlay);
+        return state;
+      },
+    };
     return fn;
   },
 });

@@ -6,7 +6,8 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { GuestMemory } from '../../memory/guest-memory.js';
-import type { VirtioInterrupt } from '../../virtio/device.js';
+import type { VirtioCore, VirtioInterrupt } from '../../virtio/device.js';
+import { VIRTIO_F_VERSION_1, featureBit } from '../../virtio/constants.js';
 import type { Virtqueue } from '../../virtio/queue.js';
 import { MockSplitQueue } from '../../virtio/testing/mock-driver.js';
 import { VirtioBlk, type VirtioBlkOptions } from './device.js';
@@ -65,6 +66,17 @@ export function harness(opts: Partial<VirtioBlkOptions> & { size?: number; memSi
   };
   h.restart();
   return h;
+}
+
+/** Take `core` from reset to DRIVER_OK as a driver would (every offered feature), its queue 0 on a mock driver ring. */
+export function driverOk(core: VirtioCore, features: bigint, mem: GuestMemory): MockSplitQueue {
+  core.writeStatus(1); core.writeStatus(3);
+  core.writeDriverFeatures(features | featureBit(VIRTIO_F_VERSION_1));
+  core.writeStatus(0x0b);
+  const drv = new MockSplitQueue(mem, 256, { base: 0x10000 });
+  drv.configure(core.queues[0]!);
+  core.writeStatus(0x0f);
+  return drv;
 }
 
 export function segment(sector: bigint | number, num: number, flags = 0): Buffer {

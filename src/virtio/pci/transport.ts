@@ -22,6 +22,7 @@ import { VirtioCore, type VirtioDevice } from '../device.js';
 import { LEGACY_QUEUE_NOTIFY, LegacyRegisters, legacyBarSize, legacyDeviceId, type TransportRegisters } from './legacy.js';
 import type { StateReader, StateWriter } from '../../snapshot/state.js';
 import type { ConfigNode } from '../../config/tree.js';
+import type { DiskCheckpoint } from '../../snapshot/disks.js';
 
 const COMMON = 0x0000, ISR = 0x1000, DEVCFG = 0x2000, NOTIFY = 0x3000;
 const BAR0_SIZE = 0x4000, BAR1_SIZE = 0x1000;
@@ -280,6 +281,8 @@ export class VirtioPci implements PciFunction, TransportRegisters {
   onDestroy?: () => void;
   /** Set by the device's registration when it counts things for `tshyvectl --get-stats` (PciFunction.stats). */
   stats?: () => Record<string, number>;
+  /** Set by the registration of a device with a disk (PciFunction.disk). */
+  disk?: DiskCheckpoint;
 
   /** Stop taking requests (a device on a worker finishes what it took and hands its queue state back). */
   async quiesce(): Promise<void> {

@@ -21,9 +21,11 @@ export interface Qcow2CreateOptions {
   /** the backing file's name as it is to be stored (relative names stay relative) */
   backingFile?: string;
   backingFormat?: string;
+  /** fail (EEXIST) rather than replace a file at `path`, and make it mode 0600 */
+  exclusive?: boolean;
 }
 
-/** Write a new empty qcow2 image at `path` (replacing a file there). */
+/** Write a new empty qcow2 image at `path` (replacing a file there, unless `exclusive`). */
 export function createQcow2(path: string, o: Qcow2CreateOptions): void {
   const cs = o.clusterSize ?? 65536;
   const bits = Math.log2(cs);
@@ -71,5 +73,5 @@ export function createQcow2(path: string, o: Qcow2CreateOptions): void {
       img[at] = img[at]! | (1 << ((i * rbits) % 8));
     }
   }
-  fs.writeFileSync(path, img);
+  fs.writeFileSync(path, img, o.exclusive ? { flag: 'wx', mode: 0o600 } : undefined);
 }
