@@ -71,6 +71,7 @@ async function main(argv: string[]): Promise<number> {
   if (sandbox) {
     try {
       m.sandbox = lockDown(sandbox, sandboxDirs(config, control));
+      performance.mark('sandbox');
     } catch (e) {
       await m.finish(ExitCode.ERROR);
       throw e;
