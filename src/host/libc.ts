@@ -64,6 +64,8 @@ export const libc = {
   connect: lib.func('int connect(int fd, const void *addr, uint32_t len)') as (fd: number, addr: Buffer, len: number) => number,
   /** fds: a Buffer of struct pollfd { int fd; short events; short revents; } */
   poll: lib.func('int poll(void *fds, unsigned long n, int timeout)') as (fds: Buffer, n: number, timeout: number) => number,
+  setsockopt: lib.func('int setsockopt(int fd, int level, int name, const void *val, uint32_t len)') as (
+    fd: number, level: number, name: number, val: Buffer, len: number) => number,
   inetPton: lib.func('int inet_pton(int af, const char *src, void *dst)') as (af: number, src: string, dst: Buffer) => number,
   getsockopt: lib.func('int getsockopt(int fd, int level, int name, void *val, void *len)') as (fd: number, level: number, name: number, val: Buffer, len: Buffer) => number,
   posixFadvise: lib.func('int posix_fadvise(int fd, int64_t offset, int64_t len, int advice)') as (fd: number, offset: number, len: number, advice: number) => number,
