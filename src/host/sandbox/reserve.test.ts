@@ -14,9 +14,21 @@ import { syscallNr } from './syscalls.js';
 
 const SOL_SOCKET = 1, SO_DETACH_FILTER = 27, EPERM = 1;
 
-const listening = (): Promise<ReturnType<typeof createServer>> => new Promise((resolve) => {
-  const srv = createServer((s) => s.on('data', (d) => s.end(`got ${String(d)}`))).listen(0, '127.0.0.1', () => resolve(srv));
+const listening = (host = '127.0.0.1'): Promise<ReturnType<typeof createServer>> => new Promise((resolve, reject) => {
+  const srv = createServer((s) => s.on('data', (d) => s.end(`got ${String(d)}`))).listen(0, host, () => resolve(srv));
+  srv.once('error', reject);
 });
+
+/** Send `what` through a connected fd; what the echo server answers. */
+function exchange(fd: number, what: string): Promise<string> {
+  const s = new Socket({ fd, readable: true, writable: true });
+  return new Promise<string>((resolve) => {
+    let got = '';
+    s.on('data', (d) => { got += String(d); });
+    s.on('end', () => { s.destroy(); resolve(got); });
+    s.write(what);
+  });
+}
 
 test('a reserved socket connects and carries data both ways; failures use the reserve up; a name uses none', async () => {
   const r = SocketReserve.make();
@@ -26,14 +38,18 @@ test('a reserved socket connects and carries data both ways; failures use the re
   await new Promise((resolve) => closed.close(resolve));
   await assert.rejects(r.connect('localhost', closedPort, 1000), (e: Error) => e instanceof UserError && /localhost is a name/.test(e.message));
   const fd = await r.connect('127.0.0.1', (srv.address() as AddressInfo).port, 3000);
-  const s = new Socket({ fd, readable: true, writable: true });
-  const reply = new Promise<string>((resolve) => { let got = ''; s.on('data', (d) => { got += String(d); }); s.on('end', () => resolve(got)); });
-  s.write('ping');
-  assert.equal(await reply, 'got ping');
-  s.destroy();
+  assert.equal(await exchange(fd, 'ping'), 'got ping');
   srv.close();
   for (let i = 1; i < RESERVED_PER_FAMILY; i++) await assert.rejects(r.connect('127.0.0.1', closedPort, 1000), /^Error: ECONNREFUSED$/);
   await assert.rejects(r.connect('127.0.0.1', closedPort, 1000), (e: Error) => e instanceof UserError && /reserve of IPv4 sockets .* is used up/.test(e.message));
+});
+
+test('IPv6 has its own reserved sockets (sockaddr_in6)', async (t) => {
+  const srv = await listening('::1').catch(() => undefined);
+  if (!srv) { t.skip('no ::1 on this host'); return; }
+  const fd = await SocketReserve.make().connect('::1', (srv.address() as AddressInfo).port, 3000);
+  assert.equal(await exchange(fd, 'v6'), 'got v6');
+  srv.close();
 });
 
 test('a reserved socket made to listen takes an ephemeral port but no connection; its filter is locked on', async () => {
