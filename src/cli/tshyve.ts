@@ -104,7 +104,7 @@ async function main(argv: string[]): Promise<number> {
  * Where start-up went, for debug.timing: Node's own bootstrap, then each
  * performance mark (modules loaded, KVM set up, devices built, boot payload
  * loaded, each vCPU thread spawned, its first line run (its modules loaded)
- * and its word received, all parked), in ms from the step before.
+ * and its word received, all parked, the sandbox locked), in ms from the step before.
  */
 function startupTimeline(): string {
   const node = performance.nodeTiming.bootstrapComplete;

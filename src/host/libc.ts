@@ -58,6 +58,15 @@ export const libc = {
   lseek: lib.func('int64_t lseek(int fd, int64_t off, int whence)') as (fd: number, off: number, whence: number) => number,
   /** fcntl with an int argument (F_GETFL takes 0). */
   fcntlInt: (fd: number, cmd: number, arg: number): number => fcntl(fd, cmd, 'int', arg),
+  // The sandbox's reserve of TCP sockets (src/host/sandbox/reserve.ts): made before lock-down, connected after it.
+  socket: lib.func('int socket(int domain, int type, int protocol)') as (domain: number, type: number, proto: number) => number,
+  /** addr: a struct sockaddr_in or sockaddr_in6 */
+  connect: lib.func('int connect(int fd, const void *addr, uint32_t len)') as (fd: number, addr: Buffer, len: number) => number,
+  /** fds: a Buffer of struct pollfd { int fd; short events; short revents; } */
+  poll: lib.func('int poll(void *fds, unsigned long n, int timeout)') as (fds: Buffer, n: number, timeout: number) => number,
+  setsockopt: lib.func('int setsockopt(int fd, int level, int name, const void *val, uint32_t len)') as (
+    fd: number, level: number, name: number, val: Buffer, len: number) => number,
+  inetPton: lib.func('int inet_pton(int af, const char *src, void *dst)') as (af: number, src: string, dst: Buffer) => number,
   getsockopt: lib.func('int getsockopt(int fd, int level, int name, void *val, void *len)') as (fd: number, level: number, name: number, val: Buffer, len: Buffer) => number,
   posixFadvise: lib.func('int posix_fadvise(int fd, int64_t offset, int64_t len, int advice)') as (fd: number, offset: number, len: number, advice: number) => number,
   // The sandbox's calls (src/host/sandbox/). glibc's set*id() and setgroups() change every thread, not just the caller.

@@ -3,11 +3,12 @@
  * migration writes it; the destination's listener, which takes one
  * connection and only from where it was told, and the source's connect.
  */
-import { createServer, createConnection, type Socket } from 'node:net';
+import { createServer, createConnection, Socket } from 'node:net';
 import { chmodSync, lstatSync, unlinkSync } from 'node:fs';
 import { isAbsolute } from 'node:path';
 import { UserError } from '../errors.js';
 import { peerCredentials } from '../host/libc.js';
+import type { SocketReserve } from '../host/sandbox/reserve.js';
 import { log } from '../log.js';
 import { MigrationError } from './wire.js';
 
@@ -31,8 +32,22 @@ export function formatAddress(a: MigrationAddress): string {
   return a.kind === 'unix' ? `unix:${a.path}` : `${a.host},${a.port}`;
 }
 
-/** Connect to a destination; MigrationError (one line) when it cannot be reached. */
-export function connectTo(a: MigrationAddress, timeoutMs = 10_000): Promise<Socket> {
+/**
+ * Connect to a destination; MigrationError (one line) when it cannot be
+ * reached. In the sandbox (`reserve` given), TCP goes through one of the
+ * sockets it reserved before lock-down, handed to node once connected.
+ */
+export async function connectTo(a: MigrationAddress, reserve?: SocketReserve, timeoutMs = 10_000): Promise<Socket> {
+  if (a.kind === 'tcp' && reserve) {
+    let fd: number;
+    try {
+      fd = await reserve.connect(a.host, a.port, timeoutMs);
+    } catch (e) {
+      if (e instanceof UserError) throw e;
+      throw new MigrationError(`cannot connect to ${formatAddress(a)}: ${(e as Error).message}`);
+    }
+    return new Socket({ fd, readable: true, writable: true }).setNoDelay(true);
+  }
   return new Promise((resolve, reject) => {
     const s = a.kind === 'unix' ? createConnection(a.path) : createConnection({ host: a.host, port: a.port });
     const t = setTimeout(() => { s.destroy(); reject(new MigrationError(`no answer from ${formatAddress(a)} within ${timeoutMs / 1000} s`)); }, timeoutMs);

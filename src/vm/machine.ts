@@ -11,7 +11,7 @@ import { EventEmitter } from 'node:events';
 import { Kvm, type Vm, VcpuFd } from '../kvm/kvm.js';
 import { createGuestRam, type RamMapping } from '../memory/ram.js';
 import { libc } from '../host/libc.js';
-import type { SandboxStatus } from '../host/sandbox/index.js';
+import { SANDBOX_OFF, type SandboxStatus } from '../host/sandbox/index.js';
 import { CAP, MEM_READONLY, SYSTEM_EVENT } from '../kvm/abi.js';
 import { GuestMemory, PAGE_SIZE } from '../memory/guest-memory.js';
 import { Bus, type IrqLine } from '../bus/bus.js';
@@ -107,7 +107,7 @@ export class Machine extends EventEmitter implements VmControl {
   /** ms from process start to the first vCPU entering KVM_RUN */
   firstRunMs: number | undefined;
   /** the sandbox tshyve put itself in (src/host/sandbox), for --get-stats and migrate() */
-  sandbox: SandboxStatus = { on: false, layers: 'none', tcp: true };
+  sandbox: SandboxStatus = SANDBOX_OFF;
 
   private constructor(
     readonly config: ConfigTree,
@@ -434,13 +434,12 @@ export class Machine extends EventEmitter implements VmControl {
     if (this.ending) throw new UserError('the VM is shutting down');
     if (this.saving) throw new UserError('a save or migration is already in progress');
     if (this.firstRunMs === undefined) throw new UserError('the VM is not running yet');
-    // refused here, in one line: the socket() call itself would be a sandbox violation
-    if (addr.kind === 'tcp' && !this.sandbox.tcp) throw new UserError(`the sandbox does not let this VM open TCP connections: start it with -o sandbox.migrate_tcp=true to migrate to ${target} (or migrate to unix:PATH)`);
     this.saving = true;
     try {
       const { migrateOut } = await import('./migrate-out.js'); // (loaded when a VM migrates, not at start-up)
       return await migrateOut({
         vm: this.vm, ram: this.ram, slots: this.slots, dirtyMap: this.dirtyMap, config: this.config, snapshots: this.snapshots,
+        reserve: this.sandbox.reserve,
         facts: () => this.facts(),
         hold: () => this.vcpus.hold(),
         release: () => this.vcpus.release(),

@@ -19,6 +19,7 @@ import { PAGE, PageSender } from '../migration/ram-pages.js';
 import { DirtyLog, type RamSlot } from '../migration/dirty-log.js';
 import { StepTimer, formatSteps } from '../migration/steps.js';
 import { log } from '../log.js';
+import type { SocketReserve } from '../host/sandbox/reserve.js';
 import type { Vm } from '../kvm/kvm.js';
 import type { VmSnapshots } from './snapshot.js';
 import type { MigrationOptions, MigrationProgress, MigrationResult } from './control.js';
@@ -41,6 +42,8 @@ export interface SourceVm {
   readonly dirtyMap: Uint8Array;
   readonly config: ConfigTree;
   readonly snapshots: VmSnapshots;
+  /** the sandbox's TCP sockets (undefined with the sandbox off: node connects) */
+  readonly reserve?: SocketReserve;
   facts(): MachineFacts;
   /** park / release every vCPU */
   hold(): Promise<boolean>;
@@ -71,7 +74,7 @@ export async function migrateOut(s: SourceVm, target: MigrationAddress, opts: Mi
   const ramBytes = s.ram.size;
   const progress = (p: Omit<MigrationProgress, 'total'>) => opts.onProgress?.({ ...p, total: ramBytes });
   progress({ phase: 'handshake', done: 0, round: 0, dirtyRate: 0, expectedDowntimeMs: 0 });
-  const ch = new Channel(await connectTo(target), `the destination ${where}`);
+  const ch = new Channel(await connectTo(target, s.reserve), `the destination ${where}`);
   const dirtyLog = new DirtyLog(s.vm, s.slots, s.dirtyMap);
   let paused = false, quiesced = false, committed = false;
   try {

@@ -102,9 +102,8 @@ export const migrationScenarios: Record<string, () => Promise<BootResult>> = {
     const ctl = (n: string) => join(dir, `${n}.sock`);
     // vmArgs ends with the VM's name: -R goes before it.
     const args = (n: string, recv?: string) => {
-      // A live migration stops pre-copy after 4 rounds if the guest's dirtying outruns it; the sandbox lets it connect over TCP.
-      const a = vmArgs(2, `hello tshyve.cmd=${cmd}`, 'stdio', ['-s', `5,virtio-blk,${img}`, '-o', `control.path=${ctl(n)}`, '-o', 'migration.max_rounds=4',
-        '-o', 'sandbox.migrate_tcp=true']);
+      // A live migration stops pre-copy after 4 rounds if the guest's dirtying outruns it; the source connects over TCP from the default sandbox.
+      const a = vmArgs(2, `hello tshyve.cmd=${cmd}`, 'stdio', ['-s', `5,virtio-blk,${img}`, '-o', `control.path=${ctl(n)}`, '-o', 'migration.max_rounds=4']);
       return recv ? [...a.slice(0, -1), '-R', recv, a.at(-1)!] : a;
     };
     const phases: Phase[] = [];

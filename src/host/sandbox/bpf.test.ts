@@ -10,7 +10,7 @@ import { ALLOWED } from './allowed.js';
 import { REFUSED } from './refused.js';
 import { SYSCALLS, syscallNr } from './syscalls.js';
 
-const prog = buildFilter({ allow: ALLOWED, inetSockets: false });
+const prog = buildFilter({ allow: ALLOWED });
 const nr = syscallNr;
 const run = (name: string, args: (number | bigint)[] = []) => evaluate(prog, { nr: nr(name), args });
 
@@ -42,16 +42,13 @@ test('clone: threads yes, processes no; clone3 says ENOSYS so glibc uses clone',
   assert.equal(run('vfork'), RET.TRAP);
 });
 
-test('sockets: unix ones only, unless TCP is allowed (a migration); the high half of the argument counts', () => {
+test('sockets: unix ones only (a migration\'s TCP sockets are reserved before lock-down); the high half of the argument counts', () => {
   assert.equal(run('socket', [1, 1, 0]), RET.ALLOW);
   assert.equal(run('socket', [2, 1, 0]), RET.TRAP);
   assert.equal(run('socket', [10, 1, 0]), RET.TRAP);
   assert.equal(run('socket', [16 /* netlink */, 3, 0]), RET.TRAP);
   assert.equal(run('socket', [17 /* packet */, 3, 0]), RET.TRAP);
   assert.equal(run('socket', [(1n << 32n) | 1n]), RET.TRAP);
-  const tcp = buildFilter({ allow: ALLOWED, inetSockets: true });
-  assert.equal(evaluate(tcp, { nr: nr('socket'), args: [2, 1, 0] }), RET.ALLOW);
-  assert.equal(evaluate(tcp, { nr: nr('socket'), args: [17, 3, 0] }), RET.TRAP);
 });
 
 test('the SIGSYS handler cannot be replaced; TIOCSTI is refused, KVM ioctls are not', () => {

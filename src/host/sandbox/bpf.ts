@@ -19,7 +19,7 @@ const argLow = (i: number): number => 16 + 8 * i;
 const argHigh = (i: number): number => 20 + 8 * i;
 
 const CLONE_THREAD = 0x10000;
-const AF_UNIX = 1, AF_INET = 2, AF_INET6 = 10;
+const AF_UNIX = 1;
 const SIGSYS = 31;
 const TIOCSTI = 0x5412;
 const ENOSYS = 38;
@@ -29,8 +29,6 @@ export interface Insn { code: number; jt: number; jf: number; k: number }
 export interface FilterSpec {
   /** system calls allowed whatever their arguments, most frequent first */
   allow: readonly string[];
-  /** TCP/IP sockets may be made (a migration to HOST,PORT) */
-  inetSockets: boolean;
 }
 
 const ld = (off: number): Insn => ({ code: LD_W_ABS, jt: 0, jf: 0, k: off });
@@ -63,7 +61,7 @@ export function buildFilter(spec: FilterSpec): Insn[] {
   p.push(...onCall(syscallNr('clone'), [ld(argLow(0)), { code: JSET_K, jt: 0, jf: 1, k: CLONE_THREAD }, ret(RET.ALLOW), ret(RET.TRAP)]));
   // clone3's flags are in memory BPF cannot read: glibc falls back to clone on ENOSYS.
   p.push(...onCall(syscallNr('clone3'), [ret(RET.ERRNO | ENOSYS)]));
-  p.push(...onCall(syscallNr('socket'), argIn(0, spec.inetSockets ? [AF_UNIX, AF_INET, AF_INET6] : [AF_UNIX])));
+  p.push(...onCall(syscallNr('socket'), argIn(0, [AF_UNIX])));
   // The handler that reports refusals stays: replacing SIGSYS's action is itself refused.
   p.push(...onCall(syscallNr('rt_sigaction'), [ld(argLow(0)), jeq(SIGSYS, 0, 1), ret(RET.TRAP), ret(RET.ALLOW)]));
   // No faking input on a terminal (the stdio console's).

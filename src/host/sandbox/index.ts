@@ -9,6 +9,8 @@
  *   4. with sandbox.user, that user's uid and gid;
  *   5. every capability dropped;
  *   6. the seccomp filter, on every thread (bpf.ts, seccomp.ts, allowed.ts).
+ * Before all of them it reserves a few TCP sockets for a migration to
+ * HOST,PORT (reserve.ts): no new one can be made after.
  * `-o sandbox=off` turns it off (a warning); `sandbox.violation=error` makes
  * a refused system call fail with EPERM instead of ending tshyve.
  */
@@ -24,14 +26,13 @@ import { buildRuleset, FS, landlockAbi, READ, READ_WRITE, type PathRule } from '
 import { onEveryThread, installSigsysHandler, PACKAGE_ROOT } from './native.js';
 import { dropBoundingSet, dropCapabilities, lookUpUser, setNoNewPrivs, switchUser, type TargetUser } from './privileges.js';
 import { prepareProbe } from './probe.js';
+import { SocketReserve } from './reserve.js';
 import { installFilter } from './seccomp.js';
 import { SYSCALLS, syscallNr } from './syscalls.js';
 
 export interface SandboxOptions {
   violation: 'kill' | 'error';
   user?: TargetUser;
-  /** outgoing TCP (and DNS) allowed: a migration to HOST,PORT */
-  tcp: boolean;
   /** test only: try what the sandbox must refuse, after lock-down (probe.ts) */
   probe: boolean;
 }
@@ -41,10 +42,11 @@ export interface SandboxStatus {
   on: boolean;
   /** the layers in force, in words: `no_new_privs,capabilities,landlock(abi 7),seccomp(kill)` */
   layers: string;
-  tcp: boolean;
+  /** the TCP sockets a migration to HOST,PORT connects (reserve.ts); none with the sandbox off */
+  reserve?: SocketReserve;
 }
 
-export const SANDBOX_OFF: SandboxStatus = { on: false, layers: 'none', tcp: true };
+export const SANDBOX_OFF: SandboxStatus = { on: false, layers: 'none' };
 
 /** The sandbox's options from the config; undefined when it is off (with the warning line). */
 export function sandboxOptions(config: ConfigTree): SandboxOptions | undefined {
@@ -58,7 +60,6 @@ export function sandboxOptions(config: ConfigTree): SandboxOptions | undefined {
   return {
     violation,
     user: userName === undefined ? undefined : lookUpUser(userName),
-    tcp: config.getBool('sandbox.migrate_tcp', false),
     probe: config.getBool('sandbox.probe', false),
   };
 }
@@ -79,6 +80,7 @@ export interface SandboxDirs {
 export function lockDown(opts: SandboxOptions, dirs: SandboxDirs): SandboxStatus {
   const layers: string[] = [];
   const open = openFiles();
+  const reserve = SocketReserve.make();
   const probe = opts.probe ? prepareProbe(open.map((r) => r.path), dirs.snapshotDir) : undefined;
   installSigsysHandler(SYSCALLS, opts.violation === 'kill');
   setNoNewPrivs();
@@ -87,7 +89,7 @@ export function lockDown(opts: SandboxOptions, dirs: SandboxDirs): SandboxStatus
   const abi = landlockAbi();
   if (abi === 0) log('warn', 'sandbox: this kernel has no Landlock (Linux 5.13+ with landlock in its LSM list): the file system is not limited');
   else {
-    const fd = buildRuleset(abi, [...fileRules(dirs, opts.tcp), ...open], { tcpConnect: opts.tcp });
+    const fd = buildRuleset(abi, [...fileRules(dirs), ...open]);
     try {
       onEveryThread('landlock_restrict_self', syscallNr('landlock_restrict_self'), fd, 0);
     } finally {
@@ -101,10 +103,10 @@ export function lockDown(opts: SandboxOptions, dirs: SandboxDirs): SandboxStatus
   }
   dropCapabilities();
   layers.push('capabilities');
-  installFilter(buildFilter({ allow: [...ALLOWED, ...RARE], inetSockets: opts.tcp }));
+  installFilter(buildFilter({ allow: [...ALLOWED, ...RARE] }));
   layers.push(`seccomp(${opts.violation})`);
   probe?.();
-  return { on: true, layers: layers.join(','), tcp: opts.tcp };
+  return { on: true, layers: layers.join(','), reserve };
 }
 
 /**
@@ -121,7 +123,7 @@ const RARE: readonly string[] = [
 ];
 
 
-function fileRules(dirs: SandboxDirs, tcp: boolean): PathRule[] {
+function fileRules(dirs: SandboxDirs): PathRule[] {
   const real = (p: string): string => { try { return realpathSync(p); } catch { return p; } };
   const rules: PathRule[] = [
     // What node still loads: tshyve's own code (device models and the migration code load lazily), its packages, node's libraries.
@@ -132,7 +134,6 @@ function fileRules(dirs: SandboxDirs, tcp: boolean): PathRule[] {
     ...['/dev/urandom', '/dev/random', '/dev/zero'].map((path) => ({ path, access: FS.READ_FILE })),
     { path: '/dev/null', access: FS.READ_FILE | FS.WRITE_FILE },
   ];
-  if (tcp) rules.push(...['/etc/hosts', '/etc/resolv.conf', '/etc/nsswitch.conf', '/etc/host.conf', '/etc/gai.conf'].map((path) => ({ path, access: FS.READ_FILE })));
   if (dirs.controlDir) rules.push({ path: dirs.controlDir, access: FS.REMOVE_FILE });
   if (dirs.snapshotDir) rules.push({ path: dirs.snapshotDir, access: READ_WRITE | FS.MAKE_REG | FS.REMOVE_FILE });
   return rules;

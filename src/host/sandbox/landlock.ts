@@ -22,8 +22,8 @@ export const FS = {
 const FILE_RIGHTS = FS.EXECUTE | FS.WRITE_FILE | FS.READ_FILE | FS.TRUNCATE | FS.IOCTL_DEV;
 /** everything each ABI version handles: 1 has 13 rights, 2 adds REFER, 3 TRUNCATE, 5 IOCTL_DEV */
 const fsRightsOf = (abi: number): number => (1 << 13) - 1 | (abi >= 2 ? FS.REFER : 0) | (abi >= 3 ? FS.TRUNCATE : 0) | (abi >= 5 ? FS.IOCTL_DEV : 0);
-/** LANDLOCK_ACCESS_NET_BIND_TCP | CONNECT_TCP (ABI 4) */
-const NET_TCP_BIND = 1, NET_TCP_CONNECT = 2;
+/** LANDLOCK_ACCESS_NET_BIND_TCP (ABI 4) */
+const NET_TCP_BIND = 1;
 /** LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET (ABI 6): no connecting to abstract sockets outside the sandbox */
 const SCOPE_ABSTRACT_UNIX = 1;
 
@@ -40,13 +40,15 @@ export function landlockAbi(): number {
 
 /**
  * A ruleset fd ready for landlock_restrict_self (on every thread). Paths that
- * do not exist are skipped; `tcpConnect` leaves outgoing TCP alone (a migration).
+ * do not exist are skipped. TCP connect is not handled: the sandbox's reserved
+ * sockets connect a migration (reserve.ts), and seccomp lets no other TCP
+ * socket be made; binding a TCP port is refused.
  */
-export function buildRuleset(abi: number, rules: PathRule[], opts: { tcpConnect: boolean }): number {
+export function buildRuleset(abi: number, rules: PathRule[]): number {
   const handled = fsRightsOf(abi);
   const attr = Buffer.alloc(24);
   attr.writeBigUInt64LE(BigInt(handled), 0);
-  if (abi >= 4) attr.writeBigUInt64LE(BigInt(NET_TCP_BIND | (opts.tcpConnect ? 0 : NET_TCP_CONNECT)), 8);
+  if (abi >= 4) attr.writeBigUInt64LE(BigInt(NET_TCP_BIND), 8);
   if (abi >= 6) attr.writeBigUInt64LE(BigInt(SCOPE_ABSTRACT_UNIX), 16);
   const size = abi >= 6 ? 24 : abi >= 4 ? 16 : 8;
   const fd = libc.syscall(syscallNr('landlock_create_ruleset'), libc.bufferAddress(attr), size, 0);
