@@ -40,7 +40,7 @@ const BOOT_MS = 300_000;
  * aborts (`tcg_handle_interrupt: assertion failed`); lab/firmware-notes.md.
  */
 export function qemuFirmwareArgv(vars: string): string[] {
-  return ['qemu-system-x86_64', '-enable-kvm', '-machine', 'pc,kernel_irqchip=off', '-cpu', 'host', '-m', '512M', '-smp', '1',
+  return ['qemu-system-x86_64', '-enable-kvm', '-machine', 'pc,kernel_irqchip=off', '-cpu', 'host,kvm-asyncpf-int=off,kvm-poll-control=off', '-m', '512M', '-smp', '1',
     '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-no-reboot',
     '-drive', `if=pflash,format=raw,unit=0,readonly=on,file=${OVMF_CODE}`,
     '-drive', `if=pflash,format=raw,unit=1,file=${vars}`,
