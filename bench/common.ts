@@ -150,3 +150,15 @@ export function timedRun(cmd: string, args: string[], timeoutMs: number, marker?
 }
 
 export const VCPU_RUNNING = /tshyve: vCPUs running ([\d.]+) ms after process start/;
+
+/**
+ * The extra tshyve arguments of a firmware boot (TSHYVE_FIRMWARE_ARGS,
+ * whitespace-separated), or undefined when tshyve's firmware boot is not
+ * enabled for the bench: it does not run in the nested lab until tshyve can
+ * keep OVMF's CR8 writes off L0's broken path (lab/firmware-notes.md). The
+ * coordinator sets it to the user-space interrupt controller's option.
+ */
+export function tshyveFirmwareArgs(env: NodeJS.ProcessEnv = process.env): string[] | undefined {
+  const v = env.TSHYVE_FIRMWARE_ARGS;
+  return v === undefined ? undefined : v.split(/\s+/).filter((a) => a !== '');
+}
