@@ -21,7 +21,7 @@ import { copyFileSync, existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { CLI, stripTerminal, timedRun, type Vmm } from './common.js';
+import { CLI, bootFailure, stripTerminal, timedRun, type Vmm } from './common.js';
 import { EFI_DISK, OVMF_CODE, OVMF_VARS, qemuFirmwareArgv } from '../test/lab/firmware-scenarios.js';
 
 /** One firmware boot. */
@@ -49,9 +49,6 @@ export interface FirmwareBench {
   loadavgStart: number[];
   runs: FirmwareRun[];
 }
-
-/** tshyve exits 1 on guest power-off (bhyve's convention); QEMU with -no-reboot exits 0. */
-const EXPECTED_EXIT: Record<Vmm, number> = { tshyve: 1, qemu: 0 };
 
 /** tshyve with the same firmware, variable store and disk as qemuFirmwareArgv. */
 export function tshyveFirmwareArgv(vars: string, extra: readonly string[]): string[] {
@@ -85,10 +82,8 @@ async function boot(vmm: Vmm, argv: (vars: string) => string[], run: number, tim
   const out = stripTerminal(t.output);
   const r: FirmwareRun = { vmm, run, ok: false, wallMs: Math.round(t.wallMs), code: t.code };
   if (t.markerMs !== undefined) r.markerMs = Math.round(t.markerMs);
-  if (t.timedOut) r.error = `timeout after ${Math.round(timeoutMs / 1000)} s, killed`;
-  else if (r.markerMs === undefined) r.error = 'TSHYVE-GUEST-OK never printed';
-  else if (t.code !== EXPECTED_EXIT[vmm]) r.error = `exit ${t.code ?? t.signal}, expected ${EXPECTED_EXIT[vmm]}`;
-  else r.ok = true;
+  const failed = bootFailure(t, out, vmm, timeoutMs);
+  if (failed) r.error = failed; else r.ok = true;
   if (!r.ok) r.tail = out.slice(-1500);
   return r;
 }

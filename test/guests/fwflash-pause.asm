@@ -15,11 +15,7 @@ PM_BASE   equ 0xb000
 FLAG      equ 0x500
 GDT       equ 0x600
 
-start:  cli
-        xor ax, ax
-        mov ds, ax
-        mov ss, ax
-        mov sp, 0x7000
+start:  ROM_START
         mov byte [FLAG], 0
         ; unreal mode: DS gets a flat descriptor's 4 GiB limit... (the GDT in RAM:
         ; this host's emulated KVM does not load descriptors from the ROM's read-only slot)
@@ -64,10 +60,7 @@ start:  cli
 .data:  call putc
         mov al, 10
         call putc
-        mov dx, PM_BASE + 4
-        mov ax, SLP_S5
-        out dx, ax
-.spin:  jmp .spin
+        POWEROFF PM_BASE + 4
 
         PUTC_FN
 
