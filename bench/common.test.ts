@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { geoMean, pairedRatios, type Vmm } from './common.js';
+import { bootFailure, geoMean, pairedRatios, tshyveFirmwareArgs, type Timed, type Vmm } from './common.js';
 
 type P = { vmm: Vmm; round: number; pair: number; mbs?: number };
 
@@ -28,4 +28,19 @@ test('geoMean: the geometric mean, and a 95 % interval that holds it and narrows
   const few = geoMean([0.9, 1.1, 0.95, 1.05])!, many = geoMean(Array.from({ length: 40 }, (_, i) => [0.9, 1.1, 0.95, 1.05][i % 4]!))!;
   assert.ok(few.lo < few.gmean && few.gmean < few.hi);
   assert.ok(many.hi - many.lo < (few.hi - few.lo) / 2);
+});
+
+test('tshyveFirmwareArgs: unset means tshyve\'s firmware boot is off; set (even empty) enables it with those arguments', () => {
+  assert.equal(tshyveFirmwareArgs({}), undefined);
+  assert.deepEqual(tshyveFirmwareArgs({ TSHYVE_FIRMWARE_ARGS: '' }), []);
+  assert.deepEqual(tshyveFirmwareArgs({ TSHYVE_FIRMWARE_ARGS: ' -o  x86.irqchip=user ' }), ['-o', 'x86.irqchip=user']);
+});
+
+test('bootFailure: a timeout, no TSHYVE-GUEST-OK, or another exit than the VMM\'s power-off status', () => {
+  const t = (over: Partial<Timed>): Timed => ({ code: 1, signal: null, output: '', stderr: '', wallMs: 1, timedOut: false, ...over });
+  assert.equal(bootFailure(t({}), 'TSHYVE-GUEST-OK', 'tshyve', 5000), undefined);
+  assert.equal(bootFailure(t({ code: 0 }), 'TSHYVE-GUEST-OK', 'qemu', 5000), undefined);
+  assert.equal(bootFailure(t({ timedOut: true }), 'TSHYVE-GUEST-OK', 'tshyve', 5000), 'timeout after 5 s, killed');
+  assert.equal(bootFailure(t({}), 'panic', 'tshyve', 5000), 'TSHYVE-GUEST-OK never printed');
+  assert.equal(bootFailure(t({ code: 0 }), 'TSHYVE-GUEST-OK', 'tshyve', 5000), 'exit 0, expected 1');
 });

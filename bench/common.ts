@@ -150,3 +150,26 @@ export function timedRun(cmd: string, args: string[], timeoutMs: number, marker?
 }
 
 export const VCPU_RUNNING = /tshyve: vCPUs running ([\d.]+) ms after process start/;
+
+/** tshyve exits 1 on guest power-off (bhyve's convention); QEMU with -no-reboot exits 0. */
+export const POWEROFF_EXIT: Record<Vmm, number> = { tshyve: 1, qemu: 0 };
+
+/** Why a boot of a guest that prints TSHYVE-GUEST-OK in `out` and powers off does not count, or undefined. */
+export function bootFailure(t: Timed, out: string, vmm: Vmm, timeoutMs: number): string | undefined {
+  if (t.timedOut) return `timeout after ${Math.round(timeoutMs / 1000)} s, killed`;
+  if (!/TSHYVE-GUEST-OK/.test(out)) return 'TSHYVE-GUEST-OK never printed';
+  if (t.code !== POWEROFF_EXIT[vmm]) return `exit ${t.code ?? t.signal}, expected ${POWEROFF_EXIT[vmm]}`;
+  return undefined;
+}
+
+/**
+ * The extra tshyve arguments of a firmware boot (TSHYVE_FIRMWARE_ARGS,
+ * whitespace-separated), or undefined when tshyve's firmware boot is not
+ * enabled for the bench: it does not run in the nested lab until tshyve can
+ * keep OVMF's CR8 writes off L0's broken path (lab/firmware-notes.md). The
+ * coordinator sets it to the user-space interrupt controller's option.
+ */
+export function tshyveFirmwareArgs(env: NodeJS.ProcessEnv = process.env): string[] | undefined {
+  const v = env.TSHYVE_FIRMWARE_ARGS;
+  return v === undefined ? undefined : v.split(/\s+/).filter((a) => a !== '');
+}

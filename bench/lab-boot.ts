@@ -19,7 +19,7 @@ import { performance } from 'node:perf_hooks';
 import { join } from 'node:path';
 import {
   CLI, GUEST_DIR, GUEST_CMDLINE, DEFAULT_RUNS, VCPU_RUNNING,
-  stripTerminal, timedRun, type LabResults, type LabRun, type Vmm,
+  bootFailure, stripTerminal, timedRun, type LabResults, type LabRun, type Vmm,
 } from './common.js';
 
 interface Opts { out: string; runs: number; cpus: number[]; warmup: number; timeoutS: number; budgetS: number; sandbox: string }
@@ -56,9 +56,6 @@ function command(vmm: Vmm, cpus: number, sandbox: string): [string, string[]] {
     '-kernel', kernel, '-initrd', initrd, '-append', GUEST_CMDLINE]];
 }
 
-/** tshyve exits 1 on guest power-off (bhyve's convention); QEMU with -no-reboot exits 0. */
-const EXPECTED_EXIT: Record<Vmm, number> = { tshyve: 1, qemu: 0 };
-
 async function boot(vmm: Vmm, cpus: number, run: number, timeoutMs: number, sandbox: string): Promise<LabRun> {
   const [cmd, args] = command(vmm, cpus, sandbox);
   const t = await timedRun(cmd, args, timeoutMs, /TSHYVE-GUEST-OK/);
@@ -70,9 +67,8 @@ async function boot(vmm: Vmm, cpus: number, run: number, timeoutMs: number, sand
   const vr = VCPU_RUNNING.exec(out);
   if (vr) r.vcpuRunMs = Number(vr[1]);
   const seenCpus = /^CPUS=(\d+)/m.exec(out);
-  if (t.timedOut) r.error = `timeout after ${Math.round(timeoutMs / 1000)} s, killed`;
-  else if (!/TSHYVE-GUEST-OK/.test(out)) r.error = 'TSHYVE-GUEST-OK never printed';
-  else if (t.code !== EXPECTED_EXIT[vmm]) r.error = `exit ${t.code ?? t.signal}, expected ${EXPECTED_EXIT[vmm]}`;
+  const failed = bootFailure(t, out, vmm, timeoutMs);
+  if (failed) r.error = failed;
   else if (!seenCpus || Number(seenCpus[1]) !== cpus) r.error = `guest saw CPUS=${seenCpus?.[1] ?? '?'}, expected ${cpus}`;
   else if (r.uptimeS === undefined) r.error = 'no UPTIME= line';
   else r.ok = true;

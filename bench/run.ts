@@ -7,10 +7,15 @@
  * 2. Host start-up bench: exec to first KVM_RUN (and to exit) of a tiny raw
  *    guest on this host's own /dev/kvm.
  *
- *   node dist/bench/run.js [--runs R] [--host-runs N] [--no-lab] [--no-host] [--lab-json FILE] [--sandbox on|off] [--only boot|disk|nvme|qcow2|snapshot|migration|net|host]
+ *   node dist/bench/run.js [--runs R] [--host-runs N] [--no-lab] [--no-host] [--lab-json FILE] [--sandbox on|off] [--only boot|firmware|disk|nvme|qcow2|snapshot|migration|net|host]
  * --sandbox off runs tshyve with -o sandbox=off in the boot and disk benches (the sandbox's cost: one run each way).
  *
  * --lab-json FILE reprints the table of an earlier lab run's lab-boot.json instead of running the lab.
+ *
+ * The firmware bench (OVMF booting the lab's EFI disk, minutes per boot) runs
+ * only with TSHYVE_LAB_FIRMWARE=1; its tshyve half only when
+ * TSHYVE_FIRMWARE_ARGS is set (to the extra tshyve arguments, whitespace-
+ * separated, possibly none), otherwise it prints a "skipped" row for tshyve.
  *
  * R (boots per VMM and vCPU count in the lab) also comes from TSHYVE_BENCH_RUNS;
  * N (host runs) from TSHYVE_BENCH_HOST_RUNS.
@@ -20,7 +25,7 @@ import { existsSync, mkdtempSync, readFileSync, readdirSync, accessSync, constan
 import { tmpdir, loadavg, cpus as osCpus } from 'node:os';
 import { join } from 'node:path';
 import {
-  ROOT, CLI, GUEST_DIR, DEFAULT_RUNS, VCPU_RUNNING, stats, pairedRatios, geoMean, type GeoMean, timedRun,
+  ROOT, CLI, GUEST_DIR, DEFAULT_RUNS, VCPU_RUNNING, stats, tshyveFirmwareArgs, pairedRatios, geoMean, type GeoMean, timedRun,
   type LabResults, type LabRun, type Stats, type Vmm,
 } from './common.js';
 import { blkPathBench } from './blk-path.js';
@@ -28,7 +33,7 @@ import { buildGapInitrd } from './guest-tools.js';
 import { formatSteps } from '../src/migration/steps.js';
 
 /** The benches, in the order they run. */
-const SECTIONS = ['boot', 'disk', 'nvme', 'qcow2', 'snapshot', 'migration', 'net', 'host'] as const;
+const SECTIONS = ['boot', 'firmware', 'disk', 'nvme', 'qcow2', 'snapshot', 'migration', 'net', 'host'] as const;
 type Section = typeof SECTIONS[number];
 
 interface Opts { runs: number; hostRuns: number; lab: boolean; host: boolean; labJson?: string; only?: Section; sandbox: 'on' | 'off' }
@@ -307,6 +312,7 @@ async function main(): Promise<void> {
   out();
   const want = (s: Section) => o.only === undefined || o.only === s;
   if (want('boot')) { if (o.lab) await labBench(o); else out('lab bench skipped: --no-lab'); out(); }
+  if (want('firmware')) { if (o.lab) await firmwareBench(o); else out('firmware bench skipped: --no-lab'); out(); }
   if (want('disk')) { if (o.lab) await diskBench(o); else out('disk bench skipped: --no-lab'); out(); }
   if (want('nvme')) { if (o.lab) await diskBench(o, 'nvme'); else out('nvme bench skipped: --no-lab'); out(); }
   if (want('qcow2')) { if (o.lab) await diskBench(o, 'virtio-blk', 'qcow2'); else out('qcow2 bench skipped: --no-lab'); out(); }
@@ -330,6 +336,38 @@ async function labDriver<T>(name: string, o: Opts, driverArgs: string[] = ['--ru
   } catch (e) {
     out(`${name} bench: its results file is unreadable (${e instanceof Error ? e.message : String(e)})`);
     return undefined;
+  }
+}
+
+/** OVMF booting the lab's EFI disk to power-off: QEMU and tshyve, same firmware and disk. */
+async function firmwareBench(o: Opts): Promise<void> {
+  out('== 1b. Lab firmware bench: Debian\'s OVMF boots the EFI disk (GRUB, the reference guest) to power-off, tshyve vs QEMU ==');
+  if (process.env.TSHYVE_LAB_FIRMWARE !== '1') {
+    out('firmware bench skipped: set TSHYVE_LAB_FIRMWARE=1 (each boot takes minutes in the nested lab)');
+    return;
+  }
+  const extra = tshyveFirmwareArgs();
+  const args = ['--runs', String(o.runs), ...(extra ? ['--tshyve', ...extra.flatMap((a) => ['--tshyve-arg', a])] : [])];
+  // OVMF prints nothing for minutes at a time in the lab (its timer is slow there): only a long silence is a stall
+  const res = await labDriver<import('./lab-firmware.js').FirmwareBench>('firmware', o, args, 1000 * (Number(process.env.TSHYVE_BENCH_QUIET_S) || 420));
+  if (!res) return;
+  out(`QEMU:   ${res.qemuArgv.join(' ')}`);
+  out(`tshyve: ${res.tshyveArgv ? res.tshyveArgv.map((a) => a.replace(ROOT + '/', '')).join(' ') : '-'}`);
+  const ok = (vmm: string, k: 'wallMs' | 'markerMs') => stats(res.runs.filter((r) => r.vmm === vmm && r.ok).map((r) => r[k]).filter((v): v is number => v !== undefined));
+  const n = (vmm: string) => res.runs.filter((r) => r.vmm === vmm).length;
+  const rows = [['metric', 'tshyve', 'QEMU', 'tshyve/QEMU']];
+  for (const [label, k] of [['command to power-off (s)', 'wallMs'], ['command to TSHYVE-GUEST-OK (s)', 'markerMs']] as const) {
+    const t = ok('tshyve', k), q = ok('qemu', k);
+    rows.push([label, res.tshyveSkipped ? 'skipped' : fmtStats(t, 1000, 1, n('tshyve')), fmtStats(q, 1000, 1, n('qemu')), res.tshyveSkipped ? '-' : ratio(t, q)]);
+  }
+  for (const l of table(rows)) out(l);
+  if (res.tshyveSkipped) out(`tshyve skipped: ${res.tshyveSkipped}`);
+  out('each boot: a fresh copy of OVMF_VARS_4M.fd; -c 1 -m 512M; the guest prints TSHYVE-GUEST-OK, writes an EFI variable and powers off.');
+  out('values: median [min-max] of the boots that succeeded. Target: ratio <= 1.');
+  if (res.note) out(`note: ${res.note}`);
+  for (const r of res.runs.filter((x) => !x.ok)) {
+    out(`FAILED: ${r.vmm} #${r.run + 1}: ${r.error}; console tail:`);
+    for (const l of (r.tail ?? '').trimEnd().split('\n').slice(-8)) out(`  | ${l}`);
   }
 }
 

@@ -48,6 +48,10 @@ const cases: [string, string[], RegExp][] = [
   ...(readOnlyFile ? [['a variable file that is not writable', [...std, '-l', `bootrom,${goodRom},${readOnlyFile}`, 'vm'], /bootrom variable file .* is not writable/] as [string, string[], RegExp]] : []),
   ['a bootrom without a host bridge at slot 0', ['-s', '31,lpc', '-l', `bootrom,${goodRom}`, 'vm'], /-l bootrom needs the host bridge at slot 0/],
   ['boot.raw with a bootrom', [...std, '-l', `bootrom,${goodRom},${vars}`, '-o', `boot.raw=${goodRom}`, 'vm'], /boot\.raw and -l bootrom/],
+  ['a fw_cfg item without a bootrom', [...std, '-o', `boot.raw=${goodRom}`, '-o', 'control.enable=false', '-f', 'opt/a,string=1', 'vm'], /fw_cfg items \(-f\) are for firmware: give one with -l bootrom/],
+  ['a missing fw_cfg item file', [...std, '-l', `bootrom,${goodRom},${vars}`, '-f', `opt/a,file=${join(dir, 'noitem')}`, '-o', 'control.enable=false', 'vm'], /cannot read fw_cfg item opt\/a file .*noitem: no such file/],
+  ['a malformed -f', [...std, '-f', 'opt/a', 'vm'], /invalid fw_cfg item 'opt\/a'/],
+  ['a bootindex on a device that cannot boot', [...std, '-s', '3,virtio-rnd,bootindex=0', '-l', `bootrom,${goodRom},${vars}`, '-o', 'control.enable=false', 'vm'], /pci\.0\.3\.0\.bootindex: virtio-rnd cannot boot/],
   ['a bad host bridge id', ['-s', '0,hostbridge,devid=0x12345', '-s', '31,lpc', '-l', `bootrom,${goodRom}`, '-o', 'control.enable=false', 'vm'], /pci\.0\.0\.0\.devid: '0x12345' is not a 16-bit PCI id/],
 ];
 

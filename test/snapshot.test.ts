@@ -239,3 +239,35 @@ test('a firmware-booted VM (-l bootrom) restores with its fw_cfg offset and its 
   assert.equal(await m2.run(), ExitCode.POWEROFF, 'powered off through the PM block at 0xB000');
   assert.equal(await settled(out2), 'MU\n', 'the signature goes on where the snapshot left it');
 });
+
+test('a firmware-booted VM with a variable store restores mid-command: the flash finishes the program the snapshot caught, into VARFILE', { skip: kvmUnavailable() ?? (guestBin('fwflash-pause') ? undefined : 'guest programs not built (nasm missing)') }, async () => {
+  const vars = join(dir, 'fwflash-vars.fd');
+  writeFileSync(vars, Buffer.alloc(4096, 0xff)); // the 12 KiB ROM's store: 16 KiB in all
+  const fwConfig = (out: string) => parseBhyveArgs(['-m', '16M', '-s', '0,hostbridge', '-s', '31,lpc', '-l', `com1,${out}`,
+    '-l', `bootrom,${guestBin('fwflash-pause')!},${vars}`, '-o', 'x86.halt_check_ms=0', 'fwflash']).config;
+  const out = join(dir, 'fwflash.out'), snap = join(dir, 'fwflash.json');
+  const m = await Machine.create(fwConfig(out));
+  const done = m.run();
+  try {
+    await waitFor(() => existsSync(out) && readFileSync(out, 'utf8') === 'P');
+  } catch (e) { await m.finish(ExitCode.ERROR); throw e; }
+  await m.suspend(snap);
+  assert.equal(await done, ExitCode.REBOOT);
+  const doc = JSON.parse(readFileSync(snap, 'utf8')) as Record<string, any>;
+  const flash = device(doc, 'bootrom')['state'] as Record<string, unknown>;
+  assert.equal(flash['pending$u8'], 1, 'a program command pending (Pending.PROGRAM)');
+  assert.equal(flash['varsSize$u32'], 4096);
+  assert.equal(readFileSync(vars)[0x10], 0xff, 'not programmed yet');
+  writeFileSync(vars, Buffer.alloc(4096, 0x00)); // the restore puts the saved store back into VARFILE
+
+  const out2 = join(dir, 'fwflash2.out');
+  const m2 = await Machine.create(fwConfig(out2), { restore: readSnapshot(snap) });
+  m2.mem.writeU8(0x500, 1); // let the guest go on
+  const timer = setTimeout(() => void m2.finish(ExitCode.ERROR, 'timed out'), 30_000);
+  assert.equal(await m2.run(), ExitCode.POWEROFF, m2.errorMessage);
+  clearTimeout(timer);
+  assert.equal(await settled(out2), 'SV\n', 'the data cycle completed the pending program: status ready, the byte in the array');
+  const file = readFileSync(vars);
+  assert.equal(file[0x10], 0xa5, 'the program reached VARFILE');
+  assert.equal(file[0x11], 0xff, 'the rest is the saved store');
+});

@@ -134,10 +134,17 @@ test('unknown options', () => {
 });
 
 test('bhyve options tshyve does not support yet', () => {
-  for (const o of ['-p', '-G', '-K', '-f', '-n']) {
+  for (const o of ['-p', '-G', '-K', '-n']) {
     throwsUser(() => parse(o, 'x', 'vm'), new RegExp(`^option ${o} is not supported by tshyve yet`));
   }
   throwsUser(() => parse('-p0:1', 'vm'), /^option -p is not supported by tshyve yet/);
+});
+
+test('-f: a fw_cfg item, bhyve\'s [name=]NAME,(string|file)=VALUE', () => {
+  assert.equal(cfg('-f', 'name=opt/a,string=x', 'vm').get('lpc.fwcfg_item.0.string'), 'x');
+  assert.equal(cfg('-f', 'opt/a,file=/f', '-f', 'opt/b,string=', 'vm').get('lpc.fwcfg_item.1.name'), 'opt/b');
+  throwsUser(() => parse('-f', 'x', 'vm'), /^invalid fw_cfg item 'x'/);
+  throwsUser(() => parse('-f'), /option -f requires an argument/);
 });
 
 test('accepted no-op / compatibility flags: -A, -a, -I', () => {

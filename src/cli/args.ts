@@ -12,6 +12,7 @@ import { UserError } from '../errors.js';
 import { findPciDevice, pciDeviceNames } from '../pci/device.js';
 import { lpcDevice, lpcDeviceNames } from '../devices/platform.js';
 import '../devices/all.js';
+import { parseFwCfgItemOption } from '../devices/fw-cfg/user-items.js';
 import { applyConfigFile, applyConfigOption, quote } from '../config/config-file.js';
 import { parseMemSize } from '../config/size.js';
 import { parseMigrationAddress, type MigrationAddress } from '../migration/transport.js';
@@ -66,11 +67,10 @@ const FLAGS: Record<string, [string, string] | null> = {
 };
 
 /** Options that take an argument and that tshyve implements. */
-const WITH_ARG = new Set(['c', 'k', 'l', 'm', 'o', 'r', 'R', 's', 'U']);
+const WITH_ARG = new Set(['c', 'f', 'k', 'l', 'm', 'o', 'r', 'R', 's', 'U']);
 
 /** bhyve options tshyve does not implement yet (all take an argument). */
 const UNSUPPORTED: Record<string, string> = {
-  f: 'fw_cfg item',
   G: 'GDB debug server',
   K: 'keyboard layout',
   n: 'NUMA domains',
@@ -89,7 +89,7 @@ export function usage(progname = 'tshyve'): string {
   return [
     `Usage: ${progname} [-AaCDeHhIPSuWwxY]`,
     `       ${pad} [-c [[cpus=]numcpus][,sockets=n][,cores=n][,threads=n]]`,
-    `       ${pad} [-k config_file] [-l lpc] [-m mem] [-o var=value]`,
+    `       ${pad} [-f name,[string|file]=data] [-k config_file] [-l lpc] [-m mem] [-o var=value]`,
     `       ${pad} [-r file] [-R host,port | -R unix:path] [-s pci] [-U uuid] vmname`,
     `       ${progname} -l help | -s help`,
     '       -A: create ACPI tables (always done; accepted for compatibility)',
@@ -98,6 +98,7 @@ export function usage(progname = 'tshyve'): string {
     '       -c: number of CPUs and/or topology specification',
     '       -D: destroy on power-off',
     '       -e: exit on unhandled I/O access',
+    '       -f: a fw_cfg item for the firmware (opt/NAME,string=S or opt/NAME,file=PATH)',
     '       -H: vmexit from the guest on HLT',
     '       -h: help',
     '       -I: ignored (an I/O APIC is always present)',
@@ -185,6 +186,9 @@ function applyOption(config: ConfigTree, result: ParsedArgs, c: string, optarg: 
   switch (c) {
     case 'c':
       parseTopologyOption(config, optarg);
+      return false;
+    case 'f':
+      parseFwCfgItemOption(config, optarg);
       return false;
     case 'k':
       applyConfigFile(config, resolvePath(cwd, optarg));

@@ -8,7 +8,7 @@
 import type { Bus, IrqLine } from '../bus/bus.js';
 import { ConfigNode, type ConfigTree, type ConfigTreeWriter } from '../config/tree.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
-import type { PciFunction } from '../pci/device.js';
+import type { PciConfigSpace, PciFunction } from '../pci/device.js';
 import type { DeviceConfigKeys, PersistentDevice } from '../snapshot/persist.js';
 import type { SerialBackend } from './backends/types.js';
 
@@ -44,6 +44,8 @@ export interface PlatformContext {
   mapMemory(gpa: number, size: number, hostAddr: bigint, opts: { readOnly: boolean }): { unmap(): void };
   /** A guest's misuse of a device, logged rate-limited. */
   guestError(dev: string, msg: string): void;
+  /** The config space of the PCI function at B:S.F (built before platform devices), if there is one. */
+  pciConfig(bus: number, slot: number, func: number): PciConfigSpace | undefined;
   /** Add a PCI function the platform device brings (saved and restored as `pci.B.S.F` of `kind`). */
   addPciFunction(bdf: { bus: number; slot: number; func: number }, kind: string, fn: PciFunction): void;
 }

@@ -32,6 +32,8 @@ export class PciHost implements BusDevice {
 
   has(bus: number, slot: number, func: number): boolean { return this.fns.has(PciHost.key(bus, slot, func)); }
 
+  get(bus: number, slot: number, func: number): PciFunction | undefined { return this.fns.get(PciHost.key(bus, slot, func)); }
+
   functions(): PciFunction[] { return [...this.fns.values()]; }
 
   /** The config address latch (0xCF8): part of a snapshot. */

@@ -265,6 +265,7 @@ export class Machine extends EventEmitter implements VmControl {
       reset: () => void this.finish(ExitCode.REBOOT),
       mapMemory: (gpa, size, hostAddr, opts) => this.mapDeviceMemory(gpa, size, hostAddr, opts.readOnly),
       guestError: (dev, msg) => this.guestLog.log('warn', `${dev}: ${msg}`),
+      pciConfig: (bus, slot, func) => this.pci.get(bus, slot, func)?.config,
       addPciFunction: (bdf, kind, fn) => {
         if (this.pci.has(bdf.bus, bdf.slot, bdf.func)) throw new UserError(`PCI ${bdf.bus}:${bdf.slot}:${bdf.func} is needed for ${kind}; use another slot for the device configured there`);
         this.pci.add(bdf.bus, bdf.slot, bdf.func, fn);

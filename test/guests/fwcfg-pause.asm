@@ -10,11 +10,7 @@ FWCFG     equ 0x510
 PM_BASE   equ 0xb000
 FLAG      equ 0x500
 
-start:  cli
-        xor ax, ax
-        mov ds, ax
-        mov ss, ax
-        mov sp, 0x7000
+start:  ROM_START
         mov byte [FLAG], 0
         PIIX4_PM_ON PM_BASE
         mov dx, FWCFG
@@ -26,10 +22,7 @@ start:  cli
         call two
         mov al, 10
         call putc
-        mov dx, PM_BASE + 4
-        mov ax, SLP_S5
-        out dx, ax
-.spin:  jmp .spin
+        POWEROFF PM_BASE + 4
 
 two:    mov dx, FWCFG + 1       ; two data bytes to com1
         mov cx, 2

@@ -117,6 +117,45 @@ test('fw_cfg state: selector, offset and the DMA register\'s high half round-tri
   bad({ 'dmaHigh$u32': -1 });
 });
 
+test('fw_cfg snapshot mid-sequence: a fresh device restored from it goes on exactly as the original (reads, DMA results, guest RAM)', () => {
+  const MEM = 1 << 16;
+  let seed = 777;
+  const rnd = (n: number): number => { seed = (seed * 1103515245 + 12345) >>> 0; return seed % n; };
+  // selects, byte reads, whole DMA transfers (descriptor written to RAM, both halves of the register) and a lone
+  // high-half write, so that some snapshots fall between the DMA register's two writes
+  type Op = { kind: 'select' | 'read' | 'dma' | 'high'; key: number; len: number; at: number; buf: number };
+  const ops: Op[] = Array.from({ length: 2000 }, () => ({
+    kind: (['select', 'read', 'read', 'read', 'dma', 'high'] as const)[rnd(6)]!, key: [KEY.SIGNATURE, KEY.FILE_DIR, 0x20, 0x21, 0x8003][rnd(5)]!,
+    len: rnd(700), at: 0x100 * rnd(16), buf: 0x2000 + rnd(0x8000),
+  }));
+  const step = (x: ReturnType<typeof setup>, op: Op): number | undefined => {
+    switch (op.kind) {
+      case 'select': x.pio.write(FW_CFG_PORT, 2, op.key); return undefined;
+      case 'read': return x.pio.read(FW_CFG_PORT + 1, 1);
+      case 'high': x.pio.write(FW_CFG_DMA_PORT, 4, bswap32(1)); return undefined; // the next transfer's descriptor is above 4 GiB: dropped
+      case 'dma': {
+        const d = Buffer.alloc(16);
+        d.writeUInt32BE(((op.key << 16) | (op.len & 1 ? DMA_CTL.SELECT : 0) | [DMA_CTL.READ, DMA_CTL.SKIP][op.len & 2 ? 1 : 0]!) >>> 0, 0);
+        d.writeUInt32BE(op.len, 4); d.writeBigUInt64BE(BigInt(op.buf), 8);
+        x.mem.write(op.at, d);
+        x.pio.write(FW_CFG_DMA_PORT + 4, 4, bswap32(op.at));
+        return Buffer.from(x.mem.read(op.at, 4)).readUInt32BE(0);
+      }
+    }
+  };
+  for (const cut of [1, 333, 1000, 1777]) {
+    const a = setup(MEM);
+    for (const op of ops.slice(0, cut)) step(a, op);
+    const w = new StateWriter();
+    a.fw.saveState(w);
+    const b = setup(MEM);
+    b.mem.write(0, a.mem.read(0, MEM)); // the guest's RAM comes with the snapshot
+    b.fw.restoreState(new StateReader(JSON.parse(JSON.stringify(w.obj)) as Record<string, unknown>, 'fwcfg'));
+    ops.slice(cut).forEach((op, i) => assert.equal(step(b, op), step(a, op), `${op.kind} ${cut + i} after a snapshot at ${cut}`));
+    assert.deepEqual(Buffer.from(b.mem.read(0, MEM)), Buffer.from(a.mem.read(0, MEM)), `guest RAM after a snapshot at ${cut}`);
+  }
+});
+
 test('fw_cfg fuzz: 10^5 random port and DMA operations stay inside guest RAM and never throw', () => {
   const { mem, pio, fw } = setup(1 << 16);
   let seed = 12345;

@@ -11,17 +11,23 @@ import { platformAcpiOptions } from '../../pci/acpi-options.js';
 import { registerPlatformDevice } from '../platform.js';
 import { FW_CFG_DMA_PORT, FW_CFG_DMA_PORT_LEN, FW_CFG_PORT, FW_CFG_PORT_LEN, FwCfg } from './device.js';
 import { fwCfgItems } from './items.js';
+import { bootOrderPaths } from './bootorder.js';
+import { hasUserItems, USER_ITEMS_NODE, userFwCfgFiles } from './user-items.js';
 
 registerPlatformDevice({
   name: 'fwcfg', kind: 'fw-cfg', node: 'lpc',
+  hostPathKeys: [`${USER_ITEMS_NODE}.N.file`],
   lpcConfig: (node, conf) => {
     if (conf === 'bhyve') throw new UserError("is bhyve's fwctl, which tshyve lacks; tshyve has QEMU's fw_cfg (fwcfg,qemu)");
     if (conf !== 'qemu') throw new UserError('takes qemu');
     node.set('fwcfg', conf);
   },
   create: (ctx, node) => {
-    if (node.get('bootrom') === undefined) return undefined;
     const c = ctx.config;
+    if (node.get('bootrom') === undefined) {
+      if (hasUserItems(c)) throw new UserError('fw_cfg items (-f) are for firmware: give one with -l bootrom');
+      return undefined;
+    }
     const topo = resolveCpus(c);
     const kernel = c.get('boot.kernel');
     const initrd = c.get('boot.initrd');
@@ -35,6 +41,8 @@ registerPlatformDevice({
         initrd: initrd === undefined ? undefined : readUserFile(initrd, 'initrd'),
         cmdline: c.get('boot.cmdline') ?? '',
       },
+      bootOrder: bootOrderPaths(c, ctx.pciConfig),
+      userFiles: userFwCfgFiles(c),
     }));
     ctx.pio.register(FW_CFG_PORT, FW_CFG_PORT_LEN, fw.port, 'fw-cfg');
     ctx.pio.register(FW_CFG_DMA_PORT, FW_CFG_DMA_PORT_LEN, fw.dmaPort, 'fw-cfg-dma');

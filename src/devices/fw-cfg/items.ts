@@ -3,14 +3,17 @@
  * OVMF: the signature and features, RAM size and its e820 map, the vCPU
  * counts, the kernel, initrd and command line of boot.kernel (OVMF then
  * boots them as QEMU's -kernel), tshyve's ACPI tables through the table
- * loader, SMBIOS tables, the sleep states (no S3/S4) and no 64-bit PCI
- * aperture (every BAR inside the DSDT's 32-bit window).
+ * loader, SMBIOS tables, the sleep states (no S3/S4), no 64-bit PCI
+ * aperture (every BAR inside the DSDT's 32-bit window), the boot order
+ * (bootindex) and the user's own items (-f).
  */
 import { E820_RAM, E820_RESERVED, HIGH_RAM_START, lowRamEnd, type E820Entry } from '../../x86/layout.js';
 import { buildAcpiBlobs, type AcpiOptions } from '../../x86/acpi/index.js';
 import { buildSmbiosAnchor, buildSmbiosTables, type SmbiosOptions } from '../../x86/smbios.js';
 import { bzImageSetupSize, isBzImage } from '../../x86/boot/kernel-image.js';
+import { UserError } from '../../errors.js';
 import { ACPI_FILES, TABLE_LOADER_FILE, tableLoader } from './table-loader.js';
+import { BOOTORDER_FILE, bootOrderFile } from './bootorder.js';
 import { ID_DMA, ID_TRADITIONAL, KEY, type FwCfgFile, type FwCfgItems } from './device.js';
 
 /** KVM's identity map and TSS pages (Machine.create), which QEMU reports reserved too. */
@@ -25,6 +28,10 @@ export interface FwCfgMachine {
   smbios: SmbiosOptions;
   /** boot.kernel, booted by the firmware */
   linux?: { kernel: Uint8Array; initrd?: Uint8Array; cmdline: string };
+  /** the boot devices' OpenFirmware paths in boot order (bootorder.ts); none: no bootorder file */
+  bootOrder?: readonly string[];
+  /** the user's items (-f, user-items.ts) */
+  userFiles?: readonly FwCfgFile[];
 }
 
 /** QEMU's etc/e820: RAM below and above the PCI hole, and KVM's private pages. */
@@ -84,6 +91,11 @@ export function fwCfgItems(m: FwCfgMachine): FwCfgItems {
     { name: 'etc/system-states', data: Uint8Array.from([0, 0, 0, 1, 2, 0]) },
     { name: 'opt/ovmf/X-PciMmio64Mb', data: Buffer.from('0', 'latin1') },
   ];
+  if (m.bootOrder?.length) files.push({ name: BOOTORDER_FILE, data: bootOrderFile(m.bootOrder) });
+  for (const u of m.userFiles ?? []) {
+    if (files.some((f) => f.name === u.name)) throw new UserError(`fw_cfg item ${u.name} is tshyve's own`);
+    files.push(u);
+  }
   files.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   return { keyed, files };
 }

@@ -242,3 +242,40 @@ test("Debian's OVMF: 4M and 2M builds fit, the template is found, OVMF's probe f
       }
     } finally { rmSync(dir, { recursive: true }); }
   });
+
+test('snapshot mid-sequence: the restored flash goes on exactly as the original (mode, pending command, status, store, VARFILE)', async () => {
+  let seed = 0x5eed1234;
+  const rnd = (n: number) => { seed ^= seed << 13; seed ^= seed >>> 17; seed ^= seed << 5; return (seed >>> 0) % n; };
+  const cmds = [CMD.READ_ARRAY, CMD.PROGRAM, CMD.PROGRAM_ALT, CMD.ERASE, CMD.CONFIRM, CMD.CLEAR_STATUS, CMD.READ_STATUS, CMD.READ_ID, CMD.CFI_QUERY, CMD.LOCK_SETUP, 0x42];
+  // accesses in the first two blocks and anywhere else, writes mostly commands
+  const ops = Array.from({ length: 3000 }, () => ({
+    write: rnd(2) === 0, size: [1, 1, 2, 4][rnd(4)]!, off: rnd(4) ? rnd(0x2000) : rnd(VARS_4M - 4),
+    value: rnd(3) ? cmds[rnd(cmds.length)]! : rnd(0x100),
+  }));
+  type Made = Awaited<ReturnType<typeof make>>;
+  /** One access; a read in read-array mode is KVM's (the slot), otherwise the device's. */
+  const step = (x: Made, op: typeof ops[number]): number | undefined => {
+    if (op.write) { x.bus.write(x.flash.varsBase + op.off, op.size, op.value); return undefined; }
+    if (x.slots.has(x.flash.varsBase)) return Buffer.from(x.flash.vars).readUIntLE(op.off, op.size);
+    return x.bus.read(x.flash.varsBase + op.off, op.size);
+  };
+  for (const cut of [700, 1500, 2400]) {
+    const dirs = [tmp(), tmp()];
+    try {
+      const a = await make(dirs[0]!);
+      for (const op of ops.slice(0, cut)) step(a, op);
+      const b = await make(dirs[1]!);
+      b.flash.restoreState(save(a.flash));
+      ops.slice(cut).forEach((op, i) => {
+        assert.equal(step(b, op), step(a, op), `access ${cut + i} after a snapshot at ${cut}`);
+        assert.equal(b.slots.has(b.flash.varsBase), a.slots.has(a.flash.varsBase), `read-array mode after access ${cut + i}`);
+      });
+      assert.deepEqual(Buffer.from(b.flash.vars), Buffer.from(a.flash.vars));
+      // read array writes the store back to VARFILE
+      for (const x of [a, b]) x.bus.write(x.flash.varsBase, 1, CMD.READ_ARRAY);
+      assert.deepEqual(readFileSync(b.varsPath!), Buffer.from(b.flash.vars), 'the restored VARFILE holds the store');
+      assert.deepEqual(readFileSync(b.varsPath!), readFileSync(a.varsPath!), 'both VARFILEs hold the same store');
+      for (const x of [a, b]) x.flash.destroy();
+    } finally { for (const d of dirs) rmSync(d, { recursive: true }); }
+  }
+});
