@@ -3,8 +3,9 @@
  * through koffi, kept as thin as possible (everything else, the BPF program
  * included, is built in src/host/sandbox/).
  *
- * 1. tshyve_all_threads(): run one system call on every thread of the
- *    process. Credentials (capabilities, the bounding set) and Landlock
+ * 1. tshyve_all_threads(): run a sequence of system calls on every thread
+ *    of the process (one signal per thread for the whole sequence: each
+ *    round costs a listing of the threads and a wait for every one). Credentials (capabilities, the bounding set) and Landlock
  *    domains belong to a thread, and node has started a dozen threads
  *    (libuv's pool, V8's workers, worker_threads) before any JavaScript
  *    runs. glibc reaches every thread for setuid() the same way: with its
@@ -43,13 +44,23 @@ struct ksigaction {
 };
 #define SA_RESTORER_K 0x04000000
 
-static long call_nr, call_args[6];
+#define MAX_CALLS 128
+
+/* The calls each thread makes, in order: number and six arguments each. */
+static long calls[MAX_CALLS][7];
+static int ncalls;
 static atomic_int answered, failed, first_errno;
 static pid_t done_tids[MAX_THREADS];
 static atomic_int ndone;
 
+/* The calls in order, up to the first that fails (its -1, errno set). */
 static long run_call(void) {
-  return syscall(call_nr, call_args[0], call_args[1], call_args[2], call_args[3], call_args[4], call_args[5]);
+  long r = 0;
+  for (int i = 0; i < ncalls && r >= 0; i++) {
+    const long *c = calls[i];
+    r = syscall(c[0], c[1], c[2], c[3], c[4], c[5], c[6]);
+  }
+  return r;
 }
 
 static void record(long r) {
@@ -140,12 +151,11 @@ static int signal_rest(pid_t pid) {
 }
 
 /*
- * Returns the number of threads that made the call (this one included), or
- * -errno: the first failure, or -ETIMEDOUT when a thread did not answer.
+ * Every thread makes the calls. Returns the number of threads that made
+ * them (this one included), or -errno: the first failure, or -ETIMEDOUT
+ * when a thread did not answer.
  */
-long tshyve_all_threads(long nr, long a0, long a1, long a2, long a3, long a4, long a5) {
-  call_nr = nr;
-  call_args[0] = a0; call_args[1] = a1; call_args[2] = a2; call_args[3] = a3; call_args[4] = a4; call_args[5] = a5;
+static long broadcast(void) {
   atomic_store(&answered, 0); atomic_store(&failed, 0); atomic_store(&first_errno, 0); atomic_store(&ndone, 0);
   struct ksigaction act = { on_broadcast, SA_SIGINFO | SA_RESTART, 0, 0 }, old;
   /* glibc's own handler has SA_RESTORER set: keep its restorer for ours. */
@@ -173,6 +183,14 @@ long tshyve_all_threads(long nr, long a0, long a1, long a2, long a3, long a4, lo
   if (result < 0) return result;
   if (atomic_load(&failed) > 0) return -atomic_load(&first_errno);
   return atomic_load(&ndone);
+}
+
+/* `n` calls of seven longs each (number, six arguments), made in order on every thread; see broadcast(). */
+long tshyve_all_threads(const long *seq, long n) {
+  if (n < 1 || n > MAX_CALLS) return -EINVAL;
+  memcpy(calls, seq, (size_t)n * sizeof calls[0]);
+  ncalls = (int)n;
+  return broadcast();
 }
 
 /* ---- SIGSYS: the report of a refused system call ---- */

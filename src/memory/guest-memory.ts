@@ -1,7 +1,7 @@
 /**
  * Guest physical memory: the one bounds-checked API through which every
- * guest address is read or written. Regions are plain Uint8Arrays (memfd
- * mappings in a VM, ordinary buffers in unit tests).
+ * guest address is read or written. Regions are plain Uint8Arrays (guest
+ * RAM mappings in a VM, ordinary buffers in unit tests).
  *
  * All addresses and lengths are JS numbers; anything that is not a safe,
  * non-negative integer, or whose end passes a region's end, throws

@@ -59,7 +59,7 @@ export interface DeviceContext {
   readonly firmware?: boolean;
   /** The VM's name (`-n`/config `name`): what stable per-VM identities (a default MAC) derive from. */
   readonly vmName?: string;
-  /** Guest RAM as a memfd a worker thread can map itself (undefined in tests or when workers are off). */
+  /** Guest RAM as mapped in this process, for worker threads to view (undefined in tests or when workers are off). */
   readonly guestRam?: { hostAddr: bigint; size: number; regions: { gpa: number; offset: number; size: number }[]; dirty?: SharedArrayBuffer };
   /**
    * Set when the VM is an incoming migration's, built while its source

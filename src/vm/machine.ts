@@ -160,7 +160,7 @@ export class Machine extends EventEmitter implements VmControl {
       throw new HostError(emulatedKvmMessage(host), 'EEMULATED');
     }
     const vm = kvm.createVm();
-    const ram = opts.incoming?.ram ?? createGuestRam(memBytes, `tshyve-${config.get('name') ?? 'vm'}`, { hugePages: config.getBool('memory.hugepages', true) });
+    const ram = opts.incoming?.ram ?? createGuestRam(memBytes, { hugePages: config.getBool('memory.hugepages', true) });
     const slots = ramSlots(ram);
     for (const r of slots) vm.setUserMemoryRegion(r.slot, r.gpa, r.size, r.hostAddr);
     // One byte per page tshyve's own threads write, for live migration (a whole number of words: it is exchanged atomically).
@@ -190,7 +190,8 @@ export class Machine extends EventEmitter implements VmControl {
     } catch (e) {
       // A refused snapshot leaves nothing behind: no device thread or poller, no backend, no KVM VM.
       await m.finish(ExitCode.ERROR);
-      for (const fd of [...fds.map((f) => f.fd), vm.fd, kvm.fd, ram.memfd]) libc.close(fd);
+      for (const fd of [...fds.map((f) => f.fd), vm.fd, kvm.fd]) libc.close(fd);
+      ram.close();
       throw e;
     }
     return m;
@@ -217,7 +218,7 @@ export class Machine extends EventEmitter implements VmControl {
     };
   }
 
-  /** Guest RAM regions as offsets into the memfd (for device threads that map it). */
+  /** Guest RAM regions as offsets into the RAM mapping (for device threads that view it). */
   private get ramRegions(): { gpa: number; offset: number; size: number }[] {
     const base = this.ram.hostAddr;
     return this.mem.regionList.map((r) => ({ gpa: r.gpa, offset: Number(r.hostAddr! - base), size: r.bytes.length }));

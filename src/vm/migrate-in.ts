@@ -12,7 +12,6 @@ import type { ConfigTree } from '../config/tree.js';
 import { resolveCpus, resolveMemBytes } from '../config/options.js';
 import { Kvm } from '../kvm/kvm.js';
 import { createGuestRam, type RamMapping } from '../memory/ram.js';
-import { libc } from '../host/libc.js';
 import { StateReader, SnapshotError } from '../snapshot/state.js';
 import { MAX_DEVICES } from '../snapshot/persist.js';
 import { checkPartSums, parseDocument, readConfigPart, type VmState } from '../snapshot/file.js';
@@ -67,7 +66,7 @@ export async function receiveMigration(config: ConfigTree, from: MigrationAddres
     const why = helloMismatch(hello.facts, here, configKeyRules([...hello.facts.config, ...config.entries()]));
     if (why) throw new SnapshotError(why, 'EMISMATCH');
     await ch.send(jsonFrame(F.WELCOME, {}));
-    const mapping = createGuestRam(memBytes, `tshyve-${config.get('name') ?? 'vm'}`, { hugePages: config.getBool('memory.hugepages', true) });
+    const mapping = createGuestRam(memBytes, { hugePages: config.getBool('memory.hugepages', true) });
     ram = mapping;
     const build = (storageGate?: Promise<void>): void => {
       ram = undefined;
@@ -137,7 +136,7 @@ export async function receiveMigration(config: ConfigTree, from: MigrationAddres
     if (!ch.failed) { await ch.send(jsonFrame(F.REFUSE, { error: msg })).catch(() => undefined); await ch.end(); }
     m ??= await building?.catch(() => undefined);
     if (m) await m.finish(ExitCode.ERROR);
-    else if (ram) libc.close(ram.memfd);
+    else if (ram) ram.close();
     throw e instanceof MigrationError || e instanceof SnapshotError ? e : new MigrationError(msg);
   }
 }

@@ -9,7 +9,7 @@
  */
 import type { ConfigTree } from '../config/tree.js';
 import { HostError, UserError } from '../errors.js';
-import { ramDataRanges, type RamMapping } from '../memory/ram.js';
+import type { RamMapping } from '../memory/ram.js';
 import { partSums, stateBody, type SnapshotParts } from '../snapshot/file.js';
 import { StateWriter } from '../snapshot/state.js';
 import { Channel, F, MigrationError, encodeFrame, jsonFrame } from '../migration/wire.js';
@@ -84,7 +84,7 @@ export async function migrateOut(s: SourceVm, target: MigrationAddress, opts: Mi
     /** Every page that may hold data; progress every 32 MiB. */
     const sendDataRanges = async (phase: MigrationProgress['phase'], round: number) => {
       let next = 0;
-      for (const [a, b] of ramDataRanges(s.ram)) {
+      for (const [a, b] of s.ram.dataRanges()) {
         for (let p = Math.floor(a / PAGE); p < Math.ceil(b / PAGE); p++) {
           const sent = sender.add(p);
           if (sent) await sent;

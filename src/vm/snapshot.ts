@@ -6,7 +6,7 @@
  * device registries.
  */
 import type { Kvm, Vm, VcpuFd } from '../kvm/kvm.js';
-import { ramDataRanges, type RamMapping } from '../memory/ram.js';
+import type { RamMapping } from '../memory/ram.js';
 import type { ConfigTree } from '../config/tree.js';
 import { SnapshotError, StateWriter } from '../snapshot/state.js';
 import { saveOptionsFrom, writeSnapshot, type SnapshotParts, type SnapshotProgress, type VmState } from '../snapshot/file.js';
@@ -101,7 +101,7 @@ export class VmSnapshots {
     try {
       const disks = opts.disks ? await checkpointDisks(t.devices, file, opts.disks === 'external') : [];
       const parts = { ...this.capture(), disks: opts.disks ? saveDisks(disks) : undefined };
-      const { ramFile } = await writeSnapshot(file, t.ram.bytes, ramDataRanges(t.ram), parts, { ...save, onProgress: opts.onProgress });
+      const { ramFile } = await writeSnapshot(file, t.ram.bytes, t.ram.dataRanges(), parts, { ...save, onProgress: opts.onProgress });
       return { ramFile, disks };
     } finally {
       this.unquiesce();

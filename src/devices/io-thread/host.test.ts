@@ -22,7 +22,7 @@ import { EchoDevice, HOLD, type EchoInit } from './testing/echo-device.js';
 const RAM = 1 << 20;
 
 function setup(init: EchoInit = {}, waitMs?: number, openAfter?: Promise<void>) {
-  const ram = createGuestRam(RAM, 'tshyve-io-thread-test');
+  const ram = createGuestRam(RAM);
   const mem = new GuestMemory([{ gpa: 0, bytes: ram.bytes, hostAddr: ram.hostAddr }]);
   const errors: string[] = [];
   const guestErrors: string[] = [];
@@ -51,7 +51,7 @@ function setup(init: EchoInit = {}, waitMs?: number, openAfter?: Promise<void>) 
     return drvs;
   };
   const notify = (q: number) => signalEventfd(dev.offload.notifyFd(q));
-  const close = () => { dev.destroy(); libc.close(ram.memfd); };
+  const close = () => { dev.destroy(); ram.close(); };
   return { mem, dev, inner, core, raised, errors, guestErrors, threadName, start, notify, close };
 }
 
@@ -258,7 +258,7 @@ test('a model with saveState is refused unless its state lives on the main threa
     saveState: (w: StateWriter) => { w.u8('x', 7); },
     restoreState: (r: StateReader) => { restored = r.u8('x'); },
   });
-  const ram = createGuestRam(RAM, 'tshyve-io-thread-test');
+  const ram = createGuestRam(RAM);
   const opts = {
     worker: new URL('./testing/echo-worker.js', import.meta.url), init: {},
     ram: { hostAddr: ram.hostAddr, size: RAM, regions: [{ gpa: 0, offset: 0, size: RAM }] },
@@ -276,7 +276,7 @@ test('a model with saveState is refused unless its state lives on the main threa
       dev.destroy();
     }
   } finally {
-    libc.close(ram.memfd);
+    ram.close();
   }
 });
 

@@ -1,8 +1,8 @@
 /**
  * The I/O thread's side of IoThreadHost (host.ts): a device's worker entry
  * module calls runIoThread with a factory for its model. The thread views
- * guest RAM through the main thread's mapping (the same pages the vCPUs see,
- * shared memfd or a restore's copy-on-write image), blocks in epoll on every
+ * guest RAM through the main thread's mapping (the same pages the vCPUs see),
+ * blocks in epoll on every
  * queue's notify eventfd (a KVM ioeventfd: a guest notify wakes this thread
  * straight from the kernel) and on a control eventfd, and serves each kicked
  * queue with the same model code as the main thread would. An interrupt is

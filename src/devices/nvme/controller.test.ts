@@ -4,7 +4,6 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { GuestMemory } from '../../memory/guest-memory.js';
-import { libc } from '../../host/libc.js';
 import { createGuestRam } from '../../memory/ram.js';
 import { FileBlockBackend } from '../block/index.js';
 import { StateReader, StateWriter } from '../../snapshot/state.js';
@@ -290,7 +289,7 @@ test('save and restore: registers, admin and I/O queues (head, tail, phase), hel
 
 test('a read marks the pages it filled as dirty, on the vectored path too (a live migration sends them again)', () => {
   const dir = mkdtempSync(join(tmpdir(), 'tshyve-nvme-dirty-'));
-  const ram = createGuestRam(MEM, 'tshyve-nvme-dirty');
+  const ram = createGuestRam(MEM);
   const img = join(dir, 'disk.img');
   writeFileSync(img, Buffer.alloc(1 << 20, 0x5a));
   const backend = FileBlockBackend.open({ path: img });
@@ -304,6 +303,6 @@ test('a read marks the pages it filled as dirty, on the vectored path too (a liv
     assert.deepEqual([...dirty.subarray(page - 1, page + 3)], [0, 1, 1, 0], 'the two pages the read filled');
     assert.equal(d.mem.read(0x901fff, 1)[0], 0x5a);
   } finally {
-    backend.close(); libc.close(ram.memfd); rmSync(dir, { recursive: true });
+    backend.close(); ram.close(); rmSync(dir, { recursive: true });
   }
 });

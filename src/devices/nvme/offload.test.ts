@@ -1,6 +1,6 @@
 /**
- * The I/O queues on their I/O thread, without KVM: guest RAM is a memfd
- * mapping as in a VM, MMIO doorbells go through shared memory and the kick
+ * The I/O queues on their I/O thread, without KVM: guest RAM is an
+ * anonymous mapping as in a VM, MMIO doorbells go through shared memory and the kick
  * eventfd, shadow doorbells are rung as a KVM ioeventfd would (the kick
  * eventfd alone), interrupts come back as messages.
  */
@@ -12,7 +12,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { signalEventfd } from '../../host/eventfd.js';
-import { libc } from '../../host/libc.js';
 import { GuestMemory } from '../../memory/guest-memory.js';
 import { createGuestRam } from '../../memory/ram.js';
 import { openImage, Qcow2Backend, type BlockBackend } from '../block/index.js';
@@ -37,7 +36,7 @@ async function until<T>(f: () => T | undefined, ms = 10_000): Promise<T> {
 
 /** The queues on their thread over a RAM disk, or over the image at `path` (this thread's instance passive, as in a VM). */
 function setup(path?: string) {
-  const ram = createGuestRam(MEM, 'tshyve-nvme-test');
+  const ram = createGuestRam(MEM);
   const mem = new GuestMemory([{ gpa: 0, bytes: ram.bytes, hostAddr: ram.hostAddr }]);
   const ramDisk = path === undefined ? RamBlockBackend.ofMiB(4) : undefined;
   const disk = (stats: SharedArrayBuffer): DiskInit => ({
@@ -51,7 +50,7 @@ function setup(path?: string) {
     queues: (signal, stats) => (thread = new IoThreadQueues(disk(stats.buffer as SharedArrayBuffer),
       { hostAddr: ram.hostAddr, size: MEM, regions: [{ gpa: 0, offset: 0, size: MEM }] }, 'nvme-test', signal, (m) => d.errors.push(m))),
   });
-  const close = (): void => { thread!.destroy(); backend.close(); libc.close(ram.memfd); };
+  const close = (): void => { thread!.destroy(); backend.close(); ram.close(); };
   return { d, thread: thread!, backend, close };
 }
 

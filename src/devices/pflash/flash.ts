@@ -136,8 +136,8 @@ function varsTemplate(romPath: string, size: number): Buffer | undefined {
 }
 
 /** A host buffer KVM can map, holding `data`. */
-function hostBuffer(data: Uint8Array, name: string): RamMapping {
-  const m = createGuestRam(data.length, name, { hugePages: false });
+function hostBuffer(data: Uint8Array): RamMapping {
+  const m = createGuestRam(data.length, { hugePages: false });
   m.bytes.set(data);
   return m;
 }
@@ -183,13 +183,13 @@ class Flash implements FirmwareFlash {
     this.varsSize = store.bytes.length;
     this.varsBase = this.codeBase - this.varsSize;
     this.romDigest = createHash('sha256').update(rom).digest('hex');
-    this.code = hostBuffer(rom, 'tshyve-pflash-code');
+    this.code = hostBuffer(rom);
     this.romDev = new RomWrites(this.code.bytes, report);
     try {
       this.codeSlot = opts.map(this.codeBase, this.codeSize, this.code.hostAddr, { readOnly: true });
       opts.bus.register(this.codeBase, this.codeSize, this.romDev, 'pflash-code');
       if (this.varsSize > 0) {
-        this.varsMem = hostBuffer(store.bytes, 'tshyve-pflash-vars');
+        this.varsMem = hostBuffer(store.bytes);
         this.cfi = new Cfi01Flash(this.varsMem.bytes, FLASH_BLOCK_SIZE, {
           arrayMode: (on) => this.mapVars(on),
           changed: (off, len) => { this.dirtyLo = Math.min(this.dirtyLo, off); this.dirtyHi = Math.max(this.dirtyHi, off + len); },
@@ -264,8 +264,8 @@ class Flash implements FirmwareFlash {
     this.codeSlot = this.varsSlot = undefined;
     for (const m of [this.code, this.varsMem]) {
       if (!m) continue;
+      m.close();
       libc.munmap(m.host, m.size);
-      libc.close(m.memfd);
     }
     if (this.store.fd !== undefined) closeSync(this.store.fd);
   }

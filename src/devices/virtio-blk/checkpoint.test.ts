@@ -12,7 +12,6 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { GuestMemory } from '../../memory/guest-memory.js';
 import { createGuestRam } from '../../memory/ram.js';
 import { signalEventfd } from '../../host/eventfd.js';
-import { libc } from '../../host/libc.js';
 import { VirtioCore } from '../../virtio/device.js';
 import { openImage } from '../block/index.js';
 import { createQcow2 } from '../block/qcow2/create.js';
@@ -27,7 +26,7 @@ const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 
 /** A qcow2 or raw disk served by its I/O thread, written through guest requests. */
 function setup(path: string, format: 'raw' | 'qcow2') {
-  const ram = createGuestRam(RAM, 'tshyve-ckpt-test');
+  const ram = createGuestRam(RAM);
   const mem = new GuestMemory([{ gpa: 0, bytes: ram.bytes, hostAddr: ram.hostAddr }]);
   const inner = new VirtioBlk({ path, format, passive: true });
   const dev = offloadVirtioBlk(inner, { path, format }, { hostAddr: ram.hostAddr, size: RAM, regions: [{ gpa: 0, offset: 0, size: RAM }] }, () => {});
@@ -41,7 +40,7 @@ function setup(path: string, format: 'raw' | 'qcow2') {
     done++;
     assert.equal(drv.written(id, 1)[0], 0, 'the write succeeded');
   };
-  const close = () => { dev.destroy(); libc.close(ram.memfd); };
+  const close = () => { dev.destroy(); ram.close(); };
   return { inner, dev, write, close };
 }
 

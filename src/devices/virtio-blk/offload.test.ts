@@ -1,6 +1,6 @@
 /**
- * virtio-blk on its I/O thread, without KVM: guest RAM is a memfd mapping
- * (as in a VM) that the worker maps itself; notifies are eventfd writes (what
+ * virtio-blk on its I/O thread, without KVM: guest RAM is an anonymous mapping
+ * (as in a VM) that the worker views; notifies are eventfd writes (what
  * a KVM ioeventfd does), interrupts an irqfd-like eventfd or a message back.
  */
 import { test } from 'node:test';
@@ -21,7 +21,7 @@ const RAM = 4 << 20;
 
 function setup() {
   const img = makeImage(1 << 20);
-  const ram = createGuestRam(RAM, 'tshyve-offload-test');
+  const ram = createGuestRam(RAM);
   const mem = new GuestMemory([{ gpa: 0, bytes: ram.bytes, hostAddr: ram.hostAddr }]);
   const inner = new VirtioBlk({ path: img.path });
   const errors: string[] = [];
@@ -39,7 +39,7 @@ function setup() {
     return drv;
   };
   const notify = () => signalEventfd(dev.offload.notifyFd(0));
-  const close = () => { dev.destroy(); libc.close(ram.memfd); };
+  const close = () => { dev.destroy(); ram.close(); };
   return { img, mem, dev, core, raised, errors, guestErrors, start, notify, close };
 }
 

@@ -19,7 +19,7 @@ import {
 } from './index.js';
 
 function nativeMem(size: number): GuestMemory {
-  const ram = createGuestRam(size, 'tshyve-test');
+  const ram = createGuestRam(size);
   return new GuestMemory([{ gpa: 0, bytes: ram.bytes, hostAddr: ram.hostAddr }]);
 }
 

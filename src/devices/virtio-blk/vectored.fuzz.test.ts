@@ -66,7 +66,7 @@ function memfdDisk(seed: number): { fd: number; bytes: Buffer } {
 function fuzz(opts: { requests: number; seed: number; readonly: boolean }): { vectored: number; ok: number; statuses: number[] } {
   const disk = memfdDisk(opts.seed);
   const shadow = Buffer.from(disk.bytes);
-  const ram = createGuestRam(RAM, 'tshyve-fuzz-ram', { hugePages: false });
+  const ram = createGuestRam(RAM, { hugePages: false });
   const mem = new GuestMemory([{ gpa: 0, bytes: ram.bytes, hostAddr: ram.hostAddr }]);
   const backend = FileBlockBackend.open({ path: `/proc/self/fd/${disk.fd}`, readonly: opts.readonly });
   let vectored = 0;
@@ -188,7 +188,7 @@ function fuzz(opts: { requests: number; seed: number; readonly: boolean }): { ve
   assert.equal(readSync(disk.fd, now, 0, DISK, 0), DISK);
   libc.close(disk.fd);
   libc.munmap(ram.host, ram.size);
-  libc.close(ram.memfd);
+  ram.close();
   if (opts.readonly) assert.ok(now.equals(disk.bytes), 'the read-only disk is bit-identical');
   else assert.ok(now.equals(shadow), 'the disk holds what the shadow says');
   return { vectored, ok, statuses };

@@ -14,7 +14,7 @@ import { FileBlockBackend } from '../block/index.js';
 import { VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from './index.js';
 
 function nativeMem(size: number): GuestMemory {
-  const ram = createGuestRam(size, 'tshyve-test');
+  const ram = createGuestRam(size);
   return new GuestMemory([{ gpa: 0, bytes: ram.bytes, hostAddr: ram.hostAddr }]);
 }
 

@@ -11,7 +11,7 @@
  *
  * So the I/O thread first serves small requests of its own: the same code
  * (VirtioBlk, Virtqueue, GuestMemory, FileBlockBackend, IoVecs) over a
- * scratch memfd standing in for guest RAM and another one for the disk, with
+ * scratch RAM standing in for guest RAM and a scratch memfd for the disk, with
  * the chain shapes Linux sends (indirect tables, EVENT_IDX, reads and writes,
  * a few long chains). Nothing of the guest or its disk is touched. Small
  * requests cost little in the slow tiers, and a function's progress towards
@@ -79,7 +79,7 @@ const DEFAULTS_FOR_V8 = '11.3.';
 const DEFAULTS: [string, number][] = [['interrupt-budget', 67584], ['minimum-invocations-after-ic-update', 500]];
 
 function serve(requests: number, interrupt: VirtioInterrupt, stop: () => boolean): { requests: number; stopped: boolean } {
-  const ram = createGuestRam(RAM_BYTES, 'tshyve-blk-warmup', { hugePages: false });
+  const ram = createGuestRam(RAM_BYTES, { hugePages: false });
   const diskFd = libc.memfdCreate('tshyve-blk-warmup-disk', MFD_CLOEXEC);
   let dev: VirtioBlk | undefined;
   let backend: FileBlockBackend | undefined;
@@ -120,6 +120,6 @@ function serve(requests: number, interrupt: VirtioInterrupt, stop: () => boolean
     backend?.close(); // given to the device, so not closed by it
     if (diskFd >= 0) libc.close(diskFd);
     libc.munmap(ram.host, ram.size);
-    libc.close(ram.memfd);
+    ram.close();
   }
 }

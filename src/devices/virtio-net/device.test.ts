@@ -1,5 +1,5 @@
 /**
- * The virtio-net model over memfd guest RAM and a socketpair backend
+ * The virtio-net model over guest RAM and a socketpair backend
  * (testing.ts): tx frames reach the network byte for byte, rx frames land
  * in guest buffers with their header and num_buffers, rx waits for room,
  * merged buffers, offloads, hostile chains, save/restore of the MAC.

@@ -14,7 +14,6 @@ import { accessSync, constants } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { UserError } from '../../errors.js';
-import { libc } from '../../host/libc.js';
 import { IoVecs } from '../../memory/iovec.js';
 import { createGuestRam } from '../../memory/ram.js';
 import { TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, VIRTIO_NET_HDR_SIZE } from './backend.js';
@@ -70,7 +69,7 @@ async function child(): Promise<void> {
   const feats = execFileSync('ethtool', ['-k', TAP]).toString();
   assert.match(feats, /tcp-segmentation-offload: on/, 'TUNSETOFFLOAD took TSO');
   // guest memory as in a VM: frames go by host address
-  const ram = createGuestRam(1 << 20, 'tshyve-tap-test');
+  const ram = createGuestRam(1 << 20);
   const host = Number(ram.hostAddr);
   const iov = new IoVecs(4);
   const payload = Buffer.from('tshyve tap test payload, 0123456789');
@@ -101,7 +100,7 @@ async function child(): Promise<void> {
   }
   // an existing interface that is not a tap
   assert.throws(() => TapBackend.open('lo'), (e: unknown) => e instanceof UserError && /exists and is not a tap/.test(e.message));
-  libc.close(ram.memfd);
+  ram.close();
   await throughIoThread(tap, payload);
   tap.close();
   process.stdout.write('tap child ok\n');
@@ -115,7 +114,7 @@ async function child(): Promise<void> {
  */
 async function throughIoThread(tap: TapBackend, payload: Buffer): Promise<void> {
   const RAM = 1 << 20;
-  const ram = createGuestRam(RAM, 'tshyve-net-io-test');
+  const ram = createGuestRam(RAM);
   const mem = new GuestMemory([{ gpa: 0, bytes: ram.bytes, hostAddr: ram.hostAddr }]);
   const counters = new SharedArrayBuffer(8 * NET_COUNTERS.length);
   const mac = Uint8Array.from(GUEST_MAC);
@@ -164,7 +163,7 @@ async function throughIoThread(tap: TapBackend, payload: Buffer): Promise<void> 
     assert.deepEqual(errors, []);
   } finally {
     dev.destroy();
-    libc.close(ram.memfd);
+    ram.close();
   }
 }
 

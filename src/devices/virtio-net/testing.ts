@@ -92,7 +92,7 @@ export const RAM_SIZE = 4 << 20;
 /** A VirtioNet over a SocketBackend, activated with `features` (device feature bit numbers), queues of `size`: rx's rings and buffers in the lower half of RAM, tx's in the upper. */
 export function netSetup(features: number[], opts: { vnetHdr?: boolean; size?: number; eventIdx?: boolean; ramSize?: number; mtu?: number } = {}): NetSetup {
   const ramSize = opts.ramSize ?? RAM_SIZE;
-  const ram = createGuestRam(ramSize, 'tshyve-net-test');
+  const ram = createGuestRam(ramSize);
   const mem = new GuestMemory([{ gpa: 0, bytes: ram.bytes, hostAddr: ram.hostAddr }]);
   const backend = new SocketBackend(opts.vnetHdr ?? true);
   const dev = new VirtioNet({ mac: Uint8Array.of(2, 0, 0, 0, 0, 1), ...(opts.mtu !== undefined && { mtu: opts.mtu }), backend });
@@ -113,6 +113,6 @@ export function netSetup(features: number[], opts: { vnetHdr?: boolean; size?: n
   dev.activate([rxq, txq], mem, interrupt, negotiated);
   return {
     mem, bytes: ram.bytes, dev, backend, rx, tx, resets, signalled,
-    close: () => { dev.destroy(); libc.close(ram.memfd); },
+    close: () => { dev.destroy(); ram.close(); },
   };
 }

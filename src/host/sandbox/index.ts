@@ -154,7 +154,8 @@ function openFiles(): PathRule[] {
       const st = fstatSync(fd);
       if (!st.isFile() && !st.isBlockDevice()) continue;
     } catch { continue; } // closed meanwhile (the directory's own fd)
-    if (!path.startsWith('/') || path.endsWith(' (deleted)')) continue;
+    // a /proc file (guest RAM's pagemap) is read through its fd only, never opened again by name
+    if (!path.startsWith('/') || path.endsWith(' (deleted)') || path.startsWith('/proc/')) continue;
     const mode = libc.fcntlInt(fd, F_GETFL, 0) & 3;
     rules.push({ path, access: mode === 0 ? FS.READ_FILE : mode === 1 ? FS.WRITE_FILE | FS.TRUNCATE : READ_WRITE & ~FS.READ_DIR });
   }

@@ -27,7 +27,7 @@ export const PACKAGE_ROOT = packageRootFrom(import.meta.url);
 const PATH = join(PACKAGE_ROOT, 'build', 'Release', 'tshyve_sandbox.node');
 
 interface Native {
-  allThreads: (nr: number, a0: number | bigint, a1: number | bigint, a2: number | bigint, a3: number | bigint, a4: number | bigint, a5: number | bigint) => number | bigint;
+  allThreads: (seq: Buffer, n: number) => number | bigint;
   sigsysInstall: (table: string, kill: number) => number;
 }
 
@@ -38,7 +38,7 @@ function load(): Native {
   if (!existsSync(PATH)) throw new HostError(`the sandbox's native part ${PATH} is not built (npm run build builds it; -o sandbox=off runs without the sandbox)`, 'ESANDBOX');
   const lib = koffi.load(PATH);
   native = {
-    allThreads: lib.func('long tshyve_all_threads(long nr, long a0, long a1, long a2, long a3, long a4, long a5)') as Native['allThreads'],
+    allThreads: lib.func('long tshyve_all_threads(const void *seq, long n)') as Native['allThreads'],
     sigsysInstall: lib.func('int tshyve_sigsys_install(const char *table, int kill)') as Native['sigsysInstall'],
   };
   return native;
@@ -46,8 +46,21 @@ function load(): Native {
 
 /** Make system call `nr` on every thread of the process; the number of threads, or throws with the first errno. */
 export function onEveryThread(what: string, nr: number, ...args: (number | bigint)[]): number {
-  const a = [...args, 0, 0, 0, 0, 0, 0];
-  const r = Number(load().allThreads(nr, a[0]!, a[1]!, a[2]!, a[3]!, a[4]!, a[5]!));
+  return onEveryThreadInTurn(what, [[nr, ...args]]);
+}
+
+/** A system call's number and arguments. */
+export type Call = [number, ...(number | bigint)[]];
+
+/**
+ * Make the calls in order on every thread (each thread stops at its first
+ * failure), in one round: a round signals each thread and waits for it, which
+ * costs hundreds of milliseconds in the nested lab (bench/README.md section 6).
+ */
+export function onEveryThreadInTurn(what: string, calls: Call[]): number {
+  const seq = Buffer.alloc(calls.length * 7 * 8);
+  calls.forEach((c, i) => c.forEach((v, j) => seq.writeBigInt64LE(BigInt(v), (i * 7 + j) * 8)));
+  const r = Number(load().allThreads(seq, calls.length));
   if (r < 0) throw new HostError(`sandbox: ${what} failed on a thread: errno ${-r}`, 'ESANDBOX');
   return r;
 }

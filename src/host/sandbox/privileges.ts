@@ -8,7 +8,7 @@
 import { readFileSync } from 'node:fs';
 import { UserError, HostError } from '../../errors.js';
 import { errno, libc } from '../libc.js';
-import { onEveryThread } from './native.js';
+import { onEveryThread, onEveryThreadInTurn, type Call } from './native.js';
 import { syscallNr } from './syscalls.js';
 
 const PR_CAPBSET_DROP = 24, PR_SET_NO_NEW_PRIVS = 38, PR_CAP_AMBIENT = 47, PR_CAP_AMBIENT_CLEAR_ALL = 4;
@@ -35,8 +35,9 @@ export function dropBoundingSet(): void {
   if (!hasCap(8 /* CAP_SETPCAP */)) return; // not root: the bounding set cannot be changed, and gives nothing without exec
   const prctl = syscallNr('prctl');
   const last = Number(readFileSync('/proc/sys/kernel/cap_last_cap', 'utf8'));
-  for (let cap = 0; cap <= last; cap++) onEveryThread(`dropping capability ${cap} from the bounding set`, prctl, PR_CAPBSET_DROP, cap, 0, 0, 0);
-  onEveryThread('clearing the ambient capabilities', prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+  const drops: Call[] = Array.from({ length: last + 1 }, (_, cap) => [prctl, PR_CAPBSET_DROP, cap, 0, 0, 0]);
+  onEveryThreadInTurn(`emptying the bounding set (capabilities 0-${last}) and the ambient set`,
+    [...drops, [prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0]]);
 }
 
 /** Switch to `user` (glibc's setres*id reach every thread); the kernel then clears the capabilities of a uid that is not 0. */
