@@ -4,7 +4,8 @@
  * thread); the host writes the disks between the checkpoint and the
  * restore, as a guest that went on would. An internal checkpoint takes a
  * qcow2 snapshot that -r applies; an external one leaves the disk as it
- * was under a new overlay, and -r goes on from that disk.
+ * was under a new overlay, and -r goes on from that disk. NVMe namespaces
+ * (on their I/O thread) take part as virtio-blk disks do.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -26,20 +27,21 @@ const SIZE = 1 << 20;
 const A = Buffer.alloc(65536, 0xa1), B = Buffer.alloc(65536, 0xb2);
 const sha = (f: string) => createHash('sha256').update(readFileSync(f)).digest('hex');
 
-function args(disks: string[], com1 = 'stdio'): string[] {
-  return ['-m', '16M', '-s', '0,hostbridge', ...disks.flatMap((d, i) => ['-s', `${4 + i},virtio-blk,${d}`]), '-l', `com1,${com1}`,
+type Dev = 'virtio-blk' | 'nvme';
+function args(disks: string[], com1 = 'stdio', dev: Dev = 'virtio-blk'): string[] {
+  return ['-m', '16M', '-s', '0,hostbridge', ...disks.flatMap((d, i) => ['-s', `${4 + i},${dev},${d}`]), '-l', `com1,${com1}`,
     '-o', `boot.raw=${guestBin('counter') ?? ''}`, '-o', 'x86.halt_check_ms=0', 'dck'];
 }
 let outs = 0;
 /** The VM's config, its console in a file of its own. */
-function config(disks: string[]): { cfg: ConfigTree; out: string } {
+function config(disks: string[], dev?: Dev): { cfg: ConfigTree; out: string } {
   const out = join(dir, `${++outs}.out`);
-  return { cfg: parseBhyveArgs(args(disks, out)).config, out };
+  return { cfg: parseBhyveArgs(args(disks, out, dev)).config, out };
 }
 
 /** Start the VM and wait until the guest prints. */
-async function start(disks: string[], restore?: string): Promise<{ m: Machine; done: Promise<ExitCode> }> {
-  const { cfg, out } = config(disks);
+async function start(disks: string[], restore?: string, dev?: Dev): Promise<{ m: Machine; done: Promise<ExitCode> }> {
+  const { cfg, out } = config(disks, dev);
   const m = await Machine.create(cfg, { restore: restore === undefined ? undefined : readSnapshot(restore) });
   const done = m.run();
   for (const t0 = Date.now(); !existsSync(out) || readFileSync(out, 'utf8').split('\n').length < 3; await sleep(20)) {
@@ -154,4 +156,48 @@ test('--ext-checkpoint: every disk goes on in an overlay next to the file; its b
   await assert.rejects(Machine.create(config([ov[0]!, rawBase]).cfg, { restore: readSnapshot(ext) }), /is the overlay this checkpoint started/);
   await stop(await start([base, rawBase], ext));
   assert.deepEqual(readAt(base, 0, A.length), A);
+});
+
+test('NVMe namespaces: --checkpoint snapshots a qcow2 one (a raw one is named in the warning) and -r reverts it; --ext-checkpoint moves both to overlays and -r goes on from their backing files', { skip }, async () => {
+  const q = join(dir, 'nv.qcow2'), r = join(dir, 'nv.img'), ckp = join(dir, 'nv.ckp'), ext = join(dir, 'nvext.ckp');
+  createQcow2(q, { size: SIZE });
+  writeFileSync(r, Buffer.alloc(SIZE));
+  writeAt(q, 0, A);
+  let v = await start([q, r], undefined, 'nvme');
+  const c = await v.m.checkpoint(ckp);
+  assert.deepEqual(c.disks, [
+    { id: 'pci.0.4.0', path: q, format: 'qcow2', readonly: false, snapshot: 'nv.ckp' },
+    { id: 'pci.0.5.0', path: r, format: 'raw', readonly: false },
+  ]);
+  assert.match(c.warning ?? '', /^raw disks have no snapshots .*: pci\.0\.5\.0 \(.*nv\.img\)$/);
+  await stop(v);
+  const list = qemuImg('snapshot', '-l', q);
+  assert.match(list.out, /\bnv\.ckp\b/, list.out);
+  assert.equal(qemuImg('check', q).status, 0);
+
+  writeAt(q, 0, B); // the guest went on writing after the checkpoint
+  v = await start([q, r], ckp, 'nvme');
+  assert.deepEqual(readAt(q, 0, A.length), A, 'the qcow2 namespace holds what it held at the checkpoint');
+  const e = await v.m.checkpoint(ext, { external: true });
+  const ov = [`${ext}.pci.0.4.0.qcow2`, `${ext}.pci.0.5.0.qcow2`];
+  assert.deepEqual(e.disks, [
+    { id: 'pci.0.4.0', path: q, format: 'qcow2', readonly: false, overlay: ov[0] },
+    { id: 'pci.0.5.0', path: r, format: 'raw', readonly: false, overlay: ov[1] },
+  ]);
+  assert.equal(e.warning, undefined);
+  await stop(v);
+  [q, r].forEach((b, i) => {
+    const info = qemuImg('info', '--output=json', ov[i]!);
+    assert.equal(info.status, 0, info.out);
+    const j = JSON.parse(info.out) as Record<string, unknown>;
+    assert.equal(j['backing-filename'], b);
+    assert.equal(j['backing-filename-format'], i === 0 ? 'qcow2' : 'raw');
+    assert.equal(qemuImg('check', ov[i]!).status, 0);
+  });
+  const sums = [sha(q), sha(r)];
+  for (const o of ov) writeAt(o, 0, B);
+  assert.deepEqual([sha(q), sha(r)], sums, 'the backing files are untouched');
+  await assert.rejects(Machine.create(config([ov[0]!, r], 'nvme').cfg, { restore: readSnapshot(ext) }), /is the overlay this checkpoint started/);
+  await stop(await start([q, r], ext, 'nvme'));
+  assert.deepEqual(readAt(q, 0, A.length), A);
 });
