@@ -94,10 +94,12 @@ function run(d: NvmeThreadData): void {
     for (let m = control ? receiveMessageOnPort(d.port) : undefined; m; m = receiveMessageOnPort(d.port)) {
       const call = m.message as NvmeCall & { seq: number };
       if (call.t === 'reset') Atomics.store(shared, 0, 0);
+      // closed before the answer: once answered, the caller may reopen the image, or exit
+      if (call.t === 'stop') ns.backend.close();
       d.reply.postMessage(answer(queues, call, state, doorbells, (op) => checkpoint(ns, d, op)));
       Atomics.store(ack, 0, call.seq);
       Atomics.notify(ack, 0);
-      if (call.t === 'stop') { ns.backend.close(); libc.close(ep); d.port.close(); d.reply.close(); return; }
+      if (call.t === 'stop') { libc.close(ep); d.port.close(); d.reply.close(); return; }
       if (call.t === 'unquiesce' || call.t === 'restore') kicked = true;
     }
     if (!kicked || state.quiesced) continue;
