@@ -10,14 +10,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Machine, ExitCode, parseBhyveArgs, type ConfigTree } from '../src/index.js';
 import { partChecksum, readSnapshot } from '../src/snapshot/file.js';
 import { openImage } from '../src/devices/block/index.js';
 import { createQcow2 } from '../src/devices/block/qcow2/create.js';
-import { qemuImg, skipNoQemu } from '../src/devices/block/qcow2/testing.js';
+import { assertOverlay, qemuImg, skipNoQemu } from '../src/devices/block/qcow2/testing.js';
 import { kvmUnavailable, guestBin, runCli } from './helpers.js';
 
 const skip = kvmUnavailable() ?? (guestBin('counter') ? undefined : 'guest programs not built (nasm missing)') ?? skipNoQemu;
@@ -63,14 +63,21 @@ function readAt(path: string, off: number, len: number): Buffer {
   try { const out = Buffer.alloc(len); b.read(out, off); return out; } finally { b.close(); }
 }
 
-const qcow = join(dir, 'disk.qcow2'), raw = join(dir, 'disk.img'), snap = join(dir, 'vm.ckp');
+/** The files of `dev`'s runs, in a folder of its own (the same names for both: the assertions name them). */
+function files(dev: Dev): { d: string; qcow: string; raw: string; snap: string } {
+  const d = dev === 'virtio-blk' ? dir : join(dir, dev);
+  mkdirSync(d, { recursive: true });
+  return { d, qcow: join(d, 'disk.qcow2'), raw: join(d, 'disk.img'), snap: join(d, 'vm.ckp') };
+}
+const { qcow, raw, snap } = files('virtio-blk');
 
-test('--checkpoint: qcow2 disks get a snapshot named after the file, raw ones are named in one warning; -r applies it', { skip }, async () => {
+for (const dev of ['virtio-blk', 'nvme'] as const) test(`--checkpoint (${dev}): qcow2 disks get a snapshot named after the file, raw ones are named in one warning; -r applies it`, { skip }, async () => {
+  const { qcow, raw, snap } = files(dev);
   createQcow2(qcow, { size: SIZE });
   writeFileSync(raw, Buffer.alloc(SIZE));
   writeAt(qcow, 0, A);
   writeAt(raw, 0, A);
-  const v = await start([qcow, raw]);
+  const v = await start([qcow, raw], undefined, dev);
   const r = await v.m.checkpoint(snap);
   assert.deepEqual(r.disks, [
     { id: 'pci.0.4.0', path: qcow, format: 'qcow2', readonly: false, snapshot: 'vm.ckp' },
@@ -84,7 +91,7 @@ test('--checkpoint: qcow2 disks get a snapshot named after the file, raw ones ar
   // the guest went on writing after the checkpoint
   writeAt(qcow, 0, B);
   writeAt(raw, 0, B);
-  await stop(await start([qcow, raw], snap));
+  await stop(await start([qcow, raw], snap, dev));
   assert.deepEqual(readAt(qcow, 0, A.length), A, 'the qcow2 disk holds what it held at the checkpoint');
   assert.deepEqual(readAt(raw, 0, B.length), B, 'a raw disk is not part of it');
   assert.equal(qemuImg('check', qcow).status, 0);
@@ -127,13 +134,14 @@ test('a snapshot document naming odd disks is refused before anything is opened'
   assert.throws(() => readSnapshot(f), /part 'disks' is missing/);
 });
 
-test('--ext-checkpoint: every disk goes on in an overlay next to the file; its backing file stays; -r goes on from it', { skip }, async () => {
-  const base = join(dir, 'base.qcow2'), rawBase = join(dir, 'base.img'), ext = join(dir, 'ext.ckp');
+for (const dev of ['virtio-blk', 'nvme'] as const) test(`--ext-checkpoint (${dev}): every disk goes on in an overlay next to the file; its backing file stays; -r goes on from it`, { skip }, async () => {
+  const { d } = files(dev);
+  const base = join(d, 'base.qcow2'), rawBase = join(d, 'base.img'), ext = join(d, 'ext.ckp');
   createQcow2(base, { size: SIZE });
   writeFileSync(rawBase, Buffer.alloc(SIZE));
   writeAt(base, 0, A);
   writeAt(rawBase, 0, A);
-  const v = await start([base, rawBase]);
+  const v = await start([base, rawBase], undefined, dev);
   const r = await v.m.checkpoint(ext, { external: true });
   const ov = [`${ext}.pci.0.4.0.qcow2`, `${ext}.pci.0.5.0.qcow2`];
   assert.deepEqual(r.disks, [
@@ -142,62 +150,14 @@ test('--ext-checkpoint: every disk goes on in an overlay next to the file; its b
   ]);
   assert.equal(r.warning, undefined);
   await stop(v);
-  [base, rawBase].forEach((b, i) => {
-    const info = JSON.parse(qemuImg('info', '--output=json', ov[i]!).out) as Record<string, unknown>;
-    assert.equal(info['backing-filename'], b);
-    assert.equal(info['backing-filename-format'], i === 0 ? 'qcow2' : 'raw');
-  });
+  [base, rawBase].forEach((b, i) => assertOverlay(ov[i]!, b, i === 0 ? 'qcow2' : 'raw', SIZE));
   const sums = [sha(base), sha(rawBase)];
   for (const o of ov) writeAt(o, 0, B); // the guest went on, in the overlays
   assert.deepEqual([sha(base), sha(rawBase)], sums, 'the backing files are untouched');
   assert.deepEqual(readAt(ov[0]!, 0, B.length), B);
 
   // restoring names the disks as they were; naming an overlay is refused
-  await assert.rejects(Machine.create(config([ov[0]!, rawBase]).cfg, { restore: readSnapshot(ext) }), /is the overlay this checkpoint started/);
-  await stop(await start([base, rawBase], ext));
+  await assert.rejects(Machine.create(config([ov[0]!, rawBase], dev).cfg, { restore: readSnapshot(ext) }), /is the overlay this checkpoint started/);
+  await stop(await start([base, rawBase], ext, dev));
   assert.deepEqual(readAt(base, 0, A.length), A);
-});
-
-test('NVMe namespaces: --checkpoint snapshots a qcow2 one (a raw one is named in the warning) and -r reverts it; --ext-checkpoint moves both to overlays and -r goes on from their backing files', { skip }, async () => {
-  const q = join(dir, 'nv.qcow2'), r = join(dir, 'nv.img'), ckp = join(dir, 'nv.ckp'), ext = join(dir, 'nvext.ckp');
-  createQcow2(q, { size: SIZE });
-  writeFileSync(r, Buffer.alloc(SIZE));
-  writeAt(q, 0, A);
-  let v = await start([q, r], undefined, 'nvme');
-  const c = await v.m.checkpoint(ckp);
-  assert.deepEqual(c.disks, [
-    { id: 'pci.0.4.0', path: q, format: 'qcow2', readonly: false, snapshot: 'nv.ckp' },
-    { id: 'pci.0.5.0', path: r, format: 'raw', readonly: false },
-  ]);
-  assert.match(c.warning ?? '', /^raw disks have no snapshots .*: pci\.0\.5\.0 \(.*nv\.img\)$/);
-  await stop(v);
-  const list = qemuImg('snapshot', '-l', q);
-  assert.match(list.out, /\bnv\.ckp\b/, list.out);
-  assert.equal(qemuImg('check', q).status, 0);
-
-  writeAt(q, 0, B); // the guest went on writing after the checkpoint
-  v = await start([q, r], ckp, 'nvme');
-  assert.deepEqual(readAt(q, 0, A.length), A, 'the qcow2 namespace holds what it held at the checkpoint');
-  const e = await v.m.checkpoint(ext, { external: true });
-  const ov = [`${ext}.pci.0.4.0.qcow2`, `${ext}.pci.0.5.0.qcow2`];
-  assert.deepEqual(e.disks, [
-    { id: 'pci.0.4.0', path: q, format: 'qcow2', readonly: false, overlay: ov[0] },
-    { id: 'pci.0.5.0', path: r, format: 'raw', readonly: false, overlay: ov[1] },
-  ]);
-  assert.equal(e.warning, undefined);
-  await stop(v);
-  [q, r].forEach((b, i) => {
-    const info = qemuImg('info', '--output=json', ov[i]!);
-    assert.equal(info.status, 0, info.out);
-    const j = JSON.parse(info.out) as Record<string, unknown>;
-    assert.equal(j['backing-filename'], b);
-    assert.equal(j['backing-filename-format'], i === 0 ? 'qcow2' : 'raw');
-    assert.equal(qemuImg('check', ov[i]!).status, 0);
-  });
-  const sums = [sha(q), sha(r)];
-  for (const o of ov) writeAt(o, 0, B);
-  assert.deepEqual([sha(q), sha(r)], sums, 'the backing files are untouched');
-  await assert.rejects(Machine.create(config([ov[0]!, r], 'nvme').cfg, { restore: readSnapshot(ext) }), /is the overlay this checkpoint started/);
-  await stop(await start([q, r], ext, 'nvme'));
-  assert.deepEqual(readAt(q, 0, A.length), A);
 });
