@@ -4,19 +4,20 @@
  * thread); the host writes the disks between the checkpoint and the
  * restore, as a guest that went on would. An internal checkpoint takes a
  * qcow2 snapshot that -r applies; an external one leaves the disk as it
- * was under a new overlay, and -r goes on from that disk.
+ * was under a new overlay, and -r goes on from that disk. NVMe namespaces
+ * (on their I/O thread) take part as virtio-blk disks do.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Machine, ExitCode, parseBhyveArgs, type ConfigTree } from '../src/index.js';
 import { partChecksum, readSnapshot } from '../src/snapshot/file.js';
 import { openImage } from '../src/devices/block/index.js';
 import { createQcow2 } from '../src/devices/block/qcow2/create.js';
-import { qemuImg, skipNoQemu } from '../src/devices/block/qcow2/testing.js';
+import { assertOverlay, qemuImg, skipNoQemu } from '../src/devices/block/qcow2/testing.js';
 import { kvmUnavailable, guestBin, runCli } from './helpers.js';
 
 const skip = kvmUnavailable() ?? (guestBin('counter') ? undefined : 'guest programs not built (nasm missing)') ?? skipNoQemu;
@@ -26,20 +27,21 @@ const SIZE = 1 << 20;
 const A = Buffer.alloc(65536, 0xa1), B = Buffer.alloc(65536, 0xb2);
 const sha = (f: string) => createHash('sha256').update(readFileSync(f)).digest('hex');
 
-function args(disks: string[], com1 = 'stdio'): string[] {
-  return ['-m', '16M', '-s', '0,hostbridge', ...disks.flatMap((d, i) => ['-s', `${4 + i},virtio-blk,${d}`]), '-l', `com1,${com1}`,
+type Dev = 'virtio-blk' | 'nvme';
+function args(disks: string[], com1 = 'stdio', dev: Dev = 'virtio-blk'): string[] {
+  return ['-m', '16M', '-s', '0,hostbridge', ...disks.flatMap((d, i) => ['-s', `${4 + i},${dev},${d}`]), '-l', `com1,${com1}`,
     '-o', `boot.raw=${guestBin('counter') ?? ''}`, '-o', 'x86.halt_check_ms=0', 'dck'];
 }
 let outs = 0;
 /** The VM's config, its console in a file of its own. */
-function config(disks: string[]): { cfg: ConfigTree; out: string } {
+function config(disks: string[], dev?: Dev): { cfg: ConfigTree; out: string } {
   const out = join(dir, `${++outs}.out`);
-  return { cfg: parseBhyveArgs(args(disks, out)).config, out };
+  return { cfg: parseBhyveArgs(args(disks, out, dev)).config, out };
 }
 
 /** Start the VM and wait until the guest prints. */
-async function start(disks: string[], restore?: string): Promise<{ m: Machine; done: Promise<ExitCode> }> {
-  const { cfg, out } = config(disks);
+async function start(disks: string[], restore?: string, dev?: Dev): Promise<{ m: Machine; done: Promise<ExitCode> }> {
+  const { cfg, out } = config(disks, dev);
   const m = await Machine.create(cfg, { restore: restore === undefined ? undefined : readSnapshot(restore) });
   const done = m.run();
   for (const t0 = Date.now(); !existsSync(out) || readFileSync(out, 'utf8').split('\n').length < 3; await sleep(20)) {
@@ -61,14 +63,21 @@ function readAt(path: string, off: number, len: number): Buffer {
   try { const out = Buffer.alloc(len); b.read(out, off); return out; } finally { b.close(); }
 }
 
-const qcow = join(dir, 'disk.qcow2'), raw = join(dir, 'disk.img'), snap = join(dir, 'vm.ckp');
+/** The files of `dev`'s runs, in a folder of its own (the same names for both: the assertions name them). */
+function files(dev: Dev): { d: string; qcow: string; raw: string; snap: string } {
+  const d = dev === 'virtio-blk' ? dir : join(dir, dev);
+  mkdirSync(d, { recursive: true });
+  return { d, qcow: join(d, 'disk.qcow2'), raw: join(d, 'disk.img'), snap: join(d, 'vm.ckp') };
+}
+const { qcow, raw, snap } = files('virtio-blk');
 
-test('--checkpoint: qcow2 disks get a snapshot named after the file, raw ones are named in one warning; -r applies it', { skip }, async () => {
+for (const dev of ['virtio-blk', 'nvme'] as const) test(`--checkpoint (${dev}): qcow2 disks get a snapshot named after the file, raw ones are named in one warning; -r applies it`, { skip }, async () => {
+  const { qcow, raw, snap } = files(dev);
   createQcow2(qcow, { size: SIZE });
   writeFileSync(raw, Buffer.alloc(SIZE));
   writeAt(qcow, 0, A);
   writeAt(raw, 0, A);
-  const v = await start([qcow, raw]);
+  const v = await start([qcow, raw], undefined, dev);
   const r = await v.m.checkpoint(snap);
   assert.deepEqual(r.disks, [
     { id: 'pci.0.4.0', path: qcow, format: 'qcow2', readonly: false, snapshot: 'vm.ckp' },
@@ -82,7 +91,7 @@ test('--checkpoint: qcow2 disks get a snapshot named after the file, raw ones ar
   // the guest went on writing after the checkpoint
   writeAt(qcow, 0, B);
   writeAt(raw, 0, B);
-  await stop(await start([qcow, raw], snap));
+  await stop(await start([qcow, raw], snap, dev));
   assert.deepEqual(readAt(qcow, 0, A.length), A, 'the qcow2 disk holds what it held at the checkpoint');
   assert.deepEqual(readAt(raw, 0, B.length), B, 'a raw disk is not part of it');
   assert.equal(qemuImg('check', qcow).status, 0);
@@ -125,13 +134,14 @@ test('a snapshot document naming odd disks is refused before anything is opened'
   assert.throws(() => readSnapshot(f), /part 'disks' is missing/);
 });
 
-test('--ext-checkpoint: every disk goes on in an overlay next to the file; its backing file stays; -r goes on from it', { skip }, async () => {
-  const base = join(dir, 'base.qcow2'), rawBase = join(dir, 'base.img'), ext = join(dir, 'ext.ckp');
+for (const dev of ['virtio-blk', 'nvme'] as const) test(`--ext-checkpoint (${dev}): every disk goes on in an overlay next to the file; its backing file stays; -r goes on from it`, { skip }, async () => {
+  const { d } = files(dev);
+  const base = join(d, 'base.qcow2'), rawBase = join(d, 'base.img'), ext = join(d, 'ext.ckp');
   createQcow2(base, { size: SIZE });
   writeFileSync(rawBase, Buffer.alloc(SIZE));
   writeAt(base, 0, A);
   writeAt(rawBase, 0, A);
-  const v = await start([base, rawBase]);
+  const v = await start([base, rawBase], undefined, dev);
   const r = await v.m.checkpoint(ext, { external: true });
   const ov = [`${ext}.pci.0.4.0.qcow2`, `${ext}.pci.0.5.0.qcow2`];
   assert.deepEqual(r.disks, [
@@ -140,18 +150,14 @@ test('--ext-checkpoint: every disk goes on in an overlay next to the file; its b
   ]);
   assert.equal(r.warning, undefined);
   await stop(v);
-  [base, rawBase].forEach((b, i) => {
-    const info = JSON.parse(qemuImg('info', '--output=json', ov[i]!).out) as Record<string, unknown>;
-    assert.equal(info['backing-filename'], b);
-    assert.equal(info['backing-filename-format'], i === 0 ? 'qcow2' : 'raw');
-  });
+  [base, rawBase].forEach((b, i) => assertOverlay(ov[i]!, b, i === 0 ? 'qcow2' : 'raw', SIZE));
   const sums = [sha(base), sha(rawBase)];
   for (const o of ov) writeAt(o, 0, B); // the guest went on, in the overlays
   assert.deepEqual([sha(base), sha(rawBase)], sums, 'the backing files are untouched');
   assert.deepEqual(readAt(ov[0]!, 0, B.length), B);
 
   // restoring names the disks as they were; naming an overlay is refused
-  await assert.rejects(Machine.create(config([ov[0]!, rawBase]).cfg, { restore: readSnapshot(ext) }), /is the overlay this checkpoint started/);
-  await stop(await start([base, rawBase], ext));
+  await assert.rejects(Machine.create(config([ov[0]!, rawBase], dev).cfg, { restore: readSnapshot(ext) }), /is the overlay this checkpoint started/);
+  await stop(await start([base, rawBase], ext, dev));
   assert.deepEqual(readAt(base, 0, A.length), A);
 });

@@ -529,8 +529,9 @@ test('virtio-blk on a qcow2 overlay of a qcow2 base: the guest reads the base\'s
   assert.equal(q.fromGuest, 'written-on-a-qcow2-overlay\n', 'the guest\'s file, read from the overlay by qemu-img and debugfs');
 });
 
-test('qcow2 checkpoints of a running guest: internal (tshyvectl --checkpoint) and external (--ext-checkpoint), each killed and restored with -r: the disk holds what it held at the checkpoint, the overlay\'s backing file is untouched', { skip }, () => {
-  const r = get('virtio-blk-qcow2-checkpoint');
+/** A qcow2 checkpoint scenario's runs (virtio-blk or NVMe disk): internal and external checkpoints, each killed and restored. */
+function checkQcow2Checkpoints(name: string): void {
+  const r = get(name);
   const h = r.qcow2Ckpt;
   assert.ok(h, about(r));
   const ph = r.phases!;
@@ -566,6 +567,14 @@ test('qcow2 checkpoints of a running guest: internal (tshyvectl --checkpoint) an
   assert.equal(line(out('run C'), 'SEEN_GO_3'), step2, `the restored guest reads what it had written before the external checkpoint; ${about(r)}`);
   assert.match(out('run C'), /GUEST_DONE/);
   assert.equal(r.code, 1, about(r));
+}
+
+test('qcow2 checkpoints of a running guest: internal (tshyvectl --checkpoint) and external (--ext-checkpoint), each killed and restored with -r: the disk holds what it held at the checkpoint, the overlay\'s backing file is untouched', { skip }, () => {
+  checkQcow2Checkpoints('virtio-blk-qcow2-checkpoint');
+});
+
+test('qcow2 checkpoints of a guest on an NVMe namespace: the same internal and external checkpoints, kills and restores as on virtio-blk', { skip }, () => {
+  checkQcow2Checkpoints('nvme-qcow2-checkpoint');
 });
 
 // ---- UEFI firmware (issue 17): QEMU's boots are the reference for tshyve's ----

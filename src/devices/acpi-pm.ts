@@ -8,7 +8,7 @@ import type { Bus, BusDevice, IrqLine } from '../bus/bus.js';
 import type { Snapshottable, StateWriter, StateReader } from '../snapshot/state.js';
 import {
   DEFAULT_PM_PORTS, KBD_STATUS_PORT, PM1_CNT_LEN, PM1_EVT_LEN, PM_TIMER_32BIT, PM_TIMER_HZ, PM_TMR_LEN,
-  PIIX4_PM_BASE, SLP_TYP_S5, pmPortsAt, type PmPorts,
+  SCI_IRQ, SLP_TYP_S5, pmPortsFor, type PmPorts,
 } from '../x86/acpi/pm-ports.js';
 import { registerPlatformDevice } from './platform.js';
 import { PIIX4_PM_BDF, piix4PmFunction } from './piix4-pm.js';
@@ -191,11 +191,11 @@ export function attachAcpiPm(pio: Bus, callbacks: AcpiPmCallbacks, opts: AcpiPmO
 registerPlatformDevice({
   name: 'pm', kind: 'acpi-pm', node: 'pm',
   create: (ctx) => {
-    // With firmware, the blocks are where it programs the PIIX4 PM function's PMBA (the FADT says 0xB000),
+    // With firmware, the blocks are where it programs the PIIX4 PM function's PMBA (pmPortsFor, as the FADT says),
     // and SLP_TYP 0 is soft off as on QEMU's PIIX4 (OVMF's ResetShutdown writes it).
     const firmware = ctx.config.get('lpc.bootrom') !== undefined;
     const cb = { onPowerOff: () => ctx.powerOff(), onReset: () => ctx.reset() };
-    const opts = firmware ? { sci: ctx.irq(9), ports: pmPortsAt(PIIX4_PM_BASE), softOffTypes: [0] } : { sci: ctx.irq(9) };
+    const opts = { sci: ctx.irq(SCI_IRQ), ports: pmPortsFor(firmware), ...(firmware && { softOffTypes: [0] }) };
     const pm = attachAcpiPm(ctx.pio, cb, opts, firmware);
     if (firmware) ctx.addPciFunction(PIIX4_PM_BDF, 'piix4-pm', piix4PmFunction(ctx.pio, pm));
     return pm;

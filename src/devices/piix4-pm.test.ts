@@ -1,8 +1,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Bus } from '../bus/bus.js';
+import { ConfigNode, ConfigTree } from '../config/tree.js';
+import { platformAcpiOptions } from '../pci/acpi-options.js';
+import type { PciFunction } from '../pci/device.js';
 import { StateReader, StateWriter } from '../snapshot/state.js';
-import { attachAcpiPm, SLP_EN } from './acpi-pm.js';
+import { attachAcpiPm, SCI_EN, SLP_EN, type AcpiPm } from './acpi-pm.js';
+import { platformDevices, type PlatformContext } from './platform.js';
 import { PMBA, PMIOSE, PMREGMISC, piix4PmFunction } from './piix4-pm.js';
 import { PIIX4_PM_BASE, pmPortsAt } from '../x86/acpi/pm-ports.js';
 
@@ -57,4 +61,29 @@ test('PIIX4 PM function: a PMBA on top of another device decodes nothing; SLP_TY
   fn.config.restoreState!(new StateReader({ 'bytes$b64': bytes.toString('base64') }, 'config'));
   fn.restoreState!(new StateReader({}, 'fn'));
   assert.equal(pio.read(PIIX4_PM_BASE + 8, 4), 0xffffffff);
+});
+
+test('the registered PM device decodes where the FADT says: the fixed ports on direct boot; with firmware, once the firmware sets PMBA to the FADT\'s base', () => {
+  for (const firmware of [false, true]) {
+    const config = new ConfigTree();
+    if (firmware) config.set('lpc.bootrom', '/unused.fd');
+    const pio = new Bus('pio');
+    const fns: PciFunction[] = [];
+    const ctx = {
+      pio, config, irq: () => ({ set: () => {} }), powerOff: () => {}, reset: () => {},
+      addPciFunction: (_bdf: unknown, _kind: string, fn: PciFunction) => { fns.push(fn); },
+    } as unknown as PlatformContext;
+    const entry = platformDevices().find((d) => d.name === 'pm')!;
+    const pm = entry.create(ctx, new ConfigNode(entry.node)) as AcpiPm;
+    const fadt = platformAcpiOptions(1, firmware).pm!;
+    assert.deepEqual(pm.ports, fadt, `firmware ${firmware}: the device's ports are the FADT's`);
+    assert.equal(fns.length, firmware ? 1 : 0, 'the PIIX4 PM function comes with firmware only');
+    if (firmware) {
+      assert.equal(pio.read(fadt.pmTmr, 4), 0xffffffff, 'nothing decoded before the firmware programs PMBA');
+      fns[0]!.config.write(PMBA, 2, fadt.pm1aEvt);
+      fns[0]!.config.write(PMREGMISC, 1, PMIOSE);
+    }
+    assert.notEqual(pio.read(fadt.pmTmr, 4), 0xffffffff, `firmware ${firmware}: the PM timer at the FADT's PM_TMR_BLK`);
+    assert.equal(pio.read(fadt.pm1aCnt, 2) & SCI_EN, SCI_EN, `firmware ${firmware}: PM1a control at the FADT's PM1A_CNT_BLK`);
+  }
 });

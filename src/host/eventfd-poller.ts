@@ -22,6 +22,8 @@ export class EventfdPoller {
   private worker: Worker | undefined;
   private seen = 0;
   private running = false;
+  /** the epoll fd is closed (stopped): an eventfd closed after that is only closed */
+  private closed = false;
 
   constructor() {
     this.epfd = epollCreate1(EPOLL_CLOEXEC);
@@ -44,7 +46,7 @@ export class EventfdPoller {
     return {
       fd,
       close: () => {
-        epollCtl(this.epfd, EPOLL_CTL_DEL, fd, null);
+        if (!this.closed) epollCtl(this.epfd, EPOLL_CTL_DEL, fd, null);
         libc.close(fd);
         this.handlers[idx] = undefined;
       },
@@ -79,9 +81,16 @@ export class EventfdPoller {
     this.arm();
   }
 
-  /** The thread notices within its 1 s epoll timeout; nothing waits for it. */
+  /** The thread notices within its 1 s epoll timeout; nothing waits for it. The epoll fd is closed once it is gone. */
   stop(): void {
     this.running = false;
     Atomics.store(this.w, 1, 1);
+    if (this.worker) this.worker.once('exit', () => this.closeEpoll()); else this.closeEpoll();
+  }
+
+  private closeEpoll(): void {
+    if (this.closed) return;
+    this.closed = true;
+    libc.close(this.epfd);
   }
 }

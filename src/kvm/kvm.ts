@@ -26,10 +26,12 @@ export class Kvm {
       if (e === 13) throw new HostError(`no permission to open ${path}: run as root or add this user to the kvm group`, 'EACCES');
       throw new HostError(`cannot open ${path}: errno ${e}`);
     }
-    const k = new Kvm(fd);
     const v = libc.ioctlInt(fd, KVM.GET_API_VERSION, 0);
-    if (v !== 12) throw new HostError(`${path} reports KVM API version ${v}, tshyve needs 12`);
-    return k;
+    if (v !== 12) {
+      libc.close(fd);
+      throw new HostError(`${path} reports KVM API version ${v}, tshyve needs 12`);
+    }
+    return new Kvm(fd);
   }
 
   checkExtension(cap: number): number {

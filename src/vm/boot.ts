@@ -71,7 +71,7 @@ export function loadBoot(boot: BootSource, mem: GuestMemory, bsp: VcpuFd, cpus: 
     return;
   }
   const { kernel, initrd } = boot;
-  const rsdpAddr = buildAcpiTables(mem, platformAcpiOptions(cpus));
+  const rsdpAddr = buildAcpiTables(mem, platformAcpiOptions(cpus, false));
   const state = loadLinux(mem, { kernel, initrd, cmdline: boot.cmdline, memBytes, rsdpAddr });
   applyBootState(bsp, state);
 }

@@ -61,6 +61,18 @@ function ramSlots(ram: RamMapping): RamSlot[] {
   });
 }
 
+/**
+ * `restore`: a snapshot read from files; `incoming`: a migration's RAM
+ * (being received) and its source's config: the VM is built without a
+ * boot payload, and restoreIncoming() gives it its state. With
+ * `storageGate`, it is built while the source still uses the disks
+ * (only if buildsBeforeStorage(config)): devices touch them once it resolves.
+ */
+interface CreateOptions {
+  restore?: LoadedSnapshot;
+  incoming?: { ram: RamMapping; sourceConfig: Map<string, string>; storageGate?: Promise<void> };
+}
+
 /** KVM memory slots from here on hold device memory (firmware), not RAM: the dirty log and RAM images skip them. */
 const FIRST_DEVICE_SLOT = 16;
 
@@ -126,18 +138,25 @@ export class Machine extends EventEmitter implements VmControl {
     this.snapshots = new VmSnapshots({ kvm, vm, vcpuFds, ram, config, devices: this.devices });
   }
 
-  /** Build the VM from its config; throws UserError/HostError with one-line messages. */
-  /**
-   * `restore`: a snapshot read from files; `incoming`: a migration's RAM
-   * (being received) and its source's config: the VM is built without a
-   * boot payload, and restoreIncoming() gives it its state. With
-   * `storageGate`, it is built while the source still uses the disks
-   * (only if buildsBeforeStorage(config)): devices touch them once it resolves.
-   */
-  static async create(config: ConfigTree, opts: {
-    restore?: LoadedSnapshot;
-    incoming?: { ram: RamMapping; sourceConfig: Map<string, string>; storageGate?: Promise<void> };
-  } = {}): Promise<Machine> {
+  /** Build the VM from its config (CreateOptions); throws UserError/HostError with one-line messages. */
+  static async create(config: ConfigTree, opts: CreateOptions = {}): Promise<Machine> {
+    // Every fd opened here and the guest's RAM (an incoming migration's too,
+    // this function's once called) are released when a later step fails: a
+    // refused start or snapshot leaves no KVM fd behind (build() finishes a
+    // VM it got as far as).
+    const undo: (() => void)[] = [];
+    if (opts.incoming) { const ram = opts.incoming.ram; undo.push(() => ram.close()); }
+    try {
+      return await Machine.build(config, opts, undo);
+    } catch (e) {
+      for (const release of undo.reverse()) release();
+      throw e;
+    }
+  }
+
+  /** create()'s steps; what each opens goes into `undo` as soon as it is open. */
+  private static async build(config: ConfigTree, opts: CreateOptions, undo: (() => void)[]): Promise<Machine> {
+    const own = (fd: number): number => { undo.push(() => libc.close(fd)); return fd; };
     const snap = opts.restore;
     if (snap) checkSnapshotConfig(snap, config);
     const topo = resolveCpus(config);
@@ -153,6 +172,7 @@ export class Machine extends EventEmitter implements VmControl {
     const saved = snap?.config ?? opts.incoming?.sourceConfig;
     const boot = saved ? undefined : bootSource(config);
     const kvm = Kvm.open(config.get('kvm.device') ?? '/dev/kvm');
+    own(kvm.fd);
     const host = inspectHost(kvm);
     if (topo.cpus > host.maxVcpus) throw new UserError(`${topo.cpus} vCPUs requested, this host's KVM allows ${host.maxVcpus}`);
     const isLinux = saved ? saved.has('boot.kernel') : boot?.kind === 'linux';
@@ -160,7 +180,9 @@ export class Machine extends EventEmitter implements VmControl {
       throw new HostError(emulatedKvmMessage(host), 'EEMULATED');
     }
     const vm = kvm.createVm();
+    own(vm.fd);
     const ram = opts.incoming?.ram ?? createGuestRam(memBytes, { hugePages: config.getBool('memory.hugepages', true) });
+    if (!opts.incoming) undo.push(() => ram.close());
     const slots = ramSlots(ram);
     for (const r of slots) vm.setUserMemoryRegion(r.slot, r.gpa, r.size, r.hostAddr);
     // One byte per page tshyve's own threads write, for live migration (a whole number of words: it is exchanged atomically).
@@ -171,10 +193,12 @@ export class Machine extends EventEmitter implements VmControl {
     vm.setTssAddr(0xfeffd000);
     vm.createIrqchip();
     vm.createPit2();
-    const fds: VcpuFd[] = [];
-    for (let i = 0; i < topo.cpus; i++) fds.push(new VcpuFd(vm.createVcpu(i)));
+    const vcpuFds: VcpuFd[] = [];
+    for (let i = 0; i < topo.cpus; i++) {
+      vcpuFds.push(new VcpuFd(own(vm.createVcpu(i))));
+    }
     performance.mark('kvm');
-    const m = new Machine(config, kvm, vm, host, ram, mem, topo, fds);
+    const m = new Machine(config, kvm, vm, host, ram, mem, topo, vcpuFds);
     m.slots = slots;
     m.dirtyMap = dirty;
     m.storageGate = opts.incoming?.storageGate;
@@ -182,16 +206,14 @@ export class Machine extends EventEmitter implements VmControl {
       await m.buildPci();
       await m.buildPlatform();
       performance.mark('devices');
-      setupVcpus(kvm, fds, topo, host, isLinux);
+      setupVcpus(kvm, vcpuFds, topo, host, isLinux);
       // A restore copies the image's data into the VM's own RAM (see docs/security.md).
       if (snap) loadRamImage(snap, ram, config.getBool('snapshot.verify_ram', false));
-      if (snap) m.snapshots.restore(snap); else if (boot) loadBoot(boot, mem, fds[0]!, topo.cpus, ram.size);
+      if (snap) m.snapshots.restore(snap); else if (boot) loadBoot(boot, mem, vcpuFds[0]!, topo.cpus, ram.size);
       performance.mark('boot');
     } catch (e) {
-      // A refused snapshot leaves nothing behind: no device thread or poller, no backend, no KVM VM.
+      // no device thread, poller or backend left behind
       await m.finish(ExitCode.ERROR);
-      for (const fd of [...fds.map((f) => f.fd), vm.fd, kvm.fd]) libc.close(fd);
-      ram.close();
       throw e;
     }
     return m;

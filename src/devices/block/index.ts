@@ -8,4 +8,4 @@ export { FileBlockBackend, type FileBackendOptions } from './file.js';
 export { IMAGE_FORMATS, parseImageFormat, type ImageFormat } from './format.js';
 export { MAX_CHAIN, openImage, probeFormat, resolveBacking, type OpenImageOptions } from './open.js';
 export { Qcow2Backend } from './qcow2/image.js';
-export { checkpointImage } from './checkpoint.js';
+export { checkpointImage, diskCheckpointHook, followOverlay, type CheckpointHere, type HeldImage } from './checkpoint.js';

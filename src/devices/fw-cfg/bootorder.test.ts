@@ -6,7 +6,6 @@ import { PciConfig } from '../../pci/config-space.js';
 import { PCI_DEVICE, PCI_VENDOR } from '../nvme/identify.js';
 import { GuestMemory } from '../../memory/guest-memory.js';
 import { platformAcpiOptions } from '../../pci/acpi-options.js';
-import { PIIX4_PM_BASE, pmPortsAt } from '../../x86/acpi/index.js';
 import { FwCfg, KEY } from './device.js';
 import { fwCfgItems } from './items.js';
 import { bootOrderFile, bootOrderPaths, pciFwDevPath } from './bootorder.js';
@@ -67,7 +66,7 @@ test('bad bootindex: one line naming the key', () => {
 });
 
 test('the bootorder file is a fw_cfg file that a guest reads by name; absent without bootindex', () => {
-  const machine = { memBytes: 64 << 20, cpus: 1, acpi: platformAcpiOptions(1, pmPortsAt(PIIX4_PM_BASE)),
+  const machine = { memBytes: 64 << 20, cpus: 1, acpi: platformAcpiOptions(1, true),
     smbios: { memBytes: 64 << 20, sockets: 1, cores: 1, threads: 1, vmName: 'vm' } };
   assert.ok(!fwCfgItems(machine).files.some((f) => f.name === 'bootorder'));
   const items = fwCfgItems({ ...machine, bootOrder: ['/pci@i0cf8/ethernet@5/ethernet-phy@0', '/pci@i0cf8/pci1af4,1042@4/disk@0,0'] });

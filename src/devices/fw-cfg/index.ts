@@ -6,7 +6,6 @@
 import { UserError } from '../../errors.js';
 import { resolveCpus } from '../../config/options.js';
 import { readUserFile } from '../../config/user-file.js';
-import { PIIX4_PM_BASE, pmPortsAt } from '../../x86/acpi/index.js';
 import { platformAcpiOptions } from '../../pci/acpi-options.js';
 import { registerPlatformDevice } from '../platform.js';
 import { FW_CFG_DMA_PORT, FW_CFG_DMA_PORT_LEN, FW_CFG_PORT, FW_CFG_PORT_LEN, FwCfg } from './device.js';
@@ -34,7 +33,7 @@ registerPlatformDevice({
     const fw = new FwCfg(ctx.mem, fwCfgItems({
       memBytes: ctx.memBytes,
       cpus: topo.cpus,
-      acpi: platformAcpiOptions(topo.cpus, pmPortsAt(PIIX4_PM_BASE)),
+      acpi: platformAcpiOptions(topo.cpus, true),
       smbios: { memBytes: ctx.memBytes, sockets: topo.sockets, cores: topo.cores, threads: topo.threads, vmName: c.get('name') ?? 'vm', uuid: c.get('uuid') },
       linux: kernel === undefined ? undefined : {
         kernel: readUserFile(kernel, 'kernel'),

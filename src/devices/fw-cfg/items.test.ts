@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { GuestMemory } from '../../memory/guest-memory.js';
 import { platformAcpiOptions } from '../../pci/acpi-options.js';
-import { PIIX4_PM_BASE, pmPortsAt } from '../../x86/acpi/index.js';
+import { PIIX4_PM_BASE } from '../../x86/acpi/index.js';
 import { FADT } from '../../x86/acpi/tables.js';
 import { SMBIOS3_ANCHOR_SIZE, SMBIOS_TYPES, smbiosUuid } from '../../x86/smbios.js';
 import { FwCfg, KEY, type FwCfgItems } from './device.js';
@@ -14,7 +14,7 @@ const GiB = 2 ** 30;
 function machine(over: Partial<FwCfgMachine> = {}): FwCfgMachine {
   return {
     memBytes: 4 * GiB, cpus: 2,
-    acpi: platformAcpiOptions(2, pmPortsAt(PIIX4_PM_BASE)),
+    acpi: platformAcpiOptions(2, true),
     smbios: { memBytes: 4 * GiB, sockets: 2, cores: 1, threads: 1, vmName: 'vm1', uuid: '12345678-9abc-def0-1122-334455667788' },
     ...over,
   };

@@ -6,7 +6,6 @@ import { join } from 'node:path';
 import { parseBhyveArgs } from '../../cli/args.js';
 import { UserError } from '../../errors.js';
 import { platformAcpiOptions } from '../../pci/acpi-options.js';
-import { PIIX4_PM_BASE, pmPortsAt } from '../../x86/acpi/index.js';
 import { fwCfgItems } from './items.js';
 import { MAX_USER_ITEM_BYTES, userFwCfgFiles } from './user-items.js';
 
@@ -57,7 +56,7 @@ test('-f: a file larger than the limit is refused before it is read', () => {
 });
 
 test('user items join the file directory; one that is tshyve\'s own is refused', () => {
-  const m = { memBytes: 64 << 20, cpus: 1, acpi: platformAcpiOptions(1, pmPortsAt(PIIX4_PM_BASE)),
+  const m = { memBytes: 64 << 20, cpus: 1, acpi: platformAcpiOptions(1, true),
     smbios: { memBytes: 64 << 20, sockets: 1, cores: 1, threads: 1, vmName: 'vm' } };
   const items = fwCfgItems({ ...m, userFiles: [{ name: 'opt/a', data: Uint8Array.of(1) }] });
   assert.ok(items.files.some((f) => f.name === 'opt/a'));

@@ -10,20 +10,33 @@
  * Control calls are synchronous for the main thread: each is answered on
  * `reply`, then acknowledged in `ack` (Atomics.notify), so the admin
  * command that creates or deletes a queue completes after the queue exists
- * or is gone.
+ * or is gone. A checkpoint's work on the disk is done here, by the instance
+ * that owns the image (devices/block/checkpoint.ts), the queues quiesced.
  */
 import { workerData, receiveMessageOnPort } from 'node:worker_threads';
 import { libc, errno, viewAt, setThreadName } from '../../host/libc.js';
 import { signalEventfd } from '../../host/eventfd.js';
 import { GuestMemory } from '../../memory/guest-memory.js';
+import { checkpointImage } from '../block/index.js';
+import type { DiskCheckpointOp } from '../../snapshot/disks.js';
 import { SC } from './constants.js';
-import { ioQueuesOver, openBackend } from './disk.js';
+import { imageOptions, ioQueuesOver, namespaceOver, openBackend } from './disk.js';
+import type { Namespace } from './io.js';
 import type { IoQueues } from './io-queues.js';
-import type { NvmeCall, NvmeThreadData, NvmeThreadEvent } from './offload.js';
+import type { NvmeCall, NvmeDiskAnswer, NvmeThreadData, NvmeThreadEvent } from './offload.js';
 
 const EPOLL_CLOEXEC = 0o2000000, EPOLL_CTL_ADD = 1, EPOLLIN = 1, EPOLL_EVENT_BYTES = 12;
 
-function answer(q: IoQueues, m: NvmeCall, state: { quiesced: boolean }, doorbells: Int32Array): unknown {
+/** A checkpoint's work on the namespace's image: what it made of the disk, or the one-line error. */
+function checkpoint(ns: Namespace, d: NvmeThreadData, op: DiskCheckpointOp): NvmeDiskAnswer {
+  try {
+    return { state: checkpointImage(ns, imageOptions(d.disk, 'nvme'), op) };
+  } catch (e) {
+    return { error: (e instanceof Error ? e.message : String(e)).split('\n')[0]! };
+  }
+}
+
+function answer(q: IoQueues, m: NvmeCall, state: { quiesced: boolean }, doorbells: Int32Array, disk: (op: DiskCheckpointOp) => NvmeDiskAnswer): unknown {
   switch (m.t) {
     case 'createCq': return q.createCq(m.qid, m.base, m.size, m.vector, m.ien);
     case 'createSq': return q.createSq(m.qid, m.base, m.size, m.cqid);
@@ -42,6 +55,7 @@ function answer(q: IoQueues, m: NvmeCall, state: { quiesced: boolean }, doorbell
       try { q.restore(m.state); return ''; } catch (e) { return (e as Error).message; }
     case 'quiesce': state.quiesced = true; return SC.SUCCESS;
     case 'unquiesce': state.quiesced = false; return SC.SUCCESS;
+    case 'disk': return disk(m.op);
     case 'stop': return SC.SUCCESS;
   }
 }
@@ -54,8 +68,8 @@ function run(d: NvmeThreadData): void {
   })), d.ram.dirty && new Uint8Array(d.ram.dirty));
   const directIrq = new Int32Array(d.directIrq), doorbells = new Int32Array(d.doorbells), shared = new Int32Array(d.shared);
   const event = (e: NvmeThreadEvent): void => d.port.postMessage(e);
-  const backend = openBackend(d.disk, 'nvme');
-  const queues = ioQueuesOver(mem, backend, d.disk, (v) => {
+  const ns = namespaceOver(openBackend(d.disk, 'nvme'), d.disk);
+  const queues = ioQueuesOver(mem, ns, d.disk, (v) => {
     const fd = Atomics.load(directIrq, v);
     if (fd < 0 || !signalEventfd(fd)) event({ t: 'irq', vector: v });
   }, () => { Atomics.store(shared, 0, 1); event({ t: 'fatal' }); });
@@ -80,10 +94,12 @@ function run(d: NvmeThreadData): void {
     for (let m = control ? receiveMessageOnPort(d.port) : undefined; m; m = receiveMessageOnPort(d.port)) {
       const call = m.message as NvmeCall & { seq: number };
       if (call.t === 'reset') Atomics.store(shared, 0, 0);
-      d.reply.postMessage(answer(queues, call, state, doorbells));
+      // closed before the answer: once answered, the caller may reopen the image, or exit
+      if (call.t === 'stop') ns.backend.close();
+      d.reply.postMessage(answer(queues, call, state, doorbells, (op) => checkpoint(ns, d, op)));
       Atomics.store(ack, 0, call.seq);
       Atomics.notify(ack, 0);
-      if (call.t === 'stop') { backend.close(); libc.close(ep); d.port.close(); d.reply.close(); return; }
+      if (call.t === 'stop') { libc.close(ep); d.port.close(); d.reply.close(); return; }
       if (call.t === 'unquiesce' || call.t === 'restore') kicked = true;
     }
     if (!kicked || state.quiesced) continue;

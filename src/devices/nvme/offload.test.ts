@@ -2,12 +2,14 @@
  * The I/O queues on their I/O thread, without KVM: guest RAM is an
  * anonymous mapping as in a VM, MMIO doorbells go through shared memory and the kick
  * eventfd, shadow doorbells are rung as a KVM ioeventfd would (the kick
- * eventfd alone), interrupts come back as messages.
+ * eventfd alone), interrupts come back as messages; a checkpoint's work on
+ * a qcow2 namespace (qemu-img the judge).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -18,6 +20,7 @@ import { openImage, Qcow2Backend, type BlockBackend } from '../block/index.js';
 import { checkImage } from '../block/qcow2/check.js';
 import { createQcow2 } from '../block/qcow2/create.js';
 import { mapImage } from '../block/qcow2/map.js';
+import { assertOverlay, qemuImg, scratchDir, skipNoQemu } from '../block/qcow2/testing.js';
 import { openBackend, type DiskInit } from './disk.js';
 import { CSTS_CFS, DOORBELLS, REG, SC } from './constants.js';
 import { IoThreadQueues } from './offload.js';
@@ -161,4 +164,81 @@ test('a qcow2 namespace on the I/O thread: writes allocate clusters, deallocate 
   } finally {
     rmSync(dir, { recursive: true });
   }
+});
+
+/** A qcow2 or raw namespace on its thread with one I/O queue pair, written through guest commands. */
+async function writer(path: string) {
+  const s = setup(path);
+  s.d.enable();
+  assert.equal(s.d.createCq(1).status, 0);
+  assert.equal(s.d.createSq(1).status, 0);
+  const write = async (slba: number, byte: number) => {
+    s.d.mem.fill(DATA, 8192, byte);
+    s.d.put(1, { opcode: 0x01, nsid: 1, prp1: DATA, prp2: DATA + 4096, cdw10: slba, cdw12: 15 });
+    s.d.ring(1);
+    assert.equal((await one(s.d, 1)).status, 0, 'the write succeeded');
+  };
+  return { ...s, write };
+}
+
+function readImage(path: string, off: number, len: number): Buffer {
+  const b = openImage({ path, readonly: true });
+  try { const out = Buffer.alloc(len); b.read(out, off); return out; } finally { b.close(); }
+}
+const sha = (f: string): string => createHash('sha256').update(readFileSync(f)).digest('hex');
+
+test('an internal checkpoint of a qcow2 namespace on the I/O thread: qemu-img lists the snapshot, and applying it gives back the bytes of its time', { skip: skipNoQemu }, async () => {
+  const s = scratchDir();
+  const disk = s.path('d.qcow2');
+  createQcow2(disk, { size: 1 << 20, clusterSize: 4096 });
+  const w = await writer(disk);
+  try {
+    await w.write(16, 0xa1);
+    w.thread.quiesce();
+    assert.deepEqual(await w.thread.checkpointDisk({ t: 'internal', name: 'vm.ckp' }), { path: disk, format: 'qcow2', readonly: false, snapshot: 'vm.ckp' });
+    // again under the same name: replaced, not refused
+    await w.thread.checkpointDisk({ t: 'internal', name: 'vm.ckp' });
+    w.thread.unquiesce();
+    await w.write(16, 0xb2);
+  } finally {
+    w.close();
+  }
+  const list = qemuImg('snapshot', '-l', disk);
+  assert.equal(list.status, 0, list.out);
+  assert.equal(list.out.match(/vm\.ckp/g)?.length, 1, list.out);
+  assert.equal(qemuImg('check', disk).status, 0);
+  assert.deepEqual(readImage(disk, 16 * 512, 8192), Buffer.alloc(8192, 0xb2));
+  assert.equal(qemuImg('snapshot', '-a', 'vm.ckp', disk).status, 0);
+  assert.deepEqual(readImage(disk, 16 * 512, 8192), Buffer.alloc(8192, 0xa1));
+  s.done();
+});
+
+test('an external checkpoint of a qcow2 namespace on the I/O thread: it goes on in an overlay whose backing file stays as it was', { skip: skipNoQemu }, async () => {
+  const s = scratchDir();
+  const base = s.path('base.qcow2'), overlay = s.path('vm.ckp.pci.0.4.0.qcow2');
+  createQcow2(base, { size: 1 << 20, clusterSize: 4096 });
+  const w = await writer(base);
+  let baseSum: string | undefined;
+  try {
+    await w.write(16, 0xa1);
+    w.thread.quiesce();
+    // an existing file is never replaced: one line, and the namespace goes on as it was
+    writeFileSync(overlay, 'x');
+    await assert.rejects(w.thread.checkpointDisk({ t: 'external', overlay }), (e: Error) => /EEXIST/.test(e.message) && !e.message.includes('\n'));
+    assert.equal(readFileSync(overlay, 'utf8'), 'x');
+    unlinkSync(overlay);
+    assert.deepEqual(await w.thread.checkpointDisk({ t: 'external', overlay }), { path: base, format: 'qcow2', readonly: false, overlay });
+    w.thread.unquiesce();
+    baseSum = sha(base);
+    await w.write(16, 0xb2);
+    await w.write(300, 0xb2);
+  } finally {
+    w.close();
+  }
+  assertOverlay(overlay, base, 'qcow2', 1 << 20);
+  assert.equal(sha(base), baseSum, 'the backing file is untouched by writes after the checkpoint');
+  assert.deepEqual(readImage(base, 16 * 512, 8192), Buffer.alloc(8192, 0xa1));
+  assert.deepEqual(readImage(overlay, 16 * 512, 8192), Buffer.alloc(8192, 0xb2));
+  assert.equal(qemuImg('check', base).status, 0);
+  s.done();
 });

@@ -4,12 +4,14 @@
  * a synchronous call (message, eventfd, bounded wait for the answer), MMIO
  * doorbell values go through shared memory and a kick eventfd, and
  * interrupts the thread may not send itself (a masked vector, no irqfd)
- * come back as messages.
+ * come back as messages. A checkpoint's work on the disk is a call too: the
+ * thread's instance owns the image.
  */
 import { MessageChannel, receiveMessageOnPort, Worker, type MessagePort } from 'node:worker_threads';
 import { createEventfd, signalEventfd } from '../../host/eventfd.js';
 import { libc } from '../../host/libc.js';
 import type { SharedGuestRam } from '../io-thread/index.js';
+import type { DiskCheckpointOp, DiskState } from '../../snapshot/disks.js';
 import { DNR, SC } from './constants.js';
 import type { IoQueueDriver } from './controller.js';
 import type { DiskInit } from './disk.js';
@@ -21,7 +23,11 @@ export type NvmeCall =
   | { t: 'deleteSq' | 'deleteCq'; qid: number }
   | { t: 'setDbbuf'; dbs: number; eis: number }
   | { t: 'restore'; state: IoQueuesState }
+  | { t: 'disk'; op: DiskCheckpointOp }
   | { t: 'reset' | 'save' | 'quiesce' | 'unquiesce' | 'stop' };
+
+/** The thread's answer to `disk`: what the checkpoint made of the disk, or why it failed (one line). */
+export type NvmeDiskAnswer = { state: DiskState } | { error: string };
 
 export type NvmeThreadEvent = { t: 'irq'; vector: number } | { t: 'fatal' } | { t: 'log'; msg: string };
 
@@ -44,6 +50,8 @@ export interface NvmeThreadData {
 
 /** How long a control call waits for the thread (one command's I/O at most, normally). */
 const WAIT_MS = 10_000;
+/** ... and a checkpoint's work on the disk (a flush, and a qcow2 snapshot's metadata or a new overlay). */
+const DISK_WAIT_MS = 120_000;
 
 export class IoThreadQueues implements IoQueueDriver {
   readonly kickFd = createEventfd();
@@ -87,12 +95,12 @@ export class IoThreadQueues implements IoQueueDriver {
   get served(): number { return Atomics.load(this.shared, 1); }
 
   /** A control call: the thread's answer, or undefined when it is dead or did not answer in time. */
-  private call(m: NvmeCall): unknown {
+  private call(m: NvmeCall, waitMs = WAIT_MS): unknown {
     if (this.dead) return undefined;
     const seq = ++this.seq;
     this.port.postMessage({ ...m, seq });
     signalEventfd(this.ctlFd);
-    const deadline = Date.now() + WAIT_MS;
+    const deadline = Date.now() + waitMs;
     for (;;) {
       const cur = Atomics.load(this.ack, 0);
       if (cur >= seq) return cur === 0x7fffffff ? undefined : receiveMessageOnPort(this.reply)?.message;
@@ -125,6 +133,13 @@ export class IoThreadQueues implements IoQueueDriver {
   restore(state: IoQueuesState): void {
     const r = this.call({ t: 'restore', state });
     if (r !== '') throw new Error(typeof r === 'string' ? r : `nvme I/O thread: ${this.dead ?? 'no answer'}`);
+  }
+
+  /** A checkpoint's work on the disk (the queues quiesced); rejects with the thread's one-line error. */
+  checkpointDisk(op: DiskCheckpointOp): Promise<DiskState> {
+    const r = this.call({ t: 'disk', op }, DISK_WAIT_MS) as NvmeDiskAnswer | undefined;
+    if (!r) return Promise.reject(new Error(`nvme I/O thread: ${this.dead ?? 'no answer'}`));
+    return 'state' in r ? Promise.resolve(r.state) : Promise.reject(new Error(r.error));
   }
 
   doorbell(idx: number, value: number): void {

@@ -16,14 +16,13 @@ import { PciBars } from '../../pci/bars.js';
 import { Msix } from '../../pci/msix.js';
 import { UserError } from '../../errors.js';
 import { SnapshotError, type StateReader, type StateWriter } from '../../snapshot/state.js';
-import type { BlockBackend } from '../block/index.js';
+import { checkpointImage, diskCheckpointHook, followOverlay } from '../block/index.js';
 import type { DiskCheckpoint } from '../../snapshot/disks.js';
-import { resolve } from 'node:path';
 import { DOORBELLS } from './constants.js';
 import { NvmeController, type IoQueueDriver } from './controller.js';
-import { ioQueuesOver, openBackend, type DiskInit } from './disk.js';
+import { imageOptions, ioQueuesOver, namespaceOver, openBackend, type DiskInit } from './disk.js';
 import { PCI_DEVICE, PCI_VENDOR } from './identify.js';
-import { Stat } from './io.js';
+import { Stat, type Namespace } from './io.js';
 import { FATAL_DOORBELL, type IoQueues } from './io-queues.js';
 import { IoThreadQueues } from './offload.js';
 import { nvmeInfo, parseNvmeOptions, type NvmeOptions } from './options.js';
@@ -36,7 +35,8 @@ export class NvmePci implements PciFunction {
   readonly config: PciConfig;
   readonly controller: NvmeController;
   private readonly msix: Msix;
-  private readonly backend: BlockBackend;
+  /** this thread's instance of the disk (passive with an I/O thread); a checkpoint may move it to an overlay */
+  private readonly ns: Namespace;
   private readonly queues: IoQueueDriver;
   readonly disk?: DiskCheckpoint;
   private readonly thread: IoThreadQueues | undefined;
@@ -65,33 +65,32 @@ export class NvmePci implements PciFunction {
     };
     if (opts.ramMiB !== undefined) disk.ram = new SharedArrayBuffer(opts.ramMiB * 1024 * 1024);
     else { disk.path = opts.path; disk.format = opts.format; }
-    this.backend = openBackend(disk, label, useThread);
-    // raw namespaces: an internal checkpoint names them in its warning; qcow2 ones and overlays are not taken yet
-    if (disk.path !== undefined) {
-      const qcow2 = this.backend.snapshots !== undefined;
-      const state = { path: resolve(disk.path), format: 'raw', readonly: opts.readonly } as const;
-      this.disk = {
-        checkpointDisk: (op) => qcow2 || (op.t === 'external' && !opts.readonly)
-          ? Promise.reject(new UserError(`${label}: an NVMe namespace cannot take part in a checkpoint of disks yet${qcow2 ? ' (it is a qcow2 image)' : ' (no qcow2 overlay)'}`))
-          : Promise.resolve(state),
-      };
-    }
+    const backend = openBackend(disk, label, useThread);
     // dsm=auto: deallocate when the storage can (a RAM disk, a writable file or block device)
     disk.dsm = opts.dsm === 'enable' || (opts.dsm === 'auto' && !opts.readonly);
+    const ns = this.ns = namespaceOver(backend, disk);
     const signal = (v: number): void => { this.msix.signal(v); };
     if (useThread) {
       this.thread = new IoThreadQueues(disk, ctx.guestRam!, `nvme-io@${bdf.slot}`, signal, (m) => ctx.guestError(label, m));
       this.queues = this.thread;
     } else {
-      this.queues = ioQueuesOver(ctx.mem, this.backend, disk, signal, () => ctx.guestError(label, FATAL_DOORBELL));
+      this.queues = ioQueuesOver(ctx.mem, ns, disk, signal, () => ctx.guestError(label, FATAL_DOORBELL));
+    }
+    // a checkpoint's work on the disk is done by the instance that does the I/O (snapshot/disks.ts)
+    if (disk.path !== undefined) {
+      const img = imageOptions(disk, label, useThread);
+      this.disk = diskCheckpointHook({
+        checkpointDisk: (op) => checkpointImage(ns, img, op),
+        followOverlay: (overlay) => followOverlay(ns, img, overlay),
+      }, this.thread);
     }
     this.controller = new NvmeController({
       mem: ctx.mem, queues: this.queues, stats: this.counters, maxq: opts.maxq, maxEntries: opts.qsz, vectors,
       identity: {
         serial: opts.serial, maxEntries: opts.qsz, readonly: opts.readonly, dsm: disk.dsm, eui64: opts.eui64,
-        sectorSize: opts.sectorSize, lbas: Math.floor(this.backend.size / opts.sectorSize),
+        sectorSize: opts.sectorSize, lbas: Math.floor(backend.size / opts.sectorSize),
       },
-      signal, flush: () => this.backend.flush(), onDbbuf: (on) => this.setDbbuf(on), guestError: (m) => ctx.guestError(label, m),
+      signal, flush: () => this.ns.backend.flush(), onDbbuf: (on) => this.setDbbuf(on), guestError: (m) => ctx.guestError(label, m),
     });
     const barSize = Math.max(0x4000, 1 << Math.ceil(Math.log2(DOORBELLS + 8 * (opts.maxq + 1))));
     const bars = new PciBars(ctx, this.config, name);
@@ -137,7 +136,7 @@ export class NvmePci implements PciFunction {
   /** In-flight commands: none once the thread has answered (it runs each to completion); then data is made durable. */
   quiesce(): Promise<void> {
     this.thread?.quiesce();
-    try { this.backend.flush(); } catch (e) { this.ctx.guestError('nvme', `flush before save: ${(e as Error).message}`); }
+    try { this.ns.backend.flush(); } catch (e) { this.ctx.guestError('nvme', `flush before save: ${(e as Error).message}`); }
     return Promise.resolve();
   }
   unquiesce(): void { this.thread?.unquiesce(); }
@@ -187,7 +186,7 @@ export class NvmePci implements PciFunction {
     this.setDbbuf(false);
     try {
       this.thread?.destroy();
-      this.backend.close();
+      this.ns.backend.close();
     } finally {
       this.msix.close();
     }

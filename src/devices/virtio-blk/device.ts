@@ -39,7 +39,7 @@ import { VIRTIO_COMMON_FEATURES, VIRTIO_ID_BLOCK, featureBit, hasFeature } from 
 import type { VirtioDevice, VirtioInterrupt } from '../../virtio/device.js';
 import { VirtqueueError, type DescriptorChain, type GuestBuffer, type Virtqueue } from '../../virtio/queue.js';
 import { IoVecs } from '../../memory/iovec.js';
-import { checkpointImage, openImage, type BlockBackend, type ImageFormat, type OpenImageOptions } from '../block/index.js';
+import { checkpointImage, followOverlay, openImage, type BlockBackend, type ImageFormat, type OpenImageOptions } from '../block/index.js';
 import type { DiskCheckpointOp, DiskState } from '../../snapshot/disks.js';
 
 // ---- protocol constants (5.2) ---------------------------------------------------
@@ -354,17 +354,11 @@ export class VirtioBlk implements VirtioDevice {
    */
   checkpointDisk(op: DiskCheckpointOp): DiskState {
     if (!this.ownsBackend) throw new UserError('virtio-blk: this disk was not opened from a file');
-    const { state, backend } = checkpointImage(this.backend, this.openOpts, op);
-    if (backend) this.backend = backend;
-    return state;
+    return checkpointImage(this, this.openOpts, op);
   }
 
   /** The I/O thread switched the disk to `overlay`: this (passive) instance follows, for its flushes. */
-  followOverlay(overlay: string): void {
-    const next = openImage({ ...this.openOpts, path: overlay, format: 'qcow2' });
-    this.backend.close();
-    this.backend = next;
-  }
+  followOverlay(overlay: string): void { followOverlay(this, this.openOpts, overlay); }
 
   private report(msg: string): void {
     try {

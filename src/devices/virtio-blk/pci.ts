@@ -5,6 +5,7 @@
  * the main thread.
  */
 import { registerPciDevice } from '../../pci/device.js';
+import { diskCheckpointHook } from '../block/index.js';
 import { VirtioPci, virtioPciOptions } from '../../virtio/pci/transport.js';
 import { VirtioBlk } from './device.js';
 import { parseVirtioBlkOptions } from './index.js';
@@ -20,18 +21,11 @@ registerPciDevice({
     if (ctx.storageGate && !useWorker) throw new Error('virtio-blk: built before its storage gate without an I/O thread');
     // with a worker, the worker's instance of the image does the I/O; this one serves the config
     const dev = new VirtioBlk({ ...opts, onError, passive: useWorker });
-    const model = useWorker ? offloadVirtioBlk(dev, opts, ctx.guestRam!, onError, `blk-io@${bdf.slot}`, ctx.storageGate) : dev;
+    const thread = useWorker ? offloadVirtioBlk(dev, opts, ctx.guestRam!, onError, `blk-io@${bdf.slot}`, ctx.storageGate) : undefined;
+    const model = thread ?? dev;
     const fn = new VirtioPci(ctx, model, bdf, `virtio-blk@${bdf.slot}`, virtioPciOptions(node));
     fn.onDestroy = () => model.destroy();
-    fn.disk = {
-      // the instance that does the I/O owns the image; with a worker, this one follows it to an overlay
-      checkpointDisk: async (op) => {
-        if (model === dev) return dev.checkpointDisk(op);
-        const state = await model.checkpointDisk(op);
-        if (state.overlay !== undefined) dev.followOverlay(state.overlay);
-        return state;
-      },
-    };
+    fn.disk = diskCheckpointHook(dev, thread);
     return fn;
   },
 });

@@ -1,8 +1,11 @@
 /**
  * Test helpers for virtio-blk: a temp image, a device over it with a mock
- * driver queue, and request builders. Used by the tests in this folder.
+ * driver queue, request builders, and the workload of the virtio-pci fuzz
+ * driver (virtio/pci/testing.ts) on a read-only disk. Used by the tests in
+ * this folder.
  */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { GuestMemory } from '../../memory/guest-memory.js';
@@ -10,7 +13,12 @@ import type { VirtioCore, VirtioInterrupt } from '../../virtio/device.js';
 import { VIRTIO_F_VERSION_1, featureBit } from '../../virtio/constants.js';
 import type { Virtqueue } from '../../virtio/queue.js';
 import { MockSplitQueue } from '../../virtio/testing/mock-driver.js';
-import { VirtioBlk, type VirtioBlkOptions } from './device.js';
+import type { ChainSpec } from '../../virtio/driver-queue.js';
+import type { Workload } from '../../virtio/pci/testing.js';
+import {
+  VIRTIO_BLK_S_OK, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VirtioBlk, type VirtioBlkOptions,
+} from './device.js';
+import { requestHeader as header } from './request.js';
 
 export interface Harness {
   dir: string;
@@ -112,5 +120,51 @@ export function submit(h: Harness, readable: (Uint8Array | number)[], writable: 
     status: wl > 0 && mine.len > 0 ? all[wl - 1] : undefined,
     usedLen: mine.len,
     data: all.subarray(0, Math.max(0, wl - 1)),
+  };
+}
+
+/**
+ * virtio-blk on a read-only 1 MiB image, and its workload: reads come back
+ * with the image's bytes, GET_ID and FLUSH succeed, writes and discards are
+ * refused. sha256() hashes the image file as it is now.
+ */
+export function readOnlyDisk(): { dev: VirtioBlk; work: Workload; sha256(): string } {
+  const { path, bytes: image } = makeImage(1 << 20);
+  const dev = new VirtioBlk({ path, readonly: true });
+  const sha256 = () => createHash('sha256').update(readFileSync(path)).digest('hex');
+  return { dev, work: blkWork(image), sha256 };
+}
+
+function blkWork(image: Uint8Array): Workload {
+  const sectors = image.length / 512;
+  return {
+    request(r) {
+      const kind = r() % 8;
+      if (kind < 4) {
+        const n = 1 + r() % 8, s = r() % (sectors - n + 1);
+        const parts = n > 1 && r() % 2 ? [512, n * 512 - 512] : [n * 512];
+        return {
+          spec: { readable: [header(VIRTIO_BLK_T_IN, s)], writable: [...parts, 1] },
+          check: (u, written) => {
+            const got = written(n * 512 + 1);
+            if (u.len !== n * 512 + 1 || got[n * 512] !== VIRTIO_BLK_S_OK) return `read of ${n} at ${s}: used ${u.len}, status ${got[n * 512]}`;
+            return Buffer.compare(got.subarray(0, n * 512), image.subarray(s * 512, (s + n) * 512)) === 0 ? undefined : `read of ${n} at ${s}: wrong data`;
+          },
+        };
+      }
+      const expectOk = kind === 4 || kind === 5;
+      const spec: ChainSpec = kind === 4 ? { readable: [header(VIRTIO_BLK_T_GET_ID, 0)], writable: [20, 1] }
+        : kind === 5 ? { readable: [header(VIRTIO_BLK_T_FLUSH, 0)], writable: [1] }
+        : kind === 6 ? { readable: [header(VIRTIO_BLK_T_OUT, r() % sectors), Buffer.alloc(512, 0x5a)], writable: [1] }
+        : { readable: [header(VIRTIO_BLK_T_DISCARD, 0), segment(r() % sectors, 1)], writable: [1] };
+      const statusAt = (spec.writable ?? []).reduce((a, b) => a + b, 0) - 1;
+      return {
+        spec,
+        check: (u, written) => {
+          const st = written(statusAt + 1)[statusAt];
+          return (st === VIRTIO_BLK_S_OK) === expectOk && u.len === statusAt + 1 ? undefined : `request kind ${kind}: status ${st}, used ${u.len}`;
+        },
+      };
+    },
   };
 }

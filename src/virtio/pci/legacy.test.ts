@@ -17,7 +17,7 @@ import { VirtioRnd } from '../../devices/virtio-rnd.js';
 import { VirtioBlk } from '../../devices/virtio-blk/device.js';
 import { MockSplitQueue } from '../testing/mock-driver.js';
 import { VIRTIO_F_VERSION_1, featureBit } from '../constants.js';
-import { assertExercised, fuzzVirtioPci, readOnlyDisk, rndWork } from './testing.js';
+import { assertExercised, fuzzVirtioPci, LEGACY_MIN, rndWork } from './testing.js';
 
 const IO = 0x6000, MSIX = 0xc0004000, MODERN = 0xc0000000;
 const ACK = 1, DRIVER = 2, DRIVER_OK = 4, FEATURES_OK = 8;
@@ -171,19 +171,10 @@ test('a modern driver still works on a transitional device (BAR 4), and must acc
   assert.equal(s.fn.core.legacy, false);
 });
 
-test('hostile traffic on the legacy registers between valid requests; a read-only disk stays bit-identical', (t) => {
-  const disk = readOnlyDisk();
-  const before = disk.sha256();
-  try {
-    for (const [dev, work, seed] of [[new VirtioRnd(), rndWork, 0x1e6ac7], [disk.dev, disk.work, 0x1e6ac8]] as const) {
-      const res = fuzzVirtioPci(dev, work, { seed, steps: 20_000, legacy: true, irqfd: seed % 2 === 0 });
-      t.diagnostic(JSON.stringify({ ...res, violations: res.violations.length }));
-      assertExercised(res, { activations: 300, notifies: 5000, completed: 4000, msis: 2000, guestErrors: 500 });
-    }
-    assert.equal(disk.sha256(), before);
-  } finally {
-    disk.dev.destroy();
-  }
+test('hostile traffic on the legacy registers between valid requests (virtio-rnd; virtio-blk\'s run is in devices/virtio-blk/pci.fuzz.test.ts)', (t) => {
+  const res = fuzzVirtioPci(new VirtioRnd(), rndWork, { seed: 0x1e6ac7, steps: 20_000, legacy: true, irqfd: false });
+  t.diagnostic(JSON.stringify({ ...res, violations: res.violations.length }));
+  assertExercised(res, LEGACY_MIN);
 });
 
 test('`legacy` in -s and pci.B.S.F.virtio.transitional both make a device transitional', async () => {

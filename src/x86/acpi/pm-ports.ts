@@ -1,7 +1,7 @@
 /**
  * The fixed-hardware ACPI register blocks (PIIX4-like I/O ports). The FADT
- * advertises them and src/devices/acpi-pm.ts implements them; both import
- * from here so they cannot disagree.
+ * advertises them and src/devices/acpi-pm.ts implements them; both take
+ * their places from here (pmPortsFor) so they cannot disagree.
  */
 export const PM1A_EVT = 0x400; // 4 bytes: PM1_STS (2) + PM1_EN (2)
 export const PM1A_CNT = 0x404; // 2 bytes
@@ -46,4 +46,14 @@ export const DEFAULT_PM_PORTS: PmPorts = {
 export const PIIX4_PM_BASE = 0xb000;
 export function pmPortsAt(base: number): PmPorts {
   return { ...DEFAULT_PM_PORTS, pm1aEvt: base, pm1aCnt: base + 4, pmTmr: base + 8 };
+}
+
+/**
+ * Where a VM's PM blocks are, for the FADT (direct boot's tables, or
+ * firmware's through fw_cfg) and the PM device alike: with firmware
+ * (`-l bootrom`), at the PIIX4 PM function's PMBA as the firmware programs
+ * it; else at the fixed ports.
+ */
+export function pmPortsFor(firmware: boolean): PmPorts {
+  return firmware ? pmPortsAt(PIIX4_PM_BASE) : DEFAULT_PM_PORTS;
 }

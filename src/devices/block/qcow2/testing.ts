@@ -3,6 +3,7 @@
  * seeded random source, scatter lists over Buffers, and random I/O applied
  * to two backends at once.
  */
+import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -18,6 +19,19 @@ export const skipNoQemu = haveQemuImg ? false : 'qemu-img is not installed';
 export function qemuImg(...args: string[]): { status: number; out: string } {
   const r = spawnSync(QEMU_IMG, args, { encoding: 'utf8' });
   return { status: r.status ?? -1, out: `${r.stdout}${r.stderr}` };
+}
+
+/** `overlay` is a qcow2 image of `size` bytes over `backing` (its format recorded), and clean, as qemu-img reads it. */
+export function assertOverlay(overlay: string, backing: string, backingFormat: 'raw' | 'qcow2', size: number): void {
+  const info = qemuImg('info', '--output=json', overlay);
+  assert.equal(info.status, 0, info.out);
+  const j = JSON.parse(info.out) as Record<string, unknown>;
+  assert.equal(j['format'], 'qcow2');
+  assert.equal(j['backing-filename'], backing);
+  assert.equal(j['backing-filename-format'], backingFormat);
+  assert.equal(j['virtual-size'], size);
+  const check = qemuImg('check', overlay);
+  assert.equal(check.status, 0, check.out);
 }
 
 /** A scratch folder (`inMemory`: on /dev/shm when there is one, where fdatasync costs nothing). */
