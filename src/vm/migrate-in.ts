@@ -2,11 +2,12 @@
  * The destination side of a migration (`tshyve ... -R HOST,PORT`): wait for
  * one source, compare machines, take RAM into a fresh mapping and build the
  * VM meanwhile (its disks opened only once the source has flushed and
- * stopped using them), then apply the state. The VM runs once the
- * source says COMMIT. Everything from the source is untrusted and checked
- * before use (wire.ts, ram-pages.ts, the snapshot format's readers); on any
- * failure the source is told why (it resumes its guest) and nothing here
- * ever ran.
+ * stopped using them), then apply the state. The source's END commits: once
+ * everything has checked and been applied, DONE tells the source that the
+ * guest is ours, and only then does it run. Everything from the source is
+ * untrusted and checked before use (wire.ts, ram-pages.ts, the snapshot
+ * format's readers); on any failure before DONE the source is told why (it
+ * resumes its guest) and nothing here ever ran.
  */
 import type { ConfigTree } from '../config/tree.js';
 import { resolveCpus, resolveMemBytes } from '../config/options.js';
@@ -16,7 +17,7 @@ import { libc } from '../host/libc.js';
 import { StateReader, SnapshotError } from '../snapshot/state.js';
 import { MAX_DEVICES } from '../snapshot/persist.js';
 import { checkPartSums, parseDocument, readConfigPart, type VmState } from '../snapshot/file.js';
-import { Channel, F, MigrationError, jsonFrame } from '../migration/wire.js';
+import { Channel, F, MigrationError, TAKEOVER_MS, jsonFrame } from '../migration/wire.js';
 import { acceptOne, type MigrationAddress } from '../migration/transport.js';
 import { decodeHello, helloMismatch } from '../migration/hello.js';
 import { applyPages } from '../migration/ram-pages.js';
@@ -37,10 +38,15 @@ export interface IncomingOptions {
   onListening?(): void;
   /**
    * Last preparations once the VM is built (its vCPU threads parked; it runs
-   * only after READY): what fails here (a control socket that cannot be
+   * only after DONE): what fails here (a control socket that cannot be
    * made) is refused, and the source keeps its guest.
    */
   beforeReady?(m: Machine): Promise<void>;
+  /**
+   * Once the state is applied, just before DONE (the sandbox's lock-down,
+   * which needs the disks open): what fails here is refused too.
+   */
+  beforeTakeover?(m: Machine): Promise<void>;
 }
 
 /** Wait for a migration into a VM of `config`; resolves with the VM, built and ready to run(). */
@@ -108,6 +114,7 @@ export async function receiveMigration(config: ConfigTree, from: MigrationAddres
       }
     }
     const end = new StateReader((await ch.recvJson([F.END], IDLE_MS)).value, 'end');
+    const tEnd = performance.now();
     if (end.int('pages', 0) !== pages || end.int('dataPages', 0) !== dataPages) {
       throw new MigrationError(`the source says it sent ${end.int('pages', 0)} pages, ${pages} arrived (stream damaged)`, 'EPROTO');
     }
@@ -115,20 +122,22 @@ export async function receiveMigration(config: ConfigTree, from: MigrationAddres
     steps!.mark('build_wait');
     m.restoreIncoming(state);
     steps!.mark('restore');
+    await opts.beforeTakeover?.(m);
+    steps!.mark('lock_down');
     if (m.isEnding) throw new MigrationError('the VM here was ended before it took the guest over');
-    await ch.send(jsonFrame(F.READY, {}));
-    await ch.recv([F.COMMIT], IDLE_MS);
-    steps!.mark('ready_commit');
-    // The guest's downtime ends when its vCPUs run here (run(), by the caller): then DONE tells the source.
+    if (performance.now() - tEnd > TAKEOVER_MS) throw new MigrationError(`could not take the guest over within ${TAKEOVER_MS / 1000} s of the source's end`);
+    // Taking over: DONE is written (the source then ends) before the vCPUs run (run(), by the caller).
+    await ch.send(jsonFrame(F.DONE, {}));
+    steps!.mark('take_over');
     const vm = m, timer = steps!;
     vm.once('running', () => {
-      const tEnd = performance.now();
+      const tRun = performance.now();
       timer.mark('start_vcpus');
       const stepMs = timer.steps;
-      vm.migrationStats = { total_ms: Math.round(tEnd - t0), downtime_ms: Math.round(tEnd - tSwitch), bytes: ch.received, rounds, pages };
+      vm.migrationStats = { total_ms: Math.round(tRun - t0), downtime_ms: Math.round(tRun - tSwitch), bytes: ch.received, rounds, pages };
       for (const [k, v] of Object.entries(stepMs)) vm.migrationStats[`step_${k}_ms`] = v;
       if (config.getBool('debug.timing', false)) log('info', `migration switchover on the destination (ms): ${formatSteps(stepMs)}${early ? '' : ' (built at the switchover)'}`);
-      void ch.send(jsonFrame(F.DONE, {})).catch(() => undefined).then(() => ch.end());
+      void ch.end();
     });
     return m;
   } catch (e) {

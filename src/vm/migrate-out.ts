@@ -3,16 +3,17 @@
  * while the guest runs; live, pre-copy rounds over KVM's and the devices'
  * dirty logs until what is left fits migration.downtime_ms (or a round or
  * time limit ends them); then pause, flush, send the rest and the KVM and
- * device state, and hand the guest over. Until the destination has said
- * READY and been told COMMIT, any failure puts everything back: logging
- * off, devices and vCPUs going on as they were.
+ * device state, and hand the guest over: END commits, and the
+ * destination's DONE says that it took the guest. Until DONE, any failure
+ * (a REFUSE, the connection closed, no word in time) puts everything back:
+ * logging off, devices and vCPUs going on as they were.
  */
 import type { ConfigTree } from '../config/tree.js';
 import { HostError, UserError } from '../errors.js';
 import { ramDataRanges, type RamMapping } from '../memory/ram.js';
 import { partSums, stateBody, type SnapshotParts } from '../snapshot/file.js';
 import { StateWriter } from '../snapshot/state.js';
-import { Channel, F, MigrationError, encodeFrame, jsonFrame } from '../migration/wire.js';
+import { Channel, F, MigrationError, TAKEOVER_MS, encodeFrame, jsonFrame } from '../migration/wire.js';
 import { connectTo, formatAddress, type MigrationAddress } from '../migration/transport.js';
 import { encodeHello, type MachineFacts } from '../migration/hello.js';
 import { PAGE, PageSender } from '../migration/ram-pages.js';
@@ -121,7 +122,7 @@ export async function migrateOut(s: SourceVm, target: MigrationAddress, opts: Mi
         rounds++;
       }
     }
-    s.snapshots.rehearseCapture(statePayload);
+    await s.snapshots.rehearseCapture(statePayload);
     // Switch over: the guest stops here until the destination runs it.
     const tPause = performance.now();
     const steps = new StepTimer();
@@ -135,6 +136,10 @@ export async function migrateOut(s: SourceVm, target: MigrationAddress, opts: Mi
     progress({ phase: 'switchover', done: ch.sent, round: rounds, dirtyRate: 0, expectedDowntimeMs: 0 });
     await ch.send(jsonFrame(F.SWITCHOVER, new StateWriter().u32('rounds', rounds).obj));
     steps.mark('switchover');
+    // The vCPUs' state is read on their threads while the last pages go out.
+    const capturing = s.snapshots.captureParked();
+    capturing.catch(() => undefined); // awaited below: not unhandled if the pages fail first
+    steps.mark('capture_here');
     if (live) {
       const dirty = dirtyLog.harvest();
       steps.mark('dirty_log');
@@ -144,27 +149,26 @@ export async function migrateOut(s: SourceVm, target: MigrationAddress, opts: Mi
       await sendDataRanges('switchover', 0);
     }
     steps.mark('pages');
-    const parts = s.snapshots.capture();
+    const parts = await capturing;
     steps.mark('capture');
     const stateFrame = encodeFrame(F.STATE, statePayload(parts));
     steps.mark('encode');
     await ch.send(stateFrame);
     await ch.send(jsonFrame(F.END, new StateWriter().int('pages', sender.pages).int('dataPages', sender.dataPages).obj));
     steps.mark('send_state');
-    await ch.recv([F.READY], 120_000);
-    steps.mark('wait_ready');
-    await ch.send(jsonFrame(F.COMMIT, {}));
-    committed = true;
     progress({ phase: 'commit', done: ch.sent, round: rounds, dirtyRate: 0, expectedDowntimeMs: 0 });
-    // The guest is the destination's from here, whatever it says next.
-    let confirmed = true;
-    try { await ch.recv([F.DONE], 30_000); } catch { confirmed = false; }
-    steps.mark('wait_running');
+    // The destination takes the guest over if everything checks, and says
+    // DONE before its vCPUs run. Without DONE it never runs the guest: a
+    // REFUSE says so; a destination that died wrote nothing after its last
+    // frame (a DONE it wrote comes before its connection's end); one that
+    // cannot take over within TAKEOVER_MS of END refuses, and we wait twice that.
+    await ch.recv([F.DONE], 2 * TAKEOVER_MS);
+    committed = true;
+    steps.mark('wait_done');
     const tEnd = performance.now();
     if (s.config.getBool('debug.timing', false)) log('info', `migration switchover on the source (ms): ${formatSteps(steps.steps)}`);
     void ch.end();
     s.handedOver(`migrated to ${where}`);
-    if (!confirmed) note = `${note ? `${note}; ` : ''}the destination did not confirm that it runs the guest`;
     return {
       target: where, live, rounds, bytes: ch.sent, pages: sender.pages, zeroPages: sender.zeroPages,
       totalMs: tEnd - t0, downtimeMs: tEnd - tPause, converged, steps: steps.steps, ...(note ? { note } : {}),
