@@ -163,6 +163,17 @@ test('in the sandbox, each TCP attempt uses a reserved socket: a name is refused
 
 type Action = 'pass' | 'corrupt' | 'cut' | 'hold' | Buffer;
 
+/** A JSON frame changed by `edit`, its length and CRC made right: only the payload's own checks can find it. */
+function rewriteJson<T>(frame: Buffer, edit: (v: T) => void): Buffer {
+  const v = JSON.parse(frame.subarray(HEADER_BYTES).toString('utf8')) as T;
+  edit(v);
+  const payload = Buffer.from(JSON.stringify(v));
+  const h = Buffer.from(frame.subarray(0, HEADER_BYTES));
+  h.writeUInt32LE(payload.length, 8);
+  h.writeUInt32LE(crc32(payload), 12);
+  return Buffer.concat([h, payload]);
+}
+
 /**
  * A proxy on `listen` to the destination at `dest`: source-to-destination
  * frames go through `onFrame` (its n-th frame of that type), which passes,
@@ -231,16 +242,8 @@ test('a damaged page frame is refused by the destination (exit 4, one line); the
 test('a state whose part does not match its checksum (frame CRC made right) is refused; the source resumes', { skip }, async () => {
   const sock = join(dir, 'st.sock'), via = join(dir, 'st-proxy.sock');
   const p = await pair('counter', `unix:${sock}`);
-  await proxy(via, sock, (type, _n, frame) => {
-    if (type !== F.STATE) return 'pass';
-    const doc = JSON.parse(frame.subarray(HEADER_BYTES).toString('utf8')) as { vcpus: Record<string, unknown>[] };
-    doc.vcpus[0]!['mpState$u32'] = 3;
-    const payload = Buffer.from(JSON.stringify(doc));
-    const h = Buffer.from(frame.subarray(0, HEADER_BYTES));
-    h.writeUInt32LE(payload.length, 8);
-    h.writeUInt32LE(crc32(payload), 12);
-    return Buffer.concat([h, payload]);
-  });
+  await proxy(via, sock, (type, _n, frame) => (type !== F.STATE ? 'pass'
+    : rewriteJson<{ vcpus: Record<string, unknown>[] }>(frame, (doc) => { doc.vcpus[0]!['mpState$u32'] = 3; })));
   const c = await ctl(`--vm=${p.srcName}`, `--migrate=unix:${via}`);
   assert.equal(c.code, 1);
   assert.match(oneLine(c.stderr), /refused: the migration state: checksum of part 'vcpus' does not match/);
@@ -268,16 +271,8 @@ test('the destination killed mid-transfer: tshyvectl says why in one line, exit 
 test('a destination that refuses after the source\'s END (its counts changed, the frame\'s CRC made right): the source resumes its guest', { skip }, async () => {
   const sock = join(dir, 'end.sock'), via = join(dir, 'end-proxy.sock');
   const p = await pair('counter', `unix:${sock}`);
-  await proxy(via, sock, (type, _n, frame) => {
-    if (type !== F.END) return 'pass';
-    const end = JSON.parse(frame.subarray(HEADER_BYTES).toString('utf8')) as Record<string, number>;
-    end['pages$int']! += 1;
-    const payload = Buffer.from(JSON.stringify(end));
-    const h = Buffer.from(frame.subarray(0, HEADER_BYTES));
-    h.writeUInt32LE(payload.length, 8);
-    h.writeUInt32LE(crc32(payload), 12);
-    return Buffer.concat([h, payload]);
-  });
+  await proxy(via, sock, (type, _n, frame) => (type !== F.END ? 'pass'
+    : rewriteJson<Record<string, number>>(frame, (end) => { end['pages$int']! += 1; })));
   const c = await ctl(`--vm=${p.srcName}`, `--migrate=unix:${via}`);
   assert.equal(c.code, 1);
   assert.match(oneLine(c.stderr), /failed, the VM runs on here: .*refused: the source says it sent \d+ pages, \d+ arrived \(stream damaged\)\n$/);
