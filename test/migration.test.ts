@@ -17,6 +17,7 @@ import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { CLI, CTL, CONTROL_DIR, guestBin, kvmUnavailable } from './helpers.js';
 import { F, HEADER_BYTES } from '../src/migration/wire.js';
+import { PART, joinParts, splitParts } from '../src/migration/state-parts.js';
 
 const skip = kvmUnavailable() ?? (guestBin('dirtier') ? undefined : 'guest programs not built (nasm missing)');
 const dir = mkdtempSync(join(tmpdir(), 'tshyve-mig-'));
@@ -163,15 +164,19 @@ test('in the sandbox, each TCP attempt uses a reserved socket: a name is refused
 
 type Action = 'pass' | 'corrupt' | 'cut' | 'hold' | Buffer;
 
-/** A JSON frame changed by `edit`, its length and CRC made right: only the payload's own checks can find it. */
-function rewriteJson<T>(frame: Buffer, edit: (v: T) => void): Buffer {
-  const v = JSON.parse(frame.subarray(HEADER_BYTES).toString('utf8')) as T;
-  edit(v);
-  const payload = Buffer.from(JSON.stringify(v));
+/** `frame` with another payload, its length and CRC made right: only the payload's own checks can find the change. */
+function reframe(frame: Buffer, payload: Buffer): Buffer {
   const h = Buffer.from(frame.subarray(0, HEADER_BYTES));
   h.writeUInt32LE(payload.length, 8);
   h.writeUInt32LE(crc32(payload), 12);
   return Buffer.concat([h, payload]);
+}
+
+/** A JSON frame changed by `edit` (reframe). */
+function rewriteJson<T>(frame: Buffer, edit: (v: T) => void): Buffer {
+  const v = JSON.parse(frame.subarray(HEADER_BYTES).toString('utf8')) as T;
+  edit(v);
+  return reframe(frame, Buffer.from(JSON.stringify(v)));
 }
 
 /**
@@ -242,8 +247,16 @@ test('a damaged page frame is refused by the destination (exit 4, one line); the
 test('a state whose part does not match its checksum (frame CRC made right) is refused; the source resumes', { skip }, async () => {
   const sock = join(dir, 'st.sock'), via = join(dir, 'st-proxy.sock');
   const p = await pair('counter', `unix:${sock}`);
-  await proxy(via, sock, (type, _n, frame) => (type !== F.STATE ? 'pass'
-    : rewriteJson<{ vcpus: Record<string, unknown>[] }>(frame, (doc) => { doc.vcpus[0]!['mpState$u32'] = 3; })));
+  await proxy(via, sock, (type, _n, frame) => {
+    if (type !== F.STATE) return 'pass';
+    // vCPU 0's part changed, its checksum left as it was
+    const parts = splitParts(frame.subarray(HEADER_BYTES));
+    const vcpu = parts.find((p) => p.kind === PART.vcpus)!;
+    const doc = JSON.parse(vcpu.body.toString('utf8')) as Record<string, unknown>;
+    doc['mpState$u32'] = 3;
+    vcpu.body = Buffer.from(JSON.stringify(doc));
+    return reframe(frame, joinParts(parts));
+  });
   const c = await ctl(`--vm=${p.srcName}`, `--migrate=unix:${via}`);
   assert.equal(c.code, 1);
   assert.match(oneLine(c.stderr), /refused: the migration state: checksum of part 'vcpus' does not match/);

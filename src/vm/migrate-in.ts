@@ -15,18 +15,17 @@ import { Kvm } from '../kvm/kvm.js';
 import { createGuestRam, type RamMapping } from '../memory/ram.js';
 import { libc } from '../host/libc.js';
 import { StateReader, SnapshotError } from '../snapshot/state.js';
-import { MAX_DEVICES } from '../snapshot/persist.js';
-import { checkPartSums, parseDocument, readConfigPart, type VmState } from '../snapshot/file.js';
+import { parseDocument, type VmState } from '../snapshot/file.js';
 import { Channel, F, MigrationError, TAKEOVER_MS, jsonFrame } from '../migration/wire.js';
 import { acceptOne, type MigrationAddress } from '../migration/transport.js';
 import { decodeHello, helloMismatch } from '../migration/hello.js';
 import { applyPages } from '../migration/ram-pages.js';
 import { StepTimer, formatSteps } from '../migration/steps.js';
+import { decodeState, encodeState } from '../migration/state-parts.js';
 import { log } from '../log.js';
 import { inspectHost } from './host-check.js';
 import { vcpuCpuid } from './vcpus.js';
 import { buildsBeforeStorage, configKeyRules } from './snapshot.js';
-import { STATE_PARTS, statePayload } from './migrate-out.js';
 import { Machine } from './machine.js';
 import { ExitCode } from './exit-codes.js';
 
@@ -82,7 +81,7 @@ export async function receiveMigration(config: ConfigTree, from: MigrationAddres
           try {
             await vm.startParked();
             // built early: the restore's code compiled, the control socket made, all before the guest pauses
-            if (storageGate) vm.rehearseRestore((parts) => readState(statePayload(parts)));
+            if (storageGate) vm.rehearseRestore((parts) => decodeState(encodeState(parts)));
             await opts.beforeReady?.(vm);
           } catch (e) {
             await vm.finish(ExitCode.ERROR);
@@ -109,7 +108,7 @@ export async function receiveMigration(config: ConfigTree, from: MigrationAddres
         if (early) letGoOfStorage(); else build();
       } else {
         steps!.mark('pages_and_state');
-        state = readState(f.payload);
+        state = decodeState(f.payload);
         steps!.mark('parse_state');
       }
     }
@@ -149,12 +148,4 @@ export async function receiveMigration(config: ConfigTree, from: MigrationAddres
     else if (ram) libc.close(ram.memfd);
     throw e instanceof MigrationError || e instanceof SnapshotError ? e : new MigrationError(msg);
   }
-}
-
-/** The STATE frame, checked as a snapshot document is (parts and their checksums, then each field by its owner on restore). */
-function readState(payload: Buffer): VmState {
-  const doc = parseDocument(payload.toString('utf8'), 'the migration state', 'a tshyve VM state');
-  const r = new StateReader(doc, 'state');
-  checkPartSums(r, doc, STATE_PARTS, 'the migration state');
-  return { config: readConfigPart(r), vm: r.obj('vm'), vcpus: r.arr('vcpus', 1024), devices: r.arr('devices', MAX_DEVICES) };
 }

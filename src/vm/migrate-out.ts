@@ -11,7 +11,6 @@
 import type { ConfigTree } from '../config/tree.js';
 import { HostError, UserError } from '../errors.js';
 import { ramDataRanges, type RamMapping } from '../memory/ram.js';
-import { partSums, stateBody, type SnapshotParts } from '../snapshot/file.js';
 import { StateWriter } from '../snapshot/state.js';
 import { Channel, F, MigrationError, TAKEOVER_MS, encodeFrame, jsonFrame } from '../migration/wire.js';
 import { connectTo, formatAddress, type MigrationAddress } from '../migration/transport.js';
@@ -19,20 +18,12 @@ import { encodeHello, type MachineFacts } from '../migration/hello.js';
 import { PAGE, PageSender } from '../migration/ram-pages.js';
 import { DirtyLog, type RamSlot } from '../migration/dirty-log.js';
 import { StepTimer, formatSteps } from '../migration/steps.js';
+import { encodeState } from '../migration/state-parts.js';
 import { log } from '../log.js';
 import type { SocketReserve } from '../host/sandbox/reserve.js';
 import type { Vm } from '../kvm/kvm.js';
 import type { VmSnapshots } from './snapshot.js';
 import type { MigrationOptions, MigrationProgress, MigrationResult } from './control.js';
-
-/** The parts of a migration's STATE frame, each with its SHA-256. */
-export const STATE_PARTS = ['config', 'vm', 'vcpus', 'devices'] as const;
-
-/** The STATE frame's payload: the snapshot format's parts, each with its SHA-256. */
-export function statePayload(parts: SnapshotParts): Buffer {
-  const body = stateBody(parts);
-  return Buffer.from(JSON.stringify({ ...body, checksums: partSums(body, STATE_PARTS) }));
-}
 
 /** What the source side needs of the machine. */
 export interface SourceVm {
@@ -122,7 +113,7 @@ export async function migrateOut(s: SourceVm, target: MigrationAddress, opts: Mi
         rounds++;
       }
     }
-    await s.snapshots.rehearseCapture(statePayload);
+    await s.snapshots.rehearseCapture(encodeState);
     // Switch over: the guest stops here until the destination runs it.
     const tPause = performance.now();
     const steps = new StepTimer();
@@ -151,7 +142,7 @@ export async function migrateOut(s: SourceVm, target: MigrationAddress, opts: Mi
     steps.mark('pages');
     const parts = await capturing;
     steps.mark('capture');
-    const stateFrame = encodeFrame(F.STATE, statePayload(parts));
+    const stateFrame = encodeFrame(F.STATE, encodeState(parts));
     steps.mark('encode');
     await ch.send(stateFrame);
     await ch.send(jsonFrame(F.END, new StateWriter().int('pages', sender.pages).int('dataPages', sender.dataPages).obj));
