@@ -24,12 +24,14 @@ export const HEADER_BYTES = 16;
 export const F = {
   /** source: protocol, machine, CPU features (JSON) */
   HELLO: 1,
-  /** destination: agreed (JSON) */
+  /** destination: agreed (JSON: whether it builds its VM while RAM comes in) */
   WELCOME: 2,
   /** either side: no, and why (JSON {error}); the migration ends */
   REFUSE: 3,
   /** source: a batch of RAM pages (ram-pages.ts) */
   PAGES: 4,
+  /** destination: its VM is built (when WELCOME said it builds while RAM comes in): the source may pause its guest */
+  BUILT: 8,
   /** source: the guest is paused from here on (JSON: rounds so far) */
   SWITCHOVER: 5,
   /** source: the KVM and device state (JSON, the snapshot format's parts) */
@@ -49,7 +51,7 @@ export const frameName = (t: number): string => NAMES[t] ?? `type ${t}`;
 /** Longest payload of each type; PAGES is bounded by the batch size. */
 const MAX_PAYLOAD: Record<number, number> = {
   [F.HELLO]: 1 << 20, [F.WELCOME]: 4096, [F.REFUSE]: 4096, [F.PAGES]: 2 << 20, [F.SWITCHOVER]: 4096,
-  [F.STATE]: 64 << 20, [F.END]: 4096, [F.DONE]: 4096,
+  [F.STATE]: 64 << 20, [F.END]: 4096, [F.BUILT]: 4096, [F.DONE]: 4096,
 };
 
 export interface Frame { type: FrameType; payload: Buffer }

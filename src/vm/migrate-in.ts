@@ -14,7 +14,7 @@ import { resolveCpus, resolveMemBytes } from '../config/options.js';
 import { Kvm } from '../kvm/kvm.js';
 import { createGuestRam, type RamMapping } from '../memory/ram.js';
 import { libc } from '../host/libc.js';
-import { StateReader, SnapshotError } from '../snapshot/state.js';
+import { StateReader, StateWriter, SnapshotError } from '../snapshot/state.js';
 import { parseDocument, type VmState } from '../snapshot/file.js';
 import { Channel, F, MigrationError, TAKEOVER_MS, jsonFrame } from '../migration/wire.js';
 import { acceptOne, type MigrationAddress } from '../migration/transport.js';
@@ -64,14 +64,18 @@ export async function receiveMigration(config: ConfigTree, from: MigrationAddres
   // (thread start-up is seconds where user space is slow), its disks opened
   // only once the source has flushed and let go of them (SWITCHOVER); a VM
   // whose devices cannot wait so is built from the switchover on.
-  let building: Promise<Machine> | undefined, buildFailed: Error | undefined;
-  let letGoOfStorage = (): void => {};
+  let building: Promise<Machine> | undefined;
+  let letGoOfStorage = (): void => {}, failBuild = (_: Error): void => {};
+  /** rejects when the build fails: the source is told at once, whatever it is sending (or waiting for) */
+  const buildFails = new Promise<never>((_, reject) => { failBuild = reject; });
+  buildFails.catch(() => undefined); // (also thrown by `await building`)
   const early = buildsBeforeStorage(config);
   try {
     const hello = decodeHello((await ch.recv([F.HELLO], IDLE_MS)).payload);
     const why = helloMismatch(hello.facts, here, configKeyRules([...hello.facts.config, ...config.entries()]));
     if (why) throw new SnapshotError(why, 'EMISMATCH');
-    await ch.send(jsonFrame(F.WELCOME, {}));
+    // `builds`: the VM is built while RAM comes in, and BUILT says when (the source pauses its guest only then)
+    await ch.send(jsonFrame(F.WELCOME, new StateWriter().bool('builds', early).obj));
     const mapping = createGuestRam(memBytes, `tshyve-${config.get('name') ?? 'vm'}`, { hugePages: config.getBool('memory.hugepages', true) });
     ram = mapping;
     const build = (storageGate?: Promise<void>): void => {
@@ -83,21 +87,21 @@ export async function receiveMigration(config: ConfigTree, from: MigrationAddres
             // built early: the restore's code compiled, the control socket made, all before the guest pauses
             if (storageGate) vm.rehearseRestore((parts) => decodeState(encodeState(parts)));
             await opts.beforeReady?.(vm);
+            if (storageGate) await ch.send(jsonFrame(F.BUILT, {}));
           } catch (e) {
             await vm.finish(ExitCode.ERROR);
             throw e;
           }
           return vm;
         });
-      building.catch((e: Error) => { buildFailed = e; });
+      building.catch(failBuild);
     };
     if (early) build(new Promise((resolve) => { letGoOfStorage = resolve; }));
     let pages = 0, dataPages = 0, rounds = 0, tSwitch = 0;
     let steps: StepTimer | undefined;
     let state: VmState | undefined;
     while (!state) {
-      const f = await ch.recv(tSwitch ? [F.PAGES, F.STATE] : [F.PAGES, F.SWITCHOVER], IDLE_MS);
-      if (buildFailed) throw buildFailed;
+      const f = await Promise.race([ch.recv(tSwitch ? [F.PAGES, F.STATE] : [F.PAGES, F.SWITCHOVER], IDLE_MS), buildFails]);
       if (f.type === F.PAGES) {
         const n = applyPages(f.payload, mapping.bytes);
         pages += n.pages; dataPages += n.dataPages;

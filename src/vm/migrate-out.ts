@@ -11,7 +11,7 @@
 import type { ConfigTree } from '../config/tree.js';
 import { HostError, UserError } from '../errors.js';
 import { ramDataRanges, type RamMapping } from '../memory/ram.js';
-import { StateWriter } from '../snapshot/state.js';
+import { StateReader, StateWriter } from '../snapshot/state.js';
 import { Channel, F, MigrationError, TAKEOVER_MS, encodeFrame, jsonFrame } from '../migration/wire.js';
 import { connectTo, formatAddress, type MigrationAddress } from '../migration/transport.js';
 import { encodeHello, type MachineFacts } from '../migration/hello.js';
@@ -24,6 +24,9 @@ import type { SocketReserve } from '../host/sandbox/reserve.js';
 import type { Vm } from '../kvm/kvm.js';
 import type { VmSnapshots } from './snapshot.js';
 import type { MigrationOptions, MigrationProgress, MigrationResult } from './control.js';
+
+/** How long a destination that builds its VM while RAM comes in may take to build it. */
+const BUILD_WAIT_MS = 120_000;
 
 /** What the source side needs of the machine. */
 export interface SourceVm {
@@ -71,7 +74,7 @@ export async function migrateOut(s: SourceVm, target: MigrationAddress, opts: Mi
   let paused = false, quiesced = false, committed = false;
   try {
     await ch.send(encodeFrame(F.HELLO, encodeHello(s.facts(), live)));
-    await ch.recv([F.WELCOME], 30_000);
+    const builds = new StateReader((await ch.recvJson([F.WELCOME], 30_000)).value, 'welcome').bool('builds');
     const sender = new PageSender(s.ram.bytes, (f) => ch.send(f));
     /** Every page that may hold data; progress every 32 MiB. */
     const sendDataRanges = async (phase: MigrationProgress['phase'], round: number) => {
@@ -111,6 +114,16 @@ export async function migrateOut(s: SourceVm, target: MigrationAddress, opts: Mi
         await sender.addAll(dirty);
         await sender.flush();
         rounds++;
+      }
+    }
+    if (builds) {
+      // The destination's build (seconds where user space is slow) is not part of the downtime: wait for it
+      // while the guest runs, then send (live) what the guest dirtied meanwhile.
+      const t = performance.now();
+      await ch.recv([F.BUILT], BUILD_WAIT_MS);
+      if (live && performance.now() - t > 1) { // (not when BUILT was there already)
+        await sender.addAll(dirtyLog.harvest());
+        await sender.flush();
       }
     }
     await s.snapshots.rehearseCapture(encodeState);
