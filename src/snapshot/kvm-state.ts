@@ -99,7 +99,12 @@ export function saveVmState(w: StateWriter, vm: Vm): void {
   w.u64('clock', vm.getClock().readBigUInt64LE(0));
 }
 
-export function readVmState(r: StateReader, vm: Vm): () => void {
+/**
+ * Read and check the VM's state; returns the function that applies it,
+ * which returns the one that sets the guest's clock: called last, just
+ * before the vCPUs run, the guest's clock stands still until then.
+ */
+export function readVmState(r: StateReader, vm: Vm): () => () => void {
   const chips = r.arr('irqchips', IRQCHIP_IDS.length).map((c, i) => {
     const b = c.b64('chip', 520);
     if (b.readUInt32LE(0) !== i) c.fail('chip', `chip id ${b.readUInt32LE(0)}, expected ${i}`);
@@ -111,8 +116,10 @@ export function readVmState(r: StateReader, vm: Vm): () => void {
   return () => {
     for (const c of chips) vm.setIrqchip(c);
     vm.setPit2(pit);
-    const b = Buffer.alloc(48);
-    b.writeBigUInt64LE(clock, 0);
-    vm.setClock(b);
+    return () => {
+      const b = Buffer.alloc(48);
+      b.writeBigUInt64LE(clock, 0);
+      vm.setClock(b);
+    };
   };
 }
