@@ -99,12 +99,7 @@ export function saveVmState(w: StateWriter, vm: Vm): void {
   w.u64('clock', vm.getClock().readBigUInt64LE(0));
 }
 
-/**
- * Read and check the VM's state; returns the function that applies it,
- * which returns the one that sets the guest's clock: called last, just
- * before the vCPUs run, the guest's clock stands still until then.
- */
-export function readVmState(r: StateReader, vm: Vm): () => () => void {
+export function readVmState(r: StateReader, vm: Vm): () => void {
   const chips = r.arr('irqchips', IRQCHIP_IDS.length).map((c, i) => {
     const b = c.b64('chip', 520);
     if (b.readUInt32LE(0) !== i) c.fail('chip', `chip id ${b.readUInt32LE(0)}, expected ${i}`);
@@ -116,10 +111,8 @@ export function readVmState(r: StateReader, vm: Vm): () => () => void {
   return () => {
     for (const c of chips) vm.setIrqchip(c);
     vm.setPit2(pit);
-    return () => {
-      const b = Buffer.alloc(48);
-      b.writeBigUInt64LE(clock, 0);
-      vm.setClock(b);
-    };
+    const b = Buffer.alloc(48);
+    b.writeBigUInt64LE(clock, 0);
+    vm.setClock(b);
   };
 }

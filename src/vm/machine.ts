@@ -102,8 +102,6 @@ export class Machine extends EventEmitter implements VmControl {
   private dirtyMap = new Uint8Array(new SharedArrayBuffer(0));
   /** an incoming migration's VM built early: when its disks are ours (DeviceContext.storageGate) */
   private storageGate: Promise<void> | undefined;
-  /** an incoming migration's guest clock, set when its vCPUs first run */
-  private setClockAtRun: (() => void) | undefined;
   /** an incoming migration's numbers, for --get-stats (migration_*) */
   migrationStats: Record<string, number> | undefined;
   /** the reason the VM stopped with ExitCode.ERROR */
@@ -192,7 +190,7 @@ export class Machine extends EventEmitter implements VmControl {
       setupVcpus(kvm, fds, topo, host, isLinux);
       // A restore copies the image's data into the VM's own RAM (see docs/security.md).
       if (snap) loadRamImage(snap, ram, config.getBool('snapshot.verify_ram', false));
-      if (snap) m.snapshots.restore(snap)(); else if (boot) loadBoot(boot, mem, fds[0]!, topo.cpus, ram.size);
+      if (snap) m.snapshots.restore(snap); else if (boot) loadBoot(boot, mem, fds[0]!, topo.cpus, ram.size);
       performance.mark('boot');
     } catch (e) {
       // A refused snapshot leaves nothing behind: no device thread or poller, no backend, no KVM VM.
@@ -316,8 +314,6 @@ export class Machine extends EventEmitter implements VmControl {
   async run(): Promise<ExitCode> {
     await (this.threadsStarted ??= this.startThreads());
     this.firstRunMs = performance.now();
-    this.setClockAtRun?.();
-    this.setClockAtRun = undefined;
     this.vcpus.release();
     this.emit('running');
     // the start-up's marks (debug.timing reads them on 'running'): a process that runs many VMs does not pile them up
@@ -416,7 +412,6 @@ export class Machine extends EventEmitter implements VmControl {
    */
   rehearseRestore(roundTrip: (parts: SnapshotParts) => VmState): void {
     this.restoreIncoming(roundTrip(this.snapshots.capture()));
-    this.setClockAtRun?.(); // (its code too: the real restore gives the real clock)
   }
 
   /** true once the VM is ending (or has ended) */
@@ -426,8 +421,7 @@ export class Machine extends EventEmitter implements VmControl {
   restoreIncoming(state: VmState): void {
     checkSnapshotConfig(state, this.config);
     if (state.vcpus.length !== this.topo.cpus) throw new SnapshotError(`the source sent ${state.vcpus.length} vCPUs, this VM has ${this.topo.cpus}`, 'EMISMATCH');
-    // the guest's clock stands still until its vCPUs run (run()): the lock-down and DONE do not show in it
-    this.setClockAtRun = this.snapshots.restore(state);
+    this.snapshots.restore(state);
   }
 
   /** CPUID and the machine as a migration's handshake compares them. */

@@ -195,20 +195,18 @@ export class VmSnapshots {
    * Put the snapshot's state into this freshly built VM (every field
    * checked; SnapshotError on bad input): KVM first (irqchip, then vCPUs),
    * then the devices, which re-assert their interrupt lines, then each
-   * device's afterRestore. Returns the function that sets the guest's
-   * clock, to call just before the vCPUs run (the clock stands still till then).
+   * device's afterRestore.
    */
-  restore(s: VmState): () => void {
+  restore(s: VmState): void {
     const t = this.t;
     const applyVm = readVmState(s.vm, t.vm);
     const applyVcpus = s.vcpus.map((r, i) => readVcpu(r, t.vcpuFds[i]!));
     const devices = matchDevices(s.devices, t.devices);
-    const setClock = applyVm();
+    applyVm();
     applyVcpus.forEach((apply, i) => {
       try { apply(); } catch (e) { throw new SnapshotError(`vCPU ${i}: ${(e as Error).message}`); }
     });
     for (const { dev, state } of devices) dev.restoreState(state);
     for (const { dev } of devices) dev.afterRestore?.();
-    return setClock;
   }
 }
