@@ -68,7 +68,7 @@ async function main(argv: string[]): Promise<number> {
         if (sandbox) prepareLockDown(sandbox); // what can be done before the disks are open
       },
       // before the source lets go of its guest: a lock-down that fails is a refusal
-      lockDown: lock,
+      beforeTakeover: lock,
     });
   } else {
     m = await Machine.create(config, { restore });

@@ -25,7 +25,7 @@ import { decodeState, encodeState } from '../migration/state-parts.js';
 import { log } from '../log.js';
 import { inspectHost } from './host-check.js';
 import { vcpuCpuid } from './vcpus.js';
-import { buildsBeforeStorage, configKeyRules, opensAtStorageGate } from './snapshot.js';
+import { buildsBeforeStorage, configKeyRules } from './snapshot.js';
 import { Machine } from './machine.js';
 import { ExitCode } from './exit-codes.js';
 
@@ -42,11 +42,10 @@ export interface IncomingOptions {
    */
   beforeReady?(m: Machine): Promise<void>;
   /**
-   * The sandbox's lock-down, once every file the VM uses is open: while RAM
-   * comes in when no disk waits for the switchover, else once the state is
-   * applied, before DONE. What fails here is refused too.
+   * Once the state is applied, just before DONE (the sandbox's lock-down,
+   * which needs the disks open): what fails here is refused too.
    */
-  lockDown?(m: Machine): Promise<void>;
+  beforeTakeover?(m: Machine): Promise<void>;
 }
 
 /** Wait for a migration into a VM of `config`; resolves with the VM, built and ready to run(). */
@@ -70,7 +69,7 @@ export async function receiveMigration(config: ConfigTree, from: MigrationAddres
   /** rejects when the build fails: the source is told at once, whatever it is sending (or waiting for) */
   const buildFails = new Promise<never>((_, reject) => { failBuild = reject; });
   buildFails.catch(() => undefined); // (also thrown by `await building`)
-  const early = buildsBeforeStorage(config), lockEarly = early && !opensAtStorageGate(config);
+  const early = buildsBeforeStorage(config);
   try {
     const hello = decodeHello((await ch.recv([F.HELLO], IDLE_MS)).payload);
     const why = helloMismatch(hello.facts, here, configKeyRules([...hello.facts.config, ...config.entries()]));
@@ -88,7 +87,6 @@ export async function receiveMigration(config: ConfigTree, from: MigrationAddres
             // built early: the restore's code compiled, the control socket made, all before the guest pauses
             if (storageGate) vm.rehearseRestore((parts) => decodeState(encodeState(parts)));
             await opts.beforeReady?.(vm);
-            if (lockEarly) await opts.lockDown?.(vm); // nothing opens at the switchover
             if (storageGate) await ch.send(jsonFrame(F.BUILT, {}));
           } catch (e) {
             await vm.finish(ExitCode.ERROR);
@@ -127,7 +125,7 @@ export async function receiveMigration(config: ConfigTree, from: MigrationAddres
     steps!.mark('build_wait');
     m.restoreIncoming(state);
     steps!.mark('restore');
-    if (!lockEarly) await opts.lockDown?.(m);
+    await opts.beforeTakeover?.(m);
     steps!.mark('lock_down');
     if (m.isEnding) throw new MigrationError('the VM here was ended before it took the guest over');
     if (performance.now() - tEnd > TAKEOVER_MS) throw new MigrationError(`could not take the guest over within ${TAKEOVER_MS / 1000} s of the source's end`);

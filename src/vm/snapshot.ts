@@ -53,24 +53,14 @@ export function configKeyRules(entries: Iterable<[string, string]>): ConfigKeyRu
  */
 export function buildsBeforeStorage(config: ConfigTree): boolean {
   if (!config.getBool('virtio.workers', true) || !config.getBool('virtio.ioeventfd', true)) return false;
-  return pciHostPaths(config).every((gated) => gated);
-}
-
-/** Does a VM of `config` built early open anything at the storage gate (a disk)? */
-export function opensAtStorageGate(config: ConfigTree): boolean {
-  return pciHostPaths(config).some((gated) => gated);
-}
-
-/** For each PCI function's host-path key of `config`: does its device open it only after the storage gate? */
-function pciHostPaths(config: ConfigTree): boolean[] {
   const entries = config.entries();
   const paths = configKeyRules(entries).hostPaths.map(keyPattern);
-  return entries.flatMap(([k]) => {
+  return entries.every(([k]) => {
     const fn = /^pci\.[0-9]+\.[0-9]+\.[0-9]+(?=\.)/.exec(k)?.[0];
-    if (!fn || !paths.some((re) => re.test(k))) return [];
+    if (!fn || !paths.some((re) => re.test(k))) return true;
     const node = config.node(fn);
     const emu = findPciDevice(config.get(`${fn}.device`) ?? '');
-    return [node !== undefined && emu?.waitsForStorageGate?.(node) === true];
+    return node !== undefined && emu?.waitsForStorageGate?.(node) === true;
   });
 }
 
