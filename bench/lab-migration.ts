@@ -88,6 +88,8 @@ async function until(pred: () => boolean, timeoutMs: number, what: string): Prom
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** A progress line (the runner stops a lab that says nothing for minutes: this says where a run waits). */
+const say = (what: string): void => { process.stdout.write(`[bench] migration ${what}\n`); };
 
 /** QEMU's human monitor on a unix socket: one command at a time, its output up to the next prompt. */
 class Hmp {
@@ -143,10 +145,12 @@ async function oneTshyve(dir: string, initrd: string, load: Load, port: number, 
   });
   try {
     await Promise.all([src.waitFor(/MIG-READY/, BOOT_TIMEOUT_MS), dst.waitFor(/waiting for a migration/, BOOT_TIMEOUT_MS)]);
+    say(`${load} tshyve: both up, migrating`);
     await sleep(3500);
     const t0 = performance.now();
     const vm = await connectVm(srcSock);
-    const r = await vm.migrate(`127.0.0.1,${port}`, { live: true });
+    const r = await Promise.race([vm.migrate(`127.0.0.1,${port}`, { live: true }),
+      sleep(MIGRATE_TIMEOUT_MS).then(() => { throw new Error(`the migration did not end in ${MIGRATE_TIMEOUT_MS / 1000} s`); })]);
     vm.close();
     const t1 = performance.now();
     Object.assign(run, { totalMs: r.totalMs, downtimeMs: r.downtimeMs, rounds: r.rounds, bytes: r.bytes, converged: r.converged, srcSteps: r.steps });
@@ -174,6 +178,7 @@ async function oneQemu(dir: string, initrd: string, load: Load, port: number, ru
   try {
     await src.waitFor(/MIG-READY/, BOOT_TIMEOUT_MS);
     await until(() => listening(port), BOOT_TIMEOUT_MS, 'the destination QEMU did not listen');
+    say(`${load} qemu: both up, migrating`);
     hmp = await Hmp.open(mon);
     await hmp.cmd('migrate_set_parameter max-bandwidth 100G');
     await sleep(3500);

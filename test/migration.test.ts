@@ -17,6 +17,7 @@ import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { CLI, CTL, CONTROL_DIR, guestBin, kvmUnavailable } from './helpers.js';
 import { F, HEADER_BYTES } from '../src/migration/wire.js';
+import { PART, joinParts, splitParts } from '../src/migration/state-parts.js';
 
 const skip = kvmUnavailable() ?? (guestBin('dirtier') ? undefined : 'guest programs not built (nasm missing)');
 const dir = mkdtempSync(join(tmpdir(), 'tshyve-mig-'));
@@ -163,13 +164,29 @@ test('in the sandbox, each TCP attempt uses a reserved socket: a name is refused
 
 type Action = 'pass' | 'corrupt' | 'cut' | 'hold' | Buffer;
 
+/** `frame` with another payload, its length and CRC made right: only the payload's own checks can find the change. */
+function reframe(frame: Buffer, payload: Buffer): Buffer {
+  const h = Buffer.from(frame.subarray(0, HEADER_BYTES));
+  h.writeUInt32LE(payload.length, 8);
+  h.writeUInt32LE(crc32(payload), 12);
+  return Buffer.concat([h, payload]);
+}
+
+/** A JSON frame changed by `edit` (reframe). */
+function rewriteJson<T>(frame: Buffer, edit: (v: T) => void): Buffer {
+  const v = JSON.parse(frame.subarray(HEADER_BYTES).toString('utf8')) as T;
+  edit(v);
+  return reframe(frame, Buffer.from(JSON.stringify(v)));
+}
+
 /**
  * A proxy on `listen` to the destination at `dest`: source-to-destination
  * frames go through `onFrame` (its n-th frame of that type), which passes,
  * damages (one payload byte flipped), cuts (both connections closed),
  * holds (stops forwarding) or replaces each; the other way is passed as is.
+ * `afterEnd` is told once END has been written to the destination.
  */
-function proxy(listen: string, dest: string, onFrame: (type: number, n: number, frame: Buffer) => Action): Promise<Server> {
+function proxy(listen: string, dest: string, onFrame: (type: number, n: number, frame: Buffer) => Action, afterEnd?: () => void): Promise<Server> {
   return new Promise((resolve) => {
     const server = createServer((src: Socket) => {
       server.close();
@@ -193,7 +210,8 @@ function proxy(listen: string, dest: string, onFrame: (type: number, n: number, 
           if (a === 'cut') { src.destroy(); dst.destroy(); return; }
           if (a === 'hold') { held = true; return; }
           if (a === 'corrupt') frame[HEADER_BYTES + Math.floor((len - HEADER_BYTES) / 2)]! ^= 0x40;
-          dst.write(Buffer.isBuffer(a) ? a : frame);
+          const out = Buffer.isBuffer(a) ? a : frame;
+          if (type === F.END && afterEnd) dst.write(out, () => afterEnd()); else dst.write(out);
         }
       });
     });
@@ -231,13 +249,13 @@ test('a state whose part does not match its checksum (frame CRC made right) is r
   const p = await pair('counter', `unix:${sock}`);
   await proxy(via, sock, (type, _n, frame) => {
     if (type !== F.STATE) return 'pass';
-    const doc = JSON.parse(frame.subarray(HEADER_BYTES).toString('utf8')) as { vcpus: Record<string, unknown>[] };
-    doc.vcpus[0]!['mpState$u32'] = 3;
-    const payload = Buffer.from(JSON.stringify(doc));
-    const h = Buffer.from(frame.subarray(0, HEADER_BYTES));
-    h.writeUInt32LE(payload.length, 8);
-    h.writeUInt32LE(crc32(payload), 12);
-    return Buffer.concat([h, payload]);
+    // vCPU 0's part changed, its checksum left as it was
+    const parts = splitParts(frame.subarray(HEADER_BYTES));
+    const vcpu = parts.find((p) => p.kind === PART.vcpus)!;
+    const doc = JSON.parse(vcpu.body.toString('utf8')) as Record<string, unknown>;
+    doc['mpState$u32'] = 3;
+    vcpu.body = Buffer.from(JSON.stringify(doc));
+    return reframe(frame, joinParts(parts));
   });
   const c = await ctl(`--vm=${p.srcName}`, `--migrate=unix:${via}`);
   assert.equal(c.code, 1);
@@ -260,6 +278,36 @@ test('the destination killed mid-transfer: tshyvectl says why in one line, exit 
   assert.equal(c.code, 1);
   assert.match(oneLine(c.stderr), /failed, the VM runs on here: .*(closed the connection|failed \()/);
   assert.equal((await p.dst.done).signal, 'SIGKILL');
+  await sourceRunsOn(p);
+});
+
+test('a destination that refuses after the source\'s END (its counts changed, the frame\'s CRC made right): the source resumes its guest', { skip }, async () => {
+  const sock = join(dir, 'end.sock'), via = join(dir, 'end-proxy.sock');
+  const p = await pair('counter', `unix:${sock}`);
+  await proxy(via, sock, (type, _n, frame) => (type !== F.END ? 'pass'
+    : rewriteJson<Record<string, number>>(frame, (end) => { end['pages$int']! += 1; })));
+  const c = await ctl(`--vm=${p.srcName}`, `--migrate=unix:${via}`);
+  assert.equal(c.code, 1);
+  assert.match(oneLine(c.stderr), /failed, the VM runs on here: .*refused: the source says it sent \d+ pages, \d+ arrived \(stream damaged\)\n$/);
+  const d = await p.dst.done;
+  assert.equal(d.code, 4);
+  assert.equal(text(p.dstOut), '', 'nothing ran at the destination');
+  await sourceRunsOn(p);
+});
+
+test('the destination killed after the source\'s END, before its DONE: the source resumes its guest', { skip }, async () => {
+  const sock = join(dir, 'enddie.sock'), via = join(dir, 'enddie-proxy.sock');
+  const p = await pair('counter', `unix:${sock}`);
+  await proxy(via, sock, (type) => {
+    // stopped first: END reaches a destination that cannot answer it before it dies
+    if (type === F.END) p.dst.child.kill('SIGSTOP');
+    return 'pass';
+  }, () => p.dst.child.kill('SIGKILL'));
+  const c = await ctl(`--vm=${p.srcName}`, `--migrate=unix:${via}`);
+  assert.equal(c.code, 1);
+  assert.match(oneLine(c.stderr), /failed, the VM runs on here: .*(closed the connection|failed \()/);
+  assert.equal((await p.dst.done).signal, 'SIGKILL');
+  assert.equal(text(p.dstOut), '', 'nothing ran at the destination');
   await sourceRunsOn(p);
 });
 

@@ -18,7 +18,7 @@ import { loadOptionsFrom, readSnapshot, saveOptionsFrom, type LoadedSnapshot } f
 import { ControlServer } from '../control/server.js';
 import { controlSocketPath } from '../control/config.js';
 import type { ConfigTree } from '../config/tree.js';
-import { lockDown, sandboxOptions, type SandboxDirs } from '../host/sandbox/index.js';
+import { lockDown, prepareLockDown, sandboxOptions, type SandboxDirs } from '../host/sandbox/index.js';
 import { dirname } from 'node:path';
 
 performance.mark('modules');
@@ -49,29 +49,32 @@ async function main(argv: string[]): Promise<number> {
   // Whatever way the process ends (fail(), an uncaught error), the socket goes with it.
   process.on('exit', () => control?.unlinkSync());
   let m: Machine;
+  /** Everything is open and every thread started (the vCPUs' parked): lock down before the guest's first instruction. */
+  const lock = async (vm: Machine): Promise<void> => {
+    await vm.startParked();
+    if (sandbox) {
+      vm.sandbox = lockDown(sandbox, sandboxDirs(config, control));
+      performance.mark('sandbox');
+    }
+  };
   if (from) {
     // The control socket is made before the source lets go of its guest: if it cannot be, the source keeps it.
     // loaded only here: start-up of a VM that is not migrating does not pay for it
     const [{ receiveMigration }, { formatAddress }] = await Promise.all([import('../vm/migrate-in.js'), import('../migration/transport.js')]);
     m = await receiveMigration(config, from, {
       onListening: () => log('info', `waiting for a migration on ${formatAddress(from)}`),
-      beforeReady: async (vm) => { control = await startControl(vm, config); },
+      beforeReady: async (vm) => {
+        control = await startControl(vm, config);
+        if (sandbox) prepareLockDown(sandbox); // what can be done before the disks are open
+      },
+      // before the source lets go of its guest: a lock-down that fails is a refusal
+      beforeTakeover: lock,
     });
   } else {
     m = await Machine.create(config, { restore });
     try {
       control = await startControl(m, config);
-    } catch (e) {
-      await m.finish(ExitCode.ERROR);
-      throw e;
-    }
-  }
-  // Everything is open and every thread started (the vCPUs' parked): lock down before the guest's first instruction.
-  await m.startParked();
-  if (sandbox) {
-    try {
-      m.sandbox = lockDown(sandbox, sandboxDirs(config, control));
-      performance.mark('sandbox');
+      await lock(m);
     } catch (e) {
       await m.finish(ExitCode.ERROR);
       throw e;

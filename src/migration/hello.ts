@@ -9,8 +9,8 @@ import { StateReader, StateWriter, SnapshotError, clip } from '../snapshot/state
 import { parseDocument, readConfigPart } from '../snapshot/file.js';
 import { checkConfigMatches, type ConfigKeyRules } from '../snapshot/config-match.js';
 
-/** Bumped whenever a frame's layout or meaning changes. */
-export const PROTOCOL_VERSION = 1;
+/** Bumped whenever a frame's layout or meaning changes (2: END commits, no READY/COMMIT round trip). */
+export const PROTOCOL_VERSION = 2;
 
 /** What one side's VM is, as the handshake compares it. */
 export interface MachineFacts {

@@ -24,23 +24,24 @@ export const HEADER_BYTES = 16;
 export const F = {
   /** source: protocol, machine, CPU features (JSON) */
   HELLO: 1,
-  /** destination: agreed (JSON) */
+  /** destination: agreed (JSON: whether it builds its VM while RAM comes in) */
   WELCOME: 2,
   /** either side: no, and why (JSON {error}); the migration ends */
   REFUSE: 3,
   /** source: a batch of RAM pages (ram-pages.ts) */
   PAGES: 4,
+  /** destination: its VM is built (when WELCOME said it builds while RAM comes in): the source may pause its guest */
+  BUILT: 8,
   /** source: the guest is paused from here on (JSON: rounds so far) */
   SWITCHOVER: 5,
   /** source: the KVM and device state (JSON, the snapshot format's parts) */
   STATE: 6,
-  /** source: everything is sent (JSON: counts to check) */
+  /**
+   * source: everything is sent (JSON: counts to check); the destination
+   * takes the guest over if all of it checks, without asking again
+   */
   END: 7,
-  /** destination: the VM is built and its state applied */
-  READY: 8,
-  /** source: the destination owns the guest now; the source ends */
-  COMMIT: 9,
-  /** destination: running */
+  /** destination: it has taken the guest over (sent before its vCPUs run); the source ends */
   DONE: 10,
 } as const;
 export type FrameType = (typeof F)[keyof typeof F];
@@ -50,10 +51,17 @@ export const frameName = (t: number): string => NAMES[t] ?? `type ${t}`;
 /** Longest payload of each type; PAGES is bounded by the batch size. */
 const MAX_PAYLOAD: Record<number, number> = {
   [F.HELLO]: 1 << 20, [F.WELCOME]: 4096, [F.REFUSE]: 4096, [F.PAGES]: 2 << 20, [F.SWITCHOVER]: 4096,
-  [F.STATE]: 64 << 20, [F.END]: 4096, [F.READY]: 4096, [F.COMMIT]: 4096, [F.DONE]: 4096,
+  [F.STATE]: 64 << 20, [F.END]: 4096, [F.BUILT]: 4096, [F.DONE]: 4096,
 };
 
 export interface Frame { type: FrameType; payload: Buffer }
+
+/**
+ * How long after END a destination may still take the guest over (say
+ * DONE); past it, it refuses. The source waits twice as long for DONE
+ * before it resumes the guest, so that both never run it.
+ */
+export const TAKEOVER_MS = 60_000;
 
 /** How long a peer may leave our frames unread before the migration is given up. */
 const STALL_MS = 60_000;

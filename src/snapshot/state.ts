@@ -31,7 +31,10 @@ const UINT = { u8: 0xff, u16: 0xffff, u32: 0xffffffff } as const;
 
 /** Builds one state object. */
 export class StateWriter {
-  readonly obj: Record<string, Json> = {};
+  constructor(readonly obj: Record<string, Json> = {}) {}
+
+  /** A state object another thread built with a StateWriter (a vCPU's, read on its own thread). */
+  static of(obj: Record<string, unknown>): StateWriter { return new StateWriter(obj as Record<string, Json>); }
 
   private put(key: string, v: Json): this {
     if (key in this.obj) throw new Error(`state key ${key} written twice`);

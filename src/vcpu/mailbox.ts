@@ -19,7 +19,7 @@
  *   [STATE] 0 idle | 1 request | 2 reply     (Atomics.wait/notify on it)
  *   [KIND]  1 PIO | 2 MMIO      [DIR] 0 read | 1 write     [SIZE] 1,2,4,8
  *   [ADDR_LO] [ADDR_HI]         [DATA..DATA+1] 8 data bytes (LE)
- *   [CTL_REQ] 0 run | 1 pause | 2 stop       (main -> vCPU)
+ *   [CTL_REQ] 0 run | 1 pause | 2 stop | 3 capture (parked) | 4 rehearse (between exits)  (main -> vCPU)
  *   [CTL_STATE] 0 running | 1 paused | 2 stopped (vCPU -> main)
  *   [TID] the vCPU thread's kernel tid, for kicks
  *   [HEAD] posted writes queued (vCPU)   [TAIL] posted writes served (main)
@@ -39,7 +39,12 @@ export const RING_WORDS = 8;
 const WORDS = MB.RING + RING_ENTRIES * RING_WORDS;
 export const enum MbState { IDLE = 0, REQUEST = 1, REPLY = 2 }
 export const enum MbKind { PIO = 1, MMIO = 2 }
-export const enum CtlReq { RUN = 0, PAUSE = 1, STOP = 2 }
+/**
+ * CAPTURE: a parked vCPU reads its KVM state on its own thread, posts it
+ * ('state') and stays parked; REHEARSE: the same between two exits of a
+ * running vCPU, which then runs on (a migration's warm-up).
+ */
+export const enum CtlReq { RUN = 0, PAUSE = 1, STOP = 2, CAPTURE = 3, REHEARSE = 4 }
 export const enum CtlState { RUNNING = 0, PAUSED = 1, STOPPED = 2 }
 
 export interface Mailbox {
@@ -59,7 +64,12 @@ export type VcpuEvent =
   | { type: 'shutdown'; index: number }                 // triple fault
   | { type: 'system-event'; index: number; event: number }
   | { type: 'error'; index: number; message: string }
-  | { type: 'stopped'; index: number };
+  | { type: 'stopped'; index: number }
+  /** the vCPU's KVM state (saveVcpu's fields), read on its thread at CAPTURE or REHEARSE */
+  | { type: 'state'; index: number; seq: number; state?: Record<string, unknown>; error?: string };
+
+/** What the main thread sends a vCPU thread before CAPTURE or REHEARSE: the MSRs to read; `seq` comes back with the state. */
+export interface CaptureRequest { seq: number; msrs: number[] }
 
 /** What a vCPU thread is started with. */
 export interface VcpuWorkerData {

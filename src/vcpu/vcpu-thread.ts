@@ -7,7 +7,7 @@ import { Worker } from 'node:worker_threads';
 import { libc, SIG_KICK } from '../host/libc.js';
 import { RUN } from '../kvm/abi.js';
 import { mapKvmRun } from '../kvm/kvm.js';
-import { MB, CtlReq, CtlState, newMailbox, type Mailbox, type VcpuEvent, type VcpuWorkerData } from './mailbox.js';
+import { MB, CtlReq, CtlState, newMailbox, type CaptureRequest, type Mailbox, type VcpuEvent, type VcpuWorkerData } from './mailbox.js';
 
 let kickHandlerInstalled = false;
 /** SIG_KICK needs a handler (a no-op) so that it interrupts rather than kills. */
@@ -21,6 +21,10 @@ export class VcpuThread {
   readonly mailbox: Mailbox = newMailbox();
   private readonly run: DataView;
   private exited: Promise<void> | undefined;
+  private worker: Worker | undefined;
+  /** told the 'state' the thread posts for request captureSeq */
+  private stateWaiter: ((e: Extract<VcpuEvent, { type: 'state' }>) => void) | undefined;
+  private captureSeq = 0;
 
   constructor(
     readonly index: number,
@@ -44,10 +48,11 @@ export class VcpuThread {
       shadow: this.shadow, postWrites: this.posting.enabled, unpostedMmio: this.posting.unpostedMmio,
     };
     performance.mark(`vcpu${this.index}:spawn`);
-    const worker = new Worker(new URL('./worker.js', import.meta.url), { workerData: wd, stdout: false, stderr: false });
+    const worker = this.worker = new Worker(new URL('./worker.js', import.meta.url), { workerData: wd, stdout: false, stderr: false });
     let started!: () => void;
     const ready = new Promise<void>((res) => { started = res; });
     worker.on('message', (e: VcpuEvent) => {
+      if (e.type === 'state') { if (e.seq === this.captureSeq) this.stateWaiter?.(e); return; }
       if (e.type === 'started') {
         // a worker's performance clock is the process's
         performance.mark(`vcpu${this.index}:loaded`, { startTime: e.ready });
@@ -88,6 +93,36 @@ export class VcpuThread {
     Atomics.store(this.mailbox.words, MB.CTL_REQ, CtlReq.PAUSE);
     this.kick();
     return this.waitState(CtlState.PAUSED, timeoutMs);
+  }
+
+  /**
+   * This vCPU's KVM state (saveVcpu's fields, `msrs` among the MSRs), read
+   * on its own thread: `parked` (it must be: a switchover) it stays parked;
+   * else it is read between two exits and the vCPU runs on (a rehearsal).
+   * undefined when the thread did not answer within timeoutMs (a pause or
+   * resume replaced the request); throws what the thread's read threw.
+   */
+  async captureState(msrs: number[], parked: boolean, timeoutMs: number): Promise<Record<string, unknown> | undefined> {
+    if (!this.worker || this.stateWaiter) return undefined;
+    const req: CaptureRequest = { seq: ++this.captureSeq, msrs };
+    this.worker.postMessage(req);
+    let timer: NodeJS.Timeout | undefined;
+    const got = new Promise<Extract<VcpuEvent, { type: 'state' }> | undefined>((resolve) => {
+      this.stateWaiter = resolve;
+      timer = setTimeout(() => resolve(undefined), timeoutMs);
+    });
+    const want = parked ? CtlReq.CAPTURE : CtlReq.REHEARSE;
+    if (Atomics.compareExchange(this.mailbox.words, MB.CTL_REQ, parked ? CtlReq.PAUSE : CtlReq.RUN, want) !== (parked ? CtlReq.PAUSE : CtlReq.RUN)) {
+      this.stateWaiter = undefined;
+      clearTimeout(timer);
+      return undefined;
+    }
+    if (parked) Atomics.notify(this.mailbox.words, MB.CTL_REQ); else this.kick();
+    const e = await got;
+    clearTimeout(timer);
+    this.stateWaiter = undefined;
+    if (e?.error !== undefined) throw new Error(e.error);
+    return e?.state;
   }
 
   resume(): void {

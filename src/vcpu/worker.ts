@@ -4,12 +4,17 @@
  * posted as messages. A kick (SIG_KICK + immediate_exit) makes KVM_RUN
  * return so the thread can pause or stop.
  */
-import { parentPort, workerData } from 'node:worker_threads';
+import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
 import { libc, errno, setThreadName, EINTR, EAGAIN } from '../host/libc.js';
 import { KVM, EXIT, EXIT_NAMES, RUN } from '../kvm/abi.js';
-import { mapKvmRun } from '../kvm/kvm.js';
+import { mapKvmRun, VcpuFd } from '../kvm/kvm.js';
+import { saveVcpu } from '../snapshot/kvm-state.js';
+import { StateWriter } from '../snapshot/state.js';
 import { ShadowRegisters } from './shadow.js';
-import { MB, DB, MbState, MbKind, CtlReq, CtlState, RING_ENTRIES, RING_WORDS, RING_SEQ, newMailbox, type VcpuEvent, type VcpuWorkerData } from './mailbox.js';
+import {
+  MB, DB, MbState, MbKind, CtlReq, CtlState, RING_ENTRIES, RING_WORDS, RING_SEQ, newMailbox,
+  type CaptureRequest, type VcpuEvent, type VcpuWorkerData,
+} from './mailbox.js';
 
 const wd = workerData as VcpuWorkerData;
 const post = (e: VcpuEvent) => parentPort!.postMessage(e);
@@ -116,11 +121,31 @@ function handleMmio(): void {
   access(MbKind.MMIO, isWrite ? 1 : 0, addr, Math.min(len, 8), runBytes.subarray(RUN.MMIO_DATA, RUN.MMIO_DATA + 8));
 }
 
-/** Honour pause/stop requests; returns false when the thread must end. */
+let request: CaptureRequest = { seq: 0, msrs: [] };
+/**
+ * Read this vCPU's KVM state here, on its own thread (all vCPUs at once,
+ * with code this thread has run before), and post it; `then` is the request
+ * that follows unless the main thread has made another meanwhile.
+ */
+function capture(req: CtlReq, then: CtlReq): void {
+  for (let m; (m = receiveMessageOnPort(parentPort!)) !== undefined;) request = m.message as CaptureRequest;
+  const { seq } = request;
+  try {
+    const sw = new StateWriter();
+    saveVcpu(sw, new VcpuFd(wd.vcpuFd), request.msrs);
+    post({ type: 'state', index: wd.index, seq, state: sw.obj });
+  } catch (e) {
+    post({ type: 'state', index: wd.index, seq, error: (e as Error).message });
+  }
+  Atomics.compareExchange(w, MB.CTL_REQ, req, then);
+}
+
+/** Honour pause/stop/capture requests; returns false when the thread must end. */
 function control(): boolean {
   for (;;) {
     const req = Atomics.load(w, MB.CTL_REQ);
     if (req === CtlReq.RUN) { run.setUint8(RUN.IMMEDIATE_EXIT, 0); return true; }
+    if (req === CtlReq.REHEARSE) { capture(req, CtlReq.RUN); continue; }
     drainPosted(); // a paused or stopped vCPU has no write in flight
 
     if (req === CtlReq.STOP) return false;
@@ -131,7 +156,10 @@ function control(): boolean {
     libc.ioctlInt(wd.vcpuFd, KVM.RUN, 0);
     Atomics.store(w, MB.CTL_STATE, CtlState.PAUSED);
     Atomics.notify(w, MB.CTL_STATE);
-    Atomics.wait(w, MB.CTL_REQ, CtlReq.PAUSE);
+    for (let r; (r = Atomics.load(w, MB.CTL_REQ)) === CtlReq.PAUSE || r === CtlReq.CAPTURE;) {
+      if (r === CtlReq.CAPTURE) capture(r, CtlReq.PAUSE); // still parked
+      else Atomics.wait(w, MB.CTL_REQ, CtlReq.PAUSE);
+    }
     Atomics.store(w, MB.CTL_STATE, CtlState.RUNNING);
     Atomics.notify(w, MB.CTL_STATE);
   }

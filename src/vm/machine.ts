@@ -75,6 +75,8 @@ interface CreateOptions {
 
 /** KVM memory slots from here on hold device memory (firmware), not RAM: the dirty log and RAM images skip them. */
 const FIRST_DEVICE_SLOT = 16;
+/** How long a vCPU thread may take to read its own state before it is read from this thread instead. */
+const CAPTURE_WAIT_MS = 5000;
 
 export class Machine extends EventEmitter implements VmControl {
   readonly pio = new Bus('pio');
@@ -135,7 +137,10 @@ export class Machine extends EventEmitter implements VmControl {
     this.finished = new Promise((r) => { this.resolveFinished = r; });
     this.vcpus = new VcpuHolds(vcpuFds, () => this.ending);
     this.irqs = new IrqRouting(kvm, vm, config);
-    this.snapshots = new VmSnapshots({ kvm, vm, vcpuFds, ram, config, devices: this.devices });
+    this.snapshots = new VmSnapshots({
+      kvm, vm, vcpuFds, ram, config, devices: this.devices,
+      vcpuStates: (msrs, parked) => Promise.all(this.vcpus.threads.map((t) => t.captureState(msrs, parked, CAPTURE_WAIT_MS))),
+    });
   }
 
   /** Build the VM from its config (CreateOptions); throws UserError/HostError with one-line messages. */

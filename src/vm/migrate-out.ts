@@ -3,35 +3,30 @@
  * while the guest runs; live, pre-copy rounds over KVM's and the devices'
  * dirty logs until what is left fits migration.downtime_ms (or a round or
  * time limit ends them); then pause, flush, send the rest and the KVM and
- * device state, and hand the guest over. Until the destination has said
- * READY and been told COMMIT, any failure puts everything back: logging
- * off, devices and vCPUs going on as they were.
+ * device state, and hand the guest over: END commits, and the
+ * destination's DONE says that it took the guest. Until DONE, any failure
+ * (a REFUSE, the connection closed, no word in time) puts everything back:
+ * logging off, devices and vCPUs going on as they were.
  */
 import type { ConfigTree } from '../config/tree.js';
 import { HostError, UserError } from '../errors.js';
 import type { RamMapping } from '../memory/ram.js';
-import { partSums, stateBody, type SnapshotParts } from '../snapshot/file.js';
-import { StateWriter } from '../snapshot/state.js';
-import { Channel, F, MigrationError, encodeFrame, jsonFrame } from '../migration/wire.js';
+import { StateReader, StateWriter } from '../snapshot/state.js';
+import { Channel, F, MigrationError, TAKEOVER_MS, encodeFrame, jsonFrame } from '../migration/wire.js';
 import { connectTo, formatAddress, type MigrationAddress } from '../migration/transport.js';
 import { encodeHello, type MachineFacts } from '../migration/hello.js';
 import { PAGE, PageSender } from '../migration/ram-pages.js';
 import { DirtyLog, type RamSlot } from '../migration/dirty-log.js';
 import { StepTimer, formatSteps } from '../migration/steps.js';
+import { encodeState } from '../migration/state-parts.js';
 import { log } from '../log.js';
 import type { SocketReserve } from '../host/sandbox/reserve.js';
 import type { Vm } from '../kvm/kvm.js';
 import type { VmSnapshots } from './snapshot.js';
 import type { MigrationOptions, MigrationProgress, MigrationResult } from './control.js';
 
-/** The parts of a migration's STATE frame, each with its SHA-256. */
-export const STATE_PARTS = ['config', 'vm', 'vcpus', 'devices'] as const;
-
-/** The STATE frame's payload: the snapshot format's parts, each with its SHA-256. */
-export function statePayload(parts: SnapshotParts): Buffer {
-  const body = stateBody(parts);
-  return Buffer.from(JSON.stringify({ ...body, checksums: partSums(body, STATE_PARTS) }));
-}
+/** How long a destination that builds its VM while RAM comes in may take to build it. */
+const BUILD_WAIT_MS = 120_000;
 
 /** What the source side needs of the machine. */
 export interface SourceVm {
@@ -79,7 +74,7 @@ export async function migrateOut(s: SourceVm, target: MigrationAddress, opts: Mi
   let paused = false, quiesced = false, committed = false;
   try {
     await ch.send(encodeFrame(F.HELLO, encodeHello(s.facts(), live)));
-    await ch.recv([F.WELCOME], 30_000);
+    const builds = new StateReader((await ch.recvJson([F.WELCOME], 30_000)).value, 'welcome').bool('builds');
     const sender = new PageSender(s.ram.bytes, (f) => ch.send(f));
     /** Every page that may hold data; progress every 32 MiB. */
     const sendDataRanges = async (phase: MigrationProgress['phase'], round: number) => {
@@ -121,7 +116,17 @@ export async function migrateOut(s: SourceVm, target: MigrationAddress, opts: Mi
         rounds++;
       }
     }
-    s.snapshots.rehearseCapture(statePayload);
+    if (builds) {
+      // The destination's build (seconds where user space is slow) is not part of the downtime: wait for it
+      // while the guest runs, then send (live) what the guest dirtied meanwhile.
+      const t = performance.now();
+      await ch.recv([F.BUILT], BUILD_WAIT_MS);
+      if (live && performance.now() - t > 1) { // (not when BUILT was there already)
+        await sender.addAll(dirtyLog.harvest());
+        await sender.flush();
+      }
+    }
+    await s.snapshots.rehearseCapture(encodeState);
     // Switch over: the guest stops here until the destination runs it.
     const tPause = performance.now();
     const steps = new StepTimer();
@@ -135,6 +140,10 @@ export async function migrateOut(s: SourceVm, target: MigrationAddress, opts: Mi
     progress({ phase: 'switchover', done: ch.sent, round: rounds, dirtyRate: 0, expectedDowntimeMs: 0 });
     await ch.send(jsonFrame(F.SWITCHOVER, new StateWriter().u32('rounds', rounds).obj));
     steps.mark('switchover');
+    // The vCPUs' state is read on their threads while the last pages go out.
+    const capturing = s.snapshots.captureParked();
+    capturing.catch(() => undefined); // awaited below: not unhandled if the pages fail first
+    steps.mark('capture_here');
     if (live) {
       const dirty = dirtyLog.harvest();
       steps.mark('dirty_log');
@@ -144,27 +153,26 @@ export async function migrateOut(s: SourceVm, target: MigrationAddress, opts: Mi
       await sendDataRanges('switchover', 0);
     }
     steps.mark('pages');
-    const parts = s.snapshots.capture();
+    const parts = await capturing;
     steps.mark('capture');
-    const stateFrame = encodeFrame(F.STATE, statePayload(parts));
+    const stateFrame = encodeFrame(F.STATE, encodeState(parts));
     steps.mark('encode');
     await ch.send(stateFrame);
     await ch.send(jsonFrame(F.END, new StateWriter().int('pages', sender.pages).int('dataPages', sender.dataPages).obj));
     steps.mark('send_state');
-    await ch.recv([F.READY], 120_000);
-    steps.mark('wait_ready');
-    await ch.send(jsonFrame(F.COMMIT, {}));
-    committed = true;
     progress({ phase: 'commit', done: ch.sent, round: rounds, dirtyRate: 0, expectedDowntimeMs: 0 });
-    // The guest is the destination's from here, whatever it says next.
-    let confirmed = true;
-    try { await ch.recv([F.DONE], 30_000); } catch { confirmed = false; }
-    steps.mark('wait_running');
+    // The destination takes the guest over if everything checks, and says
+    // DONE before its vCPUs run. Without DONE it never runs the guest: a
+    // REFUSE says so; a destination that died wrote nothing after its last
+    // frame (a DONE it wrote comes before its connection's end); one that
+    // cannot take over within TAKEOVER_MS of END refuses, and we wait twice that.
+    await ch.recv([F.DONE], 2 * TAKEOVER_MS);
+    committed = true;
+    steps.mark('wait_done');
     const tEnd = performance.now();
     if (s.config.getBool('debug.timing', false)) log('info', `migration switchover on the source (ms): ${formatSteps(steps.steps)}`);
     void ch.end();
     s.handedOver(`migrated to ${where}`);
-    if (!confirmed) note = `${note ? `${note}; ` : ''}the destination did not confirm that it runs the guest`;
     return {
       target: where, live, rounds, bytes: ch.sent, pages: sender.pages, zeroPages: sender.zeroPages,
       totalMs: tEnd - t0, downtimeMs: tEnd - tPause, converged, steps: steps.steps, ...(note ? { note } : {}),

@@ -79,6 +79,11 @@ export interface SnapshotTarget {
   readonly config: ConfigTree;
   /** PCI functions and platform devices, in the order they are saved and restored */
   readonly devices: readonly PersistentDevice[];
+  /**
+   * Each vCPU's state read on its own thread (VcpuThread.captureState), all
+   * at once; undefined for one that did not answer (and without threads).
+   */
+  vcpuStates?(msrs: number[], parked: boolean): Promise<(Record<string, unknown> | undefined)[]>;
 }
 
 export class VmSnapshots {
@@ -132,25 +137,48 @@ export class VmSnapshots {
   /**
    * While the guest runs, before a migration pauses it: learn the readable
    * MSRs, and run the capture's and `encode`'s code on what can be read
-   * without parking the vCPUs (the VM-wide KVM state), the result dropped,
-   * so that this code is compiled before the pause (cold code costs
-   * hundreds of ms where user space is slow).
+   * without parking the vCPUs (each vCPU's state on its own thread between
+   * two of its exits, the VM-wide KVM state and the devices' here), the
+   * result dropped, so that this code is compiled before the pause (cold
+   * code costs hundreds of ms where user space is slow).
    */
-  rehearseCapture(encode: (parts: SnapshotParts) => unknown): void {
-    this.readableMsrs();
-    const vm = new StateWriter();
-    saveVmState(vm, this.t.vm);
-    encode({ config: Object.fromEntries(this.t.config.entries()), vm, vcpus: [], devices: [] });
+  async rehearseCapture(encode: (parts: SnapshotParts) => unknown): Promise<void> {
+    const msrs = this.readableMsrs();
+    const vcpus = (await this.t.vcpuStates?.(msrs, false)) ?? [];
+    encode(this.captureHere(vcpus.flatMap((o) => (o ? [StateWriter.of(o)] : []))));
   }
 
   /** The KVM and device state of the quiesced VM (everything but RAM). */
   capture(): SnapshotParts {
-    const t = this.t;
     const msrs = this.readableMsrs();
+    return this.captureHere(this.t.vcpuFds.map((v) => { const w = new StateWriter(); saveVcpu(w, v, msrs); return w; }));
+  }
+
+  /**
+   * capture() for a migration's switchover: each vCPU's state read on its
+   * own thread, all at once, while this thread reads the VM's and the
+   * devices'; a vCPU whose thread did not answer is read here.
+   */
+  async captureParked(): Promise<SnapshotParts> {
+    const t = this.t, msrs = this.readableMsrs();
+    const fromThreads = t.vcpuStates?.(msrs, true);
+    const parts = this.captureHere([]);
+    const got = (await fromThreads) ?? [];
+    parts.vcpus = t.vcpuFds.map((v, i) => {
+      const o = got[i];
+      if (o) return StateWriter.of(o);
+      const w = new StateWriter();
+      saveVcpu(w, v, msrs);
+      return w;
+    });
+    return parts;
+  }
+
+  /** The config, the VM-wide KVM state and the devices', with `vcpus`. */
+  private captureHere(vcpus: StateWriter[]): SnapshotParts {
     const vm = new StateWriter();
-    saveVmState(vm, t.vm);
-    const vcpus = t.vcpuFds.map((v) => { const w = new StateWriter(); saveVcpu(w, v, msrs); return w; });
-    return { config: Object.fromEntries(t.config.entries()), vm, vcpus, devices: saveDevices(t.devices) };
+    saveVmState(vm, this.t.vm);
+    return { config: Object.fromEntries(this.t.config.entries()), vm, vcpus, devices: saveDevices(this.t.devices) };
   }
 
   /**
