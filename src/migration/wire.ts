@@ -164,12 +164,16 @@ export class Channel {
     return this.failure;
   }
 
-  /** Send what is queued, then close. */
+  /** Send what is queued, then close; resolves once the peer has closed too (at most 2 s). */
   end(): Promise<void> {
     return new Promise((resolve) => {
       if (this.sock.destroyed) { resolve(); return; }
       const t = setTimeout(() => { this.sock.destroy(); resolve(); }, 2000);
-      this.sock.end(() => { clearTimeout(t); resolve(); });
+      // Done when the peer has hung up too, not when our last byte left: a
+      // peer still writing gets an error on its next write once we are gone,
+      // and may lose what we sent last (a REFUSE) unread.
+      this.sock.once('close', () => { clearTimeout(t); resolve(); });
+      this.sock.end();
     });
   }
 
