@@ -21,18 +21,23 @@ import type { HostReport } from './host-check.js';
 
 export type IrqchipMode = 'kernel' | 'user';
 
-/** x86.irqchip: kernel, user, or auto (user for firmware on a virtualized host CPU); logs the choice of auto and its reason. */
-export function irqchipMode(config: ConfigTree, host: Pick<HostReport, 'hypervisor'>, firmware: boolean): IrqchipMode {
+/**
+ * x86.irqchip: kernel, user, or auto (user for firmware on a virtualized
+ * host CPU); `why`: the line auto's choice is logged with once the VM is built.
+ */
+export function irqchipMode(config: ConfigTree, host: Pick<HostReport, 'hypervisor'>, firmware: boolean): { mode: IrqchipMode; why?: string } {
   const v = config.get('x86.irqchip') ?? 'auto';
-  if (v === 'kernel' || v === 'user') return v;
+  if (v === 'kernel' || v === 'user') return { mode: v };
   if (v !== 'auto') throw new UserError(`invalid value for x86.irqchip: '${v}' (expected kernel, user or auto)`);
   if (firmware && host.hypervisor) {
-    log('info', 'interrupt controllers in user space (x86.irqchip=auto): this host CPU is itself virtualized (hypervisor flag) and the guest '
-      + 'runs firmware, whose CR8 writes under KVM\'s in-kernel local APIC can crash a nested host; x86.irqchip=kernel overrides');
-    return 'user';
+    return {
+      mode: 'user',
+      why: 'interrupt controllers in user space (x86.irqchip=auto): this host CPU is itself virtualized (hypervisor flag) and the guest '
+        + 'runs firmware, whose CR8 writes under KVM\'s in-kernel local APIC can crash a nested host; x86.irqchip=kernel overrides',
+    };
   }
   log('debug', `interrupt controllers in KVM (x86.irqchip=auto): ${firmware ? 'the host CPU is not virtualized' : 'no firmware (bootrom)'}`);
-  return 'kernel';
+  return { mode: 'kernel' };
 }
 
 /** The 8259 PIC's ports answer 0: Linux's probe (0xff written to the mask, read back) finds no PIC. */

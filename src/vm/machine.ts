@@ -167,7 +167,7 @@ export class Machine extends EventEmitter implements VmControl {
     if (isLinux && host.emulated && !config.getBool('x86.allow_emulated_kvm', false)) {
       throw new HostError(emulatedKvmMessage(host), 'EEMULATED');
     }
-    const irqchip = irqchipMode(config, host, saved ? saved.has('lpc.bootrom') : boot?.kind === 'firmware');
+    const { mode: irqchip, why: irqchipWhy } = irqchipMode(config, host, saved ? saved.has('lpc.bootrom') : boot?.kind === 'firmware');
     if (irqchip === 'user' && saved) throw new UserError(USER_IRQCHIP_NO_SNAPSHOTS);
     const vm = kvm.createVm();
     const ram = opts.incoming?.ram ?? createGuestRam(memBytes, `tshyve-${config.get('name') ?? 'vm'}`, { hugePages: config.getBool('memory.hugepages', true) });
@@ -199,6 +199,7 @@ export class Machine extends EventEmitter implements VmControl {
       if (snap) loadRamImage(snap, ram, config.getBool('snapshot.verify_ram', false));
       if (snap) m.snapshots.restore(snap); else if (boot) loadBoot(boot, mem, fds[0]!, topo.cpus, ram.size);
       performance.mark('boot');
+      if (irqchipWhy) log('info', irqchipWhy);
     } catch (e) {
       // A refused snapshot leaves nothing behind: no device thread or poller, no backend, no KVM VM.
       await m.finish(ExitCode.ERROR);

@@ -15,7 +15,7 @@
 import { copyFileSync, existsSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ROOT } from '../helpers.js';
+import { CLI, ROOT } from '../helpers.js';
 import { bounded } from './proc.js';
 import type { BootResult } from './linux-driver.js';
 import type { Phase } from './snapshot-scenarios.js';
@@ -48,6 +48,16 @@ export function qemuFirmwareArgv(vars: string): string[] {
 }
 
 /**
+ * tshyve with the same firmware, disk and machine size. x86.irqchip=user,
+ * always: with KVM's in-kernel local APIC the firmware's CR8 writes abort
+ * the lab's L0 (the reason for kernel_irqchip=off above).
+ */
+export function tshyveFirmwareArgv(vars: string): string[] {
+  return [process.execPath, CLI, '-c', '1', '-m', '512M', '-s', '0,hostbridge', '-s', '31,lpc',
+    '-l', 'com1,stdio', '-l', `bootrom,${OVMF_CODE},${vars}`, '-s', `4,virtio-blk,${EFI_DISK},ro`, '-o', 'x86.irqchip=user', 'fwlab'];
+}
+
+/**
  * Two boots of `argv(vars)` with one fresh copy of OVMF's variable store:
  * the result is the first boot's, with both as its phases.
  */
@@ -70,4 +80,5 @@ export async function firmwareBoots(name: string, argv: (vars: string) => string
 
 export const firmwareScenarios: Record<string, () => Promise<BootResult>> = FIRMWARE_ENABLED ? {
   'firmware-qemu': () => firmwareBoots('firmware-qemu', qemuFirmwareArgv),
+  'firmware-tshyve': () => firmwareBoots('firmware-tshyve', tshyveFirmwareArgv),
 } : {};
