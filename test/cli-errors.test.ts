@@ -48,6 +48,7 @@ const cases: [string, string[], RegExp][] = [
   ...(readOnlyFile ? [['a variable file that is not writable', [...std, '-l', `bootrom,${goodRom},${readOnlyFile}`, 'vm'], /bootrom variable file .* is not writable/] as [string, string[], RegExp]] : []),
   ['a bootrom without a host bridge at slot 0', ['-s', '31,lpc', '-l', `bootrom,${goodRom}`, 'vm'], /-l bootrom needs the host bridge at slot 0/],
   ['boot.raw with a bootrom', [...std, '-l', `bootrom,${goodRom},${vars}`, '-o', `boot.raw=${goodRom}`, 'vm'], /boot\.raw and -l bootrom/],
+  ['a bad x86.irqchip', [...std, '-l', `bootrom,${goodRom}`, '-o', 'x86.irqchip=split', 'vm'], /invalid value for x86\.irqchip: 'split' \(expected kernel, user or auto\)/],
   ['a bad host bridge id', ['-s', '0,hostbridge,devid=0x12345', '-s', '31,lpc', '-l', `bootrom,${goodRom}`, '-o', 'control.enable=false', 'vm'], /pci\.0\.0\.0\.devid: '0x12345' is not a 16-bit PCI id/],
 ];
 
