@@ -6,10 +6,14 @@ import { CAP, type Kvm, type VcpuFd } from '../kvm/kvm.js';
 import { MP_STATE, type CpuidEntry } from '../kvm/abi.js';
 import { log } from '../log.js';
 import { bootXcr0, guestCpuid, type Topology } from '../x86/cpuid.js';
+import { LAPIC_ADDR } from '../x86/layout.js';
 import type { VcpuThread } from '../vcpu/vcpu-thread.js';
 import type { HostReport } from './host-check.js';
 import type { IrqchipMode } from './irqchip.js';
 import { RunState, LW } from '../x86/apic/lapic-page.js';
+
+const APIC_BASE_ENABLE = 1n << 11n;
+const APIC_BASE_BSP = 1n << 8n;
 
 const MSR = {
   SYSENTER_CS: 0x174, SYSENTER_ESP: 0x175, SYSENTER_EIP: 0x176,
@@ -48,7 +52,14 @@ export function setupVcpus(kvm: Kvm, fds: readonly VcpuFd[], topo: Topology, hos
     fpu.writeUInt16LE(0x37f, 128); // fcw
     fpu.writeUInt32LE(0x1f80, 408); // mxcsr
     v.setFpu(fpu);
-    if (irqchip === 'user') return; // the user-space APIC pages start so (vm/irqchip.ts)
+    if (irqchip === 'user') {
+      // KVM leaves IA32_APIC_BASE at 0 without its own APIC; firmware finds
+      // the APIC there (EDK2's LocalApicLib): the reset value, enabled, BSP flag on vCPU 0.
+      const s = v.getSregs();
+      s.apicBase = BigInt(LAPIC_ADDR) | APIC_BASE_ENABLE | (i === 0 ? APIC_BASE_BSP : 0n);
+      v.setSregs(s);
+      return; // LINT0/LINT1: the user-space APIC pages start so (vm/irqchip.ts)
+    }
     const lapic = v.getLapic();
     const LVT_LINT0 = 0x350, LVT_LINT1 = 0x360;
     lapic.writeUInt32LE((lapic.readUInt32LE(LVT_LINT0) & ~0x700) | 0x700, LVT_LINT0); // ExtINT
