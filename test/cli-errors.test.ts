@@ -52,6 +52,7 @@ const cases: [string, string[], RegExp][] = [
   ['a missing fw_cfg item file', [...std, '-l', `bootrom,${goodRom},${vars}`, '-f', `opt/a,file=${join(dir, 'noitem')}`, '-o', 'control.enable=false', 'vm'], /cannot read fw_cfg item opt\/a file .*noitem: no such file/],
   ['a malformed -f', [...std, '-f', 'opt/a', 'vm'], /invalid fw_cfg item 'opt\/a'/],
   ['a bootindex on a device that cannot boot', [...std, '-s', '3,virtio-rnd,bootindex=0', '-l', `bootrom,${goodRom},${vars}`, '-o', 'control.enable=false', 'vm'], /pci\.0\.3\.0\.bootindex: virtio-rnd cannot boot/],
+  ['a bad x86.irqchip', [...std, '-l', `bootrom,${goodRom}`, '-o', 'x86.irqchip=split', 'vm'], /invalid value for x86\.irqchip: 'split' \(expected kernel, user or auto\)/],
   ['a bad host bridge id', ['-s', '0,hostbridge,devid=0x12345', '-s', '31,lpc', '-l', `bootrom,${goodRom}`, '-o', 'control.enable=false', 'vm'], /pci\.0\.0\.0\.devid: '0x12345' is not a 16-bit PCI id/],
 ];
 

@@ -27,6 +27,19 @@ test('protected and long mode, MMIO exits, power-off', { skip: skipReason('long'
   assert.equal(r.code, 1, r.stderr);
 });
 
+test('x86.irqchip=user (the sandbox on): two vCPUs, the AP waiting for SIPI, port and MMIO exits, power-off; SIGINT ends a spinning guest', { skip: skipReason('long') ?? skipReason('spin') }, async () => {
+  const r = await runCli(base(guestBin('long')!, ['-c', '2', '-o', 'x86.irqchip=user']));
+  assert.equal(r.stdout, 'RPROTECTED OK\nLONG OK\nMMIO OK\n');
+  assert.equal(r.code, 1, r.stderr);
+  let sent = false;
+  const s = await runCli(base(guestBin('spin')!, ['-o', 'x86.irqchip=user']), {
+    onStdout: (out, child) => { if (!sent && out.includes('S\n')) { sent = true; child.kill('SIGINT'); } },
+    timeoutMs: 30_000,
+  });
+  assert.ok(sent);
+  assert.equal(s.code, 1, s.stderr);
+});
+
 test('a triple fault ends tshyve with exit 3', { skip: skipReason('triple') }, async () => {
   const r = await runCli(base(guestBin('triple')!));
   assert.equal(r.code, 3, r.stderr);

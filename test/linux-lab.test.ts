@@ -125,6 +125,20 @@ test('Linux with -c 2 sees two processors', { skip }, () => {
   assert.equal(r.code, 1, r.stderr);
 });
 
+test('x86.irqchip=user (local APICs and IOAPIC in tshyve): Linux boots with -c 1 and -c 2, its APIC timer ticks, MSI-X reaches it, poweroff -f exits 1', { skip }, () => {
+  for (const cpus of [1, 2]) {
+    const r = get(`irqchip-user-${cpus}cpu`);
+    assert.match(r.stdout, /TSHYVE-GUEST-OK/, about(r));
+    assert.match(r.stdout, new RegExp(`NPROC=${cpus}\\b`), `the APs started by INIT/SIPI; ${about(r)}`);
+    // local timer interrupts on every CPU
+    const loc = /LOC=LOC: ([\d ]+)/.exec(r.stdout)?.[1]?.trim().split(' ').map(Number) ?? [];
+    assert.equal(loc.length, cpus, about(r));
+    assert.ok(loc.every((n) => n > 10), `LOC ${loc.join(' ')}; ${about(r)}`);
+    assert.match(r.stdout, /HWRNG=[0-9a-f]{64}/, `virtio-rnd's MSI-X interrupts arrive; ${about(r)}`);
+    assert.equal(r.code, 1, r.stderr);
+  }
+});
+
 test('reboot -f in the guest ends tshyve with exit 0', { skip }, () => {
   const r = get('boot-1cpu-reboot');
   assert.match(r.stdout, /TSHYVE-GUEST-OK/, about(r));
@@ -598,4 +612,8 @@ function checkFirmwareBoots(name: string, poweroffExit: number): void {
 
 test('QEMU with Debian\'s OVMF boots the lab\'s EFI disk (GRUB on the ESP) to init and powers off (exit 0); an EFI variable the guest creates is there at the next boot', { skip: fwSkip }, () => {
   checkFirmwareBoots('firmware-qemu', 0);
+});
+
+test('tshyve (x86.irqchip=user) with Debian\'s OVMF boots the lab\'s EFI disk to init and powers off (exit 1); the EFI variable persists in VARFILE', { skip: fwSkip }, () => {
+  checkFirmwareBoots('firmware-tshyve', 1);
 });

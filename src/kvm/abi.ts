@@ -60,6 +60,9 @@ export const KVM = {
   GET_DEBUGREGS: IOR(0xa1, 128),
   SET_DEBUGREGS: IOW(0xa2, 128),
   KVMCLOCK_CTRL: IO(0xad),
+  /** inject an external interrupt (no in-kernel local APIC) */
+  INTERRUPT: IOW(0x86, 4),
+  NMI: IO(0x9a),
 } as const;
 
 /** kvm_userspace_memory_region.flags: KVM logs the slot's pages the guest writes (KVM_GET_DIRTY_LOG). */
@@ -114,7 +117,12 @@ export const EXIT_NAMES: Record<number, string> = Object.fromEntries(
 
 /** Offsets in struct kvm_run. */
 export const RUN = {
+  REQUEST_INTERRUPT_WINDOW: 0,
   IMMEDIATE_EXIT: 1,
+  READY_FOR_INTERRUPT_INJECTION: 12,
+  IF_FLAG: 13,
+  /** the guest's CR8 (TPR >> 4): given on exit, read before entry, when the local APIC is not in the kernel */
+  CR8: 16,
   EXIT_REASON: 8,
   IO_DIRECTION: 32,
   IO_SIZE: 33,

@@ -197,6 +197,9 @@ export class VcpuFd {
   setXcrs(b: Buffer): void { check('KVM_SET_XCRS', libc.ioctlPtr(this.fd, KVM.SET_XCRS, b)); }
   getDebugRegs(): Buffer { const b = Buffer.alloc(128); check('KVM_GET_DEBUGREGS', libc.ioctlPtr(this.fd, KVM.GET_DEBUGREGS, b)); return b; }
   setDebugRegs(b: Buffer): void { check('KVM_SET_DEBUGREGS', libc.ioctlPtr(this.fd, KVM.SET_DEBUGREGS, b)); }
+  /** Queue external interrupt `vector` (no in-kernel irqchip); false when KVM still holds one. */
+  interrupt(vector: number): boolean { const b = Buffer.alloc(4); b.writeUInt32LE(vector); return libc.ioctlPtr(this.fd, KVM.INTERRUPT, b) === 0; }
+  nmi(): void { check('KVM_NMI', libc.ioctlInt(this.fd, KVM.NMI, 0)); }
   /** Tell a kvmclock guest it was paused, so its watchdogs do not call the gap a lockup. */
   kvmclockCtrl(): boolean { return libc.ioctlInt(this.fd, KVM.KVMCLOCK_CTRL, 0) === 0; }
 }

@@ -83,4 +83,6 @@ export interface VcpuWorkerData {
   postWrites: boolean;
   /** MMIO [base, end) pairs, flat, whose writes are never posted (Bus.unpostedRanges) */
   unpostedMmio: readonly number[];
+  /** x86.irqchip=user: every vCPU's local APIC page (lapic-page.ts) and vCPU fd */
+  apic?: { pages: SharedArrayBuffer[]; vcpuFds: number[] };
 }

@@ -7,6 +7,7 @@ import { Worker } from 'node:worker_threads';
 import { libc, SIG_KICK } from '../host/libc.js';
 import { RUN } from '../kvm/abi.js';
 import { mapKvmRun } from '../kvm/kvm.js';
+import { wakeOwner } from '../x86/apic/lapic-page.js';
 import { MB, CtlReq, CtlState, newMailbox, type CaptureRequest, type Mailbox, type VcpuEvent, type VcpuWorkerData } from './mailbox.js';
 
 let kickHandlerInstalled = false;
@@ -34,6 +35,8 @@ export class VcpuThread {
     private readonly shadow: SharedArrayBuffer,
     private readonly posting: { enabled: boolean; unpostedMmio: readonly number[] },
     private readonly onEvent: (e: VcpuEvent) => void,
+    /** x86.irqchip=user: the VM's local APIC pages and vCPU fds (VcpuWorkerData.apic) */
+    private readonly apic?: VcpuWorkerData['apic'],
   ) {
     this.run = mapKvmRun(vcpuFd, runSize);
   }
@@ -46,6 +49,7 @@ export class VcpuThread {
       index: this.index, vcpuFd: this.vcpuFd, runSize: this.runSize,
       mailbox: this.mailbox.words.buffer as SharedArrayBuffer, doorbell: this.doorbell,
       shadow: this.shadow, postWrites: this.posting.enabled, unpostedMmio: this.posting.unpostedMmio,
+      ...(this.apic && { apic: this.apic }),
     };
     performance.mark(`vcpu${this.index}:spawn`);
     const worker = this.worker = new Worker(new URL('./worker.js', import.meta.url), { workerData: wd, stdout: false, stderr: false });
@@ -70,6 +74,8 @@ export class VcpuThread {
 
   kick(): void {
     this.run.setUint8(RUN.IMMEDIATE_EXIT, 1);
+    // a vCPU halted in user space waits on its APIC page, not in KVM_RUN
+    if (this.apic) wakeOwner(new Int32Array(this.apic.pages[this.index]!));
     const tid = Atomics.load(this.mailbox.words, MB.TID);
     if (tid > 0 && this.state !== CtlState.STOPPED) libc.tgkill(process.pid, tid, SIG_KICK);
   }

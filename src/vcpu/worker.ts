@@ -11,6 +11,9 @@ import { mapKvmRun, VcpuFd } from '../kvm/kvm.js';
 import { saveVcpu } from '../snapshot/kvm-state.js';
 import { StateWriter } from '../snapshot/state.js';
 import { ShadowRegisters } from './shadow.js';
+import { UserApic } from './user-apic.js';
+import { IOAPIC_ADDR } from '../x86/layout.js';
+import { IOAPIC_EOI_OFFSET } from '../x86/apic/ioapic.js';
 import {
   MB, DB, MbState, MbKind, CtlReq, CtlState, RING_ENTRIES, RING_WORDS, RING_SEQ, newMailbox,
   type CaptureRequest, type VcpuEvent, type VcpuWorkerData,
@@ -31,6 +34,13 @@ let head = 0;
 setThreadName(`vcpu${wd.index}`);
 Atomics.store(w, MB.TID, libc.gettid());
 post({ type: 'started', index: wd.index, tid: Atomics.load(w, MB.TID), ready: performance.now() });
+
+/** x86.irqchip=user: this vCPU's local APIC, served here */
+const apic = wd.apic && new UserApic({
+  index: wd.index, vcpuFd: wd.vcpuFd, runSize: wd.runSize, run, pages: wd.apic.pages, vcpuFds: wd.apic.vcpuFds,
+  // to the IOAPIC on the device thread, in order with this vCPU's other writes
+  levelEoi: (vector) => access(MbKind.MMIO, 1, IOAPIC_ADDR + IOAPIC_EOI_OFFSET, 4, new Uint8Array([vector, 0, 0, 0])),
+});
 
 /** Wait until the device thread has served every posted write. */
 function drainPosted(): void {
@@ -118,6 +128,7 @@ function handleMmio(): void {
   const addr = Number(run.getBigUint64(RUN.MMIO_PHYS_ADDR, true));
   const len = run.getUint32(RUN.MMIO_LEN, true);
   const isWrite = run.getUint8(RUN.MMIO_IS_WRITE);
+  if (apic?.mmio(addr, isWrite === 1, Math.min(len, 8), runBytes.subarray(RUN.MMIO_DATA, RUN.MMIO_DATA + 8))) return;
   access(MbKind.MMIO, isWrite ? 1 : 0, addr, Math.min(len, 8), runBytes.subarray(RUN.MMIO_DATA, RUN.MMIO_DATA + 8));
 }
 
@@ -165,9 +176,13 @@ function control(): boolean {
   }
 }
 
+const stopRequested = (): boolean => Atomics.load(w, MB.CTL_REQ) !== CtlReq.RUN;
+
 function loop(): void {
   while (control()) {
+    if (apic && !apic.beforeRun(stopRequested)) continue;
     const r = libc.ioctlInt(wd.vcpuFd, KVM.RUN, 0);
+    apic?.afterRun();
     if (r < 0) {
       const e = errno();
       if (e === EINTR || e === EAGAIN) continue;
@@ -178,7 +193,8 @@ function loop(): void {
     switch (reason) {
       case EXIT.IO: handleIo(); break;
       case EXIT.MMIO: handleMmio(); break;
-      case EXIT.HLT: case EXIT.INTR: case EXIT.IRQ_WINDOW_OPEN: break;
+      case EXIT.HLT: apic?.halt(); break;
+      case EXIT.INTR: case EXIT.IRQ_WINDOW_OPEN: break;
       case EXIT.SHUTDOWN: post({ type: 'shutdown', index: wd.index }); return;
       case EXIT.SYSTEM_EVENT:
         post({ type: 'system-event', index: wd.index, event: run.getUint32(RUN.SYSTEM_EVENT_TYPE, true) });
@@ -205,6 +221,7 @@ function loop(): void {
 }
 
 loop();
+apic?.close();
 Atomics.store(w, MB.CTL_STATE, CtlState.STOPPED);
 Atomics.notify(w, MB.CTL_STATE);
 post({ type: 'stopped', index: wd.index });

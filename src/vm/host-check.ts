@@ -15,6 +15,8 @@ export interface HostReport {
   /** why we think so, for messages */
   emulatedWhy: string | undefined;
   maxVcpus: number;
+  /** the host CPU is itself virtualized (the `hypervisor` flag in /proc/cpuinfo) */
+  hypervisor: boolean;
 }
 
 const REQUIRED: [number, string][] = [
@@ -32,9 +34,11 @@ export function inspectHost(kvm: Kvm): HostReport {
     if (!kvm.checkExtension(cap)) throw new HostError(`this host's KVM lacks ${name}, which tshyve needs`, 'ENOCAP');
   }
   let hwVirt: string | undefined;
+  let hypervisor = false;
   try {
     const flags = readFileSync('/proc/cpuinfo', 'latin1').match(/^flags\s*:(.*)$/m)?.[1] ?? '';
     hwVirt = / vmx( |$)/.test(flags) ? 'vmx' : / svm( |$)/.test(flags) ? 'svm' : undefined;
+    hypervisor = / hypervisor( |$)/.test(flags);
   } catch { /* no /proc: leave unknown */ }
   let emulatedWhy: string | undefined;
   if (existsSync('/sys/module/kvm_pvm')) emulatedWhy = 'its KVM is kvm_pvm, which emulates guest instructions in software';
@@ -44,6 +48,7 @@ export function inspectHost(kvm: Kvm): HostReport {
     emulated: emulatedWhy !== undefined,
     emulatedWhy,
     maxVcpus: kvm.checkExtension(CAP.MAX_VCPUS) || kvm.checkExtension(CAP.NR_VCPUS) || 1,
+    hypervisor,
   };
 }
 

@@ -21,7 +21,8 @@ export class IrqRouting {
   /** queue notifications that came through ioeventfds to this thread (no exit): activity for the halt check */
   notifies = 0;
 
-  constructor(private readonly kvm: Kvm, private readonly vm: Vm, private readonly config: ConfigTree) {}
+  /** `inKernelIrqchip` false (x86.irqchip=user): KVM has no irqchip to route to, so no irqfds */
+  constructor(private readonly kvm: Kvm, private readonly vm: Vm, private readonly config: ConfigTree, private readonly inKernelIrqchip = true) {}
 
   /**
    * Bind eventfd `fd` as a KVM ioeventfd for writes of `len` bytes at `addr`.
@@ -57,7 +58,7 @@ export class IrqRouting {
   irqfdRouter(): MsiRouter | undefined {
     if (this.router === undefined) {
       const gsis = this.kvm.checkExtension(CAP.IRQ_ROUTING);
-      const ok = this.config.getBool('virtio.irqfd', true) && this.kvm.checkExtension(CAP.IRQFD) > 0 && gsis > 0;
+      const ok = this.inKernelIrqchip && this.config.getBool('virtio.irqfd', true) && this.kvm.checkExtension(CAP.IRQFD) > 0 && gsis > 0;
       this.router = ok ? new MsiRouter((t) => this.vm.setGsiRouting(t), gsis) : false;
       if (!ok) log('debug', 'MSI through KVM_SIGNAL_MSI (no irqfd)');
     }

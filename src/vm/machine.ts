@@ -48,6 +48,7 @@ import type { RamSlot } from '../migration/dirty-log.js';
 import { bootSource, loadBoot } from './boot.js';
 import { checkSnapshotConfig, VmSnapshots } from './snapshot.js';
 import { applyDiskCheckpoints } from './disk-checkpoint.js';
+import { irqchipMode, UserIrqchip, type IrqchipMode } from './irqchip.js';
 
 export { COM_PORTS } from '../devices/uart16550.js';
 
@@ -72,6 +73,9 @@ interface CreateOptions {
   restore?: LoadedSnapshot;
   incoming?: { ram: RamMapping; sourceConfig: Map<string, string>; storageGate?: Promise<void> };
 }
+
+/** Not yet saved: the user-space APIC timers and vCPU run states (halted, waiting for SIPI). */
+const USER_IRQCHIP_NO_SNAPSHOTS = 'snapshots and migration are not supported with x86.irqchip=user (user-space interrupt controllers) yet';
 
 /** KVM memory slots from here on hold device memory (firmware), not RAM: the dirty log and RAM images skip them. */
 const FIRST_DEVICE_SLOT = 16;
@@ -122,6 +126,8 @@ export class Machine extends EventEmitter implements VmControl {
   firstRunMs: number | undefined;
   /** the sandbox tshyve put itself in (src/host/sandbox), for --get-stats and migrate() */
   sandbox: SandboxStatus = SANDBOX_OFF;
+  /** x86.irqchip=user: the interrupt controllers tshyve runs itself */
+  private readonly userIrq: UserIrqchip | undefined;
 
   private constructor(
     readonly config: ConfigTree,
@@ -132,11 +138,13 @@ export class Machine extends EventEmitter implements VmControl {
     readonly mem: GuestMemory,
     readonly topo: Topology,
     readonly vcpuFds: VcpuFd[],
+    readonly irqchip: IrqchipMode,
   ) {
     super();
     this.finished = new Promise((r) => { this.resolveFinished = r; });
-    this.vcpus = new VcpuHolds(vcpuFds, () => this.ending);
-    this.irqs = new IrqRouting(kvm, vm, config);
+    if (irqchip === 'user') this.userIrq = new UserIrqchip(vcpuFds.map((v) => v.fd), kvm.vcpuMmapSize(), this.mmio, this.pio);
+    this.vcpus = new VcpuHolds(vcpuFds, () => this.ending, this.userIrq?.pages);
+    this.irqs = new IrqRouting(kvm, vm, config, irqchip === 'kernel');
     this.snapshots = new VmSnapshots({
       kvm, vm, vcpuFds, ram, config, devices: this.devices,
       vcpuStates: (msrs, parked) => Promise.all(this.vcpus.threads.map((t) => t.captureState(msrs, parked, CAPTURE_WAIT_MS))),
@@ -184,6 +192,8 @@ export class Machine extends EventEmitter implements VmControl {
     if (isLinux && host.emulated && !config.getBool('x86.allow_emulated_kvm', false)) {
       throw new HostError(emulatedKvmMessage(host), 'EEMULATED');
     }
+    const { mode: irqchip, why: irqchipWhy } = irqchipMode(config, host, saved ? saved.has('lpc.bootrom') : boot?.kind === 'firmware');
+    if (irqchip === 'user' && saved) throw new UserError(USER_IRQCHIP_NO_SNAPSHOTS);
     const vm = kvm.createVm();
     own(vm.fd);
     const ram = opts.incoming?.ram ?? createGuestRam(memBytes, { hugePages: config.getBool('memory.hugepages', true) });
@@ -196,14 +206,16 @@ export class Machine extends EventEmitter implements VmControl {
     // Intel needs these three pages reserved below 4G; AMD ignores them.
     vm.setIdentityMapAddr(0xfeffc000);
     vm.setTssAddr(0xfeffd000);
-    vm.createIrqchip();
-    vm.createPit2();
+    if (irqchip === 'kernel') {
+      vm.createIrqchip();
+      vm.createPit2();
+    }
     const vcpuFds: VcpuFd[] = [];
     for (let i = 0; i < topo.cpus; i++) {
       vcpuFds.push(new VcpuFd(own(vm.createVcpu(i))));
     }
     performance.mark('kvm');
-    const m = new Machine(config, kvm, vm, host, ram, mem, topo, vcpuFds);
+    const m = new Machine(config, kvm, vm, host, ram, mem, topo, vcpuFds, irqchip);
     m.slots = slots;
     m.dirtyMap = dirty;
     m.storageGate = opts.incoming?.storageGate;
@@ -211,11 +223,12 @@ export class Machine extends EventEmitter implements VmControl {
       await m.buildPci();
       await m.buildPlatform();
       performance.mark('devices');
-      setupVcpus(kvm, vcpuFds, topo, host, isLinux);
+      setupVcpus(kvm, vcpuFds, topo, host, isLinux, irqchip);
       // A restore copies the image's data into the VM's own RAM (see docs/security.md).
       if (snap) loadRamImage(snap, ram, config.getBool('snapshot.verify_ram', false));
       if (snap) m.snapshots.restore(snap); else if (boot) loadBoot(boot, mem, vcpuFds[0]!, topo.cpus, ram.size);
       performance.mark('boot');
+      if (irqchipWhy) log('info', irqchipWhy);
     } catch (e) {
       // no device thread, poller or backend left behind
       await m.finish(ExitCode.ERROR);
@@ -230,7 +243,7 @@ export class Machine extends EventEmitter implements VmControl {
     return {
       mem: this.mem, pio: this.pio, mmio: this.mmio, vmName: this.name, firmware: this.config.get('lpc.bootrom') !== undefined,
       irq: (gsi) => this.irq(gsi),
-      msi: (address, data) => { this.vm.signalMsi(address, data); },
+      msi: this.userIrq ? (address, data) => this.userIrq!.router.msi(address, data) : (address, data) => { this.vm.signalMsi(address, data); },
       msiVector: this.irqs.irqfdRouter() ? () => this.irqs.msiVector() : undefined,
       guestError: (dev, msg) => this.guestLog.log('warn', `${dev}: ${msg}`),
       allocMmio: this.allocMmio,
@@ -252,7 +265,8 @@ export class Machine extends EventEmitter implements VmControl {
   }
 
   irq(gsi: number): IrqLine {
-    return { set: (level: boolean) => this.vm.irqLine(gsi, level) };
+    const ioapic = this.userIrq?.ioapic;
+    return { set: ioapic ? (level: boolean) => ioapic.setIrq(gsi, level) : (level: boolean) => this.vm.irqLine(gsi, level) };
   }
 
   /** PCI: config mechanism #1 and the devices of pci.B.S.F.device. */
@@ -355,7 +369,7 @@ export class Machine extends EventEmitter implements VmControl {
     const doorbell = new SharedArrayBuffer(DB.WORDS * 4);
     const posting = { enabled: this.config.getBool('x86.posted_writes', true), unpostedMmio: this.mmio.unpostedRanges() };
     const threads = this.vcpuFds.map((v, i) => new VcpuThread(i, v.fd, this.kvm.vcpuMmapSize(), doorbell, this.shadow.buffer, posting,
-      (e) => this.onVcpuEvent(e)));
+      (e) => this.onVcpuEvent(e), this.userIrq?.workerData));
     this.vcpus.threads = threads;
     this.exitServer = new ExitServer(new Int32Array(doorbell), threads.map((t) => t.mailbox), this.pio, this.mmio,
       (msg) => this.guestLog.log('warn', msg));
@@ -372,7 +386,7 @@ export class Machine extends EventEmitter implements VmControl {
   /** Exits, and the work devices do without them: what the halt check watches. */
   private activity(): number {
     const s = this.exitServer?.stats;
-    let n = (s ? s.pio + s.mmio : 0) + this.irqs.notifies;
+    let n = (s ? s.pio + s.mmio : 0) + this.irqs.notifies + (this.userIrq?.router.delivered ?? 0);
     for (const f of this.pci.functions()) n += f.activity?.() ?? 0;
     return n;
   }
@@ -450,7 +464,7 @@ export class Machine extends EventEmitter implements VmControl {
 
   /** CPUID and the machine as a migration's handshake compares them. */
   facts(): MachineFacts {
-    return { vcpus: this.topo.cpus, ramBytes: this.ram.size, config: new Map(this.config.entries()), cpuid: vcpuCpuid(this.kvm, 0, this.topo, this.host) };
+    return { vcpus: this.topo.cpus, ramBytes: this.ram.size, config: new Map(this.config.entries()), cpuid: vcpuCpuid(this.kvm, 0, this.topo, this.host, this.irqchip) };
   }
 
   /**
@@ -463,6 +477,7 @@ export class Machine extends EventEmitter implements VmControl {
     if (this.ending) throw new UserError('the VM is shutting down');
     if (this.saving) throw new UserError('a save or migration is already in progress');
     if (this.firstRunMs === undefined) throw new UserError('the VM is not running yet');
+    if (this.userIrq) throw new UserError(USER_IRQCHIP_NO_SNAPSHOTS);
     this.saving = true;
     try {
       const { migrateOut } = await import('./migrate-out.js'); // (loaded when a VM migrates, not at start-up)
@@ -498,6 +513,7 @@ export class Machine extends EventEmitter implements VmControl {
     if (this.ending) throw new UserError('the VM is shutting down');
     if (this.saving) throw new UserError('a save is already in progress');
     if (this.firstRunMs === undefined) throw new UserError('the VM is not running yet');
+    if (this.userIrq) throw new UserError(USER_IRQCHIP_NO_SNAPSHOTS);
     this.saving = true;
     const t0 = performance.now();
     try {

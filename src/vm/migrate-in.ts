@@ -52,7 +52,8 @@ export async function receiveMigration(config: ConfigTree, from: MigrationAddres
   const topo = resolveCpus(config), memBytes = resolveMemBytes(config);
   const kvm = Kvm.open(config.get('kvm.device') ?? '/dev/kvm');
   let cpuid;
-  try { cpuid = vcpuCpuid(kvm, 0, topo, inspectHost(kvm)); } finally { kvm.close(); }
+  // kernel: Machine.create refuses a migration into user-space interrupt controllers
+  try { cpuid = vcpuCpuid(kvm, 0, topo, inspectHost(kvm), 'kernel'); } finally { kvm.close(); }
   const here = { vcpus: topo.cpus, ramBytes: memBytes, config: new Map(config.entries()), cpuid };
   const sock = await acceptOne(from, opts.onListening);
   const ch = new Channel(sock, `the source (${sock.remoteAddress ?? 'unix socket'})`);

@@ -6,8 +6,14 @@ import { CAP, type Kvm, type VcpuFd } from '../kvm/kvm.js';
 import { MP_STATE, type CpuidEntry } from '../kvm/abi.js';
 import { log } from '../log.js';
 import { bootXcr0, guestCpuid, type Topology } from '../x86/cpuid.js';
+import { LAPIC_ADDR } from '../x86/layout.js';
 import type { VcpuThread } from '../vcpu/vcpu-thread.js';
 import type { HostReport } from './host-check.js';
+import type { IrqchipMode } from './irqchip.js';
+import { RunState, LW } from '../x86/apic/lapic-page.js';
+
+const APIC_BASE_ENABLE = 1n << 11n;
+const APIC_BASE_BSP = 1n << 8n;
 
 const MSR = {
   SYSENTER_CS: 0x174, SYSENTER_ESP: 0x175, SYSENTER_EIP: 0x176,
@@ -16,18 +22,19 @@ const MSR = {
 } as const;
 
 /** The CPUID vCPU `i` is given on this host (a migration compares vCPU 0's on both sides). */
-export function vcpuCpuid(kvm: Kvm, i: number, topo: Topology, host: HostReport, supported = kvm.supportedCpuid()): CpuidEntry[] {
-  return guestCpuid(supported, i, topo, { hideCx16: host.emulated, tscDeadline: kvm.checkExtension(CAP.TSC_DEADLINE_TIMER) > 0 });
+export function vcpuCpuid(kvm: Kvm, i: number, topo: Topology, host: HostReport, irqchip: IrqchipMode, supported = kvm.supportedCpuid()): CpuidEntry[] {
+  const user = irqchip === 'user';
+  return guestCpuid(supported, i, topo, { hideCx16: host.emulated, tscDeadline: !user && kvm.checkExtension(CAP.TSC_DEADLINE_TIMER) > 0, userApic: user });
 }
 
 /**
  * CPUID, the MSRs a BIOS would leave, FPU defaults, LINT0 ExtINT and LINT1
  * NMI, on every vCPU; for a Linux kernel, XCR0 as a bootloader leaves it.
  */
-export function setupVcpus(kvm: Kvm, fds: readonly VcpuFd[], topo: Topology, host: HostReport, linux: boolean): void {
+export function setupVcpus(kvm: Kvm, fds: readonly VcpuFd[], topo: Topology, host: HostReport, linux: boolean, irqchip: IrqchipMode): void {
   const supported = kvm.supportedCpuid();
   fds.forEach((v, i) => {
-    const cpuid = vcpuCpuid(kvm, i, topo, host, supported);
+    const cpuid = vcpuCpuid(kvm, i, topo, host, irqchip, supported);
     v.setCpuid(cpuid);
     const xcr0 = linux ? bootXcr0(cpuid) : undefined;
     if (xcr0 !== undefined) setXcr0(v, i, xcr0);
@@ -45,6 +52,14 @@ export function setupVcpus(kvm: Kvm, fds: readonly VcpuFd[], topo: Topology, hos
     fpu.writeUInt16LE(0x37f, 128); // fcw
     fpu.writeUInt32LE(0x1f80, 408); // mxcsr
     v.setFpu(fpu);
+    if (irqchip === 'user') {
+      // KVM leaves IA32_APIC_BASE at 0 without its own APIC; firmware finds
+      // the APIC there (EDK2's LocalApicLib): the reset value, enabled, BSP flag on vCPU 0.
+      const s = v.getSregs();
+      s.apicBase = BigInt(LAPIC_ADDR) | APIC_BASE_ENABLE | (i === 0 ? APIC_BASE_BSP : 0n);
+      v.setSregs(s);
+      return; // LINT0/LINT1: the user-space APIC pages start so (vm/irqchip.ts)
+    }
     const lapic = v.getLapic();
     const LVT_LINT0 = 0x350, LVT_LINT1 = 0x360;
     lapic.writeUInt32LE((lapic.readUInt32LE(LVT_LINT0) & ~0x700) | 0x700, LVT_LINT0); // ExtINT
@@ -74,7 +89,21 @@ export class VcpuHolds {
   threads: VcpuThread[] = [];
   private holds = 0;
 
-  constructor(readonly fds: readonly VcpuFd[], private readonly ending: () => boolean) {}
+  /** `apicPages`: x86.irqchip=user's local APIC pages, whose run states say who is halted */
+  constructor(readonly fds: readonly VcpuFd[], private readonly ending: () => boolean, private readonly apicPages?: readonly SharedArrayBuffer[]) {}
+
+  /** vCPU i cannot run: halted with interrupts off, or never started. */
+  private stuck(i: number): boolean {
+    const page = this.apicPages?.[i];
+    if (page) {
+      const s = Atomics.load(new Int32Array(page), LW.RUN_STATE);
+      return s === RunState.HALTED_CLI || s === RunState.WAIT_SIPI;
+    }
+    const v = this.fds[i]!;
+    const mp = v.getMpState();
+    if (mp === MP_STATE.UNINITIALIZED) return true; // never started: cannot run
+    return mp === MP_STATE.HALTED && (v.getRegs().rflags & 0x200n) === 0n;
+  }
 
   async hold(timeoutMs?: number): Promise<boolean> {
     this.holds++;
@@ -93,11 +122,7 @@ export class VcpuHolds {
     try {
       // A vCPU that cannot be parked (an emulated KVM's halt) tells nothing.
       if (!parked || this.ending()) return false;
-      return this.fds.every((v) => {
-        const mp = v.getMpState();
-        if (mp === MP_STATE.UNINITIALIZED) return true; // never started: cannot run
-        return mp === MP_STATE.HALTED && (v.getRegs().rflags & 0x200n) === 0n;
-      });
+      return this.fds.every((_, i) => this.stuck(i));
     } finally {
       this.release();
     }

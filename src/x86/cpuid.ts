@@ -26,7 +26,17 @@ export interface CpuidOptions {
    * Linux then skips calibrating the LAPIC timer at boot, as under QEMU.
    */
   tscDeadline?: boolean;
+  /**
+   * The local APIC is tshyve's (x86.irqchip=user): no x2APIC (its MSRs are
+   * not emulated) and none of KVM's paravirtual features that need KVM's
+   * own APIC (PV EOI, PV unhalt, PV IPIs and yield, async page faults by
+   * interrupt, halt-poll control).
+   */
+  userApic?: boolean;
 }
+
+/** KVM_CPUID_FEATURES (0x40000001) EAX bits that need the in-kernel local APIC: async PF (4), PV EOI (6), PV unhalt (7), async PF vmexit (10), PV send IPI (11), poll control (12), PV sched yield (13), async PF int (14). */
+const KVM_FEATURES_IN_KERNEL_APIC = (1 << 4) | (1 << 6) | (1 << 7) | (1 << 10) | (1 << 11) | (1 << 12) | (1 << 13) | (1 << 14);
 
 /** CPUID entries for vCPU `index` of a VM with topology `topo`. */
 export function guestCpuid(supported: CpuidEntry[], index: number, topo: Topology, opts: CpuidOptions = {}): CpuidEntry[] {
@@ -44,6 +54,7 @@ export function guestCpuid(supported: CpuidEntry[], index: number, topo: Topolog
         e.ecx |= 1 << 31; // running under a hypervisor
         if (opts.hideCx16) e.ecx &= ~(1 << 13);
         if (opts.tscDeadline) e.ecx |= 1 << 24;
+        if (opts.userApic) e.ecx &= ~((1 << 21) | (1 << 24)); // x2APIC, TSC-deadline
         if (perPkg > 1) e.edx |= 1 << 28; else e.edx &= ~(1 << 28);
         break;
       case 4: // Intel deterministic cache parameters: cores per package
@@ -65,6 +76,9 @@ export function guestCpuid(supported: CpuidEntry[], index: number, topo: Topolog
           e.eax = 0; e.ebx = 0; e.ecx = e.index & 0xff;
         }
         e.edx = apicId;
+        break;
+      case 0x40000001:
+        if (opts.userApic) e.eax &= ~KVM_FEATURES_IN_KERNEL_APIC;
         break;
       case 0x80000001:
         if (amd && perPkg > 1) e.ecx |= 1 << 1; // CmpLegacy

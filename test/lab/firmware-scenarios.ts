@@ -15,7 +15,7 @@
 import { copyFileSync, existsSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ROOT } from '../helpers.js';
+import { CLI, ROOT } from '../helpers.js';
 import { bounded } from './proc.js';
 import type { BootResult } from './linux-driver.js';
 import type { Phase } from './snapshot-scenarios.js';
@@ -48,6 +48,16 @@ export function qemuFirmwareArgv(vars: string): string[] {
 }
 
 /**
+ * tshyve with the same firmware, disk and machine size. x86.irqchip=user,
+ * always: with KVM's in-kernel local APIC the firmware's CR8 writes abort
+ * the lab's L0 (the reason for kernel_irqchip=off above).
+ */
+export function tshyveFirmwareArgv(vars: string, extra = ['-s', `4,virtio-blk,${EFI_DISK},ro`]): string[] {
+  return [process.execPath, CLI, '-c', '1', '-m', '512M', '-s', '0,hostbridge', '-s', '31,lpc',
+    '-l', 'com1,stdio', '-l', `bootrom,${OVMF_CODE},${vars}`, ...extra, '-o', 'x86.irqchip=user', 'fwlab'];
+}
+
+/**
  * Two boots of `argv(vars)` with one fresh copy of OVMF's variable store:
  * the result is the first boot's, with both as its phases.
  */
@@ -68,6 +78,29 @@ export async function firmwareBoots(name: string, argv: (vars: string) => string
   return { name, code: first.code, stdout: first.stdout, stderr: first.stderr, ms: first.ms, phases };
 }
 
+/**
+ * OVMF alone (no disk) under tshyve to its UEFI shell, as QEMU's runs 9 and
+ * 10 of lab/firmware-notes.md: the firmware phase without GRUB or a kernel.
+ * Ended with SIGTERM twice once `Shell>` appears (or at BOOT_MS), so that
+ * tshyve prints its exit counts (debug.stats); `ms`: when `Shell>` came.
+ */
+async function firmwareShell(): Promise<BootResult> {
+  const name = 'firmware-tshyve-shell';
+  const vars = join(mkdtempSync(join(tmpdir(), 'tshyve-fw-')), 'vars.fd');
+  copyFileSync(OVMF_VARS, vars);
+  const b = bounded(tshyveFirmwareArgv(vars, ['-o', 'debug.stats=1']), BOOT_MS + 30_000);
+  const t0 = Date.now();
+  let seen: number | undefined;
+  const end = () => { b.child.kill('SIGTERM'); setTimeout(() => b.child.kill('SIGTERM'), 2000); };
+  b.child.stdout!.on('data', (d: Buffer) => { if (seen === undefined && d.toString().includes('Shell>')) { seen = Date.now() - t0; end(); } });
+  const stop = setTimeout(end, BOOT_MS);
+  const r = await b.done;
+  clearTimeout(stop);
+  return { name, code: r.code, stdout: r.stdout, stderr: r.stderr, ms: seen ?? -1 };
+}
+
 export const firmwareScenarios: Record<string, () => Promise<BootResult>> = FIRMWARE_ENABLED ? {
+  'firmware-tshyve-shell': firmwareShell,
   'firmware-qemu': () => firmwareBoots('firmware-qemu', qemuFirmwareArgv),
+  'firmware-tshyve': () => firmwareBoots('firmware-tshyve', tshyveFirmwareArgv),
 } : {};

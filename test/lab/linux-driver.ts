@@ -136,6 +136,17 @@ const scenarios: Record<string, () => Promise<BootResult>> = {
     const cmd = guestCmd(['halt -f']);
     return { ...(await tshyve(vmArgs(1, `hello tshyve.cmd=${cmd}`))), name: 'boot-1cpu-halt' };
   },
+  // x86.irqchip=user (user-space local APICs and IOAPIC): timer ticks, IPIs, MSI-X of a device on the device thread
+  ...Object.fromEntries([1, 2].map((cpus) => [`irqchip-user-${cpus}cpu`, async (): Promise<BootResult> => {
+    const cmd = guestCmd([
+      'echo NPROC=$(nproc)',
+      'sleep 1; echo LOC=$(grep LOC: /proc/interrupts | tr -s " ")',
+      'echo HWRNG=$(dd if=/dev/hwrng bs=32 count=1 2>/dev/null | od -An -tx1 | tr -d " \\n")',
+      'poweroff -f',
+    ]);
+    const r = await tshyve(vmArgs(cpus, `hello tshyve.cmd=${cmd}`, 'stdio', ['-s', '4,virtio-rnd', '-o', 'x86.irqchip=user']));
+    return { ...r, name: `irqchip-user-${cpus}cpu` };
+  }])),
   async 'virtio-rnd'() {
     const cmd = guestCmd([
       'echo RNG_CURRENT=$(cat /sys/class/misc/hw_random/rng_current)',
